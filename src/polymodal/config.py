@@ -60,6 +60,7 @@ class DataConfig:
     val_split: str = "val"
     n: int = 5000                     # Shapes World images to generate (all splits together)
     seed: int = 0                     # Shapes World generation seed
+    render_size: int = 128            # Shapes World image size on disk
     min_count: int = 1                # vocabulary: drop words rarer than this
     max_vocab: int = 10000
     max_len: int = 24                 # captions are truncated to this many tokens
@@ -88,6 +89,7 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
+    task: str = "captioning"          # a key of registry.TASKS
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,29 @@
+"""The public Python API: `polymodal.load(dir)` rebuilds any saved model.
+
+Example:
+    >>> import polymodal
+    >>> model = polymodal.load("runs/attention_lstm")  # doctest: +SKIP
+    >>> model.caption(["a.png"], beam_size=3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import read_model_dir, resolve_model_dir
+from .errors import CheckpointError
+from .models import captioner  # noqa: F401  (registers the architecture)
+from .registry import MODELS
+
+
+def load(path: str | Path) -> nn.Module:
+    """Load a model directory (config.json + tokenizer.json + model.safetensors) of any architecture."""
+    folder = resolve_model_dir(path)
+    config, _ = read_model_dir(folder)
+    name = config["architecture"]
+    if name not in MODELS:
+        raise CheckpointError(f"{folder}/config.json: unknown architecture {name!r}; "
+                              f"this polymodal knows {MODELS.names()}")
+    return MODELS.get(name).from_pretrained(folder)

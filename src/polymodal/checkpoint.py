@@ -1,0 +1,161 @@
+"""The one checkpoint writer: a model directory of config.json + tokenizer.json + model.safetensors.
+
+Everything is written atomically (temp directory, fsync, rename), so a crash never leaves a
+half-written model behind. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+
+Example:
+    >>> save_model_dir("out/model", {"architecture": "captioner"}, model, tokenizer)  # doctest: +SKIP
+    >>> config, tokenizer = read_model_dir("out/model")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
+from torch import nn
+
+from .errors import CheckpointError
+from .text.tokenizer import Tokenizer, load_tokenizer
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temp directory; on success it replaces `path` as a whole, on failure it is removed.
+
+    The old directory is moved aside before the new one is renamed in; `resolve_model_dir`
+    falls back to that `.old` copy if a crash lands between the two renames.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = path.parent / f"{path.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_model_files(folder: Path, config: dict[str, Any], model: nn.Module, tokenizer: Tokenizer | None) -> None:
+    """Write the three model files into an existing folder (used inside `atomic_directory`)."""
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    save_model(model, str(folder / WEIGHTS_FILE))  # handles tied (shared) tensors
+    if tokenizer is not None:
+        tokenizer.save(folder / TOKENIZER_FILE)
+
+
+def save_model_dir(path: str | Path, config: dict[str, Any], model: nn.Module,
+                   tokenizer: Tokenizer | None = None) -> Path:
+    with atomic_directory(path) as tmp:
+        write_model_files(tmp, config, model, tokenizer)
+    return Path(path)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """Accept a model directory, a training run directory (uses its `model/`), or a crash-left `.old`."""
+    path = Path(path)
+    for candidate in (path, path / "model", path.parent / f"{path.name}.old"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path}: model directory not found; train one with `polymodal train` "
+                              f"or pass the bundled model")
+    raise CheckpointError(f"{path}: no {CONFIG_FILE} here; a model directory holds "
+                          f"{CONFIG_FILE}, {TOKENIZER_FILE} and {WEIGHTS_FILE}")
+
+
+def read_model_dir(path: str | Path) -> tuple[dict[str, Any], Tokenizer | None]:
+    """Read config.json and tokenizer.json (if any) of a model directory."""
+    path = resolve_model_dir(path)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({err}); the checkpoint is corrupt") from None
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise CheckpointError(f"{path / CONFIG_FILE}: no 'architecture' key; not a polymodal model config")
+    tokenizer = load_tokenizer(path / TOKENIZER_FILE) if (path / TOKENIZER_FILE).exists() else None
+    return config, tokenizer
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file missing; the model directory is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); "
+                              f"it is truncated or not safetensors, re-save or re-train the model") from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load model.safetensors into `model`, refusing missing, unexpected or mis-shaped tensors."""
+    path = Path(path)
+    state = read_safetensors(path / WEIGHTS_FILE if path.is_dir() else path)
+    own = model.state_dict()
+    # Tied weights are stored once; their aliases count as present.
+    stored = set(state)
+    missing = [k for k in own if k not in stored and not _is_alias(model, k, stored)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(x for x in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape mismatch {wrong[:3]}" if wrong else "") if x)
+        raise CheckpointError(f"{path}: weights do not match config.json ({detail}); "
+                              f"the directory mixes files from different models")
+    model.load_state_dict(state, strict=False)
+
+
+def _is_alias(model: nn.Module, key: str, stored: set[str]) -> bool:
+    tensor = model.state_dict()[key]
+    return any(k in stored and v.data_ptr() == tensor.data_ptr() for k, v in model.state_dict().items() if k != key)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))

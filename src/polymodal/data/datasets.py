@@ -1,0 +1,141 @@
+"""Torch datasets over caption records: (image, caption) pairs for training, images for evaluation.
+
+Images are decoded once into compact uint8 tensors when `preload` is on (small datasets), else
+per item. A bad image never stops training: it is skipped, counted and reported.
+
+Example:
+    >>> ds = CaptionDataset(records, tokenizer, image_size=64, max_len=24)  # doctest: +SKIP
+    >>> batch = collate_captions([ds[0], ds[1]])  # doctest: +SKIP
+    >>> batch["images"].shape, batch["tokens"].shape  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..registry import DATASETS
+from ..text.tokenizer import Tokenizer
+from .images import image_to_uint8, load_image, normalize
+from .records import CaptionRecord, SkipReport
+
+
+class ImageStore:
+    """Decodes record images to uint8 (3, S, S); optionally all at once, skipping bad files."""
+
+    def __init__(self, records: list[CaptionRecord], image_size: int, preload: bool,
+                 report: SkipReport | None = None, progress: bool = True):
+        self.image_size = image_size
+        self.report = report if report is not None else SkipReport(source="images")
+        self.cache: dict[int, torch.Tensor] = {}
+        self.records = records
+        if preload:
+            good = []
+            for rec in tqdm(records, desc="decoding images", disable=not progress, leave=False):
+                try:
+                    self.cache[len(good)] = image_to_uint8(load_image(rec.image), image_size)
+                    good.append(rec)
+                except DataError as err:
+                    self.report.skip(_reason(err), rec.image)
+            self.records = good
+
+    def __getitem__(self, index: int) -> torch.Tensor | None:
+        if index in self.cache:
+            return self.cache[index]
+        try:
+            return image_to_uint8(load_image(self.records[index].image), self.image_size)
+        except DataError as err:
+            self.report.skip(_reason(err), self.records[index].image)
+            return None
+
+
+def _reason(err: DataError) -> str:
+    text = str(err)
+    return text.split(": ", 1)[1].split(";")[0] if ": " in text else text
+
+
+class CaptionDataset(Dataset):
+    """Every (image, reference caption) pair as one item, tokenized as <bos> words <eos>."""
+
+    def __init__(self, records: list[CaptionRecord], tokenizer: Tokenizer, image_size: int, max_len: int,
+                 preload: bool = True, report: SkipReport | None = None, progress: bool = True):
+        self.store = ImageStore(records, image_size, preload, report, progress)
+        self.records = self.store.records
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.pairs = [(i, j) for i, rec in enumerate(self.records) for j in range(len(rec.captions))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict | None:
+        i, j = self.pairs[index]
+        image = self.store[i]
+        if image is None:
+            return None
+        words = self.tokenizer.encode(self.records[i].captions[j], max_len=self.max_len)
+        tokens = [self.tokenizer.bos_id, *words, self.tokenizer.eos_id]
+        return {"image": image, "tokens": torch.tensor(tokens, dtype=torch.long), "record": i}
+
+
+class ImageDataset(Dataset):
+    """One item per record: the image and its index, for captioning and evaluation."""
+
+    def __init__(self, records: list[CaptionRecord], image_size: int, preload: bool = False,
+                 report: SkipReport | None = None, progress: bool = True):
+        self.store = ImageStore(records, image_size, preload, report, progress)
+        self.records = self.store.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict | None:
+        image = self.store[index]
+        return None if image is None else {"image": image, "record": index}
+
+
+def collate_captions(items: list[dict | None], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Stack images (normalized float), right-pad tokens; items that failed to load are dropped."""
+    good = [it for it in items if it is not None]
+    batch: dict[str, torch.Tensor] = {"skipped": torch.tensor(len(items) - len(good))}
+    if not good:
+        return batch
+    batch["images"] = normalize(torch.stack([it["image"] for it in good]))
+    batch["record"] = torch.tensor([it["record"] for it in good])
+    if "tokens" in good[0]:
+        length = max(len(it["tokens"]) for it in good)
+        tokens = torch.full((len(good), length), pad_id, dtype=torch.long)
+        for r, it in enumerate(good):
+            tokens[r, : len(it["tokens"])] = it["tokens"]
+        batch["tokens"] = tokens
+    return batch
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal"))
+
+
+def shapes_folder(cfg: DataConfig) -> Path:
+    """Where Shapes World with these parameters lives on disk (written on first use)."""
+    from .shapes import write_shapes_world
+
+    folder = Path(cfg.path) if cfg.path else cache_root() / f"shapes-n{cfg.n}-seed{cfg.seed}-px{cfg.render_size}"
+    return write_shapes_world(folder, n=cfg.n, seed=cfg.seed, image_size=cfg.render_size, progress=True)
+
+
+def load_split(cfg: DataConfig, split: str | None, report: SkipReport | None = None) -> list[CaptionRecord]:
+    """Records of one split from the configured source; Shapes World is written to disk first."""
+    from .formats import read_records
+
+    if cfg.format == "shapes":
+        return read_records("coco", shapes_folder(cfg) / "captions.json", split=split, report=report)
+    if not cfg.path:
+        raise DataError(f"data.format={cfg.format}: set data.path to the annotation file")
+    DATASETS.get(cfg.format)  # unknown format -> did-you-mean
+    return read_records(cfg.format, cfg.path, images=cfg.images, split=split, report=report)

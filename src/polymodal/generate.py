@@ -1,0 +1,269 @@
+"""One batched text generator for every decoder: greedy, beam search and sampling.
+
+A model plugs in through two functions over a dict of batch-first tensors (its decoding state):
+
+    step(tokens (R,), state) -> (logits (R, V), state, attention (R, N) or None)
+
+so LSTM states and transformer KV caches are handled alike: beam search reorders any state with
+`index_select(0, rows)`.
+
+Example:
+    >>> cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=20)
+    >>> hyps = generate(decoder.step, decoder.init_state(features), bos_id=1, eos_id=2, cfg=cfg)  # doctest: +SKIP
+    >>> hyps[0][0].tokens  # best caption of the first image, as token ids  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError
+from .registry import Registry
+
+State = dict[str, torch.Tensor]
+StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State, "torch.Tensor | None"]]
+STRATEGIES = Registry("generation strategy")
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "beam"             # greedy | beam | sample
+    beam_size: int = 3
+    max_len: int = 24                  # generated tokens, <eos> included
+    min_len: int = 1                   # words before <eos> is allowed
+    length_penalty: float = 1.0        # score = sum log p / length ** length_penalty
+    no_repeat_ngram_size: int = 0      # forbid repeating any n-gram of this size; 0 = off
+    num_return_sequences: int = 1      # n-best per input (beam) or samples per input (sample)
+    early_stopping: bool = True        # beam: stop once beam_size hypotheses have finished
+    temperature: float = 1.0
+    top_k: int = 0                     # sample only among the k most likely tokens; 0 = off
+    top_p: float = 1.0                 # nucleus sampling threshold; 1.0 = off
+    seed: int | None = None            # sampling seed for reproducible samples
+    return_attention: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            STRATEGIES.get(self.strategy)  # raises with a did-you-mean
+        if self.beam_size < 1 or self.max_len < 1 or self.num_return_sequences < 1:
+            raise ConfigError("generation: beam_size, max_len and num_return_sequences must be >= 1")
+        if self.strategy == "beam" and self.num_return_sequences > self.beam_size:
+            raise ConfigError(f"generation: num_return_sequences ({self.num_return_sequences}) "
+                              f"cannot exceed beam_size ({self.beam_size})")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("generation: temperature must be > 0 and top_p in (0, 1]")
+
+
+@dataclass
+class Hypothesis:
+    """A generated sequence: token ids (no <bos>/<eos>), its score and per-token attention (T, N)."""
+
+    tokens: list[int]
+    score: float
+    attention: torch.Tensor | None = field(default=None, repr=False)
+
+
+def reorder(state: State, rows: torch.Tensor) -> State:
+    return {k: v.index_select(0, rows) for k, v in state.items()}
+
+
+def _banned_ngram_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
+    """For each row, the tokens that would complete an n-gram already present in that row."""
+    banned: list[list[int]] = [[] for _ in range(history.shape[0])]
+    if n <= 0 or history.shape[1] < n - 1:
+        return banned
+    rows = history.tolist()
+    for r, seq in enumerate(rows):
+        prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+        for i in range(len(seq) - n + 1):
+            if tuple(seq[i:i + n - 1]) == prefix:
+                banned[r].append(seq[i + n - 1])
+    return banned
+
+
+def _constrain(logprobs: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig, eos_id: int) -> torch.Tensor:
+    """Apply min length and no-repeat-ngram to log-probabilities of the next token."""
+    if history.shape[1] < cfg.min_len:
+        logprobs[:, eos_id] = -math.inf
+    if cfg.no_repeat_ngram_size:
+        for r, tokens in enumerate(_banned_ngram_tokens(history, cfg.no_repeat_ngram_size)):
+            if tokens:
+                logprobs[r, tokens] = -math.inf
+    return logprobs
+
+
+def _strip(tokens: list[int], eos_id: int) -> list[int]:
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
+
+
+def _num_rows(state: State) -> int:
+    return next(iter(state.values())).shape[0]
+
+
+@STRATEGIES.register("greedy")
+def greedy(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    rows = _num_rows(state)
+    device = next(iter(state.values())).device
+    tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
+    history = torch.empty(rows, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(rows, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    attention = []
+    for _ in range(cfg.max_len):
+        logits, state, alpha = step(tokens, state)
+        logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
+        best, tokens = logprobs.max(dim=-1)
+        tokens = torch.where(finished, torch.full_like(tokens, eos_id), tokens)
+        scores += torch.where(finished, torch.zeros_like(best), best)
+        history = torch.cat([history, tokens[:, None]], dim=1)
+        if alpha is not None and cfg.return_attention:
+            attention.append(alpha)
+        finished |= tokens == eos_id
+        if bool(finished.all()):
+            break
+    attn = torch.stack(attention, dim=1) if attention else None
+    out = []
+    for r, seq in enumerate(history.tolist()):
+        words = _strip(seq, eos_id)
+        length = min(len(words) + 1, len(seq))
+        out.append([Hypothesis(words, float(scores[r]) / length ** cfg.length_penalty,
+                               attn[r, : len(words)] if attn is not None else None)])
+    return out
+
+
+@STRATEGIES.register("sample")
+def sample(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Temperature / top-k / top-p sampling; `num_return_sequences` samples per input."""
+    n = cfg.num_return_sequences
+    batch = _num_rows(state)
+    state = reorder(state, torch.arange(batch, device=next(iter(state.values())).device).repeat_interleave(n))
+    generator = torch.Generator(device=next(iter(state.values())).device)
+    generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    rows = batch * n
+    device = next(iter(state.values())).device
+    tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
+    history = torch.empty(rows, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(rows, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    attention = []
+    for _ in range(cfg.max_len):
+        logits, state, alpha = step(tokens, state)
+        logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
+        filtered = _filter_logits(logprobs / cfg.temperature, cfg.top_k, cfg.top_p)
+        tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(1)
+        tokens = torch.where(finished, torch.full_like(tokens, eos_id), tokens)
+        picked = logprobs.gather(1, tokens[:, None]).squeeze(1)
+        scores += torch.where(finished, torch.zeros_like(picked), picked)
+        history = torch.cat([history, tokens[:, None]], dim=1)
+        if alpha is not None and cfg.return_attention:
+            attention.append(alpha)
+        finished |= tokens == eos_id
+        if bool(finished.all()):
+            break
+    attn = torch.stack(attention, dim=1) if attention else None
+    hyps = []
+    for r, seq in enumerate(history.tolist()):
+        words = _strip(seq, eos_id)
+        length = min(len(words) + 1, len(seq))
+        hyps.append(Hypothesis(words, float(scores[r]) / length ** cfg.length_penalty,
+                               attn[r, : len(words)] if attn is not None else None))
+    return [hyps[b * n:(b + 1) * n] for b in range(batch)]
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the mass before it already reaches top_p (the first token always stays).
+        drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
+    return logits
+
+
+@STRATEGIES.register("beam")
+def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
+                cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Beam search over the whole batch at once: B inputs x K beams are one (B*K)-row step."""
+    batch, k = _num_rows(state), cfg.beam_size
+    device = next(iter(state.values())).device
+    state = reorder(state, torch.arange(batch, device=device).repeat_interleave(k))
+    # Only beam 0 is live at the start, so the first step does not pick K copies of one token.
+    beam_scores = torch.full((batch, k), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    tokens = torch.full((batch * k,), bos_id, dtype=torch.long, device=device)
+    history = torch.empty(batch * k, 0, dtype=torch.long, device=device)
+    attn_history: torch.Tensor | None = None
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    base = (torch.arange(batch, device=device) * k)[:, None]  # row offset of each input's beams
+    for t in range(cfg.max_len):
+        logits, state, alpha = step(tokens, state)
+        logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
+        vocab = logprobs.shape[-1]
+        candidates = (beam_scores.reshape(-1, 1) + logprobs).view(batch, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K); at most K of them end in <eos>
+        top_beam, top_token = top_index // vocab, top_index % vocab
+        if alpha is not None and cfg.return_attention:
+            attn_history = alpha[:, None] if attn_history is None else torch.cat([attn_history, alpha[:, None]], 1)
+        length = t + 1
+        is_eos = top_token == eos_id
+        for b, j in (is_eos & torch.isfinite(top_scores)).nonzero().tolist():
+            if done[b] or j >= k:  # HF semantics: an <eos> ranked below the beam width is not kept
+                continue
+            row = int(base[b, 0] + top_beam[b, j])
+            attn = attn_history[row, :-1] if attn_history is not None else None  # drop the <eos> step
+            score = float(top_scores[b, j]) / length ** cfg.length_penalty
+            finished[b].append(Hypothesis(history[row].tolist(), score, attn))
+        # Continue with the K best candidates that did not end, in score order.
+        rank = torch.arange(2 * k, device=device).expand(batch, -1) + is_eos.long() * (2 * k)
+        keep = rank.topk(k, dim=1, largest=False).indices  # (B, K)
+        beam_scores = top_scores.gather(1, keep)
+        rows = (base + top_beam.gather(1, keep)).reshape(-1)
+        tokens = top_token.gather(1, keep).reshape(-1)
+        state = reorder(state, rows)
+        history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
+        if attn_history is not None:
+            attn_history = attn_history.index_select(0, rows)
+        for b in range(batch):
+            if done[b] or len(finished[b]) < k:
+                continue
+            worst = min(h.score for h in finished[b])
+            best_running = float(beam_scores[b, 0]) / (length + 1) ** cfg.length_penalty
+            done[b] = cfg.early_stopping or best_running <= worst
+        if all(done):
+            break
+    for b in range(batch):  # inputs still running at max_len keep their live beams
+        if done[b]:
+            continue
+        for j in range(k):
+            row = b * k + j
+            if math.isfinite(float(beam_scores[b, j])):
+                attn = attn_history[row] if attn_history is not None else None
+                score = float(beam_scores[b, j]) / history.shape[1] ** cfg.length_penalty
+                finished[b].append(Hypothesis(history[row].tolist(), score, attn))
+    return [sorted(f, key=lambda h: -h.score)[: cfg.num_return_sequences] for f in finished]
+
+
+def suppressing(step: StepFn, token_ids: list[int]) -> StepFn:
+    """Wrap a step function so that `token_ids` (e.g. <pad>, <bos>) are never generated."""
+    def wrapped(tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        logits, state, attention = step(tokens, state)
+        return logits.index_fill(1, torch.tensor(token_ids, device=logits.device), -math.inf), state, attention
+    return wrapped
+
+
+def generate(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig | None = None,
+             suppress_ids: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
+    """Run the configured strategy; returns, per input, its hypotheses sorted best first.
+
+    `<bos>` and `suppress_ids` are never generated.
+    """
+    cfg = cfg or GenerationConfig()
+    step = suppressing(step, sorted({bos_id, *suppress_ids}))
+    return STRATEGIES.get(cfg.strategy)(step, state, bos_id, eos_id, cfg)

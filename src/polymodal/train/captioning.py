@@ -1,0 +1,93 @@
+"""The captioning task: config -> data -> tokenizer -> Captioner -> Trainer.
+
+Example:
+    >>> from polymodal.config import load_config
+    >>> cfg = load_config("configs/attention_lstm.yaml", ["train.steps=50"])  # doctest: +SKIP
+    >>> summary = train_captioner(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import ExperimentConfig
+from ..data.datasets import CaptionDataset, collate_captions, load_split
+from ..data.records import SkipReport
+from ..generate import GenerationConfig
+from ..models.captioner import Captioner
+from ..registry import TASKS
+from ..text.tokenizer import WordTokenizer, split_words
+from .trainer import Trainer
+
+
+@torch.inference_mode()
+def caption_validation(model: Captioner, dataset: CaptionDataset, batch_size: int = 64,
+                       max_batches: int = 0, decode_images: int = 64) -> dict[str, float]:
+    """Teacher-forced loss and token accuracy, and greedy exact match against any reference."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_captions)
+    total_loss, correct, count = 0.0, 0, 0
+    for batch in itertools.islice(loader, max_batches or None):
+        if "tokens" not in batch:
+            continue
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits, losses = model(batch)
+        targets = batch["tokens"][:, 1:]
+        mask = targets != model.tokenizer.pad_id
+        n = int(mask.sum())
+        total_loss += float(losses["caption_loss"]) * n
+        correct += int(((logits.argmax(-1) == targets) & mask).sum())
+        count += n
+    metrics = {"loss": total_loss / max(count, 1), "token_accuracy": correct / max(count, 1)}
+    if decode_images:
+        metrics["exact_match"] = exact_match(model, dataset, decode_images)
+    model.train()
+    return metrics
+
+
+def exact_match(model: Captioner, dataset: CaptionDataset, n_images: int) -> float:
+    """Fraction of images whose greedy caption equals one of its references, word for word."""
+    records = dataset.records[:n_images]
+    images = torch.stack([dataset.store[i] for i in range(len(records))])
+    from ..data.images import normalize
+
+    hyps = model.generate(normalize(images).to(model.device),
+                          GenerationConfig(strategy="greedy", max_len=model.cfg.decoder.max_len))
+    hits = 0
+    for rec, per_image in zip(records, hyps, strict=True):
+        words = split_words(model.tokenizer.decode(per_image[0].tokens))
+        hits += any(words == split_words(ref) for ref in rec.captions)
+    return hits / max(len(records), 1)
+
+
+@TASKS.register("captioning")
+def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
+    report = SkipReport(source="training data")
+    train_records = load_split(cfg.data, cfg.data.train_split, report)
+    val_records = load_split(cfg.data, cfg.data.val_split, report)
+    tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions),
+                                    min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    torch.manual_seed(cfg.seed)
+    model = Captioner(cfg.model, tokenizer)
+    size, max_len = cfg.model.image_size, cfg.data.max_len
+    train_set = CaptionDataset(train_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
+    val_set = CaptionDataset(val_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
+    if report.count:
+        tqdm.write(report.summary())
+
+    def evaluate(m: Captioner) -> dict[str, float]:
+        return caption_validation(m, val_set, cfg.train.batch_size, cfg.train.eval_batches)
+
+    trainer = Trainer(model, train_set, cfg.train, collate=collate_captions, save_model=model.write_files,
+                      seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
+    summary = trainer.fit(stop_at=stop_at)
+    summary.update(vocab_size=len(tokenizer), train_pairs=len(train_set), skipped_records=report.count,
+                   parameters=sum(p.numel() for p in model.parameters()))
+    return summary
