@@ -109,18 +109,15 @@ class _Collector:
     def skip(self, reason: str, where: str) -> None:
         self.report.skip(reason, f"{self.path.name} {where}")
 
-    def add(self, key: Any, file_name: str, captions: list[str], split: str | None, where: str) -> _Entry | None:
-        """Register an image (merging with an earlier entry of the same id); None if it conflicts."""
-        key = str(key)
+    def add(self, key: Any, file_name: str, captions: list[str], split: Any, where: str) -> None:
+        """Register an image, merging with an earlier entry of the same id unless its file differs."""
+        key, split = str(key), (None if split in (None, "") else str(split))
         image = os.path.normpath(os.path.join(self.root, file_name))
-        entry = self.entries.get(key)
-        if entry is None:
-            entry = self.entries[key] = _Entry(image, [], split)
-        elif entry.image != image:
+        entry = self.entries.setdefault(key, _Entry(image, [], split))
+        if entry.image != image:
             self.skip("duplicate id for a different image", f"{where} (id {key!r})")
-            return None
-        entry.captions.extend(captions)
-        return entry
+        else:
+            entry.captions.extend(captions)
 
     def finish(self, split: str | None) -> list[CaptionRecord]:
         records = []
@@ -135,9 +132,8 @@ class _Collector:
                 records.append(CaptionRecord(key, entry.image, entry.captions, entry.split or split))
         if not records:
             which = f" for split {split!r}" if split is not None else ""
-            hint = ""
-            if self.report.reasons.get("image file not found"):
-                hint = f"; image paths are resolved under {self.root}: pass images=<the image folder>"
+            missing = self.report.reasons.get("image file not found")
+            hint = f"; image paths are resolved under {self.root}: pass images=<the image folder>" if missing else ""
             raise DataError(f"{self.path}: no usable records{which}{hint}; {self.report.summary()}")
         if self.own_report and self.report.count:
             log.warning(self.report.summary())
@@ -159,8 +155,7 @@ def read_coco(
     """Read a COCO captions file (`captions_train2014.json` style).
 
     The file holds `images` ([{"id", "file_name", optional "split"}]) and `annotations`
-    ([{"image_id", "caption"}]). Captions are grouped per image; images without captions and
-    annotations that name an unknown image are skipped and counted. Official COCO files carry no
+    ([{"image_id", "caption"}]). Captions are grouped per image. Official COCO files carry no
     "split" per image (one file per split), so with a `split` they are kept whole.
 
     Example:
@@ -185,8 +180,7 @@ def read_coco(
         elif not isinstance(img["file_name"], str) or not img["file_name"]:
             out.skip("file_name is not a non-empty string", f"image entry {i}")
         else:
-            split_of = img.get("split")
-            out.add(img["id"], img["file_name"], [], None if split_of is None else str(split_of), f"image entry {i}")
+            out.add(img["id"], img["file_name"], [], img.get("split"), f"image entry {i}")
     for i, ann in enumerate(data["annotations"]):
         where = f"annotation {i}"
         missing = [k for k in ("image_id", "caption") if not isinstance(ann, dict) or k not in ann]
@@ -253,6 +247,7 @@ def read_karpathy(
 
 
 _FLICKR_SPLIT = re.compile(r"(train|dev|val|test)", re.IGNORECASE)
+_FLICKR_SPACED = re.compile(r"^(\S+#\d+) +(.*)$")
 
 
 def _flickr_split_list(path: Path, split: str) -> tuple[str, set[str]]:
@@ -300,8 +295,11 @@ def read_flickr(
         if is_csv:  # quoted captions parse as CSV; unquoted ones may hold commas: cut at the first
             row = next(csv.reader([line]))
             parts = row if len(row) == 2 else line.split(",", 1)
-        else:
-            parts = line.split("\t" if "\t" in line else None, 1)
+        elif "\t" in line:
+            parts = line.split("\t", 1)
+        else:  # some copies lost their tabs: accept "name.jpg#0 caption", nothing looser
+            match = _FLICKR_SPACED.match(line)
+            parts = list(match.groups()) if match else [line]
         if len(parts) != 2:
             out.skip("line has no caption after the image name", f"line {n}")
             continue
@@ -335,11 +333,9 @@ def _add_row(out: _Collector, row: dict[str, Any], where: str) -> None:
             out.skip(_caption_problem(value), where)
         else:
             captions.append(caption)
-    split = row.get("split")
     key = row.get("id")
     if captions:
-        key = image.strip() if key is None or key == "" else key
-        out.add(key, image.strip(), captions, str(split) if split not in (None, "") else None, where)
+        out.add(image.strip() if key in (None, "") else key, image.strip(), captions, row.get("split"), where)
 
 
 @DATASETS.register("jsonl")

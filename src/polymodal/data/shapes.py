@@ -64,7 +64,7 @@ _POLYGONS = {
     "diamond": [(0.0, -1.0), (0.75, 0.0), (0.0, 1.0), (-0.75, 0.0)],
     "triangle": [(0.0, -0.72), (0.84, 0.72), (-0.84, 0.72)],
     "star": [(r * math.cos(math.radians(-90 + 36 * k)), r * math.sin(math.radians(-90 + 36 * k)))
-             for k, r in zip(range(10), [1.0, 0.45] * 5)],
+             for k, r in zip(range(10), [1.0, 0.45] * 5, strict=True)],
     "hexagon": _regular(6, 0.92, 0.0),
 }
 _CIRCLE_RADIUS = 0.85

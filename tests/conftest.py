@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models and a small Shapes World on disk, made once per session."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
+from polymodal.models.captioner import Captioner
+from polymodal.text.tokenizer import WordTokenizer
+
+CAPTIONS = ["a red circle", "a small blue square left of a red circle", "two shapes: a green star and a circle",
+            "a large yellow triangle above a purple diamond"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_cache(tmp_path_factory):
+    """Keep generated data out of the user's cache and make sure nothing reaches the network."""
+    os.environ["POLYMODAL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    warnings.filterwarnings("ignore", message=".*random init.*")
+
+
+def tiny_model(decoder: str = "attention_lstm", seed: int = 0, size: int = 32) -> Captioner:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(image_size=size, encoder=EncoderConfig(name="small_cnn", width=8),
+                      decoder=DecoderConfig(name=decoder, embed_dim=16, hidden_dim=32, attention_dim=16,
+                                            feature_dim=16, max_len=12))
+    return Captioner(cfg, WordTokenizer.build(CAPTIONS)).eval()
+
+
+@pytest.fixture
+def tiny_captioner() -> Captioner:
+    return tiny_model()

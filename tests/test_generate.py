@@ -1,0 +1,121 @@
+"""The shared generate module: batched beam == per-image beam, n-best, sampling, constraints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polymodal.errors import ConfigError
+from polymodal.generate import GenerationConfig, _banned_ngram_tokens
+
+from .conftest import tiny_model
+
+
+def _images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("decoder", ["attention_lstm", "seed_lstm"])
+@pytest.mark.parametrize("beam", [1, 3, 5])
+def test_batched_beam_equals_per_image_beam(decoder, beam):
+    model = tiny_model(decoder)
+    images = _images(6)
+    cfg = GenerationConfig(strategy="beam", beam_size=beam, max_len=10, num_return_sequences=beam,
+                           early_stopping=False)
+    batched = model.generate(images, cfg)
+    single = [model.generate(images[i:i + 1], cfg)[0] for i in range(len(images))]
+    for b, s in zip(batched, single, strict=True):
+        assert [h.tokens for h in b] == [h.tokens for h in s]
+        assert [h.score for h in b] == pytest.approx([h.score for h in s], abs=1e-4)
+
+
+def test_beam_one_equals_greedy():
+    model = tiny_model()
+    images = _images(4)
+    beam = model.generate(images, GenerationConfig(strategy="beam", beam_size=1, max_len=10))
+    greedy = model.generate(images, GenerationConfig(strategy="greedy", max_len=10))
+    assert [b[0].tokens for b in beam] == [g[0].tokens for g in greedy]
+
+
+def test_nbest_sorted_by_score_and_distinct():
+    model = tiny_model()
+    hyps = model.generate(_images(3), GenerationConfig(strategy="beam", beam_size=5, num_return_sequences=5,
+                                                       max_len=8))
+    for per_image in hyps:
+        assert len(per_image) == 5
+        scores = [h.score for h in per_image]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in per_image}) == 5
+
+
+def test_beam_finds_at_least_the_greedy_score():
+    model = tiny_model()
+    images = _images(5)
+    cfg = dict(max_len=10, length_penalty=0.0)
+    greedy = model.generate(images, GenerationConfig(strategy="greedy", **cfg))
+    beam = model.generate(images, GenerationConfig(strategy="beam", beam_size=4, early_stopping=False, **cfg))
+    for g, b in zip(greedy, beam, strict=True):
+        assert b[0].score >= g[0].score - 1e-5
+
+
+def test_sampling_reproducible_with_seed_and_varies_without():
+    model = tiny_model()
+    images = _images(2)
+    cfg = GenerationConfig(strategy="sample", seed=7, num_return_sequences=4, max_len=10, top_k=20)
+    a = model.generate(images, cfg)
+    b = model.generate(images, cfg)
+    assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
+    other = model.generate(images, GenerationConfig(strategy="sample", seed=8, num_return_sequences=4, max_len=10))
+    assert [[h.tokens for h in x] for x in a] != [[h.tokens for h in x] for x in other]
+
+
+def test_top_k_one_is_greedy():
+    model = tiny_model()
+    images = _images(3)
+    sampled = model.generate(images, GenerationConfig(strategy="sample", top_k=1, seed=0, max_len=10))
+    greedy = model.generate(images, GenerationConfig(strategy="greedy", max_len=10))
+    assert [s[0].tokens for s in sampled] == [g[0].tokens for g in greedy]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_no_repeat_ngram_obeyed(strategy):
+    model = tiny_model(seed=3)
+    n = 2
+    hyps = model.generate(_images(4), GenerationConfig(strategy=strategy, no_repeat_ngram_size=n, max_len=12,
+                                                       beam_size=3, seed=0))
+    for per_image in hyps:
+        for h in per_image:
+            grams = [tuple(h.tokens[i:i + n]) for i in range(len(h.tokens) - n + 1)]
+            assert len(grams) == len(set(grams)), h.tokens
+
+
+def test_banned_ngrams_hand_case():
+    history = torch.tensor([[5, 6, 5], [1, 2, 3]])
+    assert _banned_ngram_tokens(history, 2) == [[6], []]
+    assert _banned_ngram_tokens(history, 1) == [[5, 6, 5], [1, 2, 3]]
+
+
+def test_min_len_and_special_tokens_respected():
+    model = tiny_model()
+    tok = model.tokenizer
+    hyps = model.generate(_images(4), GenerationConfig(strategy="beam", beam_size=3, min_len=4, max_len=8))
+    for per_image in hyps:
+        assert len(per_image[0].tokens) >= 4
+        assert tok.pad_id not in per_image[0].tokens and tok.bos_id not in per_image[0].tokens
+
+
+def test_attention_returned_per_word():
+    model = tiny_model()
+    hyps = model.generate(_images(2), GenerationConfig(strategy="beam", beam_size=3, return_attention=True,
+                                                       max_len=8))
+    for per_image in hyps:
+        h = per_image[0]
+        assert h.attention.shape == (len(h.tokens), 16)  # 32 px / stride 8 -> 4 x 4 regions
+        assert torch.allclose(h.attention.sum(-1), torch.ones(len(h.tokens)), atol=1e-5)
+
+
+def test_bad_generation_config():
+    with pytest.raises(ConfigError, match="did you mean 'beam'"):
+        GenerationConfig(strategy="bean")
+    with pytest.raises(ConfigError, match="num_return_sequences"):
+        GenerationConfig(strategy="beam", beam_size=2, num_return_sequences=3)
