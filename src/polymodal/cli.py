@@ -10,7 +10,7 @@ import typer
 
 from .errors import PolymodalError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="polymodal: multimodal language models that read images and answer in text.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate or convert datasets.")
 app.add_typer(data_app, name="data")
@@ -71,17 +71,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app()  # click handles usage errors itself: message + exit status 2
     except PolymodalError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as err:  # click's own usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2)
-        raise

@@ -144,8 +144,11 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         sampler = EpochBatchSampler(len(self.dataset), self.cfg.batch_size, self.seed, self.epoch, self.position)
+        # A private generator: creating the iterator must not draw from the global RNG (dropout's),
+        # or a resumed run, which creates one more iterator mid-epoch, would drift from a straight run.
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.cfg.num_workers, persistent_workers=False)
+                          num_workers=self.cfg.num_workers, persistent_workers=False, generator=generator)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         for group in self.optimizer.param_groups:

@@ -1,0 +1,284 @@
+"""Caption metrics through pycocoevalcap (the coco-caption code): BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
+
+Captions are tokenized exactly as coco-caption does: Stanford's PTB tokenizer (Java), lower-cased,
+punctuation tokens removed. Each scorer is pycocoevalcap's own, so the numbers are the ones papers
+and the COCO leaderboard report:
+
+- BLEU-n: corpus-level BLEU with the "closest" reference length for the brevity penalty.
+- METEOR 1.5 (Java, `-l en -norm`), corpus-level.
+- ROUGE-L: LCS F-measure with beta = 1.2, best reference per image, averaged over images.
+- CIDEr-D: pycocoevalcap's `Cider` class *is* CIDEr-D (there is no separate `CiderD` in it): TF-IDF
+  n-gram vectors (n = 1..4), the hypothesis counts clipped by the reference counts, a Gaussian length
+  penalty exp(-delta^2 / (2 * 6^2)), averaged over n-gram sizes and references, times 10. The IDF is
+  computed from the references of the images being evaluated (coco-caption's "corpus" mode), so the
+  score depends on the evaluation set and is 0 for a single image (every n-gram then has IDF 0).
+
+Java starts in a few hundred milliseconds for the tokenizer, but METEOR loads its paraphrase table
+for ~8 s. For validation during training, `cider_only=True` skips METEOR (200 captions: ~0.6 s), and
+`tokenizer="simple"` (lower-case, split on non-word characters) needs no Java at all. Final
+reported numbers should use the default PTB tokenizer and all metrics.
+
+Example:
+    >>> refs = {"1": ["a red circle", "a red round circle"], "2": ["a blue square"], "3": ["a green star"]}
+    >>> caption_metrics({"1": "a red circle", "2": "a blue square", "3": "a green star"},
+    ...                 refs, cider_only=True)  # doctest: +SKIP
+    {'cider': 7.36...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataError
+
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+_JAVA_HINT = "install Java 8 or newer (METEOR and the PTB tokenizer run on it)"
+_SIMPLE_WORD = re.compile(r"[^\W_]+")
+
+
+# ----------------------------------------------------------------------------- tokenization
+def simple_tokenize(text: str) -> str:
+    """Lower-case and keep runs of letters/digits: a Java-free stand-in for the PTB tokenizer.
+
+    Close to PTB for plain captions; contractions differ ("don't" -> "don t", PTB gives "do n't").
+
+    Example:
+        >>> simple_tokenize("A red circle, left of a BLUE square.")
+        'a red circle left of a blue square'
+    """
+    return " ".join(_SIMPLE_WORD.findall(text.lower()))
+
+
+def ptb_tokenize(captions: Mapping[Any, list[str]]) -> dict[Any, list[str]]:
+    """Tokenize every caption with pycocoevalcap's PTBTokenizer in one Java call.
+
+    Example:
+        >>> ptb_tokenize({"1": ["A dog's ball."]})  # doctest: +SKIP
+        {'1': ["a dog 's ball"]}
+    """
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    # The tokenizer keeps one caption per line: any line break inside a caption would shift every
+    # later caption onto the wrong image, so all whitespace runs become single spaces first.
+    prepared = {key: [{"caption": " ".join(c.split())} for c in caps] for key, caps in captions.items()}
+    try:
+        tokenized = PTBTokenizer().tokenize(prepared)
+    except FileNotFoundError:
+        raise ConfigError(f"java not found; {_JAVA_HINT}, or use tokenizer='simple'") from None
+    except PermissionError as err:
+        raise ConfigError(f"PTB tokenizer cannot write its temp file ({err}); it writes next to "
+                          f"pycocoevalcap's jar, so install pycocoevalcap in a writable environment") from None
+    if any(len(tokenized.get(key, ())) != len(caps) for key, caps in captions.items()):
+        raise ConfigError("the PTB tokenizer returned a different number of captions than it was given; "
+                          "check the Java installation or use tokenizer='simple'")
+    return tokenized
+
+
+def _tokenize(captions: dict[Any, list[str]], tokenizer: str) -> dict[Any, list[str]]:
+    if tokenizer == "ptb":
+        tokenized = ptb_tokenize(captions)
+    elif tokenizer == "simple":
+        tokenized = {key: [simple_tokenize(c) for c in caps] for key, caps in captions.items()}
+    else:
+        raise ConfigError(f"caption metrics: tokenizer must be 'ptb' or 'simple', got {tokenizer!r}")
+    # METEOR's stdin protocol separates fields with '|||'; a caption containing it would break it.
+    return {key: [c.replace("|||", " ").strip() for c in caps] for key, caps in tokenized.items()}
+
+
+# ----------------------------------------------------------------------------- scorers
+@contextlib.contextmanager
+def meteor_scorer() -> Iterator[Any]:
+    """A pycocoevalcap `Meteor` whose Java process is always stopped on exit (no leaked processes).
+
+    Example:
+        >>> with meteor_scorer() as meteor:  # doctest: +SKIP
+        ...     score, per_image = meteor.compute_score(gts, res)
+    """
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    try:
+        scorer = Meteor()
+    except FileNotFoundError:
+        raise ConfigError(f"java not found; {_JAVA_HINT}, or pass cider_only=True") from None
+    try:
+        yield scorer
+    except (ValueError, BrokenPipeError) as err:  # Java died: readline() gave b"" or the pipe closed
+        raise ConfigError(f"METEOR's Java process stopped ({err!r}); check that `java -Xmx2G -version` "
+                          f"works (METEOR asks for 2 GB), or pass cider_only=True") from None
+    finally:
+        process = scorer.meteor_p
+        with scorer.lock:
+            for stream in (process.stdin, process.stdout, process.stderr):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            process.kill()
+            process.wait()
+
+
+def caption_metrics(results: Mapping[str, str], references: Mapping[str, list[str]], cider_only: bool = False,
+                    tokenizer: str = "ptb") -> dict[str, float]:
+    """Score one generated caption per image against that image's reference captions.
+
+    Args:
+        results: image id -> generated caption. Only these images are scored.
+        references: image id -> reference captions; must cover every id in `results`.
+        cider_only: compute CIDEr-D only (fast: no METEOR), e.g. for validation during training.
+        tokenizer: "ptb" (coco-caption's, Java; use it for reported numbers) or "simple" (no Java).
+
+    Returns:
+        {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"} as floats
+        (only {"cider"} with `cider_only`). CIDEr-D is on coco-caption's scale (x10, up to ~10).
+
+    Raises:
+        DataError: no results, an id without references, or an image with no reference caption.
+        ConfigError: Java is missing or fails.
+
+    Example:
+        >>> refs = {"1": ["a red circle"], "2": ["a blue square"], "3": ["a green star"]}
+        >>> m = caption_metrics({"1": "a red circle", "2": "a blue square", "3": "a green star"}, refs)  # doctest: +SKIP
+        >>> m["bleu1"], round(m["cider"], 2)  # doctest: +SKIP
+        (1.0, 10.0)
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if not results:
+        raise DataError("caption metrics: no captions to score; caption at least one image")
+    unknown = [key for key in results if key not in references]
+    if unknown:
+        raise DataError(f"caption metrics: {len(unknown)} result ids have no references "
+                        f"(first: {unknown[0]!r}); score against the references of the same images")
+    empty = [key for key in results if not references[key]]
+    if empty:
+        raise DataError(f"caption metrics: image {empty[0]!r} has no reference captions; drop it or add some")
+    # One tokenizer call for both sides: each Java start costs a few hundred milliseconds.
+    texts = {("res", key): [str(caption)] for key, caption in results.items()}
+    texts.update({("ref", key): list(references[key]) for key in results})
+    tokens = _tokenize(texts, tokenizer)
+    res = {key: tokens[("res", key)] for key in results}
+    gts = {key: tokens[("ref", key)] for key in results}
+
+    metrics = {"cider": float(Cider().compute_score(gts, res)[0])}
+    if cider_only:
+        return metrics
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    metrics.update({f"bleu{n}": float(score) for n, score in enumerate(bleu, start=1)})
+    with meteor_scorer() as meteor:
+        metrics["meteor"] = float(meteor.compute_score(gts, res)[0])
+    metrics["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    return {key: metrics[key] for key in METRICS}
+
+
+# ----------------------------------------------------------------------------- files
+def _read_json(path: Path, what: str, shape: str) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found; check the path")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); re-save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                        f"{what} files are {shape}") from None
+
+
+def _id(value: Any) -> str | None:
+    """COCO ids are ints or strings; both become strings (as in `CaptionRecord.id`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        return None
+    return str(value)
+
+
+def load_results(path: str | Path, references: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Read a COCO results file `[{"image_id": ..., "caption": ...}, ...]` into {image id: caption}.
+
+    Args:
+        path: the results JSON (what `write_coco_results` and the COCO evaluation server use).
+        references: when given, every image_id must be one of its keys.
+
+    Raises:
+        DataError: naming the file, the entry index and the fix, for invalid JSON, a top level
+            that is not a list, an entry without an image_id or caption, a repeated image_id, or an
+            image_id not in `references`.
+
+    Example:
+        >>> load_results("eval/results_test.json")  # doctest: +SKIP
+        {'391895': 'a man riding a motorcycle down a dirt road'}
+    """
+    path = Path(path)
+    shape = 'a JSON list of {"image_id": ..., "caption": "..."} entries'
+    data = _read_json(path, "results", shape)
+    if not isinstance(data, list):
+        hint = " (this looks like an annotation file: pass it as the references)" if (
+            isinstance(data, dict) and "annotations" in data) else ""
+        raise DataError(f"{path}: top level is a JSON {type(data).__name__}, not a list; "
+                        f"a results file is {shape}{hint}")
+    results: dict[str, str] = {}
+    first_seen: dict[str, int] = {}
+    for i, entry in enumerate(data):
+        where = f"{path}: entry {i}"
+        missing = [k for k in ("image_id", "caption") if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise DataError(f"{where} has no '{missing[0]}' key; every entry needs 'image_id' and 'caption'")
+        key, caption = _id(entry["image_id"]), entry["caption"]
+        if key is None:
+            raise DataError(f"{where}: image_id {entry['image_id']!r} is not an integer or a non-empty string; "
+                            f"use the image ids of the reference file")
+        if not isinstance(caption, str):
+            raise DataError(f"{where}: caption is a {type(caption).__name__}, not a string; write the caption text")
+        if key in first_seen:
+            raise DataError(f"{where} repeats image_id {entry['image_id']!r} (first at entry {first_seen[key]}); "
+                            f"keep one caption per image")
+        if references is not None and key not in references:
+            raise DataError(f"{where}: image_id {entry['image_id']!r} is not in the references; "
+                            f"evaluate against the reference file (and split) the captions were made for")
+        first_seen[key] = i
+        results[key] = caption.strip()
+    if not results:
+        raise DataError(f"{path}: no entries; a results file is {shape}")
+    return results
+
+
+def load_references(path: str | Path, split: str | None = None) -> dict[str, list[str]]:
+    """Reference captions {image id: [captions]} from a COCO captions file; image files are not needed.
+
+    Args:
+        path: COCO captions JSON (`images` with optional `split`, `annotations` with image_id + caption).
+        split: keep only images of this split ("train" also keeps Karpathy's "restval"); images
+            without a split are always kept.
+
+    Example:
+        >>> refs = load_references("annotations/captions_val2014.json")  # doctest: +SKIP
+        >>> len(refs["391895"])  # doctest: +SKIP
+        5
+    """
+    path = Path(path)
+    shape = "a COCO captions object with an 'annotations' list of {image_id, caption}"
+    data = _read_json(path, "references", shape)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{path}: no 'annotations' list; references must be {shape}")
+    wanted = {split, "restval"} if split == "train" else {split}
+    excluded: set[str] = set()
+    for img in data.get("images") or []:
+        if split is not None and isinstance(img, dict) and img.get("split") not in (None, "", *wanted):
+            excluded.add(str(img.get("id")))
+    references: dict[str, list[str]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        missing = [k for k in ("image_id", "caption") if not isinstance(ann, dict) or k not in ann]
+        if missing:
+            raise DataError(f"{path}: annotation {i} has no '{missing[0]}' key; fix or remove it")
+        key = _id(ann["image_id"])
+        if key is None or not isinstance(ann["caption"], str):
+            raise DataError(f"{path}: annotation {i} has a bad image_id or a non-string caption; fix or remove it")
+        if key not in excluded:
+            references.setdefault(key, []).append(ann["caption"].strip())
+    if not references:
+        which = f" for split {split!r}" if split is not None else ""
+        raise DataError(f"{path}: no reference captions{which}; check the file and the split")
+    return references
