@@ -55,6 +55,7 @@ def test_tiny_model_learns_captions_well_above_chance(tmp_path, decoder):
     model = load(tmp_path / "run")
     val = CaptionDataset(load_split(cfg.data, "val"), model.tokenizer, 32, 24, progress=False)
     metrics = caption_validation(model, val, decode_images=12)
+    assert 0 <= metrics["cider"] and 0 <= metrics["exact_match"] <= 1
     # Chance is 1 / vocabulary (~1/45); predicting the most frequent word gets ~0.25.
     assert metrics["token_accuracy"] > 0.5, metrics
     assert metrics["loss"] < 1.5, metrics
@@ -73,3 +74,26 @@ def test_schedule_warms_up_then_decays():
     values = [lr_at(s, cfg) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[10] > values[50] > values[99] >= 0.1
+
+
+def test_refinement_trains_on_top_of_a_frozen_first_pass(tmp_path):
+    import polymodal
+    from polymodal.tasks import load_task_config
+
+    train_captioner(_config(tmp_path / "first", steps=30), progress=False)
+    first = polymodal.load(tmp_path / "first" / "run")
+    task, cfg = load_task_config(None, [
+        "task=refine", f"init_from={tmp_path / 'first' / 'run'}", f"train.out_dir={tmp_path / 'refine'}",
+        "train.steps=10", "train.batch_size=16", "train.eval_every=0", "train.checkpoint_every=0",
+        "data.n=120", "data.render_size=32", "refiner.embed_dim=16", "refiner.hidden_dim=32",
+        "refiner.attention_dim=16", "refiner.draft_dim=16"])
+    task(cfg, progress=False)
+    refined = polymodal.load(tmp_path / "refine")
+    assert type(refined).__name__ == "RefiningCaptioner"
+    # The first pass is untouched by refinement training ...
+    for (name, a), b in zip(first.state_dict().items(), refined.state_dict().values(), strict=False):
+        assert torch.equal(a, b), name
+    images = torch.randn(3, 3, 32, 32)
+    assert refined.caption(images.unbind(0), refine=False) == first.caption(images.unbind(0))
+    # ... and the second pass produces captions of its own through the shared generator.
+    assert all(isinstance(c, str) for c in refined.caption(images.unbind(0), beam_size=3))

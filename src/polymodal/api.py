@@ -14,7 +14,7 @@ from torch import nn
 
 from .checkpoint import read_model_dir, resolve_model_dir
 from .errors import CheckpointError
-from .models import captioner  # noqa: F401  (registers the architecture)
+from .models import captioner, refine  # noqa: F401  (register the architectures)
 from .registry import MODELS
 
 

@@ -36,7 +36,8 @@ def caption_records(model: nn.Module, records: list[CaptionRecord], generation: 
     """Best caption for every record's image; images that fail to decode are skipped and reported.
 
     Example:
-        >>> results, report = caption_records(model, records, GenerationConfig(strategy="greedy"))  # doctest: +SKIP
+        >>> greedy = GenerationConfig(strategy="greedy")
+        >>> results, report = caption_records(model, records, greedy)  # doctest: +SKIP
         >>> report.count  # images that could not be read  # doctest: +SKIP
         0
     """

@@ -1,3 +1,26 @@
-"""Importing this module registers every training task in `registry.TASKS`."""
+"""Training tasks. Each task is a function registered in `registry.TASKS` with a `config_cls`
+attribute: the dataclass its YAML config is validated against.
 
-from .train import captioning  # noqa: F401
+Example:
+    >>> task, cfg = load_task_config("configs/attention_lstm.yaml", ["train.steps=10"])  # doctest: +SKIP
+    >>> task(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import apply_overrides, from_dict, read_yaml
+from .registry import TASKS
+from .train import captioning  # noqa: F401  (registers "captioning")
+from .train import refine  # noqa: F401  (registers "refine")
+from .train import vqa  # noqa: F401  (registers "vqa" and "chat")
+
+
+def load_task_config(path: str | Path | None, overrides: list[str]) -> tuple[Callable[..., Any], Any]:
+    """Read YAML + overrides, pick the task named by its `task` key, validate against that task's config."""
+    data = apply_overrides(read_yaml(path) if path else {}, overrides)
+    task = TASKS.get(str(data.get("task", "captioning")))
+    return task, from_dict(task.config_cls, data, str(path) if path else "config")

@@ -22,11 +22,14 @@ class AdditiveAttention(nn.Module):
         self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
         self.score = nn.Linear(attention_dim, 1)
 
-    def forward(self, features: torch.Tensor, hidden: torch.Tensor,
-                projected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        # `projected` lets a decoder compute W_f f once per image instead of once per step.
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor, projected: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # `projected` lets a decoder compute W_f f once per image instead of once per step;
+        # `mask` (B, N), True where a position may be attended (padding excluded).
         keys = self.feature_proj(features) if projected is None else projected  # (B, N, A)
         scores = self.score(torch.tanh(keys + self.hidden_proj(hidden).unsqueeze(1))).squeeze(-1)  # (B, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         alpha = scores.softmax(dim=-1)
         context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, C)
         return context, alpha

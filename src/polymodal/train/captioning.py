@@ -46,24 +46,29 @@ def caption_validation(model: Captioner, dataset: CaptionDataset, batch_size: in
         count += n
     metrics = {"loss": total_loss / max(count, 1), "token_accuracy": correct / max(count, 1)}
     if decode_images:
-        metrics["exact_match"] = exact_match(model, dataset, decode_images)
+        metrics.update(decoded_metrics(model, dataset, decode_images))
     model.train()
     return metrics
 
 
-def exact_match(model: Captioner, dataset: CaptionDataset, n_images: int) -> float:
-    """Fraction of images whose greedy caption equals one of its references, word for word."""
+def decoded_metrics(model: Captioner, dataset: CaptionDataset, n_images: int) -> dict[str, float]:
+    """Greedy captions of the first images: exact match with any reference, and CIDEr-D.
+
+    CIDEr uses the simple (no-Java) tokenizer so that it is cheap enough for early stopping;
+    reported results use `polymodal evaluate` with the PTB tokenizer.
+    """
+    from ..data.images import normalize
+    from ..metrics import caption_metrics
+
     records = dataset.records[:n_images]
     images = torch.stack([dataset.store[i] for i in range(len(records))])
-    from ..data.images import normalize
-
     hyps = model.generate(normalize(images).to(model.device),
                           GenerationConfig(strategy="greedy", max_len=model.cfg.decoder.max_len))
-    hits = 0
-    for rec, per_image in zip(records, hyps, strict=True):
-        words = split_words(model.tokenizer.decode(per_image[0].tokens))
-        hits += any(words == split_words(ref) for ref in rec.captions)
-    return hits / max(len(records), 1)
+    captions = {rec.id: model.tokenizer.decode(h[0].tokens) for rec, h in zip(records, hyps, strict=True)}
+    hits = sum(any(split_words(captions[rec.id]) == split_words(ref) for ref in rec.captions) for rec in records)
+    cider = caption_metrics(captions, {rec.id: rec.captions for rec in records}, cider_only=True,
+                            tokenizer="simple")["cider"]
+    return {"exact_match": hits / max(len(records), 1), "cider": cider}
 
 
 @TASKS.register("captioning")
@@ -71,12 +76,18 @@ def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int |
     """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")
     train_records = load_split(cfg.data, cfg.data.train_split, report)
-    val_records = load_split(cfg.data, cfg.data.val_split, report)
     tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions),
                                     min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
     torch.manual_seed(cfg.seed)
     model = Captioner(cfg.model, tokenizer)
-    size, max_len = cfg.model.image_size, cfg.data.max_len
+    return fit_captioner(model, cfg, train_records, report, progress, stop_at)
+
+
+def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipReport, progress: bool = True,
+                  stop_at: int | None = None) -> dict[str, Any]:
+    """Build train/val datasets for `model` and run the Trainer; shared by every captioning task."""
+    val_records = load_split(cfg.data, cfg.data.val_split, report)
+    size, max_len, tokenizer = model.cfg.image_size, cfg.data.max_len, model.tokenizer
     train_set = CaptionDataset(train_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
     val_set = CaptionDataset(val_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
     if report.count:
@@ -89,5 +100,9 @@ def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int |
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
     summary.update(vocab_size=len(tokenizer), train_pairs=len(train_set), skipped_records=report.count,
-                   parameters=sum(p.numel() for p in model.parameters()))
+                   parameters=sum(p.numel() for p in model.parameters()),
+                   trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     return summary
+
+
+train_captioner.config_cls = ExperimentConfig  # type: ignore[attr-defined]

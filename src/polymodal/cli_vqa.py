@@ -1,0 +1,1 @@
+"""`polymodal vqa`, `polymodal chat` and `polymodal ablate` commands (registered on the main app)."""

@@ -1,0 +1,265 @@
+"""Multi-turn dialogues about Shapes World scenes, and the chat dataset built from them.
+
+A dialogue opens with a question that picks out one object (its referent), then asks 1-2 follow-ups
+that only name it as "it", "that shape" or "that one", so they cannot be answered without the
+earlier turns:
+
+    user: what is left of the square?      assistant: a red circle
+    user: what size is it?                 assistant: small
+    user: where is that one?               assistant: in the top left
+
+Openings: "what colour is the X?", "what shape is the C object?", "is there a C X?" (yes),
+"what is left/right of / above / below the X?". Follow-ups (about the referent): size, colour or
+shape (whichever the opening did not reveal), "where is it?", "is it left of the Y?" (yes/no),
+"what is left of it?" and "is it small?" (yes/no). Every answer is true of the scene.
+
+Example:
+    >>> dialogues = read_dialogues("shapes", split="test")  # doctest: +SKIP
+    >>> [(t.question, t.answer) for t in dialogues[0].turns]  # doctest: +SKIP
+    [('what colour is the star?', 'red'), ('where is it?', 'in the top left')]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError, InputError
+from ..text.tokenizer import SPECIALS, Tokenizer, WordTokenizer
+from .images import normalize
+from .qa import encode_text
+from .shapes import SIZES, Scene, ShapeObject
+from .shapes_text import article, region, relation
+
+USER, ASSISTANT = "<user>", "<assistant>"  # role markers: vocabulary entries no text can produce
+_OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+Message = dict[str, str]
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    kind: str                         # e.g. "open/position", "follow/size"
+
+
+@dataclass
+class DialogueRecord:
+    """A dialogue about one image.
+
+    Example:
+        >>> DialogueRecord("1-0", "/d/a.png", [Turn("what colour is the star?", "red", "open/colour")]).id
+        '1-0'
+    """
+
+    id: str
+    image: str
+    turns: list[Turn]
+    split: str | None = None
+
+
+def _rel(rel: str) -> str:
+    return f"{rel} of" if rel in ("left", "right") else rel
+
+
+def _on_side(o: ShapeObject, b: ShapeObject, rel: str) -> bool:
+    return {"left": o.x < b.x, "right": o.x > b.x, "above": o.y < b.y, "below": o.y > b.y}[rel]
+
+
+def _only_on_side(objs: Sequence[ShapeObject], b: ShapeObject) -> list[tuple[ShapeObject, str]]:
+    """(a, rel): a is the one object on that side of b, and clearly so (along the dominant axis)."""
+    out = []
+    for rel in ("left", "right", "above", "below"):
+        side = [o for o in objs if o is not b and _on_side(o, b, rel)]
+        if len(side) == 1 and relation(side[0], b) == rel:
+            out.append((side[0], rel))
+    return out
+
+
+def _openings(objs: Sequence[ShapeObject]) -> dict[str, list[tuple[Turn, ShapeObject, set[str]]]]:
+    """Opening turns by kind, each with its referent and the attributes the turn already revealed."""
+    shapes, colours = Counter(o.shape for o in objs), Counter(o.colour for o in objs)
+    pairs = Counter((o.colour, o.shape) for o in objs)
+    out: dict[str, list[tuple[Turn, ShapeObject, set[str]]]] = {}
+    for o in objs:
+        if shapes[o.shape] == 1:
+            out.setdefault("colour", []).append((Turn(f"what colour is the {o.shape}?", o.colour, "open/colour"),
+                                                 o, {"colour", "shape"}))
+            for a, rel in _only_on_side(objs, o):
+                out.setdefault("position", []).append(
+                    (Turn(f"what is {_rel(rel)} the {o.shape}?", article(f"{a.colour} {a.shape}"), "open/position"),
+                     a, {"colour", "shape"}))
+        if colours[o.colour] == 1:
+            out.setdefault("shape", []).append((Turn(f"what shape is the {o.colour} object?", o.shape, "open/shape"),
+                                                o, {"colour", "shape"}))
+        if pairs[(o.colour, o.shape)] == 1:
+            out.setdefault("exists", []).append((Turn(f"is there {article(o.colour)} {o.shape}?", "yes", "open/exists"),
+                                                 o, {"colour", "shape"}))
+    return out
+
+
+def _followups(o: ShapeObject, objs: Sequence[ShapeObject], known: set[str], rng: random.Random) -> list[Turn]:
+    def it() -> str:
+        return rng.choice(("it", "it", "that shape", "that one"))
+
+    out = [Turn(f"what size is {it()}?", o.size, "follow/size"),
+           Turn(f"where is {it()}?", region(o), "follow/where")]
+    if "colour" not in known:
+        out.append(Turn(f"and what colour is {it()}?", o.colour, "follow/colour"))
+    if "shape" not in known:
+        out.append(Turn(f"what shape is {it()}?", o.shape, "follow/shape"))
+    size = rng.choice(tuple(SIZES))
+    out.append(Turn(f"is {it()} {size}?", "yes" if size == o.size else "no", "follow/size-yes/no"))
+    shapes = Counter(x.shape for x in objs)
+    others = [c for c in objs if c is not o and shapes[c.shape] == 1 and c.shape != o.shape]
+    if others:
+        c = rng.choice(others)
+        rel, truth = relation(o, c), rng.random() < 0.5
+        out.append(Turn(f"is {it()} {_rel(rel if truth else _OPPOSITE[rel])} the {c.shape}?", "yes" if truth else "no",
+                        "follow/relation"))
+    near = _only_on_side(objs, o)
+    if near:
+        a, rel = rng.choice(near)
+        out.append(Turn(f"what is {_rel(rel)} {it()}?", article(f"{a.colour} {a.shape}"), "follow/position"))
+    return out
+
+
+def dialogues_for_scene(scene: Scene, rng: random.Random, k: int = 2) -> list[list[Turn]]:
+    """Up to k dialogues of 2-3 turns, with different opening kinds where the scene allows.
+
+    Example:
+        >>> s = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5),
+        ...            ShapeObject("square", "blue", "large", 0.7, 0.5)), (40, 40, 40))
+        >>> len(dialogues_for_scene(s, random.Random(0))[0]) in (2, 3)
+        True
+    """
+    openings = _openings(scene.objects)
+    kinds = sorted(openings)
+    rng.shuffle(kinds)
+    out = []
+    for kind in kinds[:k]:
+        first, referent, known = rng.choice(openings[kind])
+        follow = _followups(referent, scene.objects, known, rng)
+        rng.shuffle(follow)
+        out.append([first, *follow[: rng.choice((1, 2))]])
+    return out
+
+
+def read_dialogues(folder: str | Path, split: str | None = None, per_image: int = 2) -> list[DialogueRecord]:
+    """Dialogues for the scenes of a Shapes World folder (scenes.jsonl), deterministic per image.
+
+    Raises:
+        DataError: the folder has no readable scenes.jsonl.
+    """
+    folder = Path(folder)
+    path = folder / "scenes.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        raise DataError(f"{path}: not found; write Shapes World with `polymodal data shapes --out {folder}`") from None
+    counters: dict[str, int] = {}
+    out = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            scene = Scene.from_dict(row)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{path} line {n}: not a scene record ({err}); regenerate the folder") from None
+        i = counters[row["split"]] = counters.get(row["split"], -1) + 1  # each split's images in index order
+        if split is not None and row["split"] != split:
+            continue
+        image = str(folder / f"images/{row['split']}/{row['split']}_{i:06d}.png")
+        rng = random.Random(f"dialogue/{row['image_id']}")
+        for k, turns in enumerate(dialogues_for_scene(scene, rng, per_image)):
+            out.append(DialogueRecord(f"{row['image_id']}-{k}", image, turns, row["split"]))
+    return out
+
+
+def build_chat_tokenizer(dialogues: Sequence[DialogueRecord], min_count: int = 1,
+                         max_size: int = 10000) -> WordTokenizer:
+    """Word vocabulary of every question and answer, with the two role markers after the specials."""
+    texts = (text for d in dialogues for t in d.turns for text in (t.question, t.answer))
+    words = WordTokenizer.build(texts, min_count=min_count, max_size=max_size).words
+    return WordTokenizer([*SPECIALS, USER, ASSISTANT, *words[len(SPECIALS):]])
+
+
+def context_ids(tokenizer: Tokenizer, messages: Sequence[Message], max_len: int) -> list[int]:
+    """<user> q1 <assistant> a1 <user> q2 ... as ids, cut from the left to the newest `max_len` tokens.
+
+    Raises:
+        InputError: no messages, an unknown role, an empty message, or a last message not from the user.
+
+    Example:
+        >>> tok = build_chat_tokenizer([DialogueRecord("0", "a.png", [Turn("what size is it?", "small", "x")])])
+        >>> tok.decode(context_ids(tok, [{"role": "user", "content": "what size is it?"}], 3))
+        'size is it'
+    """
+    if not messages:
+        raise InputError("no messages; pass [{'role': 'user', 'content': 'what colour is the circle?'}]")
+    markers = {"user": tokenizer.index[USER], "assistant": tokenizer.index[ASSISTANT]}  # type: ignore[attr-defined]
+    ids: list[int] = []
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in markers:
+            raise InputError(f"message {i}: role must be 'user' or 'assistant', got {role!r}")
+        ids += [markers[role], *encode_text(tokenizer, msg.get("content"), max_len, what=f"message {i}")]
+    if messages[-1]["role"] != "user":
+        raise InputError("the last message must be the user's question")
+    return ids[-max_len:]
+
+
+def turn_messages(turns: Sequence[Turn], t: int) -> list[Message]:
+    """The messages before turn t's answer: the earlier turns (with their reference answers) and question t."""
+    msgs: list[Message] = []
+    for turn in turns[:t]:
+        msgs += [{"role": "user", "content": turn.question}, {"role": "assistant", "content": turn.answer}]
+    return [*msgs, {"role": "user", "content": turns[t].question}]
+
+
+class ChatDataset(Dataset):
+    """One item per assistant turn: image (or its features), context ids, answer ids <bos> ... <eos>."""
+
+    def __init__(self, dialogues: Sequence[DialogueRecord], rows: Sequence[int], images: Callable[[int], Any],
+                 tokenizer: Tokenizer, max_context: int, max_answer: int):
+        self.images, self.tokenizer = images, tokenizer
+        self.items = [(d, r, t) for d, r in zip(dialogues, rows, strict=True) for t in range(len(d.turns))]
+        self.max_context, self.max_answer = max_context, max_answer
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def turn(self, i: int) -> Turn:
+        d, _, t = self.items[i]
+        return d.turns[t]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        d, row, t = self.items[i]
+        tok = self.tokenizer
+        context = context_ids(tok, turn_messages(d.turns, t), self.max_context)
+        answer = [tok.bos_id, *tok.encode(d.turns[t].answer, max_len=self.max_answer), tok.eos_id]
+        return {"image": self.images(row), "context": torch.tensor(context), "answer": torch.tensor(answer), "index": i}
+
+
+def _pad(seqs: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        out[r, : len(s)] = s
+    return out
+
+
+def collate_chat(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """"images" or "image_features", "tokens" (context ids), "answer_tokens", "index"."""
+    images = torch.stack([it["image"] for it in items])
+    key = "images" if images.dtype == torch.uint8 else "image_features"
+    return {key: normalize(images) if key == "images" else images.float(),
+            "tokens": _pad([it["context"] for it in items], pad_id),
+            "answer_tokens": _pad([it["answer"] for it in items], pad_id),
+            "index": torch.tensor([it["index"] for it in items])}

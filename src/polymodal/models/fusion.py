@@ -1,0 +1,376 @@
+"""Fusion of any number of modalities: feature-level (one fused vector) and decision-level (votes).
+
+Every variant has one interface. It is built from a `FusionConfig`, the feature width of each
+modality and (for decision-level fusion) the number of classes, and maps a dict of features to a
+tensor:
+
+    fusion = build_fusion(FusionConfig(name="gated"), {"image": 64, "text": 128})
+    fused = fusion({"image": regions, "text": tokens}, masks={"text": token_mask})  # (B, fusion.out_dim)
+
+A feature may be a vector (B, C) or a sequence (B, N, C) (image regions, question tokens, audio
+frames); `masks[name]` (B, N), True at real positions, excludes padding. Variants that need one
+vector per modality take the masked mean of a sequence.
+
+Feature level (`level == "feature"`, output (B, out_dim), a classifier goes on top):
+    concat_linear    [x_1; ...; x_M] -> Linear                      (a linear combination)
+    concat_mlp       [x_1; ...; x_M] -> MLP                         (a nonlinear mapping)
+    gated            sum_m z_m * tanh(W_m x_m), z = softmax over modalities (GMU, Arevalo et al. 2017)
+    bilinear         low-rank bilinear pooling prod_m tanh(U_m x_m)  (MLB, Kim et al. 2017)
+    film             the `query` modality scales and shifts every region of the others (FiLM, Perez et al. 2018)
+    cross_attention  `query` tokens attend to the regions of the others (nn.MultiheadAttention)
+
+Decision level (`level == "decision"`, output (B, num_classes) log-probabilities): one classifier head
+per modality (`head_logits`), then `combine`:
+    vote_fixed    sum_m w_m log p_m with fixed weights (config `weights`, default equal)
+    vote_learned  the same with learned weights softmax(alpha)
+    vote_hard     majority vote of the heads' argmax; ties go to the most confident voter
+    vote_soft     the mean of the heads' probabilities
+
+Example:
+    >>> f = build_fusion(FusionConfig(name="vote_soft", hidden=8), {"image": 4, "text": 6}, num_classes=3)
+    >>> f({"image": torch.randn(2, 5, 4), "text": torch.randn(2, 6)}).exp().sum(-1)
+    tensor([1.0000, 1.0000], grad_fn=<SumBackward1>)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import FUSION
+
+Features = Mapping[str, torch.Tensor]
+Masks = Mapping[str, torch.Tensor] | None
+
+
+@dataclass
+class FusionConfig:
+    name: str = "cross_attention"     # a key of registry.FUSION
+    dim: int = 128                    # width of the fused vector (feature level)
+    hidden: int = 256                 # hidden width of MLPs and per-modality heads
+    heads: int = 4                    # cross_attention heads
+    layers: int = 1                   # cross_attention blocks
+    dropout: float = 0.1
+    query: str = "text"               # the modality that asks: attends (cross_attention), conditions (film)
+    weights: list[float] = field(default_factory=list)  # vote_fixed: one per modality, in `dims` order
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C) stays as is; (B, N, C) becomes the mean over the positions where `mask` is True."""
+    if x.ndim == 2:
+        return x
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def as_sequence(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vector becomes a one-element sequence; returns (B, N, C) and its mask (B, N)."""
+    if x.ndim == 2:
+        x = x.unsqueeze(1)
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return x, mask.bool()
+
+
+class Fusion(nn.Module):
+    """Base class: checks the modalities and gives subclasses the pooled vectors."""
+
+    level: ClassVar[str] = "feature"
+    min_modalities: ClassVar[int] = 1
+    out_dim: int
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__()
+        self.cfg = replace(cfg, weights=list(cfg.weights))  # never share (or mutate) the caller's config
+        self.dims = dict(dims)
+        self.modalities = tuple(dims)
+        self.num_classes = num_classes
+        if len(self.modalities) < self.min_modalities:
+            raise ConfigError(f"fusion {cfg.name!r} needs at least {self.min_modalities} modalities, "
+                              f"got {list(self.modalities)}")
+
+    def _check(self, features: Features) -> None:
+        if set(features) != set(self.modalities):
+            raise ValueError(f"fusion {self.cfg.name!r} was built for {sorted(self.modalities)}, "
+                             f"got features for {sorted(features)}")
+
+    def pooled(self, features: Features, masks: Masks) -> list[torch.Tensor]:
+        self._check(features)
+        masks = masks or {}
+        return [pool(features[m], masks.get(m)) for m in self.modalities]
+
+    def _require_query(self) -> None:
+        if self.cfg.query not in self.modalities:
+            raise ConfigError(f"fusion {self.cfg.name!r}: fusion.query={self.cfg.query!r} is not one of the "
+                              f"modalities {list(self.modalities)}")
+
+
+def _mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
+
+
+# ----------------------------------------------------------------------------- feature level
+class ConcatLinearFusion(Fusion):
+    """Concatenate the pooled modalities, one linear map: the linear-combination baseline."""
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self.proj = nn.Linear(sum(self.dims.values()), cfg.dim)
+        self.out_dim = cfg.dim
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        return self.proj(torch.cat(self.pooled(features, masks), dim=-1))  # (B, dim)
+
+
+class ConcatMLPFusion(Fusion):
+    """Concatenate the pooled modalities, then a two-layer MLP: a nonlinear mapping."""
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self.mlp = _mlp(sum(self.dims.values()), cfg.hidden, cfg.dim, cfg.dropout)
+        self.out_dim = cfg.dim
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        return torch.relu(self.mlp(torch.cat(self.pooled(features, masks), dim=-1)))
+
+
+class GatedFusion(Fusion):
+    """Gated multimodal unit for M modalities: a softmax gate per output unit picks each modality's share."""
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self.proj = nn.ModuleList([nn.Linear(self.dims[m], cfg.dim) for m in self.modalities])
+        self.gate = nn.Linear(sum(self.dims.values()), cfg.dim * len(self.modalities))
+        self.out_dim = cfg.dim
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        vectors = self.pooled(features, masks)
+        h = torch.stack([torch.tanh(p(v)) for p, v in zip(self.proj, vectors, strict=True)], dim=1)  # (B, M, D)
+        z = self.gate(torch.cat(vectors, dim=-1)).view(h.shape).softmax(dim=1)  # (B, M, D), sums to 1 over M
+        return (z * h).sum(dim=1)
+
+
+class BilinearFusion(Fusion):
+    """Low-rank bilinear pooling: the elementwise product of projected modalities models every pairwise
+    (and, for M > 2, higher-order) interaction at the cost of one projection per modality."""
+
+    min_modalities = 2
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self.proj = nn.ModuleList([nn.Linear(self.dims[m], cfg.hidden) for m in self.modalities])
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden, cfg.dim)
+        self.out_dim = cfg.dim
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        vectors = self.pooled(features, masks)
+        joint = math.prod(torch.tanh(p(v)) for p, v in zip(self.proj, vectors, strict=True))  # (B, hidden)
+        return torch.relu(self.out(self.dropout(joint)))
+
+
+class FiLMFusion(Fusion):
+    """FiLM: the pooled `query` modality predicts a scale and shift for every region of the others,
+    so the question can select regions (those that respond after the ReLU) before pooling."""
+
+    min_modalities = 2
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self._require_query()
+        self.others = tuple(m for m in self.modalities if m != cfg.query)
+        self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], cfg.dim) for m in self.others})
+        self.film = nn.ModuleDict({m: nn.Linear(self.dims[cfg.query], 2 * cfg.dim) for m in self.others})
+        self.post = nn.ModuleDict({m: nn.Linear(cfg.dim, cfg.dim) for m in self.others})
+        self.out = _mlp(cfg.dim * len(self.others) + self.dims[cfg.query], cfg.hidden, cfg.dim, cfg.dropout)
+        self.out_dim = cfg.dim
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        self._check(features)
+        masks = masks or {}
+        q = pool(features[self.cfg.query], masks.get(self.cfg.query))  # (B, Cq)
+        parts = []
+        for m in self.others:
+            x, mask = as_sequence(features[m], masks.get(m))
+            gamma, beta = self.film[m](q).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, D) each
+            h = torch.relu((1 + gamma) * self.proj[m](x) + beta)  # 1 + gamma: starts as the identity
+            h = h + torch.relu(self.post[m](h))  # (B, N, D), a residual block as in the FiLM paper
+            parts.append(pool(h, mask))
+        return torch.relu(self.out(torch.cat([*parts, q], dim=-1)))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm block: queries attend to a context, then a feed-forward layer; both residual."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+
+    def forward(self, q: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = self.norm_kv(ctx)
+        attended, weights = self.attn(self.norm_q(q), kv, kv, key_padding_mask=~ctx_mask, need_weights=True)
+        q = q + attended  # (B, T, D)
+        return q + self.ff(self.norm_ff(q)), weights  # weights (B, T, N), averaged over heads
+
+
+class CrossAttentionFusion(Fusion):
+    """`query` tokens (question words) attend to the tokens of every other modality (image regions, ...),
+    which are projected to one width and tagged with a learned modality embedding."""
+
+    min_modalities = 2
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self._require_query()
+        if cfg.dim % cfg.heads:
+            raise ConfigError(f"fusion.dim ({cfg.dim}) must be divisible by fusion.heads ({cfg.heads})")
+        self.others = tuple(m for m in self.modalities if m != cfg.query)
+        self.query_proj = nn.Linear(self.dims[cfg.query], cfg.dim)
+        self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], cfg.dim) for m in self.others})
+        self.type_embed = nn.Parameter(torch.zeros(len(self.others), cfg.dim))
+        self.blocks = nn.ModuleList([CrossAttentionBlock(cfg.dim, cfg.heads, cfg.dropout)
+                                     for _ in range(max(cfg.layers, 1))])
+        # The pooled context rides along: softmax attention normalises counts away, a mean keeps them.
+        self.out = _mlp(2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
+        self.out_dim = cfg.dim
+
+    def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
+        self._check(features)
+        masks = masks or {}
+        q, q_mask = as_sequence(features[self.cfg.query], masks.get(self.cfg.query))
+        ctx, ctx_mask = [], []
+        for i, m in enumerate(self.others):
+            x, mask = as_sequence(features[m], masks.get(m))
+            ctx.append(self.proj[m](x) + self.type_embed[i])
+            ctx_mask.append(mask)
+        context, context_mask = torch.cat(ctx, dim=1), torch.cat(ctx_mask, dim=1)  # (B, N, D), (B, N)
+        h = self.query_proj(q)  # (B, T, D)
+        weights = None
+        for block in self.blocks:
+            h, weights = block(h, context, context_mask)
+        fused = torch.relu(self.out(torch.cat([pool(h, q_mask), pool(context, context_mask)], dim=-1)))
+        return (fused, weights) if return_attention else fused
+
+
+# ----------------------------------------------------------------------------- decision level
+class VoteFusion(Fusion):
+    """Decision-level base: a classifier head per modality; subclasses `combine` their predictions."""
+
+    level = "decision"
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        if num_classes < 1:
+            raise ConfigError(f"decision-level fusion {cfg.name!r} needs num_classes >= 1")
+        self.heads = nn.ModuleDict({m: _mlp(self.dims[m], cfg.hidden, num_classes, cfg.dropout)
+                                    for m in self.modalities})
+        self.out_dim = num_classes
+
+    def head_logits(self, features: Features, masks: Masks = None) -> dict[str, torch.Tensor]:
+        """Each modality's own prediction: name -> logits (B, num_classes)."""
+        vectors = self.pooled(features, masks)
+        return {m: self.heads[m](v) for m, v in zip(self.modalities, vectors, strict=True)}
+
+    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
+        return self.combine(self.head_logits(features, masks))  # (B, K) log-probabilities
+
+    def _stack(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([logits[m] for m in self.modalities], dim=1).float().log_softmax(-1)  # (B, M, K)
+
+
+class FixedVoteFusion(VoteFusion):
+    """Weighted log-linear pooling with fixed weights: log p = sum_m w_m log p_m, renormalised."""
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        weights = cfg.weights or [1.0] * len(self.modalities)
+        if len(weights) != len(self.modalities) or min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"fusion.weights: need {len(self.modalities)} non-negative weights (one per "
+                              f"modality, in the order {list(self.modalities)}), got {cfg.weights}")
+        self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
+
+    def mixing_weights(self) -> torch.Tensor:
+        return self.weights
+
+    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logp = self._stack(logits)
+        return (self.mixing_weights()[None, :, None] * logp).sum(dim=1).log_softmax(-1)
+
+
+class LearnedVoteFusion(FixedVoteFusion):
+    """Like `vote_fixed`, but the weights are softmax(alpha) with alpha learned (starting equal)."""
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self.alpha = nn.Parameter(torch.log(self.weights.clamp_min(1e-6)))
+
+    def mixing_weights(self) -> torch.Tensor:
+        return self.alpha.softmax(0)
+
+
+class SoftVoteFusion(VoteFusion):
+    """Soft voting: the average of the heads' probabilities."""
+
+    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self._stack(logits).exp().mean(dim=1).clamp_min(1e-12).log()
+
+
+class HardVoteFusion(VoteFusion):
+    """Majority vote of the heads' argmax; a tie goes to the class whose voter is most confident.
+
+    The output is log(vote share). It has no useful gradient, so training passes the soft vote's
+    gradient straight through (the forward value stays the hard vote).
+    """
+
+    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        probs = self._stack(logits).exp()  # (B, M, K)
+        confidence, choice = probs.max(dim=-1)  # (B, M)
+        votes = F.one_hot(choice, probs.shape[-1]).to(probs.dtype)  # (B, M, K)
+        tie_break = (votes * confidence.unsqueeze(-1)).amax(dim=1)  # (B, K) in [0, 1]
+        # 0.5 * confidence < 1 vote, so it only orders classes with equal vote counts
+        score = votes.sum(dim=1) + 0.5 * tie_break + 1e-6
+        hard = (score / score.sum(-1, keepdim=True)).log()
+        soft = probs.mean(dim=1).clamp_min(1e-12).log()
+        return hard.detach() + soft - soft.detach()
+
+
+_VARIANTS: dict[str, type[Fusion]] = {
+    "concat_linear": ConcatLinearFusion, "concat_mlp": ConcatMLPFusion, "gated": GatedFusion,
+    "bilinear": BilinearFusion, "film": FiLMFusion, "cross_attention": CrossAttentionFusion,
+    "vote_fixed": FixedVoteFusion, "vote_learned": LearnedVoteFusion, "vote_hard": HardVoteFusion,
+    "vote_soft": SoftVoteFusion,
+}
+
+
+def _register(name: str, cls: type[Fusion]) -> None:
+    @FUSION.register(name)
+    def builder(cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0) -> Fusion:
+        return cls(cfg, dims, num_classes)
+
+
+for _name, _cls in _VARIANTS.items():
+    _register(_name, _cls)
+
+
+def build_fusion(cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0) -> Fusion:
+    """Build the fusion variant `cfg.name` for modalities of widths `dims` (name -> C).
+
+    Example:
+        >>> build_fusion(FusionConfig(name="concat_linear", dim=16), {"image": 8, "text": 4}).out_dim
+        16
+    """
+    return FUSION.build(cfg.name, cfg, dims, num_classes)

@@ -1,0 +1,302 @@
+"""Visual question answering as classification over an answer vocabulary.
+
+image -> encoder regions (B, N, C) -> + position -> "image" (B, N, D)
+question -> embedding + BiLSTM / transformer -> "text" (B, T, D)
+{"image", "text"} -> fusion (any `registry.FUSION` variant) -> answer classifier (B, A)
+
+Decision-level fusion variants bring their own per-modality classifier heads; each head is also
+trained on its own (the mean of their losses is added), as late fusion of separate classifiers is.
+
+Example:
+    >>> model = polymodal.load("runs/vqa/model")  # doctest: +SKIP
+    >>> model.answer("shapes/images/test/test_000001.png", "what colour is the circle?")  # doctest: +SKIP
+    ['red']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..checkpoint import load_weights, read_model_dir, resolve_model_dir, save_model_dir, write_model_files
+from ..config import EncoderConfig, from_dict
+from ..data.images import image_to_tensor, load_image
+from ..data.qa import encode_text
+from ..errors import CheckpointError, InputError
+from ..registry import MODELS, Registry
+from ..text.tokenizer import Tokenizer
+from .encoders import build_encoder
+from .fusion import FusionConfig, build_fusion
+
+ImageInput = str | Path | bytes | Image.Image | torch.Tensor
+QUESTION_ENCODERS = Registry("question encoder")
+
+
+@dataclass
+class QuestionEncoderConfig:
+    name: str = "lstm"                # lstm (bidirectional) | transformer
+    embed_dim: int = 64
+    hidden_dim: int = 128             # output width (both LSTM directions together)
+    layers: int = 1
+    heads: int = 4                    # transformer only
+    max_len: int = 20                 # questions are truncated to this many words
+    dropout: float = 0.1
+
+
+@dataclass
+class VQAModelConfig:
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(name="small_cnn", width=16))
+    question: QuestionEncoderConfig = field(default_factory=QuestionEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    image_size: int = 64
+    dim: int = 128                    # width of projected image regions
+    dropout: float = 0.1
+
+
+class LSTMQuestionEncoder(nn.Module):
+    """Word embedding + bidirectional LSTM; padding is packed away so it never changes the states."""
+
+    def __init__(self, cfg: QuestionEncoderConfig, vocab_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim // 2, num_layers=cfg.layers, batch_first=True,
+                            bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out_dim = 2 * (cfg.hidden_dim // 2)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = tokens != 0  # (B, T)
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.embed(tokens)), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        return out, mask  # (B, T, H), (B, T)
+
+
+class TransformerQuestionEncoder(nn.Module):
+    """Word + learned position embeddings and a small pre-norm transformer encoder."""
+
+    def __init__(self, cfg: QuestionEncoderConfig, vocab_size: int, max_positions: int = 512):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.hidden_dim, padding_idx=0)
+        self.position = nn.Embedding(max_positions, cfg.hidden_dim)
+        layer = nn.TransformerEncoderLayer(cfg.hidden_dim, cfg.heads, 2 * cfg.hidden_dim, cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.out_dim = cfg.hidden_dim
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = tokens != 0
+        positions = torch.arange(tokens.shape[1], device=tokens.device).clamp_max(self.position.num_embeddings - 1)
+        x = self.embed(tokens) + self.position(positions)
+        return self.encoder(x, src_key_padding_mask=~mask), mask
+
+
+@QUESTION_ENCODERS.register("lstm")
+def lstm_question_encoder(cfg: QuestionEncoderConfig, vocab_size: int) -> nn.Module:
+    return LSTMQuestionEncoder(cfg, vocab_size)
+
+
+@QUESTION_ENCODERS.register("transformer")
+def transformer_question_encoder(cfg: QuestionEncoderConfig, vocab_size: int) -> nn.Module:
+    return TransformerQuestionEncoder(cfg, vocab_size)
+
+
+def grid_positions(n: int, device: torch.device, bands: int = 4) -> torch.Tensor:
+    """Fourier features of the (x, y) centre of each of n = side * side grid cells: (n, 2 + 4 * bands).
+
+    Regions carry no position of their own; "left of" and "above" need one.
+    """
+    side = math.isqrt(n)
+    if side * side != n:  # not a square grid: number the regions along one axis
+        xs, ys = torch.linspace(-1, 1, n, device=device), torch.zeros(n, device=device)
+    else:
+        axis = (torch.arange(side, device=device) + 0.5) / side * 2 - 1
+        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+        xs, ys = xs.reshape(-1), ys.reshape(-1)
+    freqs = math.pi * 2.0 ** torch.arange(bands, device=device)
+    parts = [xs[:, None], ys[:, None]]
+    for c in (xs, ys):
+        parts += [torch.sin(c[:, None] * freqs), torch.cos(c[:, None] * freqs)]
+    return torch.cat(parts, dim=-1)
+
+
+class RegionProjector(nn.Module):
+    """Encoder regions (B, N, C) -> (B, N, D): a linear map plus a projected grid position, normalised."""
+
+    def __init__(self, feature_dim: int, dim: int, bands: int = 4):
+        super().__init__()
+        self.bands = bands
+        self.proj = nn.Linear(feature_dim, dim)
+        self.position = nn.Linear(2 + 4 * bands, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, regions: torch.Tensor) -> torch.Tensor:
+        pos = grid_positions(regions.shape[1], regions.device, self.bands).to(regions.dtype)
+        return self.norm(self.proj(regions) + self.position(pos))
+
+
+def images_to_batch(images: list[ImageInput] | ImageInput, size: int, device: torch.device) -> torch.Tensor:
+    """Paths, bytes, PIL images or normalised (3, H, W) tensors -> one normalised batch (B, 3, S, S)."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise InputError("no images given; pass at least one image path, PIL image or tensor")
+    tensors = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] != 3:
+                raise InputError(f"image tensor must be (3, H, W) and normalized, got {tuple(item.shape)}")
+            tensors.append(F.interpolate(item[None].float(), size=(size, size), mode="bilinear",
+                                         antialias=True, align_corners=False)[0])
+        else:
+            tensors.append(image_to_tensor(load_image(item), size))
+    return torch.stack(tensors).to(device)
+
+
+@MODELS.register("vqa")
+class VQAModel(nn.Module):
+    """Answers questions about images by picking from a fixed answer vocabulary."""
+
+    architecture = "vqa"
+
+    def __init__(self, cfg: VQAModelConfig, tokenizer: Tokenizer, answers: list[str]):
+        super().__init__()
+        if not answers:
+            raise CheckpointError("a VQA model needs a non-empty answer vocabulary")
+        self.cfg, self.tokenizer, self.answers = cfg, tokenizer, list(answers)
+        self.encoder = build_encoder(cfg.encoder)
+        self.image_proj = RegionProjector(self.encoder.out_dim, cfg.dim)
+        self.question = QUESTION_ENCODERS.build(cfg.question.name, cfg.question, len(tokenizer))
+        dims = {"image": cfg.dim, "text": self.question.out_dim}
+        self.fusion = build_fusion(cfg.fusion, dims, num_classes=len(self.answers))
+        self.decision_level = self.fusion.level == "decision"
+        self.classifier = None if self.decision_level else nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(self.fusion.out_dim, len(self.answers)))
+
+    def fused_logits(self, regions: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Raw encoder regions (B, N, C) and question ids (B, T) -> answer scores (B, A), head scores."""
+        text, mask = self.question(tokens)
+        features, masks = {"image": self.image_proj(regions), "text": text}, {"text": mask}
+        if self.decision_level:
+            heads = self.fusion.head_logits(features, masks)
+            return self.fusion.combine(heads), heads
+        return self.classifier(self.fusion(features, masks)), {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: "images" (B, 3, H, W) or precomputed "image_features" (B, N, C), "tokens" (B, T) question
+        ids, and for a loss "targets" (B, A) soft answer scores. Returns logits (B, A) and named losses."""
+        regions = batch["image_features"] if "image_features" in batch else self.encoder(batch["images"])
+        logits, heads = self.fused_logits(regions, batch["tokens"])
+        losses: dict[str, torch.Tensor] = {}
+        if "targets" in batch:
+            losses["answer_loss"] = soft_cross_entropy(logits, batch["targets"])
+            if heads:  # late fusion: every modality's classifier also learns on its own
+                losses["head_loss"] = sum(soft_cross_entropy(h, batch["targets"]) for h in heads.values()) / len(heads)
+            losses["loss"] = sum(losses.values())
+        return logits, losses
+
+    # ---- inference ---------------------------------------------------------------------------
+    def _pairs(self, images: Any, questions: Any) -> tuple[list[Any], list[str]]:
+        imgs = list(images) if isinstance(images, (list, tuple)) else [images]
+        qs = [questions] if isinstance(questions, str) else list(questions)
+        if not qs:
+            raise InputError("no question given")
+        if len(imgs) == 1 and len(qs) > 1:
+            imgs = imgs * len(qs)  # several questions about one image: encode the image once per question
+        elif len(qs) == 1 and len(imgs) > 1:
+            qs = qs * len(imgs)
+        if len(imgs) != len(qs):
+            raise InputError(f"{len(imgs)} images but {len(qs)} questions; pass one image per question, "
+                             f"or one image for all questions")
+        return imgs, qs
+
+    @torch.inference_mode()
+    def predict(self, images: Any, questions: Any) -> torch.Tensor:
+        """Answer probabilities (B, A) for images and questions (see `answer`)."""
+        self.eval()
+        imgs, qs = self._pairs(images, questions)
+        ids = [encode_text(self.tokenizer, q, self.cfg.question.max_len) for q in qs]
+        tokens = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+        for r, row in enumerate(ids):
+            tokens[r, : len(row)] = torch.tensor(row)
+        batch = {"images": images_to_batch(imgs, self.cfg.image_size, self.device), "tokens": tokens.to(self.device)}
+        logits, _ = self(batch)
+        return logits.float().softmax(-1)
+
+    def answer(self, images: Any, questions: Any) -> list[str]:
+        """The best answer to each question.
+
+        Args:
+            images: one image (path, bytes, PIL image, normalised tensor) or a list, one per question.
+            questions: one question or a list; one image with several questions asks them all of it.
+
+        Raises:
+            InputError: empty question, no words, or mismatched numbers of images and questions.
+
+        Example:
+            >>> model.answer("scene.png", ["how many shapes are there?", "is there a red star?"])  # doctest: +SKIP
+            ['three', 'no']
+        """
+        return [self.answers[int(i)] for i in self.predict(images, questions).argmax(-1)]
+
+    def answer_topk(self, images: Any, questions: Any, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k most likely answers to each question with their probabilities, best first.
+
+        Example:
+            >>> model.answer_topk("scene.png", "what colour is the star?", k=2)  # doctest: +SKIP
+            [[('red', 0.97), ('orange', 0.02)]]
+        """
+        probs = self.predict(images, questions)
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        return [[(self.answers[int(i)], float(p)) for p, i in zip(ps, ix, strict=True)]
+                for ps, ix in zip(top.values, top.indices, strict=True)]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg), "answers": self.answers}
+
+    def write_files(self, folder: Path) -> None:
+        """Write config.json (with the answer vocabulary), tokenizer.json and model.safetensors."""
+        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        return save_model_dir(path, self.config_dict(), self, self.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> VQAModel:
+        path = resolve_model_dir(path)
+        config, tokenizer = read_model_dir(path)
+        answers = config.get("answers")
+        if tokenizer is None or not isinstance(answers, list) or not answers:
+            raise CheckpointError(f"{path}: a VQA model needs tokenizer.json and an 'answers' list in config.json")
+        cfg = from_dict(VQAModelConfig, config.get("model", {}), f"{path}/config.json:model")
+        cfg.encoder.pretrained = None  # the weights below replace any initial weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls(cfg, tokenizer, [str(a) for a in answers])
+        load_weights(model, path)
+        return model.eval()
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft target scores (rows normalised to sum 1; all-zero rows ignored)."""
+    totals = targets.sum(-1, keepdim=True)
+    keep = totals.squeeze(-1) > 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    p = targets[keep] / totals[keep]
+    return -(p * logits[keep].float().log_softmax(-1)).sum(-1).mean()
