@@ -15,6 +15,7 @@ from typing import Any
 from .config import apply_overrides, from_dict, read_yaml
 from .registry import TASKS
 from .train import captioning  # noqa: F401  (registers "captioning")
+from .train import contrastive  # noqa: F401  (registers "contrastive")
 from .train import refine  # noqa: F401  (registers "refine")
 from .train import vqa  # noqa: F401  (registers "vqa" and "chat")
 

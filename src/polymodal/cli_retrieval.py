@@ -1,0 +1,1 @@
+"""`polymodal index`, `polymodal retrieve` and `polymodal zeroshot` (registered on the main app)."""

@@ -1,0 +1,1 @@
+"""The contrastive (CLIP-style) image-text training task (registered in registry.TASKS)."""
