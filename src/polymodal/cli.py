@@ -177,6 +177,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes 
 
 
 from . import cli_retrieval  # noqa: E402,F401  (adds index / retrieve / zero-shot commands to `app`)
+from . import cli_serve  # noqa: E402,F401  (adds `serve` and `export`)
 from . import cli_vqa  # noqa: E402,F401  (adds the VQA / chat / ablation commands to `app`)
 
 

@@ -103,8 +103,9 @@ def _num_rows(state: State) -> int:
     return next(iter(state.values())).shape[0]
 
 
-@STRATEGIES.register("greedy")
-def greedy(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+def _token_by_token(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig,
+                    pick: Callable[[torch.Tensor], torch.Tensor]) -> list[Hypothesis]:
+    """One sequence per state row, each next token chosen by `pick(logprobs) -> (R,)`."""
     rows = _num_rows(state)
     device = next(iter(state.values())).device
     tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
@@ -115,46 +116,7 @@ def greedy(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: Generation
     for _ in range(cfg.max_len):
         logits, state, alpha = step(tokens, state)
         logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
-        best, tokens = logprobs.max(dim=-1)
-        tokens = torch.where(finished, torch.full_like(tokens, eos_id), tokens)
-        scores += torch.where(finished, torch.zeros_like(best), best)
-        history = torch.cat([history, tokens[:, None]], dim=1)
-        if alpha is not None and cfg.return_attention:
-            attention.append(alpha)
-        finished |= tokens == eos_id
-        if bool(finished.all()):
-            break
-    attn = torch.stack(attention, dim=1) if attention else None
-    out = []
-    for r, seq in enumerate(history.tolist()):
-        words = _strip(seq, eos_id)
-        length = min(len(words) + 1, len(seq))
-        out.append([Hypothesis(words, float(scores[r]) / length ** cfg.length_penalty,
-                               attn[r, : len(words)] if attn is not None else None)])
-    return out
-
-
-@STRATEGIES.register("sample")
-def sample(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
-    """Temperature / top-k / top-p sampling; `num_return_sequences` samples per input."""
-    n = cfg.num_return_sequences
-    batch = _num_rows(state)
-    state = reorder(state, torch.arange(batch, device=next(iter(state.values())).device).repeat_interleave(n))
-    generator = torch.Generator(device=next(iter(state.values())).device)
-    generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
-    rows = batch * n
-    device = next(iter(state.values())).device
-    tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
-    history = torch.empty(rows, 0, dtype=torch.long, device=device)
-    scores = torch.zeros(rows, device=device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    attention = []
-    for _ in range(cfg.max_len):
-        logits, state, alpha = step(tokens, state)
-        logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
-        filtered = _filter_logits(logprobs / cfg.temperature, cfg.top_k, cfg.top_p)
-        tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(1)
-        tokens = torch.where(finished, torch.full_like(tokens, eos_id), tokens)
+        tokens = torch.where(finished, torch.full_like(tokens, eos_id), pick(logprobs))
         picked = logprobs.gather(1, tokens[:, None]).squeeze(1)
         scores += torch.where(finished, torch.zeros_like(picked), picked)
         history = torch.cat([history, tokens[:, None]], dim=1)
@@ -170,6 +132,29 @@ def sample(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: Generation
         length = min(len(words) + 1, len(seq))
         hyps.append(Hypothesis(words, float(scores[r]) / length ** cfg.length_penalty,
                                attn[r, : len(words)] if attn is not None else None))
+    return hyps
+
+
+@STRATEGIES.register("greedy")
+def greedy(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    hyps = _token_by_token(step, state, bos_id, eos_id, cfg, pick=lambda logprobs: logprobs.argmax(dim=-1))
+    return [[h] for h in hyps]
+
+
+@STRATEGIES.register("sample")
+def sample(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Temperature / top-k / top-p sampling; `num_return_sequences` samples per input."""
+    n, batch = cfg.num_return_sequences, _num_rows(state)
+    device = next(iter(state.values())).device
+    state = reorder(state, torch.arange(batch, device=device).repeat_interleave(n))
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+
+    def pick(logprobs: torch.Tensor) -> torch.Tensor:
+        filtered = _filter_logits(logprobs / cfg.temperature, cfg.top_k, cfg.top_p)
+        return torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(1)
+
+    hyps = _token_by_token(step, state, bos_id, eos_id, cfg, pick)
     return [hyps[b * n:(b + 1) * n] for b in range(batch)]
 
 

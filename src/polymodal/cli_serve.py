@@ -1,0 +1,1 @@
+"""`polymodal serve` and `polymodal export` (registered on the main app)."""
