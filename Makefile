@@ -28,7 +28,7 @@ lint: setup
 	$(PY) -m ruff check src tests bench
 
 bench: setup
-	$(PY) bench/decode.py
+	for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -106,15 +106,20 @@ class Captioner(nn.Module):
         return save_model_dir(path, self.config_dict(), self, self.tokenizer)
 
     @classmethod
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer, source: str = "config.json") -> Captioner:
+        """Build an untrained model from a saved config.json (subclasses add their own sections)."""
+        cfg = from_dict(ModelConfig, config["model"], f"{source}:model")
+        cfg.encoder.pretrained = None  # the saved weights replace any initial weights
+        return cls(cfg, tokenizer)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path) -> Captioner:
         path = resolve_model_dir(path)
         config, tokenizer = read_model_dir(path)
-        cfg = from_dict(ModelConfig, config["model"], f"{path}/config.json:model")
         if tokenizer is None:
             raise CheckpointError(f"{path}: tokenizer.json missing; a captioner needs its vocabulary")
-        cfg.encoder.pretrained = None  # the weights below replace any initial weights
         with warnings.catch_warnings():  # no "random init" warning: the weights come next
             warnings.simplefilter("ignore")
-            model = cls(cfg, tokenizer)
+            model = cls.from_config(config, tokenizer, f"{path}/config.json")
         load_weights(model, path)
         return model.eval()

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_weights, read_model_dir, resolve_model_dir
 from ..config import ModelConfig, from_dict
-from ..errors import CheckpointError
 from ..generate import GenerationConfig, Hypothesis, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
@@ -168,14 +165,8 @@ class RefiningCaptioner(Captioner):
         return {**super().config_dict(), "refiner": dataclasses.asdict(self.refiner_cfg)}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> RefiningCaptioner:
-        path = resolve_model_dir(path)
-        config, tokenizer = read_model_dir(path)
-        if tokenizer is None:
-            raise CheckpointError(f"{path}: tokenizer.json missing; a captioner needs its vocabulary")
-        cfg = from_dict(ModelConfig, config["model"], f"{path}/config.json:model")
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer,
+                    source: str = "config.json") -> RefiningCaptioner:
+        cfg = from_dict(ModelConfig, config["model"], f"{source}:model")
         cfg.encoder.pretrained = None
-        refiner = from_dict(RefinerConfig, config.get("refiner", {}), f"{path}/config.json:refiner")
-        model = cls(cfg, tokenizer, refiner)
-        load_weights(model, path)
-        return model.eval()
+        return cls(cfg, tokenizer, from_dict(RefinerConfig, config.get("refiner", {}), f"{source}:refiner"))
