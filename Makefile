@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench clean chromium
 
 setup: $(STAMP)
 
@@ -18,10 +18,21 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m polymodal demo
 
-test: setup
+# The browser test drives Debian's chromium (never a browser downloaded by Playwright). This target
+# never fails: without chromium, tests/test_browser.py skips and says why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser test (apt-get)"; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		echo "chromium: apt-get failed; tests/test_browser.py will skip"; \
+	else echo "chromium: /usr/bin/chromium missing (sudo apt-get install -y chromium); tests/test_browser.py will skip"; fi
+
+test: setup chromium
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: setup
+test-all: setup chromium
 	$(PY) -m pytest -q
 
 lint: setup

@@ -1,14 +1,20 @@
-"""Batched beam search vs a per-image beam loop, side by side on 64 Shapes World test images.
+"""Decoding benchmarks, each measured side by side in one run on Shapes World test images.
 
-    python bench/decode.py [--model DIR] [--images 64]
+- decode: batched beam search vs a per-image beam loop (the bundled attention-LSTM captioner).
+- kv_cache: prefix-LM generation with the KV cache vs full recomputation of the sequence every step.
 
-Writes the table to docs/benchmarks.md (section "decode").
+    python bench/decode.py [--model DIR] [--images 64] [--sections decode,kv_cache]
+                           [--prefix-model DIR] [--tokens 30]
+
+Writes the tables to docs/benchmarks.md (sections "decode" and "kv_cache").
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,15 +29,14 @@ from polymodal.data.datasets import ImageDataset, collate_captions, load_split  
 from polymodal.generate import GenerationConfig  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    parser.add_argument("--images", type=int, default=64)
-    args = parser.parse_args()
+def shapes_test_images(n: int, size: int) -> torch.Tensor:
+    records = load_split(DataConfig(format="shapes"), "test")[:n]
+    return collate_captions([ImageDataset(records, size)[i] for i in range(len(records))])["images"]
+
+
+def decode_section(args: argparse.Namespace) -> None:
     model = load(args.model or bundled_model_dir()).eval()
-    records = load_split(DataConfig(format="shapes"), "test")[: args.images]
-    batch = collate_captions([ImageDataset(records, model.cfg.image_size)[i] for i in range(len(records))])
-    images = batch["images"]
+    images = shapes_test_images(args.images, model.cfg.image_size)
 
     rows = []
     for beam in (3, 5):
@@ -61,6 +66,86 @@ per image, the batched run once for all {n} ({n} x beam rows in one step).
 
 Greedy, batched: {greedy:.3f} s ({n / greedy:.0f} img/s). Peak RSS {peak_rss_mb():.0f} MB.
 """)
+
+
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Best wall time of each function, the runs interleaved so that a load spike hits both sides alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def prefix_model(path: str | None) -> tuple[torch.nn.Module, str]:
+    """A trained prefix LM, or (without one) an untrained one of configs/prefix_lm.yaml's sizes."""
+    if path and Path(path).exists():
+        from polymodal.models import prefix_lm  # noqa: F401  (registers the architecture)
+
+        return load(path).eval(), f"`{path}`"
+    from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
+    from polymodal.models.prefix_lm import PrefixLM
+    from polymodal.text.tokenizer import WordTokenizer
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(46)]
+    cfg = ModelConfig(encoder=EncoderConfig(width=32),
+                      decoder=DecoderConfig(hidden_dim=128, num_layers=3, num_heads=4, max_positions=64))
+    return PrefixLM(cfg, WordTokenizer(words)).eval(), "an untrained prefix LM of configs/prefix_lm.yaml's sizes"
+
+
+def kv_cache_section(args: argparse.Namespace) -> None:
+    model, name = prefix_model(args.prefix_model)
+    n, tokens = min(args.images, 16), args.tokens
+    images = shapes_test_images(n, model.cfg.image_size)
+    visual = model.visual_tokens(images[:1]).shape[1]
+    rows = []
+    # min_len = max_len: every caption is exactly `tokens` long, so both sides do the same work.
+    for label, batch, cfg in (
+            ("greedy, 1 image", images[:1], GenerationConfig(strategy="greedy", max_len=tokens, min_len=tokens)),
+            (f"greedy, {n} images", images, GenerationConfig(strategy="greedy", max_len=tokens, min_len=tokens)),
+            (f"beam 3, {n} images", images, GenerationConfig(strategy="beam", beam_size=3, max_len=tokens,
+                                                            min_len=tokens))):
+        times = interleaved_best({
+            "cached": lambda b=batch, c=cfg: model.generate(b, c, use_cache=True),
+            "full": lambda b=batch, c=cfg: model.generate(b, c, use_cache=False)})
+        same = [h[0].tokens for h in model.generate(batch, cfg)] == \
+            [h[0].tokens for h in model.generate(batch, cfg, use_cache=False)]
+        produced = len(batch) * tokens
+        rows.append((label, produced / times["full"], produced / times["cached"], times["full"] / times["cached"], same))
+        print(f"{label}: full {produced / times['full']:.0f} tok/s, cached {produced / times['cached']:.0f} tok/s, "
+              f"speed-up {times['full'] / times['cached']:.1f}x, identical: {same}")
+    table = "\n".join(f"| {label} | {f:.0f} | {c:.0f} | **{r:.1f}x** | {'yes' if s else 'NO'} |"
+                      for label, f, c, r, s in rows)
+    write_section("kv_cache", f"""
+## Prefix-LM generation: KV cache vs full recomputation
+
+`python bench/decode.py --sections kv_cache` — {name}, {visual} visual tokens + {tokens} generated
+tokens per caption (`min_len = max_len = {tokens}`), Shapes World test images, {machine()}, best of 5
+interleaved runs. Without the cache every step runs the LM over the whole sequence so far
+(`PrefixLM.step_uncached`); with it, one query per layer against the cached keys and values.
+
+| decoding | full recomputation (tokens/s) | KV cache (tokens/s) | speed-up | same tokens |
+|---|---|---|---|---|
+{table}
+""")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--sections", default="decode,kv_cache", help="comma-separated: decode, kv_cache")
+    parser.add_argument("--prefix-model", default=str(Path(__file__).resolve().parent.parent / "runs/prefix_lm/model"),
+                        help="prefix LM for the kv_cache section (untrained if the directory is missing)")
+    parser.add_argument("--tokens", type=int, default=30, help="kv_cache: tokens generated per caption")
+    args = parser.parse_args()
+    sections = {"decode": decode_section, "kv_cache": kv_cache_section}
+    for section in args.sections.split(","):
+        sections[section.strip()](args)
 
 
 if __name__ == "__main__":

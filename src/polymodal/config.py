@@ -42,6 +42,9 @@ class DecoderConfig:
     dropout: float = 0.3
     doubly_stochastic: float = 1.0    # weight of the SAT attention regulariser
     max_len: int = 24                 # longest caption generated, in tokens
+    num_layers: int = 2               # transformer decoders / prefix LM: blocks
+    num_heads: int = 4                # transformer decoders / prefix LM: attention heads (divide hidden_dim)
+    max_positions: int = 64           # transformer decoders / prefix LM: learned text positions
 
 
 @dataclass
@@ -49,6 +52,8 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     image_size: int = 64
+    tokenizer: str = "word"           # a key of registry.TOKENIZERS: word | bpe (tasks that build one)
+    bpe_vocab_size: int = 1000        # BPE: vocabulary size to train, specials included
 
 
 @dataclass

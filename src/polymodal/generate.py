@@ -198,13 +198,17 @@ def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
             attn_history = alpha[:, None] if attn_history is None else torch.cat([attn_history, alpha[:, None]], 1)
         length = t + 1
         is_eos = top_token == eos_id
-        for b, j in (is_eos & torch.isfinite(top_scores)).nonzero().tolist():
-            if done[b] or j >= k:  # HF semantics: an <eos> ranked below the beam width is not kept
-                continue
-            row = int(base[b, 0] + top_beam[b, j])
-            attn = attn_history[row, :-1] if attn_history is not None else None  # drop the <eos> step
-            score = float(top_scores[b, j]) / length ** cfg.length_penalty
-            finished[b].append(Hypothesis(history[row].tolist(), score, attn))
+        # HF semantics: an <eos> ranked below the beam width is not kept.
+        hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
+        if hits:
+            scores_list, beams_list = top_scores.tolist(), top_beam.tolist()
+            for b, j in hits:
+                if done[b]:
+                    continue
+                row = b * k + beams_list[b][j]
+                attn = attn_history[row, :-1] if attn_history is not None else None  # drop the <eos> step
+                score = scores_list[b][j] / length ** cfg.length_penalty
+                finished[b].append(Hypothesis(history[row].tolist(), score, attn))
         # Continue with the K best candidates that did not end, in score order.
         rank = torch.arange(2 * k, device=device).expand(batch, -1) + is_eos.long() * (2 * k)
         keep = rank.topk(k, dim=1, largest=False).indices  # (B, K)
@@ -215,12 +219,12 @@ def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
         history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
         if attn_history is not None:
             attn_history = attn_history.index_select(0, rows)
-        for b in range(batch):
-            if done[b] or len(finished[b]) < k:
-                continue
-            worst = min(h.score for h in finished[b])
-            best_running = float(beam_scores[b, 0]) / (length + 1) ** cfg.length_penalty
-            done[b] = cfg.early_stopping or best_running <= worst
+        candidates = [b for b in range(batch) if not done[b] and len(finished[b]) >= k]
+        if candidates:
+            running = beam_scores[:, 0].tolist()
+            for b in candidates:
+                worst = min(h.score for h in finished[b])
+                done[b] = cfg.early_stopping or running[b] / (length + 1) ** cfg.length_penalty <= worst
         if all(done):
             break
     for b in range(batch):  # inputs still running at max_len keep their live beams

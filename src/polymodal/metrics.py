@@ -290,3 +290,67 @@ def load_references(path: str | Path, split: str | None = None) -> dict[str, lis
         which = f" for split {split!r}" if split is not None else ""
         raise DataError(f"{path}: no reference captions{which}; check the file and the split")
     return references
+
+
+# ----------------------------------------------------------------------------- retrieval
+def retrieval_metrics(similarity: Any, text_image: Any, ks: tuple[int, ...] = (1, 5, 10),
+                      text_keys: list[Any] | None = None) -> dict[str, float]:
+    """Recall@K, median and mean rank for image->text and text->image retrieval, in one pass.
+
+    Image->text: an image's rank is that of its best-ranked relevant caption (a hit at K if any of
+    its captions is in the top K). Text->image: a caption's rank is that of its own image. Ties
+    count against the query (an irrelevant item scoring exactly as high ranks first), so equal
+    scores never make a hit. Recall values are percentages, as retrieval papers report them.
+
+    Args:
+        similarity: (I, T) scores of every image against every text (tensor, array or nested lists).
+        text_image: (T,) index of the image each text describes.
+        ks: the K of Recall@K.
+        text_keys: optional (T,) key per text (e.g. the normalized caption). Texts with equal keys
+            are interchangeable: a text is then relevant to every image that has a caption with its
+            key. Use it where many images share a caption ("there are three shapes"), which strict
+            matching cannot resolve by any model.
+
+    Returns:
+        {"i2t_r1", "i2t_r5", "i2t_r10", "i2t_median_rank", "i2t_mean_rank", "t2i_..." (same),
+        "r1_mean" (mean of both R@1), "rsum" (sum of every R@K), "images", "texts"}.
+
+    Example:
+        >>> sim = [[0.9, 0.1, 0.3], [0.2, 0.8, 0.7]]  # 2 images, texts 0 -> image 0, 1 and 2 -> image 1
+        >>> m = retrieval_metrics(sim, [0, 1, 1], ks=(1,))
+        >>> m["i2t_r1"], m["t2i_r1"], m["t2i_mean_rank"]
+        (100.0, 100.0, 1.0)
+    """
+    import torch
+
+    sim = torch.as_tensor(similarity, dtype=torch.float32)
+    owner = torch.as_tensor(text_image, dtype=torch.long)
+    if sim.ndim != 2 or owner.shape != (sim.shape[1],):
+        raise DataError(f"retrieval metrics: similarity must be (images, texts) and text_image (texts,); "
+                        f"got {tuple(sim.shape)} and {tuple(owner.shape)}")
+    n_images, n_texts = sim.shape
+    if n_texts == 0 or int(owner.min()) < 0 or int(owner.max()) >= n_images:
+        raise DataError("retrieval metrics: every text needs the index of an image in the similarity matrix")
+    if text_keys is None:
+        relevant = owner[None, :] == torch.arange(n_images)[:, None]  # (I, T)
+    else:
+        codes = {key: n for n, key in enumerate(dict.fromkeys(text_keys))}
+        group = torch.tensor([codes[key] for key in text_keys])
+        has = torch.zeros(n_images, len(codes), dtype=torch.bool)
+        has[owner, group] = True
+        relevant = has[:, group]  # image i has a caption interchangeable with text j
+    scored = relevant.any(1)  # images without a caption have no image->text query
+    best_text = sim.masked_fill(~relevant, -torch.inf).max(1).values
+    i2t = 1 + ((sim >= best_text[:, None]) & ~relevant).sum(1)[scored]
+    best_image = sim.masked_fill(~relevant, -torch.inf).max(0).values
+    t2i = 1 + ((sim >= best_image[None, :]) & ~relevant).sum(0)
+    out: dict[str, float] = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            out[f"{name}_r{k}"] = 100.0 * float((ranks <= k).float().mean())
+        out[f"{name}_median_rank"] = float(ranks.float().median())
+        out[f"{name}_mean_rank"] = float(ranks.float().mean())
+    out["r1_mean"] = (out.get("i2t_r1", 0.0) + out.get("t2i_r1", 0.0)) / 2
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks)
+    out.update(images=float(int(scored.sum())), texts=float(n_texts))
+    return out

@@ -14,10 +14,15 @@ from typing import Any
 
 from .config import apply_overrides, from_dict, read_yaml
 from .registry import TASKS
-from .train import captioning  # noqa: F401  (registers "captioning")
-from .train import contrastive  # noqa: F401  (registers "contrastive")
-from .train import refine  # noqa: F401  (registers "refine")
-from .train import vqa  # noqa: F401  (registers "vqa" and "chat")
+from .train import (
+    captioning,  # noqa: F401  (registers "captioning")
+    contrastive,  # noqa: F401  (registers "contrastive")
+    lm_pretrain,  # noqa: F401  (registers "lm_pretrain")
+    prefix_lm,  # noqa: F401  (registers "prefix_lm")
+    refine,  # noqa: F401  (registers "refine")
+    scst,  # noqa: F401  (registers "scst")
+    vqa,  # noqa: F401  (registers "vqa" and "chat")
+)
 
 
 def load_task_config(path: str | Path | None, overrides: list[str]) -> tuple[Callable[..., Any], Any]:

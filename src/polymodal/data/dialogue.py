@@ -149,7 +149,9 @@ def dialogues_for_scene(scene: Scene, rng: random.Random, k: int = 2) -> list[li
         first, referent, known = rng.choice(openings[kind])
         follow = _followups(referent, scene.objects, known, rng)
         rng.shuffle(follow)
-        out.append([first, *follow[: rng.choice((1, 2))]])
+        # one question per attribute: "is it small?" after "what size is it?" would be given away
+        distinct = list({t.kind.split("-")[0]: t for t in reversed(follow)}.values())[::-1]
+        out.append([first, *distinct[: rng.choice((1, 2))]])
     return out
 
 
@@ -192,15 +194,18 @@ def build_chat_tokenizer(dialogues: Sequence[DialogueRecord], min_count: int = 1
 
 
 def context_ids(tokenizer: Tokenizer, messages: Sequence[Message], max_len: int) -> list[int]:
-    """<user> q1 <assistant> a1 <user> q2 ... as ids, cut from the left to the newest `max_len` tokens.
+    """<user> q1 <assistant> a1 <user> q2 ... as ids, cut from the left to the newest `max_len` tokens
+    (a single message longer than that keeps its first `max_len` words).
 
     Raises:
         InputError: no messages, an unknown role, an empty message, or a last message not from the user.
 
     Example:
         >>> tok = build_chat_tokenizer([DialogueRecord("0", "a.png", [Turn("what size is it?", "small", "x")])])
-        >>> tok.decode(context_ids(tok, [{"role": "user", "content": "what size is it?"}], 3))
-        'size is it'
+        >>> msgs = [{"role": "user", "content": "what size is it?"}, {"role": "assistant", "content": "small"},
+        ...         {"role": "user", "content": "what size is it?"}]
+        >>> tok.decode(context_ids(tok, msgs, 5))  # the oldest turns go first
+        '<user> what size is it'
     """
     if not messages:
         raise InputError("no messages; pass [{'role': 'user', 'content': 'what colour is the circle?'}]")
@@ -263,3 +268,30 @@ def collate_chat(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torc
             "tokens": _pad([it["context"] for it in items], pad_id),
             "answer_tokens": _pad([it["answer"] for it in items], pad_id),
             "index": torch.tensor([it["index"] for it in items])}
+
+
+def dialogue_report(turns: Sequence[Turn], predictions: Sequence[str]) -> dict[str, float]:
+    """Exact-match answer accuracy (after `normalize_answer`) overall, on opening turns, on follow-ups
+    and per turn kind.
+
+    Example:
+        >>> dialogue_report([Turn("q", "red", "open/colour"), Turn("q", "small", "follow/size")], ["red", "large"])
+        {'accuracy': 0.5, 'turns': 2, 'accuracy/turn-1': 1.0, 'accuracy/follow-up': 0.0, 'accuracy/follow/size': 0.0, 'accuracy/open/colour': 1.0}
+    """
+    from ..metrics_vqa import normalize_answer
+
+    hits: dict[str, list[bool]] = {}
+    for turn, pred in zip(turns, predictions, strict=True):
+        ok = normalize_answer(pred) == normalize_answer(turn.answer)
+        group = "turn-1" if turn.kind.startswith("open/") else "follow-up"
+        for key in ("all", group, turn.kind):
+            hits.setdefault(key, []).append(ok)
+    out: dict[str, float] = {"accuracy": _mean(hits.get("all", [])), "turns": len(turns)}
+    for key in ("turn-1", "follow-up", *sorted(k for k in hits if "/" in k)):
+        if key in hits:
+            out[f"accuracy/{key}"] = _mean(hits[key])
+    return out
+
+
+def _mean(values: Sequence[bool]) -> float:
+    return sum(values) / max(len(values), 1)

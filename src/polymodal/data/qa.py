@@ -154,9 +154,10 @@ def read_qa(path: str | Path, images: str | Path | None = None, split: str | Non
         if record is not None and check_images:
             if record.image not in seen_images:
                 seen_images[record.image] = Path(record.image).is_file()
-            problem = None if seen_images[record.image] else f"image file not found ({record.image})"
+            problem = None if seen_images[record.image] else "image file not found"
+            where = where if problem is None else f"{where} ({record.image})"
         if problem:
-            own.skip(problem.split(" (")[0], f"{path} {where}: {problem}")
+            own.skip(problem, f"{path} {where}")
             continue
         if split is None or record.split in (None, split):
             out.append(record)

@@ -78,8 +78,7 @@ class DialogueDecoder(nn.Module):
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         context, alpha = self.attention(state["memory"], state["h"], state["keys"], state["mask"])
         h, c = self.cell(torch.cat([self.embed(tokens), context], dim=-1), (state["h"], state["c"]))
-        attended, _ = self.attention(state["memory"], h, state["keys"], state["mask"])  # read again after the update
-        logits = self.out(self.dropout(torch.cat([h, attended], dim=-1)))
+        logits = self.out(self.dropout(torch.cat([h, context], dim=-1)))  # deep output: the word read counts
         return logits, dict(state, h=h, c=c), alpha
 
 
@@ -110,7 +109,7 @@ class Assistant(nn.Module):
         ctx = self.context_proj(ctx)  # (B, L, D)
         full = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)
         for block in self.grounding:
-            ctx, _ = block(ctx, image, full)
+            ctx, _ = block(ctx, image, full, mask)
         last = mask.long().sum(1).clamp_min(1) - 1  # the end of the newest question
         summary = torch.cat([ctx[torch.arange(len(ctx), device=ctx.device), last], pool(ctx, mask)], dim=-1)
         return self.decoder.init_state(torch.cat([ctx, image], dim=1), torch.cat([mask, full], dim=1), summary)

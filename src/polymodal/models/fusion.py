@@ -209,15 +209,22 @@ class FiLMFusion(Fusion):
 
 
 class CrossAttentionBlock(nn.Module):
-    """Pre-norm block: queries attend to a context, then a feed-forward layer; both residual."""
+    """Pre-norm transformer decoder block: queries attend to each other (when `q_mask` is given), then
+    to a context, then a feed-forward layer; all residual. Self-attention lets one word use what another
+    found ("is the circle left of the square?" compares two looked-up positions)."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
-        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm_s, self.norm_q, self.norm_kv, self.norm_ff = (nn.LayerNorm(dim) for _ in range(4))
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
 
-    def forward(self, q: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor,
+                q_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if q_mask is not None:
+            s = self.norm_s(q)
+            q = q + self.self_attn(s, s, s, key_padding_mask=~q_mask, need_weights=False)[0]
         kv = self.norm_kv(ctx)
         attended, weights = self.attn(self.norm_q(q), kv, kv, key_padding_mask=~ctx_mask, need_weights=True)
         q = q + attended  # (B, T, D)
@@ -258,7 +265,7 @@ class CrossAttentionFusion(Fusion):
         h = self.query_proj(q)  # (B, T, D)
         weights = None
         for block in self.blocks:
-            h, weights = block(h, context, context_mask)
+            h, weights = block(h, context, context_mask, q_mask)
         fused = torch.relu(self.out(torch.cat([pool(h, q_mask), pool(context, context_mask)], dim=-1)))
         return (fused, weights) if return_attention else fused
 

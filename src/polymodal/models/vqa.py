@@ -132,12 +132,15 @@ def grid_positions(n: int, device: torch.device, bands: int = 4) -> torch.Tensor
 
 
 class RegionProjector(nn.Module):
-    """Encoder regions (B, N, C) -> (B, N, D): a linear map plus a projected grid position, normalised."""
+    """Encoder regions (B, N, C) -> (B, N, D): normalised, a linear map plus a projected grid position.
+
+    The input LayerNorm makes encoders of any feature scale (a ResNet, a frozen random CNN) look alike.
+    """
 
     def __init__(self, feature_dim: int, dim: int, bands: int = 4):
         super().__init__()
         self.bands = bands
-        self.proj = nn.Linear(feature_dim, dim)
+        self.proj = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, dim))
         self.position = nn.Linear(2 + 4 * bands, dim)
         self.norm = nn.LayerNorm(dim)
 

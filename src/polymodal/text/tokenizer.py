@@ -102,6 +102,94 @@ class WordTokenizer(Tokenizer):
         return cls(list(data["words"]))
 
 
+
+@TOKENIZERS.register("bpe")
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE through Hugging Face `tokenizers`, with `<pad> <bos> <eos> <unk>` at ids 0-3.
+
+    Text is NFKC-normalized and lower-cased (as the word vocabulary does), then split GPT-2 style
+    into bytes, so no word is ever unknown. The HF tokenizer is stored whole inside our
+    tokenizer.json as `{"type": "bpe", "hf": <the HF tokenizer JSON>}`.
+
+    Example:
+        >>> tok = BPETokenizer.build(["a red circle", "a blue square"] * 5, vocab_size=300)
+        >>> tok.decode(tok.encode("A red square"))
+        'a red square'
+        >>> tok.decode(tok.encode("a purple cube")) == "a purple cube"  # unseen words: byte pieces
+        True
+    """
+
+    def __init__(self, hf: Any):
+        ids = [hf.token_to_id(s) for s in SPECIALS]
+        if ids != list(range(len(SPECIALS))):
+            raise CheckpointError(f"BPE tokenizer: {SPECIALS} must have ids 0-3, got {ids}; "
+                                  f"train it with BPETokenizer.build (a foreign vocabulary such as GPT-2's "
+                                  f"has no such specials)")
+        self.hf = hf
+
+    @classmethod
+    def build(cls, captions: Iterable[str], vocab_size: int = 1000, min_frequency: int = 2) -> BPETokenizer:
+        """Train on `captions`; merging stops early when the corpus has no pair left to merge."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+        hf = HFTokenizer(models.BPE(unk_token=UNK))
+        hf.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        hf.decoder = decoders.ByteLevel()
+        # Specials first, so that they get ids 0-3; the byte alphabet next, so that every text encodes.
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                      special_tokens=list(SPECIALS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator(list(captions), trainer)
+        return cls(hf)
+
+    def __len__(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str, max_len: int | None = None) -> list[int]:
+        """Sub-word ids without <bos>/<eos>."""
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return ids[:max_len] if max_len is not None else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id) and 0 <= i < len(self):
+                kept.append(i)
+        return self.hf.decode(kept, skip_special_tokens=True).strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "bpe", "hf": json.loads(self.hf.to_str())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            hf = HFTokenizer.from_str(json.dumps(data["hf"]))
+        except Exception as err:  # noqa: BLE001 - the Rust side raises a plain Exception on bad JSON
+            raise CheckpointError(f"BPE tokenizer: the embedded HF tokenizer does not load ({err})") from None
+        return cls(hf)
+
+
+def build_tokenizer(kind: str, captions: Iterable[str], min_count: int = 1, max_vocab: int = 10000,
+                    bpe_vocab_size: int = 1000) -> Tokenizer:
+    """Train the tokenizer `kind` ("word" or "bpe", i.e. `model.tokenizer`) on training captions.
+
+    Example:
+        >>> len(build_tokenizer("word", ["a red circle"]))
+        7
+    """
+    TOKENIZERS.get(kind)  # unknown kind -> ConfigError with a did-you-mean
+    if kind == "bpe":
+        return BPETokenizer.build(captions, vocab_size=bpe_vocab_size)
+    return WordTokenizer.build(captions, min_count=min_count, max_size=max_vocab)
+
+
 def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer.json") -> Tokenizer:
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in TOKENIZERS:

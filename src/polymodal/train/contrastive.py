@@ -1,1 +1,144 @@
-"""The contrastive (CLIP-style) image-text training task (registered in registry.TASKS)."""
+"""The contrastive (CLIP-style) image-text training task (registered in registry.TASKS).
+
+config -> caption records -> word vocabulary -> DualEncoder -> generic Trainer on (image, caption)
+pairs, validated by image<->text Recall@K on the validation split. When training ends, the best
+model is scored on the test split and its image tower is exported as
+`{out_dir}/image_encoder.safetensors`, ready for `model.encoder.pretrained=...` in a captioner.
+
+Example:
+    >>> from polymodal.tasks import load_task_config
+    >>> task, cfg = load_task_config("configs/contrastive.yaml", ["train.steps=100"])  # doctest: +SKIP
+    >>> task(cfg)["test"]["strict"]["t2i_r1"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..config import DataConfig, TrainConfig
+from ..data.datasets import ImageStore, collate_captions, load_split
+from ..data.records import CaptionRecord, SkipReport
+from ..models.dual_encoder import DualEncoder, DualEncoderConfig
+from ..registry import TASKS
+from ..retrieval import evaluate_retrieval
+from ..text.tokenizer import WordTokenizer
+from .trainer import Trainer, param_groups
+
+
+@dataclass
+class ContrastiveTrainConfig(TrainConfig):
+    out_dir: str = "runs/contrastive"
+    batch_size: int = 128             # InfoNCE: every other pair of the batch is a negative
+    early_stop_metric: str = "r1_mean"
+    text_lr: float | None = None      # learning rate of the text tower (a fine-tuned hf_bert wants ~1e-5)
+
+
+@dataclass
+class ContrastiveExperimentConfig:
+    task: str = "contrastive"
+    seed: int = 0
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: ContrastiveTrainConfig = field(default_factory=ContrastiveTrainConfig)
+
+
+class PairDataset(Dataset):
+    """Every (image, caption) pair; captions stay text, the collate function tokenizes them."""
+
+    def __init__(self, records: list[CaptionRecord], image_size: int, preload: bool = True,
+                 report: SkipReport | None = None, progress: bool = True):
+        self.store = ImageStore(records, image_size, preload, report, progress)
+        self.records = self.store.records
+        self.pairs = [(i, j) for i, rec in enumerate(self.records) for j in range(len(rec.captions))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        i, j = self.pairs[index]
+        image = self.store[i]
+        return None if image is None else {"image": image, "text": self.records[i].captions[j], "record": i}
+
+
+class PairCollate:
+    """Stack images (as `collate_captions` does) and tokenize the captions with the model's text tower."""
+
+    def __init__(self, tokenize: Any):
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+        batch = collate_captions([None if it is None else {"image": it["image"], "record": it["record"]}
+                                  for it in items])
+        texts = [it["text"] for it in items if it is not None]
+        if texts:
+            batch["text_ids"] = self.tokenize(texts)
+        return batch
+
+
+def groups_with_text_lr(model: nn.Module, cfg: ContrastiveTrainConfig) -> list[dict[str, Any]]:
+    """The Trainer's parameter groups, with the text tower's parameters moved to `text_lr`."""
+    text_params = {id(p) for p in model.text.parameters()}
+    out = []
+    for group in param_groups(model, cfg):
+        text = [p for p in group["params"] if id(p) in text_params]
+        rest = [p for p in group["params"] if id(p) not in text_params]
+        for params, lr in ((rest, group["lr"]), (text, cfg.text_lr)):
+            if params:
+                out.append({**group, "params": params, "lr": lr, "base_lr": lr})
+    return out
+
+
+@TASKS.register("contrastive")
+def train_contrastive(cfg: ContrastiveExperimentConfig, progress: bool = True,
+                      stop_at: int | None = None) -> dict[str, Any]:
+    """Train a dual encoder as configured; the best model lands in `{train.out_dir}/model`."""
+    report = SkipReport(source="training data")
+    train_records = load_split(cfg.data, cfg.data.train_split, report)
+    tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions),
+                                    min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    torch.manual_seed(cfg.seed)
+    model = DualEncoder(cfg.model, tokenizer if cfg.model.text.name != "hf_bert" else None)
+    return fit_dual_encoder(model, cfg, train_records, report, progress, stop_at)
+
+
+def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train_records: list[CaptionRecord],
+                     report: SkipReport, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Run the Trainer on `model`, then score the best model on the test split and export its image tower."""
+    val_records = load_split(cfg.data, cfg.data.val_split, report)
+    size = cfg.model.image_size
+    train_set = PairDataset(train_records, size, cfg.data.preload, report, progress)
+    val_store = ImageStore(val_records, size, True, report, progress)
+    if report.count:
+        tqdm.write(report.summary())
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        metrics = evaluate_retrieval(m, val_store.records, cfg.train.batch_size, progress=False, store=val_store)
+        m.train()
+        return metrics["strict"]
+
+    trainer = Trainer(model, train_set, cfg.train, collate=PairCollate(model.tokenize), save_model=model.write_files,
+                      seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
+    if cfg.train.text_lr is not None:  # before any resume, so the restored optimizer has the same groups
+        trainer.optimizer = torch.optim.AdamW(groups_with_text_lr(model, cfg.train), lr=cfg.train.lr)
+    summary = trainer.fit(stop_at=stop_at)
+    if summary.get("stopped_at") is not None:
+        return summary
+    best = DualEncoder.from_pretrained(Path(cfg.train.out_dir) / "model")
+    test_records = load_split(cfg.data, "test", report)
+    summary["test"] = evaluate_retrieval(best, test_records, cfg.train.batch_size, progress=progress)
+    summary["image_encoder"] = str(best.export_image_encoder(Path(cfg.train.out_dir) / "image_encoder.safetensors"))
+    summary.update(train_pairs=len(train_set), skipped_records=report.count,
+                   parameters=sum(p.numel() for p in model.parameters()),
+                   trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return summary
+
+
+train_contrastive.config_cls = ContrastiveExperimentConfig  # type: ignore[attr-defined]

@@ -1,0 +1,225 @@
+"""Decoder-only image-prefix LM (LLaVA / nanoVLM style): visual tokens prepended to the text of a causal LM.
+
+    images (B, 3, S, S) -> encoder regions (B, N, C)                      any ENCODERS entry
+      -> projector: pixel shuffle (N -> N / s^2 tokens), MLP            (B, P, D)  visual tokens
+    [visual tokens][<bos> w1 ... wn] -> TransformerLM (causal)          logits on the text only
+
+Text positions (GPT-2's learned `wpe`) count from 0 after the image, and the image carries fixed 2D
+positions of its own. So an LM pretrained on captions alone (task `lm_pretrain`), or a GPT-2 folder,
+sees its text at exactly the positions it was trained on: "LM first, then connect vision".
+
+Generation keeps a KV cache in the decoding state, plain batch-first tensors that the shared
+generate.py (greedy, beam, sampling) reorders like any other state:
+`k{i}`/`v{i}` (B, H, T, d) per layer, `valid` (B, T) (False = padding), `pos` (B,) next text position.
+Each new token then costs one query against the cache instead of a pass over the whole sequence.
+
+Example:
+    >>> model = polymodal.load("runs/prefix_lm")  # doctest: +SKIP
+    >>> model.caption(["a.png"], beam_size=3)  # doctest: +SKIP
+    >>> model.generate(model.preprocess(["a.png"]), GenerationConfig(strategy="sample"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import WEIGHTS_FILE, read_model_dir, read_safetensors, resolve_model_dir
+from ..config import ModelConfig, from_dict
+from ..errors import CheckpointError, ConfigError
+from ..generate import GenerationConfig, Hypothesis, generate
+from ..registry import MODELS
+from ..text.tokenizer import Tokenizer
+from .captioner import Captioner
+from .decoders import State
+from .encoders import build_encoder
+from .gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
+from .transformer import TransformerLM, attention_mask, grid_positions
+
+
+@dataclass
+class PrefixConfig:
+    pixel_shuffle: int = 2           # merge s x s neighbouring regions into one visual token (N -> N / s^2)
+    projector_hidden: int = 0        # hidden width of the projector MLP; 0 = the LM width
+
+
+def pixel_shuffle(regions: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, N, C) on a square grid -> (B, N / s^2, C * s^2): s x s neighbours become one token (nanoVLM).
+
+    Example:
+        >>> pixel_shuffle(torch.zeros(2, 64, 8), 2).shape
+        torch.Size([2, 16, 32])
+    """
+    b, n, c = regions.shape
+    side = math.isqrt(n)
+    if side * side != n or side % s:
+        raise ConfigError(f"pixel shuffle {s} needs a square grid whose side is divisible by {s}, got {n} "
+                          f"regions; change prefix.pixel_shuffle or model.encoder.grid")
+    x = regions.reshape(b, side // s, s, side // s, s, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (side // s) ** 2, s * s * c)
+
+
+class ModalityProjector(nn.Module):
+    """Regions (B, N, C) -> visual tokens (B, N / s^2, D): pixel shuffle, 2D positions, a 2-layer MLP."""
+
+    def __init__(self, in_dim: int, dim: int, cfg: PrefixConfig):
+        super().__init__()
+        self.shuffle = cfg.pixel_shuffle
+        width = in_dim * cfg.pixel_shuffle ** 2
+        self.net = nn.Sequential(nn.Linear(width, cfg.projector_hidden or dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.projector_hidden or dim, dim))
+
+    def forward(self, regions: torch.Tensor) -> torch.Tensor:
+        x = pixel_shuffle(regions, self.shuffle) if self.shuffle > 1 else regions
+        # CNN regions know little of where they are; "left of" and "above" need positions.
+        x = x + grid_positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
+        return self.net(x)
+
+
+def _text_positions(valid: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding: left-padded rows start counting at their first real token."""
+    return (valid.long().cumsum(1) - 1).clamp(min=0)
+
+
+@MODELS.register("prefix_lm")
+class PrefixLM(Captioner):
+    """encoder -> projector -> visual tokens + text -> causal TransformerLM; the Captioner user API."""
+
+    architecture = "prefix_lm"
+
+    def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer, prefix: PrefixConfig | None = None):
+        nn.Module.__init__(self)  # not Captioner.__init__: the LM replaces the caption decoder
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.prefix_cfg = prefix or PrefixConfig()
+        d = cfg.decoder
+        self.encoder = build_encoder(cfg.encoder)
+        self.projector = ModalityProjector(self.encoder.out_dim, d.hidden_dim, self.prefix_cfg)
+        self.lm = TransformerLM(len(tokenizer), d.hidden_dim, d.num_layers, d.num_heads, d.max_positions, d.dropout)
+
+    # ---- training ----------------------------------------------------------------------------
+    def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(images))  # (B, P, D)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher forcing; without "images" in the batch the LM trains on text alone (task lm_pretrain).
+
+        Returns logits (B, L - 1, V) over the text positions only, and the loss on them.
+        """
+        tokens = batch["tokens"]
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        x = self.lm.embed(inputs, torch.arange(inputs.shape[1], device=inputs.device))
+        prefix = self.visual_tokens(batch["images"]) if "images" in batch else x[:, :0]
+        # Right padding needs no mask: padding keys come after every real query, so causality hides them.
+        hidden, _ = self.lm(torch.cat([prefix, x], dim=1), is_causal=True)
+        logits = self.lm.logits(hidden[:, prefix.shape[1]:])  # no loss on the visual tokens
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                               ignore_index=self.tokenizer.pad_id)
+        return logits, {"caption_loss": loss, "loss": loss}
+
+    # ---- generation --------------------------------------------------------------------------
+    def _prompts(self, prompts: list[list[int]] | None, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Left-pad prompt ids to (B, L), with their validity; no prompts -> (B, 0)."""
+        prompts = prompts or [[] for _ in range(rows)]
+        if len(prompts) != rows:
+            raise ConfigError(f"{len(prompts)} prompts for {rows} images; give one (maybe empty) per image")
+        width = max(map(len, prompts))
+        ids = torch.full((rows, width), self.tokenizer.pad_id, dtype=torch.long, device=device)
+        for r, p in enumerate(prompts):
+            if p:
+                ids[r, width - len(p):] = torch.tensor(p, device=device)
+        valid = torch.arange(width, device=device)[None] >= torch.tensor(
+            [width - len(p) for p in prompts], device=device)[:, None]
+        return ids, valid
+
+    def _sequence(self, visual: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Embeddings of [visual][text] (B, P + L, D) and which positions are real (B, P + L)."""
+        x = torch.cat([visual, self.lm.embed(text, _text_positions(text_valid))], dim=1)
+        valid = torch.cat([text_valid.new_ones(visual.shape[:2]), text_valid], dim=1)
+        return x, valid
+
+    def init_state(self, images: torch.Tensor, prompts: list[list[int]] | None = None,
+                   use_cache: bool = True) -> State:
+        """Prefill: encode the images (and optional text prompts, left-padded) into the decoding state.
+
+        Prompts are token ids placed between the image and <bos> (an instruction-style prefix);
+        rows of different lengths are left-padded and the padding masked out of every attention.
+        Without the cache the state keeps the inputs and every step recomputes the whole sequence.
+        """
+        visual = self.visual_tokens(images)
+        text, text_valid = self._prompts(prompts, visual.shape[0], visual.device)
+        if not use_cache:
+            return {"visual": visual, "text": text, "text_valid": text_valid}
+        x, valid = self._sequence(visual, text, text_valid)
+        _, cache = self.lm(x, mask=attention_mask(valid, x.shape[1]))
+        return {**cache, "valid": valid, "pos": text_valid.sum(1)}
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
+        """One token per row against the KV cache: (B,) -> logits (B, V)."""
+        x = self.lm.embed(tokens[:, None], state["pos"][:, None])
+        valid = torch.cat([state["valid"], state["valid"].new_ones(tokens.shape[0], 1)], dim=1)
+        # A single new query comes after every cached key, so only padding needs masking.
+        hidden, cache = self.lm(x, mask=valid[:, None, None, :], cache=state)
+        return self.lm.logits(hidden[:, -1]), {**cache, "valid": valid, "pos": state["pos"] + 1}, None
+
+    def step_uncached(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
+        """The same step by full recomputation of [visual][prompt][tokens so far]: the reference for tests."""
+        text = torch.cat([state["text"], tokens[:, None]], dim=1)
+        text_valid = torch.cat([state["text_valid"], state["text_valid"].new_ones(tokens.shape[0], 1)], dim=1)
+        x, valid = self._sequence(state["visual"], text, text_valid)
+        hidden, _ = self.lm(x, mask=attention_mask(valid, x.shape[1]))
+        return self.lm.logits(hidden[:, -1]), {"visual": state["visual"], "text": text,
+                                                "text_valid": text_valid}, None
+
+    @torch.inference_mode()
+    def generate(self, images: torch.Tensor, cfg: GenerationConfig | None = None, use_cache: bool = True,
+                 prompts: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+        """Captions for normalized images (B, 3, S, S); per image, hypotheses best first.
+
+        Example:
+            >>> hyps = model.generate(images, GenerationConfig(strategy="beam", beam_size=3))  # doctest: +SKIP
+            >>> model.tokenizer.decode(hyps[0][0].tokens)  # doctest: +SKIP
+        """
+        cfg = cfg or GenerationConfig(max_len=self.cfg.decoder.max_len)
+        state = self.init_state(images, prompts, use_cache)
+        tok = self.tokenizer
+        return generate(self.step if use_cache else self.step_uncached, state, tok.bos_id, tok.eos_id, cfg,
+                        suppress_ids=(tok.pad_id,))
+
+    # ---- weights from elsewhere --------------------------------------------------------------
+    def load_lm(self, source: str | Path) -> GPT2LoadReport | int:
+        """Initialise the LM from a GPT-2-format HF folder, or from a polymodal prefix_lm / lm_pretrain model.
+
+        Returns the GPT-2 load report, or the number of tensors copied from a polymodal model. The
+        polymodal model must use the same tokenizer (the token ids are the embedding rows).
+        """
+        if is_gpt2_folder(source):
+            return load_gpt2(self.lm, source)
+        folder = resolve_model_dir(source)
+        _, tokenizer = read_model_dir(folder)
+        if tokenizer is None or tokenizer.to_dict() != self.tokenizer.to_dict():
+            raise CheckpointError(f"{folder}: its tokenizer differs from this model's; build the model with "
+                                  f"the tokenizer saved in {folder}")
+        state = {k.removeprefix("lm."): v for k, v in read_safetensors(folder / WEIGHTS_FILE).items()
+                 if k.startswith("lm.")}
+        missing, unexpected = self.lm.load_state_dict(state, strict=False)
+        if missing or unexpected or not state:
+            raise CheckpointError(f"{folder}: its LM does not fit (missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]}); use the same model.decoder sizes")
+        return len(state)
+
+    # ---- saving ------------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {**super().config_dict(), "prefix": dataclasses.asdict(self.prefix_cfg)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer, source: str = "config.json") -> PrefixLM:
+        cfg = from_dict(ModelConfig, config["model"], f"{source}:model")
+        cfg.encoder.pretrained = None  # the saved weights replace any initial weights
+        return cls(cfg, tokenizer, from_dict(PrefixConfig, config.get("prefix", {}), f"{source}:prefix"))

@@ -1,0 +1,308 @@
+"""The FastAPI app: REST endpoints, dynamic batching of captions, the web page at /.
+
+Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve; GET /v1/models, /v1/index/{id},
+/healthz; OpenAPI docs at /docs. Any `PolymodalError` becomes a 4xx JSON `{"error": "..."}`.
+
+Example:
+    >>> app = create_app(["runs/attention_lstm/model"])  # doctest: +SKIP
+    >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ConfigError, DataError, InputError, PolymodalError
+from . import engines, schemas
+from .batching import DynamicBatcher
+from .uploads import Limits, RequestError, decode_image, read_fields, validate, validation_message
+
+STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("polymodal.serve")
+T = TypeVar("T")
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorResponse}
+                                           for code in (400, 404, 413, 415, 422, 503, 504)}
+STATUS = {DataError: 422, InputError: 422, ConfigError: 422}  # for errors that carry no status of their own
+
+
+@dataclass
+class ServeConfig:
+    """Server settings. `max_batch=1` turns dynamic batching off."""
+
+    limits: Limits = field(default_factory=Limits)
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+    timeout_s: float = 30.0
+
+
+class Service:
+    """What the routes share: the models, the caption batcher, the index, the settings, the model thread."""
+
+    def __init__(self, models: engines.ModelSet, search: engines.SearchIndex | None, cfg: ServeConfig):
+        self.models, self.search, self.cfg, self.limits = models, search, cfg, cfg.limits
+        # One model thread: batches, VQA and chat run one at a time, which is what a CPU does best.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polymodal-model")
+        self.batcher = DynamicBatcher(lambda key, items: engines.run_caption_batch(models, key, items),
+                                      self.executor, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
+
+    async def timed(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, self.cfg.timeout_s)
+        except TimeoutError:
+            raise RequestError(f"timed out after {self.cfg.timeout_s:g} s; the server is busy, try again",
+                               504) from None
+
+    async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.timed(asyncio.get_running_loop().run_in_executor(self.executor, fn, *args))
+
+    async def read_options(self, request: Request, options: type[T]) -> tuple[T, bytes | None, str]:
+        """The validated options, the raw image bytes (None if the request has none) and the image's name."""
+        fields, data, name = await self.timed(read_fields(request, self.limits))
+        image_field = fields.pop("image", None)
+        if image_field is not None and not isinstance(image_field, str):
+            raise RequestError("'image' must be a base64 string (or upload a file as multipart field 'image')")
+        if isinstance(fields.get("messages"), str):  # multipart chat: the conversation as a JSON string
+            try:
+                fields["messages"] = json.loads(fields["messages"])
+            except json.JSONDecodeError:
+                raise RequestError("'messages' must be a JSON list of {role, content} objects") from None
+        return validate(options, fields), data, name  # type: ignore[arg-type,return-value]
+
+    async def read_image_request(self, request: Request, options: type[T]) -> tuple[T, Image.Image | None]:
+        opts, data, name = await self.read_options(request, options)
+        image = await asyncio.to_thread(decode_image, data, name, self.limits) if data is not None else None
+        return opts, image
+
+    def decode_for_caption(self, entry: engines.LoadedModel, data: bytes | None, name: str) -> tuple[Image.Image, Any]:
+        """Decode, resize and normalise in one hop to a worker thread; the model thread only runs the batch."""
+        image = decode_image(require(data), name, self.limits)
+        return image, engines.prepare_caption(entry, image)
+
+
+def require(image: T | None) -> T:
+    if image is None:
+        raise RequestError("no image: upload it as multipart field 'image' (curl -F image=@photo.png) "
+                           "or send JSON with a base64 'image'")
+    return image
+
+
+def _ms(start: float) -> float:
+    return round(1000 * (time.perf_counter() - start), 1)
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _body_doc(model: type, multipart: bool = True) -> dict[str, Any]:
+    """OpenAPI request body for endpoints that read the body themselves (multipart or JSON)."""
+    schema = model.model_json_schema()
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if multipart:
+        props = {k: ({"type": "string", "format": "binary"} if k == "image" else {"type": "string"})
+                 for k in schema.get("properties", {})}
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": props}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["meta"])
+async def healthz(request: Request) -> dict[str, Any]:
+    """Liveness: the models are loaded and the batch worker is running."""
+    svc = _service(request)
+    return {"status": "ok" if svc.batcher.running else "starting", "models": len(svc.models.entries),
+            "pending": svc.batcher.pending, "batching": svc.batcher.stats.as_dict()}
+
+
+@router.get("/v1/models", response_model=schemas.ModelsResponse, tags=["meta"])
+async def list_models(request: Request) -> dict[str, Any]:
+    """The loaded models, what each can do, the index (if any) and the request limits."""
+    svc = _service(request)
+    return {"models": [e.info() for e in svc.models.entries.values()],
+            "index": svc.search.info() if svc.search else None, "limits": svc.limits.as_dict()}
+
+
+@router.post("/v1/caption", response_model=schemas.CaptionResponse, responses=ERRORS, tags=["captions"],
+             openapi_extra=_body_doc(schemas.CaptionJSON))
+async def caption(request: Request) -> schemas.CaptionResponse:
+    """Caption an image: beam search or sampling, n-best with scores, attention heatmaps per word."""
+    start, svc = time.perf_counter(), _service(request)
+    with svc.batcher.announce():  # a batch being formed now waits for this request (up to max_wait_ms)
+        opts, data, name = await svc.read_options(request, schemas.CaptionOptions)
+        entry = svc.models.pick("caption", opts.model)
+        generation = engines.generation_config(entry, opts)
+        image, item = await asyncio.to_thread(svc.decode_for_caption, entry, data, name)
+    result, batch = await svc.timed(svc.batcher.submit(engines.caption_key(entry, generation), item))
+    view = heatmaps = note = None
+    if opts.heatmaps and result["attention"] is not None:
+        view, heatmaps = await asyncio.to_thread(engines.render_heatmaps, image, result["attention"])
+    elif opts.heatmaps:
+        note = f"model {entry.name!r} has no attention, so there are no heatmaps"
+    return schemas.CaptionResponse(
+        model=entry.name, captions=[{"text": t, "score": s} for t, s in result["captions"]], words=result["words"],
+        heatmaps=heatmaps, view=view, note=note, width=image.width, height=image.height, batch_size=batch,
+        elapsed_ms=_ms(start))
+
+
+@router.post("/v1/vqa", response_model=schemas.VQAResponse, responses=ERRORS, tags=["questions"],
+             openapi_extra=_body_doc(schemas.VQAJSON))
+async def vqa(request: Request) -> schemas.VQAResponse:
+    """Answer a question about an image (a VQA model; a chat model answers if no VQA model is loaded)."""
+    start, svc = time.perf_counter(), _service(request)
+    opts, image = await svc.read_image_request(request, schemas.VQAOptions)
+    try:
+        entry = svc.models.pick("vqa", opts.model)
+    except RequestError:
+        if opts.model or not any("chat" in e.tasks for e in svc.models.entries.values()):
+            raise
+        entry = svc.models.pick("chat")  # a chat model answers single questions too
+    image = require(image)
+    if "vqa" not in entry.tasks:
+        reply = await svc.in_model_thread(entry.model.chat, image, [{"role": "user", "content": opts.question}])
+        answers = [{"answer": reply, "score": None}]
+    elif callable(getattr(entry.model, "answer_topk", None)):
+        top = await svc.in_model_thread(entry.model.answer_topk, image, opts.question, opts.k)
+        answers = [{"answer": a, "score": s} for a, s in top[0]]
+    else:
+        answers = [{"answer": (await svc.in_model_thread(entry.model.answer, image, opts.question))[0]}]
+    return schemas.VQAResponse(model=entry.name, question=opts.question, answers=answers, elapsed_ms=_ms(start))
+
+
+@router.post("/v1/chat", response_model=schemas.ChatResponse, responses=ERRORS, tags=["questions"],
+             openapi_extra=_body_doc(schemas.ChatJSON))
+async def chat(request: Request) -> Response:
+    """Reply to a conversation about an image; `stream: true` sends the reply as server-sent events.
+
+    The models generate the whole reply first (their API is not incremental), then it is streamed
+    word by word: `event: token` per word, then `event: done` with the full response.
+    """
+    start, svc = time.perf_counter(), _service(request)
+    opts, image = await svc.read_image_request(request, schemas.ChatOptions)
+    entry = svc.models.pick("chat", opts.model)
+    messages = [m.model_dump() for m in opts.messages]
+    reply = await svc.in_model_thread(entry.model.chat, require(image), messages)
+    response = schemas.ChatResponse(model=entry.name, message={"role": "assistant", "content": reply},
+                                    elapsed_ms=_ms(start))
+    if not opts.stream:
+        return JSONResponse(response.model_dump())
+
+    async def events() -> AsyncIterator[str]:
+        for word in reply.split():
+            yield f"event: token\ndata: {json.dumps({'token': word})}\n\n"
+            await asyncio.sleep(0)  # hand each event to the transport on its own
+        yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/v1/retrieve", response_model=schemas.RetrieveResponse, responses=ERRORS, tags=["search"],
+             openapi_extra=_body_doc(schemas.RetrieveJSON))
+async def retrieve(request: Request) -> schemas.RetrieveResponse:
+    """Search the index given with `--index` by text (or by an example image)."""
+    start, svc = time.perf_counter(), _service(request)
+    if svc.search is None:
+        raise RequestError("no index loaded; start the server with --index INDEX_DIR "
+                           "(build one with `polymodal index`)", 404)
+    opts, image = await svc.read_image_request(request, schemas.RetrieveOptions)
+    if (image is None) == (opts.text is None):
+        raise RequestError("give exactly one query: 'text', or an 'image' to search by example")
+    hits = await svc.in_model_thread(svc.search.search, image if image is not None else opts.text, opts.k)
+    return schemas.RetrieveResponse(query=opts.text or "<image>", elapsed_ms=_ms(start),
+                                    hits=[{"id": i, "path": p, "score": s} for i, p, s in hits])
+
+
+@router.get("/v1/index/{item}", tags=["search"], responses=ERRORS, response_class=Response)
+async def index_image(request: Request, item: int) -> Response:
+    """A JPEG thumbnail of one indexed image (by its id in /v1/retrieve hits)."""
+    svc = _service(request)
+    if svc.search is None:
+        raise RequestError("no index loaded; start the server with --index INDEX_DIR", 404)
+    data = await asyncio.to_thread(svc.search.thumbnail, item)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PolymodalError)
+    async def _polymodal_error(_: Request, err: PolymodalError) -> JSONResponse:
+        status = getattr(err, "status", None) or next((s for t, s in STATUS.items() if isinstance(err, t)), 500)
+        return JSONResponse({"error": str(err)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(err.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = str(err.detail)
+        if err.status_code in (404, 405):  # say which request and where the list of routes is
+            message = f"{message}: {request.method} {request.url.path}; the API is listed at /docs"
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, err: Exception) -> JSONResponse:
+        log.exception("internal error", exc_info=err)
+        return JSONResponse({"error": f"internal server error ({type(err).__name__}); see the server log"},
+                            status_code=500)
+
+
+def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
+               config: ServeConfig | None = None) -> FastAPI:
+    """Build the app for model directories (or {name: model}) and an optional retrieval index.
+
+    Args:
+        models: model directories to `polymodal.load`, or already loaded models by name.
+        index: a retrieval index folder (from `polymodal index`), or an index object (see `SearchIndex`).
+        config: limits, batching and timeout settings.
+
+    Example:
+        >>> from fastapi.testclient import TestClient
+        >>> with TestClient(create_app({"tiny": captioner})) as client:  # doctest: +SKIP
+        ...     client.post("/v1/caption", files={"image": open("a.png", "rb")}).json()["captions"]
+        [{'text': 'a red circle', 'score': -0.12}]
+    """
+    cfg = config or ServeConfig()
+    model_set = engines.ModelSet(models if isinstance(models, dict) else engines.load_models(models))
+    search = None
+    if index is not None:
+        search = engines.open_index(index, model_set) if isinstance(index, (str, Path)) else engines.SearchIndex(index)
+    service = Service(model_set, search, cfg)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        yield
+        await service.batcher.stop()
+        service.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="polymodal", version="0.1.0", lifespan=lifespan,
+                  description="Captions, answers and search over images, served from local models. "
+                              "Images are processed in memory and never stored.")
+    app.state.service = service
+    _add_error_handlers(app)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,204 @@
+"""Dynamic batching: concurrent requests that can share a forward pass are run as one batch.
+
+Requests go into an asyncio queue; one worker task takes the oldest request, adds every waiting
+request with the same key (same model, same decoding settings) up to `max_batch`, waits at most
+`max_wait_ms` for more when more are on their way or expected (a lone client never waits), and
+runs the whole group in the model thread. Requests with another key
+wait for the next round, in arrival order. On a CPU, beam search over 8 images in one batch costs
+little more than over one (bench/serve.py), so throughput under load grows with the batch.
+
+Example:
+    >>> import asyncio
+    >>> from concurrent.futures import ThreadPoolExecutor
+    >>> async def demo():
+    ...     batcher = DynamicBatcher(lambda key, items: [x * 2 for x in items], ThreadPoolExecutor(1))
+    ...     batcher.start()
+    ...     results = await asyncio.gather(*(batcher.submit("double", x) for x in range(3)))
+    ...     await batcher.stop()
+    ...     return [r for r, _ in results]
+    >>> asyncio.run(demo())
+    [0, 2, 4]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PolymodalError
+
+RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
+PEAK_WINDOW_S = 1.0  # how long the batcher remembers how many clients were sending at once
+
+
+class ServerBusy(PolymodalError):
+    """Too many requests are waiting; the client should retry later (HTTP 503)."""
+
+    status = 503
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    item: Any
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        mean = self.items / self.batches if self.batches else 0.0
+        return {"batches": self.batches, "requests": self.items, "mean_batch": round(mean, 2),
+                "largest_batch": self.largest}
+
+
+class DynamicBatcher:
+    """Group concurrent `submit(key, item)` calls into `run_batch(key, items)` calls.
+
+    Args:
+        run_batch: called in `executor` with a key and up to `max_batch` items of that key; returns
+            one result per item, in order.
+        executor: where the batches run (one thread: the model is used by one batch at a time).
+        max_batch: the most items per call; 1 turns batching off.
+        max_wait_ms: how long the worker waits for more items once it has one.
+        max_queue: waiting items beyond which `submit` raises `ServerBusy` instead of queueing.
+    """
+
+    def __init__(self, run_batch: RunBatch, executor: Executor, max_batch: int = 8, max_wait_ms: float = 5.0,
+                 max_queue: int = 256):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.run_batch, self.executor = run_batch, executor
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._held: list[_Job] = []  # taken from the queue but of another key than the running batch
+        self._worker: asyncio.Task | None = None
+        self.incoming = 0  # requests announced (being read or decoded) but not yet submitted
+        self.waiting = 0   # requests submitted and not yet answered
+        self._peak, self._peak_at = 0, 0.0  # most requests in flight at once, lately (see _expected)
+
+    def start(self) -> None:
+        """Start the worker on the running event loop (app startup; `submit` starts it if need be)."""
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="polymodal-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for job in self._held:
+            if not job.future.done():
+                job.future.cancel()
+        self._held.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def pending(self) -> int:
+        return (self._queue.qsize() if self._queue else 0) + len(self._held)
+
+    @contextlib.contextmanager
+    def announce(self) -> Iterator[None]:
+        """Mark a request as on its way (reading, decoding) so that a forming batch waits for it.
+
+        Without announcements the worker never waits, so a lone client pays no batching delay; with
+        them it waits up to `max_wait_ms` only while requests it knows of are still being prepared.
+        """
+        self.incoming += 1
+        self._note_load()
+        try:
+            yield
+        finally:
+            self.incoming -= 1
+
+    def _note_load(self) -> None:
+        now, in_flight = time.monotonic(), self.incoming + self.waiting
+        if in_flight >= self._peak or now - self._peak_at > PEAK_WINDOW_S:
+            self._peak, self._peak_at = in_flight, now
+
+    def _expected(self) -> int:
+        """How many requests a batch can expect: the most in flight at once within the last second.
+
+        Clients that send one request after another are briefly absent between two requests; the
+        recent peak remembers them, so a batch waits (up to max_wait_ms) for their next request
+        instead of running half full. A lone client has a peak of 1 and never waits.
+        """
+        recent = time.monotonic() - self._peak_at <= PEAK_WINDOW_S
+        return max(self._peak if recent else 0, self.incoming + self.waiting)
+
+    async def submit(self, key: Hashable, item: Any) -> tuple[Any, int]:
+        """Queue one item and wait for its result; returns (result, size of the batch it ran in).
+
+        Raises:
+            ServerBusy: `max_queue` items are already waiting.
+        """
+        if not self.running:  # e.g. an app used without its lifespan (a TestClient outside `with`)
+            self.start()
+        if self.pending >= self.max_queue:
+            raise ServerBusy(f"server busy: {self.pending} requests are waiting; retry in a moment")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(key, item, future))
+        self.waiting += 1
+        self._note_load()
+        try:
+            return await future
+        finally:
+            self.waiting -= 1
+
+    async def _next_batch(self) -> list[_Job]:
+        assert self._queue is not None
+        first = self._held.pop(0) if self._held else await self._queue.get()
+        batch = [first] + [j for j in self._held if j.key == first.key][: self.max_batch - 1]
+        self._held = [j for j in self._held if j not in batch]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if self._queue.empty():
+                # Requests that arrived while the last batch ran are already here; wait for more
+                # only while some are on their way (`announce`) or expected from recent load.
+                remaining = deadline - loop.time()
+                if remaining <= 0 or (self.incoming <= 0 and len(batch) >= self._expected()):
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                job = self._queue.get_nowait()
+            (batch if job.key == first.key else self._held).append(job)
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [job for job in await self._next_batch() if not job.future.done()]  # drop timed-out ones
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, batch[0].key,
+                                                     [job.item for job in batch])
+            except Exception as err:  # noqa: BLE001 - handed to every waiting request, not swallowed
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            self.stats.batches += 1
+            self.stats.items += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result((result, len(batch)))

@@ -1,0 +1,256 @@
+"""What the server can do with the models it loaded: which model serves which endpoint, and the work.
+
+An endpoint is served by whichever loaded model has the method it needs (duck typing, no
+architecture names): captioners have `caption_nbest`, VQA models `answer`, chat assistants `chat`,
+dual encoders `embed_texts` (they embed the queries of a `--index`).
+Captioning runs through the dynamic batcher as (preprocessed image tensor, decoding settings);
+VQA and chat are single calls in the same model thread.
+
+Example:
+    >>> models = ModelSet(load_models(["runs/attention_lstm/model"]))  # doctest: +SKIP
+    >>> models.pick("caption").name  # doctest: +SKIP
+    'attention_lstm'
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import pkgutil
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data.images import load_image
+from ..errors import ConfigError, InputError
+from ..generate import GenerationConfig
+from ..viz import attention_overlays  # imported with the server, so the first heatmap request is not slow
+from .schemas import CaptionOptions
+from .uploads import RequestError
+
+# endpoint -> the method a model needs to serve it
+TASK_METHODS = {"caption": "caption_nbest", "vqa": "answer", "chat": "chat", "retrieve": "embed_texts"}
+HEATMAP_SIDE = 224  # overlays are drawn on a 224 px square: sharp on the page, ~30 KB of PNG per word
+
+
+@dataclass
+class LoadedModel:
+    """A served model under its name; `tasks` are the endpoints it can serve."""
+
+    name: str
+    model: Any
+    attention: bool | None = None  # does generate() return attention maps? probed at startup
+
+    @property
+    def tasks(self) -> list[str]:
+        return [task for task, method in TASK_METHODS.items() if callable(getattr(self.model, method, None))]
+
+    @property
+    def batched(self) -> bool:
+        """Whether captions can run as one `generate` over a stacked batch (else `caption_nbest`)."""
+        return all(callable(getattr(self.model, m, None)) for m in ("generate", "preprocess")) and \
+            hasattr(self.model, "tokenizer")
+
+    def info(self) -> dict[str, Any]:
+        cfg = getattr(self.model, "cfg", None)
+        params = sum(p.numel() for p in self.model.parameters()) if hasattr(self.model, "parameters") else 0
+        return {"name": self.name, "architecture": str(getattr(self.model, "architecture", type(self.model).__name__)),
+                "tasks": self.tasks, "image_size": getattr(cfg, "image_size", None), "parameters": params,
+                "attention": bool(self.attention) if "caption" in self.tasks else False}
+
+
+class ModelSet:
+    """The loaded models by name; `pick(task, name)` finds the one that serves an endpoint."""
+
+    def __init__(self, models: dict[str, Any]):
+        self.entries = {name: LoadedModel(name, model) for name, model in models.items()}
+        for entry in self.entries.values():
+            if "caption" in entry.tasks and entry.batched:
+                entry.attention = _probe_attention(entry.model)
+
+    def pick(self, task: str, name: str | None = None) -> LoadedModel:
+        """The named model (which must serve `task`), or the first loaded one that does; else 404."""
+        if name:
+            entry = self.entries.get(name)
+            if entry is None:
+                raise RequestError(f"no model named {name!r}; loaded: {sorted(self.entries)} (GET /v1/models)", 404)
+            if task not in entry.tasks:
+                raise RequestError(f"model {name!r} cannot do {task} (it does {entry.tasks or 'nothing'})", 400)
+            return entry
+        for entry in self.entries.values():
+            if task in entry.tasks:
+                return entry
+        raise RequestError(no_model_message(task), 404)
+
+
+def no_model_message(task: str) -> str:
+    what = {"caption": "a captioning model", "vqa": "a VQA model", "chat": "a chat model"}.get(task, task)
+    return (f"no loaded model supports {task}; start the server with {what} too, "
+            f"e.g. `polymodal serve CAPTIONER_DIR VQA_OR_CHAT_DIR`")
+
+
+def load_models(dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """Load model directories with `polymodal.load`, named after their folders (made unique)."""
+    from .. import models as model_modules
+
+    # `load` knows the architectures whose modules are imported; the server serves any of them.
+    for module in pkgutil.iter_modules(model_modules.__path__):
+        try:
+            importlib.import_module(f"polymodal.models.{module.name}")
+        except ImportError:  # a module whose optional dependency is missing: its models cannot be served
+            pass
+    from ..api import load
+
+    models: dict[str, Any] = {}
+    for folder in dirs:
+        path = Path(folder)
+        base = path.name if path.name not in ("model", "") else path.parent.name or "model"
+        name, n = base, 1
+        while name in models:
+            n += 1
+            name = f"{base}-{n}"
+        models[name] = load(path).eval()
+    return models
+
+
+def _probe_attention(model: Any) -> bool:
+    """Whether generate() returns attention maps: one tiny greedy run on a blank image at startup."""
+    size = int(getattr(getattr(model, "cfg", None), "image_size", 32))
+    try:
+        with torch.inference_mode():
+            hyps = model.generate(torch.zeros(1, 3, size, size, device=getattr(model, "device", "cpu")),
+                                  GenerationConfig(strategy="greedy", max_len=2, return_attention=True))
+        return hyps[0][0].attention is not None
+    except Exception:  # noqa: BLE001 - a model that cannot be probed is served without heatmaps
+        return False
+
+
+# ----------------------------------------------------------------------------- captioning
+def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationConfig:
+    cfg = getattr(entry.model, "cfg", None)
+    default_len = getattr(getattr(cfg, "decoder", None), "max_len", 24)
+    try:
+        return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
+                                num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
+                                seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention))
+    except ConfigError as err:
+        raise RequestError(str(err), 422) from None
+
+
+def caption_key(entry: LoadedModel, generation: GenerationConfig) -> Hashable:
+    """Requests batch together only with the same model and the same decoding settings."""
+    return entry.name, tuple(sorted(vars(generation).items()))
+
+
+def prepare_caption(entry: LoadedModel, image: Image.Image) -> Any:
+    """What one caption request contributes to a batch: a normalised (3, S, S) tensor, or the image."""
+    return entry.model.preprocess([image])[0].cpu() if entry.batched else image
+
+
+def run_caption_batch(models: ModelSet, key: Hashable, items: list[Any]) -> list[dict[str, Any]]:
+    """Caption a batch in the model thread; one {"captions", "words", "attention"} per item."""
+    name, settings = key  # type: ignore[misc]
+    entry, generation = models.entries[name], GenerationConfig(**dict(settings))
+    model = entry.model
+    if not entry.batched:  # a captioner without generate/preprocess: still one call for the batch
+        texts = model.caption_nbest(items, **vars(generation))
+        return [{"captions": [(t, None) for t in per], "words": per[0].split(), "attention": None} for per in texts]
+    device = getattr(model, "device", torch.device("cpu"))
+    hyps = model.generate(torch.stack(items).to(device), generation)
+    tokenizer = model.tokenizer
+    results = []
+    for per_image in hyps:
+        best = per_image[0]
+        results.append({"captions": [(tokenizer.decode(h.tokens), h.score) for h in per_image],
+                        "words": [tokenizer.decode([t]) for t in best.tokens],
+                        "attention": best.attention.float().cpu() if best.attention is not None else None})
+    return results
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def render_heatmaps(image: Image.Image, attention: torch.Tensor) -> tuple[str, list[str]]:
+    """(the centre square as PNG, one overlay PNG per word), both HEATMAP_SIDE px, base64."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    # The model saw the centre square (data.images.image_to_uint8); draw on that, downscaled once.
+    square = image.crop((left, top, left + side, top + side)).resize((HEATMAP_SIDE, HEATMAP_SIDE),
+                                                                      Image.Resampling.BICUBIC)
+    return png_base64(square), [png_base64(o) for o in attention_overlays(square, attention)]
+
+
+# ----------------------------------------------------------------------------- retrieval
+class SearchIndex:
+    """A retrieval index and the model that embeds its queries: `search(text or image, k)`.
+
+    With an `encoder` (a dual encoder: `embed_texts`, `embed_images`), queries are embedded and the
+    index (`polymodal.retrieval.RetrievalIndex`: `items`, `kind`, `search(embeddings, k)`) is
+    searched with them. Without one, the index is asked directly: `index.search(query, k=k)`
+    returning (item, score) pairs; tests and custom indexes plug in that way.
+    """
+
+    def __init__(self, index: Any, encoder: Any = None, source: str = ""):
+        self.index, self.encoder, self.source = index, encoder, source
+        self.items = [str(p) for p in (getattr(index, "items", None) or getattr(index, "paths", None) or [])]
+        self.kind = str(getattr(index, "kind", "image"))
+
+    def info(self) -> dict[str, Any]:
+        return {"source": self.source, "size": len(self.items), "kind": self.kind}
+
+    def search(self, query: str | Image.Image, k: int) -> list[tuple[int, str, float]]:
+        """The k best items: (position in the index, item (path or caption), score)."""
+        if self.encoder is None:
+            hits = self.index.search(query, k=k)
+        else:
+            text = isinstance(query, str)
+            embed = self.encoder.embed_texts if text else self.encoder.embed_images
+            hits = self.index.search(embed([query]), k=k)[0]
+        position = {item: i for i, item in enumerate(self.items)}
+        return [(position.get(str(item), -1), str(item), float(score)) for item, score in hits][:k]
+
+    def thumbnail(self, idx: int, side: int = 256) -> bytes:
+        """A JPEG thumbnail of image item `idx`, decoded safely and without metadata."""
+        if self.kind != "image":
+            raise RequestError(f"this index holds {self.kind}s, not images", 404)
+        if not 0 <= idx < len(self.items):
+            raise RequestError(f"no index item {idx}; the index has {len(self.items)} items", 404)
+        image = load_image(self.items[idx])
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()
+
+
+def open_index(path: str | Path, models: ModelSet) -> SearchIndex:
+    """Load an index written by `polymodal index`, with the model that built it for the queries.
+
+    A loaded model with `embed_texts` whose weights match the index is used; otherwise the model
+    directory recorded in the index is loaded.
+    """
+    try:
+        retrieval = importlib.import_module("polymodal.retrieval")
+        importlib.import_module("polymodal.models.dual_encoder")  # registers the architecture for load()
+    except ImportError:
+        raise InputError(f"{path}: --index needs polymodal.retrieval, which this polymodal does not have") from None
+    index = retrieval.RetrievalIndex.load(path)
+    encoders = [e.model for e in models.entries.values() if callable(getattr(e.model, "embed_texts", None))]
+    encoder = next((m for m in encoders if retrieval.model_fingerprint(m) == index.fingerprint), None)
+    if encoder is None:
+        source = index.info.get("model", {}).get("dir")
+        if not source:
+            raise InputError(f"{path}: the index does not name the model that built it; pass that model's "
+                             f"directory to `polymodal serve` as well")
+        from ..api import load
+
+        encoder = load(source).eval()
+    index.check_model(encoder, str(path))
+    return SearchIndex(index, encoder, str(path))

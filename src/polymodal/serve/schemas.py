@@ -1,0 +1,176 @@
+"""Request and response bodies of the REST API (pydantic), shared by the routes and the OpenAPI docs.
+
+Every image-taking request comes either as multipart form data (an `image` file part plus the
+other fields as form values) or as JSON with the image base64-encoded; both are validated by the
+same model, so a form field "beam_size=abc" and a JSON `"beam_size": "abc"` fail alike (422).
+
+Example:
+    >>> CaptionOptions(beam_size=5, nbest=3).nbest
+    3
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Forbid unknown keys: a typo such as "beam" for "beam_size" must fail loudly, not be ignored.
+_STRICT = ConfigDict(extra="forbid")
+
+
+class CaptionOptions(BaseModel):
+    """How to caption: decoding strategy, beam width, how many captions, attention heatmaps."""
+
+    model_config = _STRICT
+
+    model: str | None = Field(None, description="name of a loaded captioner (see GET /v1/models); default: the first")
+    strategy: Literal["beam", "greedy", "sample"] = "beam"
+    beam_size: int = Field(3, ge=1, le=16)
+    nbest: int = Field(1, ge=1, le=16, description="captions to return, best first (beam n-best or samples)")
+    max_len: int | None = Field(None, ge=1, le=64, description="most tokens to generate (default: the model's)")
+    heatmaps: bool = Field(False, description="return one attention overlay (base64 PNG) per word of the best caption")
+    seed: int | None = Field(None, description="sampling seed, for reproducible samples")
+
+    @model_validator(mode="after")
+    def _nbest_fits_beam(self) -> CaptionOptions:
+        if self.strategy == "beam" and self.nbest > self.beam_size:
+            raise ValueError(f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size}); "
+                             f"raise beam_size or lower nbest")
+        if self.strategy == "greedy" and self.nbest > 1:
+            raise ValueError("greedy decoding gives one caption; use strategy=beam or sample for nbest > 1")
+        return self
+
+
+class ImageJSON(BaseModel):
+    """The JSON form of an image: base64 bytes of the file (a `data:image/...;base64,` prefix is fine)."""
+
+    image: str = Field(..., min_length=1, description="base64-encoded image file (PNG, JPEG, GIF, WebP, BMP, TIFF)")
+
+
+class CaptionJSON(CaptionOptions, ImageJSON):
+    """POST /v1/caption as JSON."""
+
+
+class Caption(BaseModel):
+    text: str
+    score: float | None = Field(None, description="length-normalised log-probability (higher is better)")
+
+
+class CaptionResponse(BaseModel):
+    model: str
+    captions: list[Caption]
+    words: list[str] = Field(default_factory=list, description="the best caption's words (one heatmap each)")
+    heatmaps: list[str] | None = Field(None, description="base64 PNG per word: the attention over the image")
+    view: str | None = Field(None, description="base64 PNG of the square the model saw (heatmaps are drawn on it)")
+    note: str | None = None
+    width: int
+    height: int
+    batch_size: int = Field(1, description="how many requests shared this forward pass (dynamic batching)")
+    elapsed_ms: float
+
+
+class VQAOptions(BaseModel):
+    model_config = _STRICT
+
+    model: str | None = None
+    question: str = Field(..., min_length=1, max_length=500)
+    k: int = Field(3, ge=1, le=20, description="answers to return with their probabilities")
+
+
+class VQAJSON(VQAOptions, ImageJSON):
+    """POST /v1/vqa as JSON."""
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float | None = None
+
+
+class VQAResponse(BaseModel):
+    model: str
+    question: str
+    answers: list[Answer]
+    elapsed_ms: float
+
+
+class Message(BaseModel):
+    model_config = _STRICT
+
+    role: Literal["user", "assistant"]
+    content: str = Field(..., min_length=1, max_length=2000)
+
+
+class ChatOptions(BaseModel):
+    model_config = _STRICT
+
+    model: str | None = None
+    messages: list[Message] = Field(..., min_length=1, max_length=64,
+                                    description="the conversation so far, ending with the user's turn")
+    stream: bool = Field(False, description="stream the reply word by word as server-sent events")
+
+    @model_validator(mode="after")
+    def _ends_with_user(self) -> ChatOptions:
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's question (role 'user')")
+        return self
+
+
+class ChatJSON(ChatOptions, ImageJSON):
+    """POST /v1/chat as JSON."""
+
+
+class ChatResponse(BaseModel):
+    model: str
+    message: Message
+    elapsed_ms: float
+
+
+class RetrieveOptions(BaseModel):
+    model_config = _STRICT
+
+    text: str | None = Field(None, min_length=1, max_length=500, description="a text query")
+    k: int = Field(8, ge=1, le=100)
+
+
+class RetrieveJSON(RetrieveOptions):
+    """POST /v1/retrieve as JSON: a text query, or an image query (base64)."""
+
+    image: str | None = Field(None, min_length=1, description="base64 image query (instead of text)")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> RetrieveJSON:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one query: 'text' or 'image'")
+        return self
+
+
+class Hit(BaseModel):
+    id: int = Field(..., description="position in the index; GET /v1/index/{id} returns the image")
+    path: str
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    query: str
+    hits: list[Hit]
+    elapsed_ms: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    tasks: list[str]
+    image_size: int | None = None
+    parameters: int
+    attention: bool = False
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    index: dict | None = Field(None, description="the retrieval index given with --index, if any")
+    limits: dict
+
+
+class ErrorResponse(BaseModel):
+    error: str

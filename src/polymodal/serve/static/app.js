@@ -1,0 +1,386 @@
+// polymodal web page: plain JavaScript, no framework, no network beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { image: null, name: "image.png", models: [], tasks: {}, history: [], heatmaps: [], words: [],
+                busy: false, playing: null };
+
+// ---------------------------------------------------------------- helpers
+function toast(message) {
+  const el = $("toast");
+  el.textContent = message;
+  el.classList.add("on");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => el.classList.remove("on"), 6000);
+}
+
+async function api(path, body) {
+  // body: FormData (multipart) or an object (JSON). Errors carry the server's one-line message.
+  const init = body instanceof FormData ? { method: "POST", body }
+    : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const response = await fetch(path, init);
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  node.append(...children);
+  return node;
+}
+
+// ---------------------------------------------------------------- models
+async function loadModels() {
+  const info = await (await fetch("/v1/models")).json();
+  state.models = info.models;
+  for (const task of ["caption", "vqa", "chat"]) state.tasks[task] = info.models.find((m) => m.tasks.includes(task));
+  const box = $("models");
+  box.replaceChildren(...info.models.map((m) => el("span", { class: "model", title: `${m.architecture}, ` +
+    `${m.parameters.toLocaleString()} parameters` }, el("b", { text: m.name }), ...m.tasks.map((t) =>
+    el("span", { class: "tag", text: t })))));
+  if (!info.models.length) box.append(el("span", { class: "model", text: "no models loaded" }));
+  setupAsk();
+  state.index = info.index;
+  if (info.index) {
+    $("search-card").hidden = false;
+    $("index-meta").textContent = `${info.index.size.toLocaleString()} ${info.index.kind}s`;
+  }
+  state.limits = info.limits;
+}
+
+// ---------------------------------------------------------------- image in
+function setImage(blob, name) {
+  if (!blob.type.startsWith("image/") && blob.type !== "") {
+    toast(`${name} is not an image (${blob.type}); choose a PNG, JPEG, GIF or WebP file`);
+    return;
+  }
+  state.image = blob;
+  state.name = name || "image.png";
+  state.history = [];
+  $("chat").replaceChildren();
+  const base = $("base");
+  if (base.src.startsWith("blob:")) URL.revokeObjectURL(base.src);
+  base.src = URL.createObjectURL(blob);
+  base.onload = () => {
+    const tiny = base.naturalWidth < 200;
+    base.classList.toggle("tiny", tiny);
+    $("heat").classList.toggle("tiny", false);
+  };
+  $("drop").dataset.empty = "false";
+  $("again").disabled = false;
+  caption();
+}
+
+function setupDrop() {
+  const drop = $("drop");
+  const pick = () => $("file").click();
+  for (const id of ["pick", "pick2"]) $(id).addEventListener("click", (e) => { e.stopPropagation(); pick(); });
+  drop.addEventListener("click", () => { if (drop.dataset.empty === "true") pick(); });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(); } });
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) setImage(file, file.name);
+    e.target.value = "";
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("dragging"); });
+  }
+  for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("dragging"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer.files[0];
+    if (file) setImage(file, file.name);
+  });
+  window.addEventListener("paste", (e) => {
+    const item = [...(e.clipboardData?.items || [])].find((i) => i.type.startsWith("image/"));
+    if (item) setImage(item.getAsFile(), "pasted.png");
+  });
+  for (const id of ["random", "random2"]) {
+    $(id).addEventListener("click", (e) => { e.stopPropagation(); randomScene(); });
+  }
+}
+
+// A Shapes World scene drawn in the browser (same shapes, colours and sizes as polymodal.data.shapes).
+const COLOURS = { red: "#e61e1e", green: "#1ebe32", blue: "#285aff", yellow: "#fae61e", purple: "#a032dc",
+                  orange: "#ff8c00", white: "#f5f5f5", cyan: "#1edce6" };
+const SHAPES = ["circle", "square", "triangle", "diamond", "star", "hexagon"];
+const POLYGONS = {
+  square: [[-0.72, -0.72], [0.72, -0.72], [0.72, 0.72], [-0.72, 0.72]],
+  diamond: [[0, -1], [0.75, 0], [0, 1], [-0.75, 0]],
+  triangle: [[0, -0.72], [0.84, 0.72], [-0.84, 0.72]],
+  star: [...Array(10).keys()].map((k) => { const r = k % 2 ? 0.45 : 1, a = (-90 + 36 * k) * Math.PI / 180;
+    return [r * Math.cos(a), r * Math.sin(a)]; }),
+  hexagon: [...Array(6).keys()].map((k) => [0.92 * Math.cos(k * Math.PI / 3), 0.92 * Math.sin(k * Math.PI / 3)]),
+};
+
+function randomScene(side = 256) {
+  const canvas = el("canvas", { width: side, height: side });
+  const g = canvas.getContext("2d");
+  const grey = 28 + Math.floor(Math.random() * 33);
+  g.fillStyle = `rgb(${grey},${grey},${grey + 3})`;
+  g.fillRect(0, 0, side, side);
+  const placed = [];
+  const count = 1 + Math.floor(Math.random() * 4);
+  for (let i = 0; i < count; i++) {
+    let r = Math.random() < 0.5 ? 0.10 : 0.17;
+    for (let attempt = 0; attempt < 60; attempt++) {
+      if (attempt === 30) r = 0.10;  // crowded: a small one may still fit
+      const x = r + Math.random() * (1 - 2 * r), y = r + Math.random() * (1 - 2 * r);
+      if (placed.every((o) => Math.hypot(x - o.x, y - o.y) >= r + o.r + 0.02)) { placed.push({ x, y, r }); break; }
+    }
+  }
+  for (const o of placed) {
+    const shape = SHAPES[Math.floor(Math.random() * SHAPES.length)];
+    const colours = Object.values(COLOURS);
+    g.fillStyle = colours[Math.floor(Math.random() * colours.length)];
+    const cx = o.x * side, cy = o.y * side, r = o.r * side;
+    g.beginPath();
+    if (shape === "circle") g.arc(cx, cy, r * 0.85, 0, 2 * Math.PI);
+    else POLYGONS[shape].forEach(([dx, dy], k) => (k ? g.lineTo : g.moveTo).call(g, cx + r * dx, cy + r * dy));
+    g.closePath();
+    g.fill();
+  }
+  canvas.toBlob((blob) => setImage(blob, "scene.png"), "image/png");
+}
+
+// ---------------------------------------------------------------- captions
+function syncControls() {
+  const strategy = $("strategy").value, beam = $("beam"), nbest = $("nbest");
+  beam.disabled = strategy !== "beam";
+  if (strategy === "greedy") nbest.value = 1;
+  nbest.max = strategy === "beam" ? beam.value : 5;
+  if (+nbest.value > +nbest.max) nbest.value = nbest.max;
+  nbest.disabled = strategy === "greedy";
+  $("beam-out").textContent = beam.value;
+  $("nbest-out").textContent = nbest.value;
+}
+
+async function caption() {
+  if (!state.image) return;
+  if (state.busy) { state.again = true; return; }  // a newer image or setting: caption once this one is done
+  if (!state.tasks.caption) { showCaptionText("No captioning model is loaded.", true); return; }
+  state.busy = true;
+  $("drop").classList.add("loading");
+  stopPlay();
+  const form = new FormData();
+  form.append("image", state.image, state.name);
+  form.append("strategy", $("strategy").value);
+  form.append("beam_size", $("beam").value);
+  form.append("nbest", $("nbest").value);
+  form.append("heatmaps", "true");
+  try {
+    const result = await (await api("/v1/caption", form)).json();
+    renderCaption(result);
+  } catch (err) {
+    showCaptionText("No caption: " + err.message, true);
+    toast(err.message);
+  } finally {
+    state.busy = false;
+    $("drop").classList.remove("loading");
+    document.body.dataset.captions = String(+(document.body.dataset.captions || 0) + 1);  // for tests
+    if (state.again) { state.again = false; caption(); }
+  }
+}
+
+function showCaptionText(text, placeholder) {
+  const p = $("caption");
+  p.textContent = text;
+  p.classList.toggle("placeholder", !!placeholder);
+  $("nbest-list").replaceChildren();
+  $("play").hidden = true;
+}
+
+function renderCaption(result) {
+  state.heatmaps = result.heatmaps || [];
+  state.words = result.words;
+  const p = $("caption");
+  p.classList.remove("placeholder");
+  if (state.heatmaps.length) {
+    p.replaceChildren(...result.words.flatMap((w, i) => {
+      const span = el("span", { class: "word", tabindex: "0", "data-index": String(i), text: w });
+      span.addEventListener("mouseenter", () => { stopPlay(); showHeat(i); });
+      span.addEventListener("focus", () => showHeat(i));
+      span.addEventListener("mouseleave", hideHeat);
+      span.addEventListener("blur", hideHeat);
+      return [span, " "];
+    }));
+    $("hint").textContent = "Hover or tap a word to see where the model looked.";
+  } else {
+    p.textContent = result.captions[0].text;
+    $("hint").textContent = result.note || "";
+  }
+  $("play").hidden = !state.heatmaps.length;
+  const scores = result.captions.map((c) => (c.score === null ? 0 : Math.exp(c.score)));
+  const top = Math.max(...scores, 1e-9);
+  $("nbest-list").replaceChildren(...(result.captions.length > 1 ? result.captions : []).map((c, i) =>
+    el("li", {}, el("span", { class: "rank", text: `${i + 1}` }), el("span", { class: "text", text: c.text }),
+      el("span", { class: "score", text: c.score === null ? "" : c.score.toFixed(2),
+                   title: "length-normalised log-probability" }),
+      el("span", { class: "bar" }, Object.assign(el("i"), { style: `width:${(100 * scores[i] / top).toFixed(0)}%` })))));
+  const batch = result.batch_size > 1 ? ` · batch of ${result.batch_size}` : "";
+  $("meta").textContent = `${result.model} · ${Math.round(result.elapsed_ms)} ms${batch}`;
+}
+
+function showHeat(i) {
+  const heat = $("heat");
+  heat.src = "data:image/png;base64," + state.heatmaps[i];
+  heat.classList.add("on");
+  const focus = $("focus");
+  focus.textContent = state.words[i];
+  focus.classList.add("on");
+  document.querySelectorAll(".word").forEach((w) => w.classList.toggle("active", +w.dataset.index === i));
+}
+
+function hideHeat() {
+  if (state.playing) return;
+  $("heat").classList.remove("on");
+  $("focus").classList.remove("on");
+  document.querySelectorAll(".word.active").forEach((w) => w.classList.remove("active"));
+}
+
+function stopPlay() {
+  clearInterval(state.playing);
+  state.playing = null;
+  $("play").innerHTML = "&#9654; Play";
+}
+
+function togglePlay() {
+  if (state.playing) { stopPlay(); hideHeat(); return; }
+  let i = 0;
+  showHeat(i);
+  $("play").innerHTML = "&#9632; Stop";
+  state.playing = setInterval(() => {
+    i += 1;
+    if (i >= state.heatmaps.length) { stopPlay(); hideHeat(); return; }
+    showHeat(i);
+  }, 750);
+}
+
+// ---------------------------------------------------------------- questions
+function setupAsk() {
+  const card = $("ask-card"), chat = state.tasks.chat, vqa = state.tasks.vqa;
+  if (!chat && !vqa) {
+    card.classList.add("unavailable");
+    $("question").disabled = true;
+    $("ask-btn").disabled = true;
+    $("ask-note").innerHTML = "No question-answering model is loaded. Start the server with a VQA or chat " +
+      "model as well: <code>polymodal serve CAPTIONER_DIR VQA_DIR</code>";
+    return;
+  }
+  $("ask-meta").textContent = chat ? `${chat.name} · conversation` : `${vqa.name} · one question at a time`;
+  $("ask-note").textContent = chat ? "Follow-up questions keep the conversation so far." : "";
+}
+
+function bubble(role, text) {
+  const b = el("div", { class: `bubble ${role}`, text });
+  $("chat").append(b);
+  $("chat").scrollTop = $("chat").scrollHeight;
+  return b;
+}
+
+async function ask(question) {
+  if (!state.image) { toast("Add an image first: drop one, choose a file or draw a random scene"); return; }
+  bubble("user", question);
+  const reply = bubble("assistant", "");
+  reply.classList.add("typing");
+  const form = new FormData();
+  form.append("image", state.image, state.name);
+  try {
+    if (state.tasks.chat) {
+      const messages = [...state.history, { role: "user", content: question }];
+      form.append("messages", JSON.stringify(messages));
+      form.append("stream", "true");
+      const text = await streamChat(await api("/v1/chat", form), reply);
+      state.history = [...messages, { role: "assistant", content: text }];
+    } else {
+      form.append("question", question);
+      form.append("k", "3");
+      const result = await (await api("/v1/vqa", form)).json();
+      const [best, ...alts] = result.answers;
+      reply.textContent = best.answer;
+      if (alts.length && best.score !== null) {
+        const pct = (a) => `${a.answer} ${(100 * a.score).toFixed(0)}%`;
+        reply.append(el("span", { class: "alts", text: [best, ...alts].map(pct).join(" · ") }));
+      }
+    }
+  } catch (err) {
+    reply.textContent = err.message;
+    reply.classList.add("error");
+  } finally {
+    reply.classList.remove("typing");
+  }
+}
+
+async function streamChat(response, bubbleEl) {
+  // Server-sent events over fetch (EventSource cannot POST): "event: token" per word, then "event: done".
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let buffer = "", words = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const type = (event.match(/^event: (.*)$/m) || [])[1];
+      const data = JSON.parse((event.match(/^data: (.*)$/m) || [, "{}"])[1]);
+      if (type === "token") { words.push(data.token); bubbleEl.textContent = words.join(" "); }
+      if (type === "done") return data.message.content;
+    }
+  }
+  return words.join(" ");
+}
+
+// ---------------------------------------------------------------- search
+async function search(text) {
+  const results = $("results");
+  results.replaceChildren(el("p", { class: "note", text: "Searching…" }));
+  try {
+    const found = await (await api("/v1/retrieve", { text, k: 12 })).json();
+    if (state.index.kind !== "image") {  // an index of captions: a ranked list of texts
+      results.replaceChildren(el("ol", { class: "nbest" }, ...found.hits.map((h, i) => el("li", {},
+        el("span", { class: "rank", text: `${i + 1}` }), el("span", { class: "text", text: h.path }),
+        el("span", { class: "score", text: h.score.toFixed(3) })))));
+      return;
+    }
+    results.replaceChildren(...found.hits.map((h) => {
+      const figure = el("figure", { title: h.path }, el("img", { src: `/v1/index/${h.id}`, alt: h.path, loading: "lazy" }),
+        el("figcaption", { text: h.score.toFixed(3) }));
+      figure.addEventListener("click", async () => setImage(await (await fetch(`/v1/index/${h.id}`)).blob(),
+        h.path.split("/").pop()));
+      return figure;
+    }));
+    if (!found.hits.length) results.replaceChildren(el("p", { class: "note", text: "Nothing found." }));
+  } catch (err) {
+    results.replaceChildren(el("p", { class: "note", text: err.message }));
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+document.addEventListener("DOMContentLoaded", () => {
+  setupDrop();
+  for (const id of ["strategy", "beam", "nbest"]) $(id).addEventListener("input", syncControls);
+  for (const id of ["strategy", "beam", "nbest"]) $(id).addEventListener("change", caption);
+  syncControls();
+  $("again").addEventListener("click", caption);
+  $("play").addEventListener("click", togglePlay);
+  $("ask-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = $("question").value.trim();
+    if (q) { $("question").value = ""; ask(q); }
+  });
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = $("query").value.trim();
+    if (q) search(q);
+  });
+  loadModels().catch((err) => toast("Cannot reach the server: " + err.message));
+});

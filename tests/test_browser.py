@@ -1,0 +1,189 @@
+"""The web page end to end: Debian's chromium driven by Playwright against a real uvicorn on 127.0.0.1.
+
+Upload a Shapes World image, see a caption, hover words and see the heatmap change, ask a question
+(or see the clear "no model" message), upload a non-image and see the error. Nothing leaves the
+machine: the server binds loopback and the page may only fetch from it.
+
+POLYMODAL_SCREENSHOT=1 also saves docs/screenshot.png; POLYMODAL_TEST_MODELS (model dirs separated
+by os.pathsep, e.g. a trained captioner and a VQA model) and POLYMODAL_TEST_INDEX (a retrieval index)
+replace the tiny untrained models.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from tests.test_serve import tiny_retrieval
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install -e .")
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium (`make chromium` or "
+                f"`apt-get install -y chromium`); playwright-downloaded browsers are not used", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _models(folder: Path) -> tuple[dict | list[str], Path | None]:
+    """The models to serve, and a retrieval index: tiny ones made here unless POLYMODAL_TEST_MODELS is set."""
+    dirs = [d for d in os.environ.get("POLYMODAL_TEST_MODELS", "").split(os.pathsep) if d]
+    if dirs:
+        return dirs, Path(os.environ["POLYMODAL_TEST_INDEX"]) if os.environ.get("POLYMODAL_TEST_INDEX") else None
+    model = tiny_model()
+    with torch.no_grad():  # sharpen the untrained attention so that each word looks somewhere else
+        model.decoder.attention.score.weight.mul_(60.0)
+    try:
+        encoder, index = tiny_retrieval(folder)
+    except pytest.skip.Exception:  # no retrieval module in this install: the page runs without search
+        return {"tiny-captioner": model}, None
+    return {"tiny-captioner": model, "tiny-dual-encoder": encoder}, index
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list]]:
+    from polymodal.serve import create_app
+
+    models, index = _models(tmp_path_factory.mktemp("served"))
+    app = create_app(models, index=index)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and thread.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    tasks = sorted({t for e in app.state.service.models.entries.values() for t in e.tasks})
+    yield f"http://127.0.0.1:{port}", tasks
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shapes_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from polymodal.data.shapes import render, sample_scene
+
+    path = tmp_path_factory.mktemp("page") / "scene.png"
+    render(sample_scene(random.Random(3), min_objects=2, max_objects=3), size=128).save(path)
+    return path
+
+
+def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_png: Path, tmp_path: Path) -> None:
+    base, tasks = server
+    outside: list[str] = []
+
+    def loopback_only(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith((base, "data:", "blob:")):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.route("**/*", loopback_only)
+            page.goto(base + "/")
+            page.wait_for_selector("#models .model")
+
+            # Upload -> a caption whose words carry heatmaps.
+            page.set_input_files("#file", str(shapes_png))
+            page.wait_for_selector("#caption .word", timeout=30_000)
+            words = page.locator("#caption .word")
+            assert words.count() >= 2
+            caption = page.inner_text("#caption").strip()
+            assert caption and "No caption" not in caption
+
+            # Hover word 0, then word 1: the overlay is shown, labelled, and changes.
+            words.nth(0).hover()
+            page.wait_for_selector("#heat.on")
+            first = page.get_attribute("#heat", "src")
+            assert page.inner_text("#focus") == words.nth(0).inner_text()
+            words.nth(1).hover()
+            page.wait_for_function("src => document.getElementById('heat').src !== src", arg=first)
+            second = page.get_attribute("#heat", "src")
+            assert first and second and first.startswith("data:image/png;base64,") and first != second
+            page.mouse.move(5, 5)
+            page.wait_for_selector("#heat:not(.on)", state="attached")
+
+            # Questions: answered by a VQA/chat model, or a clear "no model for this" message.
+            if "vqa" in tasks or "chat" in tasks:
+                page.fill("#question", "what colour is the largest shape?")
+                page.press("#question", "Enter")
+                page.wait_for_selector(".bubble.assistant:not(.typing)", timeout=30_000)
+                assert page.inner_text(".bubble.assistant").strip()
+            else:
+                note = page.inner_text("#ask-note")
+                assert "No question-answering model is loaded" in note and "polymodal serve" in note
+                assert page.is_disabled("#question")
+
+            # Search the index (when there is one): thumbnails; clicking one captions it.
+            searching = "retrieve" in tasks and page.is_visible("#search-card")
+            if searching:
+                page.fill("#query", "a large red circle")
+                page.press("#query", "Enter")
+                page.wait_for_selector("#results figure img")
+                assert 0 < page.locator("#results figure").count() <= 12
+                page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete)")
+
+            if os.environ.get("POLYMODAL_SCREENSHOT") == "1":
+                _screenshot(page, words)
+
+            if searching:
+                done = page.evaluate("document.body.dataset.captions")
+                page.locator("#results figure").first.click()
+                page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
+                assert page.locator("#caption .word").count() >= 2
+
+            # A zip named .png: the page shows the server's clear message, and keeps working.
+            fake = tmp_path / "holiday.png"
+            fake.write_bytes(b"PK\x03\x04" + bytes(200))
+            page.set_input_files("#file", str(fake))
+            page.wait_for_selector("#toast.on")
+            assert "not an image (a ZIP archive)" in page.inner_text("#toast")
+            page.set_input_files("#file", str(shapes_png))
+            page.wait_for_selector("#caption .word", timeout=30_000)
+            assert not errors, f"JavaScript errors: {errors}"
+        finally:
+            browser.close()
+    assert not outside, f"the page tried to reach beyond the server: {outside}"
+
+
+def _screenshot(page: object, words: object) -> None:
+    """Hover the most telling word (a colour or shape if there is one) and save docs/screenshot.png."""
+    from polymodal.data.shapes import COLOURS, SHAPES
+
+    texts = [words.nth(i).inner_text() for i in range(words.count())]  # type: ignore[attr-defined]
+    pick = next((i for i, w in enumerate(texts) if w in COLOURS or w in SHAPES), 0)
+    words.nth(pick).hover()  # type: ignore[attr-defined]
+    page.wait_for_timeout(400)  # type: ignore[attr-defined]  # let the overlay fade in
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    png = page.screenshot(full_page=True)  # type: ignore[attr-defined]
+    from PIL import Image
+
+    Image.open(io.BytesIO(png)).save(SCREENSHOT, optimize=True)
