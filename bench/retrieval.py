@@ -11,6 +11,7 @@ product with top-k, and both together, side by side. Writes the table to docs/be
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -66,7 +67,8 @@ def main() -> None:
 
 `python bench/retrieval.py` — {n} Shapes World images (128 px PNGs resized to {model.cfg.image_size} px),
 the contrastive dual encoder of `configs/contrastive.yaml` (small_cnn width {model.cfg.encoder.width},
-{model.cfg.embed_dim}-d embeddings), {machine()}, best of 5 runs for the query figures.
+{model.cfg.embed_dim}-d embeddings), {machine()}, best of 5 runs for the query figures; load average
+{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while it ran (a shared machine: absolute times are noisy).
 
 | step | time | rate |
 |---|---|---|

@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
+    parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="comma-separated subset")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the docs from cached results")
     args = parser.parse_args()
     cache = Path(args.out) / "results.json"
@@ -140,7 +141,7 @@ def main() -> None:
         records = load_split(DataConfig(format="shapes", n=10000, seed=0), "train")
         tokenizer = WordTokenizer.build(c for r in records for c in r.captions)
         for name in args.conditions.split(","):
-            for fraction in FRACTIONS:
+            for fraction in map(float, args.fractions.split(",")):
                 if any(r["condition"] == name and r["fraction"] == fraction for r in results):
                     continue
                 if CONDITIONS[name][0] and not Path(args.encoder).is_file():
@@ -152,7 +153,7 @@ def main() -> None:
                 results = [*json.loads(cache.read_text()), result] if cache.exists() else [result]
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(results, indent=1))
-    if results:
+    if results and args.out == parser.get_default("out"):  # other --out folders are side experiments
         write_report(results, args)
 
 

@@ -58,6 +58,17 @@ def test_ties_count_against_the_query_unless_texts_are_interchangeable():
         retrieval_metrics(SIM, [0, 1], ks=(1,))
 
 
+def test_relevance_matrix_counts_any_true_caption():
+    own = [[i == o for o in OWNER] for i in range(3)]
+    assert retrieval_metrics(SIM, OWNER, relevance=own) == retrieval_metrics(SIM, OWNER)
+    wider = [row[:] for row in own]
+    wider[1][0] = True  # text 0 also describes image 1: image 1's best caption is now ranked first
+    m = retrieval_metrics(SIM, OWNER, ks=(1,), relevance=wider)
+    assert m["i2t_r1"] == pytest.approx(200 / 3) and m["t2i_r1"] == pytest.approx(20.0)
+    with pytest.raises(DataError, match="own image"):
+        retrieval_metrics(SIM, OWNER, relevance=[[False] * 5] * 3)
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     from polymodal.data.shapes import ShapesWorld

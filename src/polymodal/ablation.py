@@ -173,7 +173,7 @@ def run_fusion_ablation(base: VQAExperimentConfig, variants: list[str] | None = 
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant: mean and std over seeds of every figure, in first-seen variant order."""
+    """Per variant: mean and std over seeds of every figure."""
     rows: dict[str, dict[str, Any]] = {}
     for r in results:
         row = rows.setdefault(r["variant"], {"variant": r["variant"], "level": r["level"], "values": {}})
@@ -182,7 +182,8 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows.values():
         row["mean"] = {k: statistics.fmean(v) for k, v in row["values"].items()}
         row["std"] = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in row["values"].items()}
-    return list(rows.values())
+    # feature level first, then decision level; each best first on test
+    return sorted(rows.values(), key=lambda r: (r["level"] != "feature", -r["mean"]["test"]))
 
 
 def _figures(r: dict[str, Any]) -> dict[str, float]:

@@ -117,14 +117,18 @@ def retrieval_eval(model_dir: Path = typer.Argument(..., help="dual encoder mode
                    images: Path | None = typer.Option(None, help="image folder of --data"),
                    paraphrased: bool = typer.Option(False, "--paraphrase", help="swap caption words for synonyms "
                                                     "never seen in training (crimson disc, cobalt box, ...)")) -> None:
-    """Image<->text Recall@1/5/10 and ranks on a captioned split (strict and identical-caption-aware)."""
+    """Image<->text Recall@1/5/10 and ranks on a captioned split: strict, identical-caption-aware and,
+    on Shapes World, true-of-the-image (any caption the grammar can say of the image is right)."""
     from .config import DataConfig
-    from .data.datasets import load_split
-    from .retrieval import evaluate_retrieval, paraphrase, retrieval_ceiling
+    from .data.datasets import load_split, shapes_folder
+    from .retrieval import evaluate_retrieval, paraphrase, retrieval_ceiling, shapes_relevance
 
     cfg = DataConfig(format="shapes", n=n) if data is None else DataConfig(
         format=data_format, path=str(data), images=str(images) if images else None)
     records = load_split(cfg, split)
-    result = evaluate_retrieval(_load_dual(model_dir), records, rewrite=paraphrase if paraphrased else None)
+    # Shapes World knows every caption true of each image: score "true of the image" as well
+    relevance = shapes_relevance(records, shapes_folder(cfg)) if data is None else None
+    result = evaluate_retrieval(_load_dual(model_dir), records, rewrite=paraphrase if paraphrased else None,
+                                relevance=relevance)
     result["strict_ceiling"] = retrieval_ceiling(records)
     typer.echo(json.dumps(result, indent=1))

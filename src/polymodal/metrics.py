@@ -294,7 +294,7 @@ def load_references(path: str | Path, split: str | None = None) -> dict[str, lis
 
 # ----------------------------------------------------------------------------- retrieval
 def retrieval_metrics(similarity: Any, text_image: Any, ks: tuple[int, ...] = (1, 5, 10),
-                      text_keys: list[Any] | None = None) -> dict[str, float]:
+                      text_keys: list[Any] | None = None, relevance: Any | None = None) -> dict[str, float]:
     """Recall@K, median and mean rank for image->text and text->image retrieval, in one pass.
 
     Image->text: an image's rank is that of its best-ranked relevant caption (a hit at K if any of
@@ -310,6 +310,8 @@ def retrieval_metrics(similarity: Any, text_image: Any, ks: tuple[int, ...] = (1
             are interchangeable: a text is then relevant to every image that has a caption with its
             key. Use it where many images share a caption ("there are three shapes"), which strict
             matching cannot resolve by any model.
+        relevance: optional (I, T) booleans, True where text j truly describes image i (e.g. from
+            scene annotations); replaces both rules above. Each text's own image must be relevant.
 
     Returns:
         {"i2t_r1", "i2t_r5", "i2t_r10", "i2t_median_rank", "i2t_mean_rank", "t2i_..." (same),
@@ -331,8 +333,13 @@ def retrieval_metrics(similarity: Any, text_image: Any, ks: tuple[int, ...] = (1
     n_images, n_texts = sim.shape
     if n_texts == 0 or int(owner.min()) < 0 or int(owner.max()) >= n_images:
         raise DataError("retrieval metrics: every text needs the index of an image in the similarity matrix")
-    if text_keys is None:
-        relevant = owner[None, :] == torch.arange(n_images)[:, None]  # (I, T)
+    own = owner[None, :] == torch.arange(n_images)[:, None]  # (I, T)
+    if relevance is not None:
+        relevant = torch.as_tensor(relevance, dtype=torch.bool)
+        if relevant.shape != sim.shape or bool((own & ~relevant).any()):
+            raise DataError("retrieval metrics: relevance must be (images, texts) and mark each text's own image")
+    elif text_keys is None:
+        relevant = own
     else:
         codes = {key: n for n, key in enumerate(dict.fromkeys(text_keys))}
         group = torch.tensor([codes[key] for key in text_keys])

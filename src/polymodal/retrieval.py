@@ -223,15 +223,45 @@ def paraphrase(caption: str, table: dict[str, str] | None = None) -> str:
     return fix_articles(re.sub(r"[a-z]+", lambda m: table.get(m.group(0), m.group(0)), caption.lower()))
 
 
+def shapes_relevance(records: list[CaptionRecord], shapes_dir: str | Path) -> torch.Tensor:
+    """(I, T) True where caption j (of all records' captions, in order) is one that the Shapes World
+    grammar can say of image i: the strictest fair notion of "this caption describes that image".
+
+    Example:
+        >>> rel = shapes_relevance(load_split(DataConfig(n=10000), "test"), shapes_folder(...))  # doctest: +SKIP
+    """
+    from .data import shapes_text
+    from .data.shapes import Scene
+
+    scenes = {}
+    for line in (Path(shapes_dir) / "scenes.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            scenes[str(entry["image_id"])] = Scene.from_dict(entry)
+    missing = [r.id for r in records if r.id not in scenes]
+    if missing:
+        raise DataError(f"{shapes_dir}: no scene for image id {missing[0]}; is it the Shapes World of these records?")
+
+    def norm(text: str) -> str:
+        return " ".join(split_words(text))
+
+    sayable = [{norm(c) for c in [shapes_text.canonical(scenes[r.id]), *shapes_text.variants(scenes[r.id])]}
+               for r in records]
+    texts = [norm(c) for r in records for c in r.captions]
+    return torch.tensor([[t in can for t in texts] for can in sayable], dtype=torch.bool)
+
+
 @torch.inference_mode()
 def evaluate_retrieval(model: nn.Module, records: list[CaptionRecord], batch_size: int = 256,
                        progress: bool = True, store: ImageStore | None = None,
-                       rewrite: Callable[[str], str] | None = None) -> dict[str, Any]:
+                       rewrite: Callable[[str], str] | None = None,
+                       relevance: torch.Tensor | None = None) -> dict[str, Any]:
     """Image<->text Recall@1/5/10 and ranks on captioned records (every caption of every image).
 
     `rewrite` changes each caption before it is embedded (e.g. `paraphrase`); relevance still
     follows the original captions. Returns {"strict": metrics where a text is relevant only to
-    its own image, "text_match": metrics where identical captions of other images count too}.
+    its own image, "text_match": metrics where identical captions of other images count too},
+    and "true_of_image": metrics under `relevance` (e.g. `shapes_relevance`) when it is given.
 
     Example:
         >>> evaluate_retrieval(model, load_split(DataConfig(n=10000), "test"))["strict"]["t2i_r1"]  # doctest: +SKIP
@@ -239,7 +269,7 @@ def evaluate_retrieval(model: nn.Module, records: list[CaptionRecord], batch_siz
     """
     model.eval()
     store = store if store is not None else ImageStore(records, model.cfg.image_size, True, progress=progress)
-    records = store.records
+    given, records = len(records), store.records
     images = [model.encode_image(normalize(torch.stack([store[i] for i in range(s, min(s + batch_size,
                                                                                      len(records)))]))
                                  .to(model.device)).float().cpu() for s in range(0, len(records), batch_size)]
@@ -247,7 +277,12 @@ def evaluate_retrieval(model: nn.Module, records: list[CaptionRecord], batch_siz
     owner = [i for i, r in enumerate(records) for _ in r.captions]
     sim = torch.cat(images) @ model.embed_texts([rewrite(t) for t in texts] if rewrite else texts).T
     keys = [" ".join(split_words(t)) for t in texts]
-    return {"strict": retrieval_metrics(sim, owner), "text_match": retrieval_metrics(sim, owner, text_keys=keys)}
+    out = {"strict": retrieval_metrics(sim, owner), "text_match": retrieval_metrics(sim, owner, text_keys=keys)}
+    if relevance is not None:
+        if len(records) != given or relevance.shape != sim.shape:
+            raise DataError("relevance does not match the records (were some images skipped?)")
+        out["true_of_image"] = retrieval_metrics(sim, owner, relevance=relevance)
+    return out
 
 
 def retrieval_ceiling(records: list[CaptionRecord]) -> dict[str, float]:
