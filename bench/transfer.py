@@ -87,39 +87,57 @@ def run_one(name: str, fraction: float, args: argparse.Namespace, records: list,
             "curve": curve, "test_cider": cider, "seconds": round(seconds, 1)}
 
 
-def write_report(results: list[dict], args: argparse.Namespace) -> None:
+def _rows(table: dict, fractions: tuple[float, ...]) -> str:
+    return "\n".join(f"| {name} | " + " | ".join(f"{table[name, f]['test_cider']:.3f}" if (name, f) in table else "-"
+                                               for f in fractions) + " |"
+                     for name in CONDITIONS if any((name, f) in table for f in fractions))
+
+
+def write_report(results: list[dict], args: argparse.Namespace, long: list[dict]) -> None:
+    """docs/transfer.png (CIDEr vs data; val curves at 5%; long-run curves) and the table section."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     table = {(r["condition"], r["fraction"]): r for r in results}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if long else 2, figsize=(16 if long else 11, 4))
+    left, right = axes[0], axes[1]
+    colours = {name: f"C{i}" for i, name in enumerate(CONDITIONS)}
     for name in CONDITIONS:
         xs = [f for f in FRACTIONS if (name, f) in table]
-        left.plot([100 * f for f in xs], [table[name, f]["test_cider"] for f in xs], marker="o", label=name)
+        left.plot([100 * f for f in xs], [table[name, f]["test_cider"] for f in xs], marker="o", label=name,
+                  color=colours[name])
         if (name, FRACTIONS[0]) in table:
             steps, cider = zip(*table[name, FRACTIONS[0]]["curve"], strict=True)
-            right.plot(steps, cider, marker=".", label=name)
+            right.plot(steps, cider, marker=".", label=name, color=colours[name])
+    for r in long:
+        steps, cider = zip(*r["curve"], strict=True)
+        axes[2].plot(steps, cider, marker=".", color=colours[r["condition"]], linestyle="-" if r["fraction"] < 1 else ":",
+                     label=f"{r['condition']}, {int(100 * r['fraction'])}%")
     left.set(xscale="log", xlabel="% of caption training images", ylabel="test CIDEr-D (greedy)",
              title=f"after {args.steps} steps")
     left.set_xticks([5, 20, 100], ["5%", "20%", "100%"])
     right.set(xlabel="step", ylabel="val CIDEr-D (64 images)", title=f"learning curve, {int(100 * FRACTIONS[0])}% of captions")
-    for ax in (left, right):
+    if long:
+        axes[2].set(xlabel="step", ylabel="val CIDEr-D (64 images)", title=f"longer runs ({long[0]['steps']} steps)")
+        axes[2].legend(fontsize=8)
+    for ax in axes:
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(DOCS / "transfer.png", dpi=110)
-    rows = "\n".join(
-        f"| {name} | " + " | ".join(f"{table[name, f]['test_cider']:.3f}" if (name, f) in table else "-"
-                                    for f in FRACTIONS) + " |" for name in CONDITIONS)
+    long_table = {(r["condition"], r["fraction"]): r for r in long}
+    extra = (f"\n\nLonger runs ({long[0]['steps']} steps, same settings otherwise; `--steps {long[0]['steps']} "
+             f"--out {args.long_out}`):\n\n| image encoder | 5% | 20% | 100% |\n|---|---|---|---|\n"
+             f"{_rows(long_table, FRACTIONS)}") if long else ""
     write_section("transfer", f"""
 | image encoder | 5% | 20% | 100% |
 |---|---|---|---|
-{rows}
+{_rows(table, FRACTIONS)}
 
 Test CIDEr-D (greedy, PTB tokenizer, {args.test_images} test images) after {args.steps} steps of batch 32,
-seed {args.seed}; {machine()}. Regenerate with `python bench/transfer.py`.
+seed {args.seed}; {machine()}. Regenerate with `python bench/transfer.py`.{extra}
 """, path=DOCS / "transfer.md")
 
 
@@ -134,6 +152,7 @@ def main() -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset")
     parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="comma-separated subset")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the docs from cached results")
+    parser.add_argument("--long-out", default="runs/transfer_long", help="results of longer runs to plot too")
     args = parser.parse_args()
     cache = Path(args.out) / "results.json"
     results = json.loads(cache.read_text()) if cache.exists() else []
@@ -154,7 +173,8 @@ def main() -> None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(results, indent=1))
     if results and args.out == parser.get_default("out"):  # other --out folders are side experiments
-        write_report(results, args)
+        long_cache = Path(args.long_out) / "results.json"
+        write_report(results, args, json.loads(long_cache.read_text()) if long_cache.exists() else [])
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ def test_bad_yaml_files(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_load(path):
-    cfg = load_config(path)
-    assert cfg.train.steps > 0
+    from polymodal.tasks import load_task_config
+
+    task, cfg = load_task_config(path, [])
+    assert callable(task) and cfg.train.steps > 0
 
 
 def test_unknown_registry_name_suggests():

@@ -27,6 +27,15 @@ from polymodal.retrieval import model_fingerprint
 from polymodal.text.tokenizer import WordTokenizer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is as fast, and far faster on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_world(n: int = 20) -> tuple[torch.Tensor, list[str]]:
     """n Shapes World images (normalized, 32 px) and their canonical captions, made in memory."""
     world = ShapesWorld(n=n * 2, seed=3, image_size=32)

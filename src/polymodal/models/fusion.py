@@ -60,7 +60,6 @@ class FusionConfig:
     dropout: float = 0.1
     query: str = "text"               # the modality that asks: attends (cross_attention), conditions (film)
     weights: list[float] = field(default_factory=list)  # vote_fixed: one per modality, in `dims` order
-    product: bool = False             # cross_attention: also the product of what was asked and what was found
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -250,9 +249,7 @@ class CrossAttentionFusion(Fusion):
         self.blocks = nn.ModuleList([CrossAttentionBlock(cfg.dim, cfg.heads, cfg.dropout)
                                      for _ in range(max(cfg.layers, 1))])
         # The pooled context rides along: softmax attention normalises counts away, a mean keeps them.
-        self.out = _mlp((3 if cfg.product else 2) * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
-        if cfg.product:  # a Hadamard joint embedding (Anderson et al. 2018): matching is one product away
-            self.asked, self.found = nn.Linear(cfg.dim, cfg.dim), nn.Linear(cfg.dim, cfg.dim)
+        self.out = _mlp(2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
         self.out_dim = cfg.dim
 
     def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
@@ -265,14 +262,11 @@ class CrossAttentionFusion(Fusion):
             ctx.append(self.proj[m](x) + self.type_embed[i])
             ctx_mask.append(mask)
         context, context_mask = torch.cat(ctx, dim=1), torch.cat(ctx_mask, dim=1)  # (B, N, D), (B, N)
-        asked = self.query_proj(q)  # (B, T, D)
-        h, weights = asked, None
+        h = self.query_proj(q)  # (B, T, D)
+        weights = None
         for block in self.blocks:
             h, weights = block(h, context, context_mask, q_mask)
-        parts = [pool(h, q_mask), pool(context, context_mask)]
-        if self.cfg.product:
-            parts.append(torch.relu(self.asked(pool(asked, q_mask))) * torch.relu(self.found(parts[0])))
-        fused = torch.relu(self.out(torch.cat(parts, dim=-1)))
+        fused = torch.relu(self.out(torch.cat([pool(h, q_mask), pool(context, context_mask)], dim=-1)))
         return (fused, weights) if return_attention else fused
 
 
