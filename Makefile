@@ -38,8 +38,12 @@ test-all: setup chromium
 lint: setup
 	$(PY) -m ruff check src tests bench
 
+# Speed benchmarks (docs/benchmarks.md). The long experiments (bench/transfer.py, bench/caption_table.py)
+# are run by hand; their commands are in docs/.
+BENCHES := bench/decode.py bench/serve.py bench/export.py bench/retrieval.py
+
 bench: setup
-	for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	for script in $(BENCHES); do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

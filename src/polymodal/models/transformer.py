@@ -54,23 +54,26 @@ def attention_mask(key_valid: torch.Tensor, q_len: int) -> torch.Tensor:
     return (mask | (k_pos[None] == q_pos)[None])[:, None]
 
 
+def _sincos(coords: torch.Tensor, n_freq: int) -> torch.Tensor:
+    """sin and cos of coords (n,) at n_freq geometric frequencies (Vaswani et al. sec. 3.5): (n, 2 * n_freq)."""
+    freq = 1.0 / 10000 ** (torch.arange(n_freq, device=coords.device, dtype=torch.float32) / max(n_freq, 1))
+    angles = coords.float()[:, None] * freq
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
 def sincos_2d(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """Fixed 2D sine-cosine positions (h * w, dim) (MAE, Appendix A): region positions at any grid size."""
-    if dim % 4:
-        raise ConfigError(f"2D positions need a width divisible by 4, got {dim}")
-    freq = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float32) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
-    parts = [f(c.reshape(-1, 1) * freq) for c in (ys, xs) for f in (torch.sin, torch.cos)]
-    return torch.cat(parts, dim=1)
+    """Fixed 2D sine-cosine positions (h * w, dim) (MAE, appendix A): half the width for y, half for x."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    pos = torch.cat([_sincos(ys.reshape(-1), dim // 4), _sincos(xs.reshape(-1), dim // 4)], dim=1)
+    return F.pad(pos, (0, dim - pos.shape[1]))  # a width not divisible by 4: zero columns at the end
 
 
 def grid_positions(n: int, dim: int, device: torch.device) -> torch.Tensor:
-    """Positions for n regions laid out on a square grid (CNN feature maps, ViT patches)."""
+    """Positions (n, dim) for n regions: 2D on a square grid (CNN maps, ViT patches), else 1D in order."""
     side = math.isqrt(n)
-    if side * side != n:
-        raise ConfigError(f"{n} image regions are not a square grid; set model.encoder.grid")
-    return sincos_2d(side, side, dim, device)
+    if side * side == n:
+        return sincos_2d(side, side, dim, device)
+    return F.pad(_sincos(torch.arange(n, device=device), dim // 2), (0, dim % 2))
 
 
 class Attention(nn.Module):
