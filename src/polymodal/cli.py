@@ -176,11 +176,8 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes 
     run_demo(out)
 
 
-from . import (
-    cli_retrieval,  # noqa: E402,F401  (adds index / retrieve / zero-shot commands to `app`)
-    cli_serve,  # noqa: E402,F401  (adds `serve` and `export`)
-    cli_vqa,  # noqa: E402,F401  (adds the VQA / chat / ablation commands to `app`)
-)
+# Each adds its commands to `app`: index/retrieve/zeroshot, serve/export, vqa/chat/ablate.
+from . import cli_retrieval, cli_serve, cli_vqa  # noqa: E402,F401
 
 
 def main() -> None:
