@@ -14,7 +14,7 @@ from torch import nn
 
 from .checkpoint import read_model_dir, resolve_model_dir
 from .errors import CheckpointError
-from .models import captioner, dual_encoder, refine  # noqa: F401  (register the architectures)
+from .models import captioner, chat, dual_encoder, prefix_lm, refine, vqa  # noqa: F401  (register them)
 from .registry import MODELS
 
 
