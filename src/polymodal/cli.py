@@ -20,12 +20,18 @@ app.add_typer(data_app, name="data")
 def train(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/attention_lstm.yaml"),
           overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.steps=500"),
           quiet: bool = typer.Option(False, help="no progress bars")) -> None:
-    """Train a model from a YAML config; resumes from the run's last checkpoint if there is one."""
+    """Train a model from a YAML config; resumes from the run's last checkpoint if there is one.
+
+    Under `torchrun --nproc_per_node=N -m polymodal train CONFIG` it trains with DistributedDataParallel.
+    """
     from .tasks import load_task_config
+    from .train import distributed
 
     task, cfg = load_task_config(config, overrides or [])
-    summary = task(cfg, progress=not quiet)
-    typer.echo(json.dumps(summary, indent=2))
+    with distributed.session() as env:
+        summary = task(cfg, progress=not quiet)
+    if env.is_main:
+        typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()

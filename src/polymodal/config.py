@@ -70,6 +70,8 @@ class DataConfig:
     max_vocab: int = 10000
     max_len: int = 24                 # captions are truncated to this many tokens
     preload: bool = True              # decode every image once into memory (small datasets)
+    feature_cache: bool = False       # frozen encoder: compute features once into a memory-mapped cache
+    feature_cache_dir: str | None = None  # where caches live; default $POLYMODAL_CACHE/features
 
 
 @dataclass
@@ -89,7 +91,10 @@ class TrainConfig:
     early_stop_metric: str = "val_loss"
     checkpoint_every: int = 250
     log_every: int = 25
-    num_workers: int = 0
+    num_workers: int = 0              # DataLoader worker processes (decoding off the main process)
+    persistent_workers: bool = False  # keep workers alive across epochs (with num_workers > 0)
+    channels_last: bool = False       # NHWC memory format for images and the encoder
+    compile: bool = False             # torch.compile the model for training
 
 
 @dataclass

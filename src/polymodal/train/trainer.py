@@ -2,7 +2,9 @@
 
 AdamW, warm-up + cosine schedule, gradient clipping, optional bf16 autocast, tqdm progress,
 TensorBoard + JSONL logs, periodic validation with early stopping, and exact resume (model,
-optimizer, RNG, data order, step) from the last checkpoint.
+optimizer, RNG, data order, step) from the last checkpoint. Under torchrun the same loop runs
+DistributedDataParallel (see `distributed.py`): rank 0 alone logs, evaluates and writes checkpoints,
+logged training metrics are averaged over ranks.
 
 A model plugs in through `forward(batch) -> (output, {"loss": ..., other named terms})`, and
 `save_model(folder)` writes its files into an existing folder (the trainer makes writes atomic).
@@ -30,6 +32,7 @@ from tqdm import tqdm
 from ..checkpoint import atomic_directory, load_weights
 from ..config import TrainConfig
 from ..errors import CheckpointError
+from . import distributed
 from .state import read_trainer_state, restore_trainer_state, write_trainer_state
 
 LOWER_IS_BETTER = ("loss", "perplexity", "rank")
@@ -41,8 +44,12 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0):
         self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
 
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Move to `epoch`, skipping its first `start` batches (a resumed run)."""
+        self.epoch, self.start = epoch, start
+
     def batches(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * distributed.SEED_STRIDE + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
         return [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
 
@@ -92,8 +99,17 @@ class Trainer:
         self.run_config = run_config or {}
         self.progress = progress
         self.out = Path(cfg.out_dir)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.env = distributed.current()
+        self.device = self.env.device
         self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # The training forward pass goes through DDP (several processes) and torch.compile (if asked);
+        # saving and evaluation use the plain model.
+        self.forward_model = distributed.wrap_model(self.model, self.env)
+        if cfg.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self._data: DataLoader | None = None
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
         self.step, self.epoch, self.position = 0, 0, 0
         self.best: float | None = None
@@ -103,11 +119,15 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        if not self.env.is_main:
+            return
         with atomic_directory(self.out / "checkpoint") as tmp:
             self.save_model(tmp)
             write_trainer_state(tmp, self.optimizer, self._progress())
 
     def save_best(self) -> None:
+        if not self.env.is_main:
+            return
         with atomic_directory(self.out / "model") as tmp:
             self.save_model(tmp)
 
@@ -131,6 +151,8 @@ class Trainer:
 
     # ---- logging -----------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
         record = {"step": self.step, **record}
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -143,20 +165,30 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
-        sampler = EpochBatchSampler(len(self.dataset), self.cfg.batch_size, self.seed, self.epoch, self.position)
-        # A private generator: creating the iterator must not draw from the global RNG (dropout's),
-        # or a resumed run, which creates one more iterator mid-epoch, would drift from a straight run.
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.cfg.num_workers, persistent_workers=False, generator=generator)
+        """One DataLoader for the whole run (so workers can persist); its sampler moves to the epoch."""
+        if self._data is None:
+            size, batch = len(self.dataset), self.cfg.batch_size
+            sampler = (distributed.DistributedBatchSampler(size, batch, self.seed, self.env)
+                       if self.env.distributed else EpochBatchSampler(size, batch, self.seed))
+            # A private generator: creating the iterator must not draw from the global RNG (dropout's),
+            # or a resumed run, which creates one more iterator mid-epoch, would drift from a straight run.
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            workers = self.cfg.num_workers
+            self._data = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,
+                                    num_workers=workers, persistent_workers=self.cfg.persistent_workers and workers > 0,
+                                    pin_memory=self.device.type == "cuda", generator=generator)
+        self._data.batch_sampler.set_epoch(self.epoch, self.position)
+        return self._data
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_at(self.step, self.cfg)
         self.model.train()
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.cfg.channels_last and "images" in batch:
+            batch["images"] = batch["images"].contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
-            _, losses = self.model(batch)
+            _, losses = self.forward_model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
@@ -164,7 +196,11 @@ class Trainer:
         return {**{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(grad_norm)}
 
     def run_evaluation(self) -> bool:
-        """Evaluate, keep the best model, return True when early stopping says stop."""
+        """Evaluate (rank 0), keep the best model, return True (on every rank) when early stopping says stop."""
+        stop = self._evaluate_and_keep_best() if self.env.is_main else False
+        return distributed.broadcast_flag(stop, self.env)
+
+    def _evaluate_and_keep_best(self) -> bool:
         if self.evaluate is None:
             return False
         metrics = self.evaluate(self.model)
@@ -188,7 +224,7 @@ class Trainer:
         else:
             torch.manual_seed(self.seed)
         started, last = time.time(), {}
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", disable=not self.progress)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", disable=not (self.progress and self.env.is_main))
         stop = False
         while self.step < self.cfg.steps and not stop:
             for batch in self._loader():
@@ -201,6 +237,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
                 if self.step % self.cfg.log_every == 0:
+                    last = distributed.all_reduce_mean(last, self.env)
                     self.log({**last, "lr": self.optimizer.param_groups[0]["lr"], "epoch": self.epoch})
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
                     stop = self.run_evaluation()
@@ -222,8 +259,9 @@ class Trainer:
         self.save_checkpoint()
         if self._writer is not None:
             self._writer.close()
+        skipped = distributed.all_reduce_sum(self.skipped, self.env)
         summary = {"step": self.step, "seconds": round(time.time() - started, 1), "best": self.best,
-                   "skipped_items": self.skipped, **{f"final_{k}": v for k, v in last.items()}}
+                   "skipped_items": skipped, "world_size": self.env.world_size, **{f"final_{k}": v for k, v in last.items()}}
         self.log({"summary": summary})
         return summary
 
@@ -231,7 +269,7 @@ class Trainer:
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a run config that must match for a resume (not paths, workers or logging)."""
     config = json.loads(json.dumps(config))
-    for key in ("out_dir", "num_workers", "log_every"):
+    for key in ("out_dir", "num_workers", "persistent_workers", "log_every"):
         config.get("train", {}).pop(key, None)
     return config
 
