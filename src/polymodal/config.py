@@ -70,6 +70,7 @@ class DataConfig:
     max_vocab: int = 10000
     max_len: int = 24                 # captions are truncated to this many tokens
     preload: bool = True              # decode every image once into memory (small datasets)
+    allow_outside_root: bool = False  # accept image paths that leave the image folder ("../x.jpg")
     feature_cache: bool = False       # frozen encoder: compute features once into a memory-mapped cache
     feature_cache_dir: str | None = None  # where caches live; default $POLYMODAL_CACHE/features
 

@@ -138,4 +138,5 @@ def load_split(cfg: DataConfig, split: str | None, report: SkipReport | None = N
     if not cfg.path:
         raise DataError(f"data.format={cfg.format}: set data.path to the annotation file")
     DATASETS.get(cfg.format)  # unknown format -> did-you-mean
-    return read_records(cfg.format, cfg.path, images=cfg.images, split=split, report=report)
+    return read_records(cfg.format, cfg.path, images=cfg.images, split=split, report=report,
+                        allow_outside_root=cfg.allow_outside_root)

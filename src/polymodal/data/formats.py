@@ -13,6 +13,8 @@ Rules shared by all readers:
   on disk, malformed line) are skipped and counted in `report` (`SkipReport`). When the caller
   passes no report, a summary of the skips is logged as a warning, so nothing is dropped silently.
 - Captions are stripped; files may start with a UTF-8 BOM and use CRLF line endings.
+- Image paths that leave the image folder ("../../etc/passwd", absolute paths elsewhere, symlinks
+  out) are skipped and counted unless the caller passes `allow_outside_root=True`.
 - Entries that share an image id are merged (their captions are concatenated); an entry that reuses
   an id for a *different* image file is skipped and counted ("duplicate id for a different image").
 - `split=None` keeps everything. Otherwise a record is kept when its split equals `split`, when
@@ -37,7 +39,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..registry import DATASETS
-from .records import CaptionRecord, SkipReport
+from .records import ALLOW_OUTSIDE_HINT, ESCAPES_ROOT, CaptionRecord, SkipReport, resolve_image_path
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,9 @@ class _Entry:
 class _Collector:
     """Groups captions per image id, resolves paths, and turns the survivors into records."""
 
-    def __init__(self, path: Path, images: PathLike | None, report: SkipReport | None):
-        self.path = path
+    def __init__(self, path: Path, images: PathLike | None, report: SkipReport | None,
+                 allow_outside_root: bool = False):
+        self.path, self.allow_outside_root = path, allow_outside_root
         self.root = os.path.abspath(images if images is not None else path.parent)
         self.own_report = report is None
         self.report = report if report is not None else SkipReport()
@@ -112,7 +115,10 @@ class _Collector:
     def add(self, key: Any, file_name: str, captions: list[str], split: Any, where: str) -> None:
         """Register an image, merging with an earlier entry of the same id unless its file differs."""
         key, split = str(key), (None if split in (None, "") else str(split))
-        image = os.path.normpath(os.path.join(self.root, file_name))
+        image = resolve_image_path(self.root, file_name, self.allow_outside_root)
+        if image is None:
+            self.skip(ESCAPES_ROOT, f"{where} ({file_name!r})")
+            return
         entry = self.entries.setdefault(key, _Entry(image, [], split))
         if entry.image != image:
             self.skip("duplicate id for a different image", f"{where} (id {key!r})")
@@ -134,6 +140,7 @@ class _Collector:
             which = f" for split {split!r}" if split is not None else ""
             missing = self.report.reasons.get("image file not found")
             hint = f"; image paths are resolved under {self.root}: pass images=<the image folder>" if missing else ""
+            hint += f"; {ALLOW_OUTSIDE_HINT}" if self.report.reasons.get(ESCAPES_ROOT) else ""
             raise DataError(f"{self.path}: no usable records{which}{hint}; {self.report.summary()}")
         if self.own_report and self.report.count:
             log.warning(self.report.summary())
@@ -150,7 +157,8 @@ def _karpathy_hint(data: dict[str, Any]) -> str:
 
 @DATASETS.register("coco")
 def read_coco(
-    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None
+    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
+    allow_outside_root: bool = False,
 ) -> list[CaptionRecord]:
     """Read a COCO captions file (`captions_train2014.json` style).
 
@@ -172,7 +180,7 @@ def read_coco(
         if not isinstance(data.get(key), list):
             got = "is missing" if key not in data else f"is a {type(data[key]).__name__}, not a list"
             raise DataError(f"{path}: '{key}' {got}; {need}{_karpathy_hint(data)}")
-    out = _Collector(path, images, report)
+    out = _Collector(path, images, report, allow_outside_root)
     for i, img in enumerate(data["images"]):
         missing = [k for k in ("id", "file_name") if not isinstance(img, dict) or k not in img]
         if missing:
@@ -200,7 +208,8 @@ def read_coco(
 
 @DATASETS.register("karpathy")
 def read_karpathy(
-    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None
+    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
+    allow_outside_root: bool = False,
 ) -> list[CaptionRecord]:
     """Read a Karpathy split file (`dataset_coco.json`, `dataset_flickr8k.json`, `dataset_flickr30k.json`).
 
@@ -220,7 +229,7 @@ def read_karpathy(
             f"{path}: no top-level 'images' list; a Karpathy file looks like "
             '{"images": [{"filename": ..., "split": ..., "sentences": [{"raw": ...}]}]}'
         )
-    out = _Collector(path, images, report)
+    out = _Collector(path, images, report, allow_outside_root)
     for i, img in enumerate(data["images"]):
         where = f"image {i}"
         missing = [k for k in ("filename", "sentences") if not isinstance(img, dict) or k not in img]
@@ -268,7 +277,8 @@ def _flickr_split_list(path: Path, split: str) -> tuple[str, set[str]]:
 
 @DATASETS.register("flickr")
 def read_flickr(
-    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None
+    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
+    allow_outside_root: bool = False,
 ) -> list[CaptionRecord]:
     """Read Flickr8k/30k captions: `Flickr8k.token.txt`, `results_20130124.token` or `captions.txt`.
 
@@ -286,7 +296,7 @@ def read_flickr(
     """
     path = Path(path)
     lines = _lines(_read_text(path))
-    out = _Collector(path, images, report)
+    out = _Collector(path, images, report, allow_outside_root)
     name, keep = _flickr_split_list(path, split) if split is not None else (None, None)
     is_csv = bool(lines) and lines[0].strip().replace(" ", "").lower() == "image,caption"
     for n, line in enumerate(lines[1:] if is_csv else lines, start=2 if is_csv else 1):
@@ -340,7 +350,8 @@ def _add_row(out: _Collector, row: dict[str, Any], where: str) -> None:
 
 @DATASETS.register("jsonl")
 def read_jsonl(
-    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None
+    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
+    allow_outside_root: bool = False,
 ) -> list[CaptionRecord]:
     """Read JSON Lines: one object per line with `image` and `caption` (str) or `captions` (list).
 
@@ -356,7 +367,7 @@ def read_jsonl(
     text = _read_text(path)
     if text.lstrip().startswith("["):
         raise DataError(f"{path}: is a JSON array, not JSON Lines; write one JSON object per line")
-    out = _Collector(path, images, report)
+    out = _Collector(path, images, report, allow_outside_root)
     for n, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
@@ -374,7 +385,8 @@ def read_jsonl(
 
 @DATASETS.register("csv")
 def read_csv(
-    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None
+    path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
+    allow_outside_root: bool = False,
 ) -> list[CaptionRecord]:
     """Read a CSV file (TSV if it ends in .tsv) whose header names `image` and `caption` columns.
 
@@ -397,7 +409,7 @@ def read_csv(
                 f"{path}: header has no {column!r} column (found: {', '.join(header) or 'nothing'}); "
                 "the first row must name the columns, e.g. image,caption"
             )
-    out = _Collector(path, images, report)
+    out = _Collector(path, images, report, allow_outside_root)
     try:
         for row in rows:
             if not any(cell.strip() for cell in row):
@@ -415,7 +427,7 @@ def read_csv(
 # ----------------------------------------------------------------------------- entry point
 def read_records(
     format: str, path: PathLike, images: PathLike | None = None, split: str | None = None,
-    report: SkipReport | None = None,
+    report: SkipReport | None = None, allow_outside_root: bool = False,
 ) -> list[CaptionRecord]:
     """Read an annotation file with the reader registered under `format`.
 
@@ -425,6 +437,8 @@ def read_records(
         images: folder the image file names are relative to (default: the annotation's folder).
         split: which split to keep (None: all); see the module docstring for each format.
         report: collects skipped records; pass one to show or check it afterwards.
+        allow_outside_root: accept image paths that leave the image folder ("../x.jpg", absolute
+            paths, symlinks out); by default such records are skipped and counted.
 
     Returns:
         One `CaptionRecord` per usable image, in file order.
@@ -441,4 +455,4 @@ def read_records(
     """
     reader: Callable[..., list[CaptionRecord]] = DATASETS.get(format)
     _check_file(Path(path))
-    return reader(path, images=images, split=split, report=report)
+    return reader(path, images=images, split=split, report=report, allow_outside_root=allow_outside_root)

@@ -127,6 +127,10 @@ def _to_plain_rgb(img: Image.Image, name: str) -> Image.Image:
     rgb = _convert_to_rgb(img, name)
     out = rgb.copy() if rgb is original else rgb  # never hand back (or later mutate) the caller's image
     out.info = {}
+    if len(out.getexif()):
+        # exif_transpose keeps every tag but the orientation (GPS included) outside `info`, where
+        # `img.save(..., exif=img.getexif())` would write it back: rebuild from the pixels alone.
+        out = Image.frombytes("RGB", out.size, out.tobytes())
     return out
 
 

@@ -36,7 +36,7 @@ from ..errors import DataError, InputError
 from ..metrics_vqa import answer_scores, normalize_answer
 from ..text.tokenizer import Tokenizer
 from .images import normalize
-from .records import SkipReport
+from .records import ALLOW_OUTSIDE_HINT, ESCAPES_ROOT, SkipReport, resolve_image_path
 
 log = logging.getLogger(__name__)
 _ARRAY_KEYS = ("questions", "data", "annotations")
@@ -124,7 +124,8 @@ def _looks_like_jsonl(text: str) -> bool:
 
 
 def read_qa(path: str | Path, images: str | Path | None = None, split: str | None = None,
-            report: SkipReport | None = None, check_images: bool = True) -> list[QARecord]:
+            report: SkipReport | None = None, check_images: bool = True,
+            allow_outside_root: bool = False) -> list[QARecord]:
     """Read a VQA-style JSON or JSONL question file into `QARecord`s.
 
     Args:
@@ -133,6 +134,8 @@ def read_qa(path: str | Path, images: str | Path | None = None, split: str | Non
         split: keep only records of this split (records without a split are kept); None keeps all.
         report: where skipped records are counted; without one a summary is logged as a warning.
         check_images: skip records whose image file is not on disk.
+        allow_outside_root: accept image paths that leave `images` ("../x.jpg", absolute paths);
+            by default such records are skipped and counted.
 
     Returns:
         The good records, in file order.
@@ -150,7 +153,7 @@ def read_qa(path: str | Path, images: str | Path | None = None, split: str | Non
     seen_images: dict[str, bool] = {}
     out: list[QARecord] = []
     for where, row in _rows(path):
-        problem, record = _record(row, root, where)
+        problem, record = _record(row, root, where, allow_outside_root)
         if record is not None and check_images:
             if record.image not in seen_images:
                 seen_images[record.image] = Path(record.image).is_file()
@@ -169,7 +172,7 @@ def read_qa(path: str | Path, images: str | Path | None = None, split: str | Non
     return out
 
 
-def _record(row: Any, root: Path, where: str) -> tuple[str | None, QARecord | None]:
+def _record(row: Any, root: Path, where: str, allow_outside_root: bool = False) -> tuple[str | None, QARecord | None]:
     if row is None:
         return "invalid JSON", None
     if not isinstance(row, dict):
@@ -185,7 +188,10 @@ def _record(row: Any, root: Path, where: str) -> tuple[str | None, QARecord | No
     kind = next((row[k] for k in ("type", "answer_type", "question_type") if isinstance(row.get(k), str)), None)
     split = row.get("split") if isinstance(row.get("split"), str) else None
     qid = row.get("id", row.get("question_id", where))
-    return None, QARecord(id=str(qid), image=str((root / image.strip()).resolve()), question=question.strip(),
+    resolved = resolve_image_path(root, image.strip(), allow_outside_root)
+    if resolved is None:
+        return f"{ESCAPES_ROOT} ({image.strip()!r}); {ALLOW_OUTSIDE_HINT}", None
+    return None, QARecord(id=str(qid), image=str(Path(resolved).resolve()), question=question.strip(),
                           answers=answers, type=kind, split=split)
 
 

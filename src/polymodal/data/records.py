@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -49,3 +50,29 @@ class SkipReport:
             return f"{self.source}: no records skipped"
         why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
         return f"{self.source}: skipped {self.count} bad records ({why}); first: " + "; ".join(self.examples)
+
+
+ESCAPES_ROOT = "image path escapes the dataset root"
+ALLOW_OUTSIDE_HINT = ("if you trust the file, allow it with data.allow_outside_root=true "
+                      "(allow_outside_root=True in Python)")
+
+
+def resolve_image_path(root: str | os.PathLike, name: str, allow_outside_root: bool = False) -> str | None:
+    """The absolute, normalised path of image `name` under `root`; None if it leaves `root`.
+
+    Annotation files come from strangers: "../../etc/passwd", an absolute path or a symlink
+    pointing elsewhere must not make polymodal read (and caption, or serve thumbnails of) files
+    outside the dataset. Symlinks are followed for the check only; the returned path keeps them.
+
+    Example:
+        >>> resolve_image_path("/data/coco", "val/1.jpg")
+        '/data/coco/val/1.jpg'
+        >>> resolve_image_path("/data/coco", "../../etc/passwd") is None
+        True
+    """
+    root = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(root, name))
+    if allow_outside_root:
+        return path
+    real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+    return path if os.path.commonpath([real_root, real_path]) == real_root else None

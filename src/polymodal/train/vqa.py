@@ -53,6 +53,7 @@ class QADataConfig:
     format: str = "shapes"            # shapes (Shapes World qa.jsonl) | vqa (a JSON / JSONL question file)
     path: str | None = None           # the question file (vqa) or a Shapes World folder (shapes)
     images: str | None = None         # image root of the question file; default: its folder
+    allow_outside_root: bool = False  # accept image paths that leave the image root ("../x.jpg")
     train_split: str = "train"
     val_split: str = "val"
     test_splits: list[str] = field(default_factory=lambda: ["test", "heldout"])
@@ -98,7 +99,8 @@ def load_qa_split(data: QADataConfig, split: str, report: SkipReport | None = No
         raise ConfigError(f"data.format={data.format!r}: use 'shapes' or 'vqa' (a JSON / JSONL question file)")
     if not data.path:
         raise ConfigError("data.format=vqa: set data.path to the JSON / JSONL question file")
-    return read_qa(data.path, images=data.images, split=split, report=report)
+    return read_qa(data.path, images=data.images, split=split, report=report,
+                   allow_outside_root=data.allow_outside_root)
 
 
 def build_bank(paths: list[str], enc_cfg: EncoderConfig, encoder: nn.Module, image_size: int, data: QADataConfig,
