@@ -38,17 +38,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def recover_directory(path: str | Path) -> Path:
+    """Undo what a crash (kill -9, power loss) inside `atomic_directory` left behind.
+
+    If the crash came between its two renames, `path` is gone and its previous copy is `path.old`:
+    rename it back. Temp folders of unfinished writes (`.name.tmp-*`) are removed. Safe to call
+    any time no other process is writing `path`.
+    """
+    path = Path(path)
+    old = path.parent / f"{path.name}.old"
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces `path` as a whole, on failure it is removed.
 
-    The old directory is moved aside before the new one is renamed in; `resolve_model_dir`
-    falls back to that `.old` copy if a crash lands between the two renames.
+    The old directory is moved aside before the new one is renamed in; `recover_directory` (run
+    first here, and by readers) restores that `.old` copy if a crash lands between the two renames.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        recover_directory(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot create the output folder ({err.strerror or err}); "
+                              f"check the path and its permissions") from None
     try:
         yield tmp
         for f in tmp.iterdir():

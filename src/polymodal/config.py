@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,14 +173,25 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return obj
 
 
+# Sizes that must be at least 1 wherever they appear (0 would only fail later, deep inside torch).
+POSITIVE = frozenset({"batch_size", "image_size", "embed_dim", "hidden_dim", "attention_dim", "feature_dim",
+                      "max_len", "num_heads", "num_layers", "max_positions", "width", "render_size", "max_vocab",
+                      "bpe_vocab_size", "heads", "dim"})
+
+
 def _check_sizes(obj: Any, where: str) -> None:
-    """Sizes and counts must be positive; catches `hidden_dim: -5` before it reaches torch."""
+    """Numbers must be finite, sizes and counts not negative (POSITIVE ones at least 1); catches
+    `hidden_dim: -5`, `batch_size: 0` or `lr: .nan` before they reach torch."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            if f.name in ("fine_tune_last_n",):
-                continue
-            raise ConfigError(f"{where}.{f.name}: must not be negative, got {value}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}.{f.name}: must be a finite number, got {value}; set a real value")
+        if value < 0 and f.name not in ("fine_tune_last_n",):
+            raise ConfigError(f"{where}.{f.name}: must not be negative, got {value}; set a value >= 0")
+        if value < 1 and f.name in POSITIVE:
+            raise ConfigError(f"{where}.{f.name}: must be at least 1, got {value}; set a positive size")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

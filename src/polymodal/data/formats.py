@@ -84,6 +84,13 @@ def _caption_problem(value: Any) -> str:
     return "caption is not a string" if not isinstance(value, str) else "empty caption"
 
 
+def _allow_fields_up_to(size: int) -> None:
+    """Let the csv module read fields as long as the file (its default stops at 128 KiB, which a
+    long caption can pass); the limit is process-wide, so it only ever grows."""
+    if size > csv.field_size_limit():
+        csv.field_size_limit(size)
+
+
 def _keep(record_split: str | None, wanted: str | None) -> bool:
     if wanted is None or record_split is None:
         return True
@@ -141,7 +148,8 @@ class _Collector:
             missing = self.report.reasons.get("image file not found")
             hint = f"; image paths are resolved under {self.root}: pass images=<the image folder>" if missing else ""
             hint += f"; {ALLOW_OUTSIDE_HINT}" if self.report.reasons.get(ESCAPES_ROOT) else ""
-            raise DataError(f"{self.path}: no usable records{which}{hint}; {self.report.summary()}")
+            fix = "check that this is the annotation file, in this format" + (" and split" if split else "")
+            raise DataError(f"{self.path}: no usable records{which}{hint}; {fix} ({self.report.summary()})")
         if self.own_report and self.report.count:
             log.warning(self.report.summary())
         return records
@@ -173,7 +181,7 @@ def read_coco(
     """
     path = Path(path)
     data = _read_json(path)
-    need = "a COCO captions file is an object with 'images' and 'annotations' lists"
+    need = "a COCO captions file is an object with 'images' and 'annotations' lists; check the file and its format"
     if not isinstance(data, dict):
         raise DataError(f"{path}: top level is a JSON {type(data).__name__}, not an object; {need}")
     for key in ("images", "annotations"):
@@ -227,7 +235,7 @@ def read_karpathy(
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(
             f"{path}: no top-level 'images' list; a Karpathy file looks like "
-            '{"images": [{"filename": ..., "split": ..., "sentences": [{"raw": ...}]}]}'
+            '{"images": [{"filename": ..., "split": ..., "sentences": [{"raw": ...}]}]}; check the file and its format'
         )
     out = _Collector(path, images, report, allow_outside_root)
     for i, img in enumerate(data["images"]):
@@ -303,6 +311,7 @@ def read_flickr(
         if not line.strip():
             continue
         if is_csv:  # quoted captions parse as CSV; unquoted ones may hold commas: cut at the first
+            _allow_fields_up_to(len(line))
             row = next(csv.reader([line]))
             parts = row if len(row) == 2 else line.split(",", 1)
         elif "\t" in line:
@@ -401,6 +410,7 @@ def read_csv(
     path = Path(path)
     text = _read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    _allow_fields_up_to(len(text))
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)  # keeps newlines inside quotes
     header = [h.strip().lower() for h in next(rows, [])]
     for column in ("image", "caption"):

@@ -168,7 +168,7 @@ def read_qa(path: str | Path, images: str | Path | None = None, split: str | Non
         log.warning(own.summary())
     if not out:
         raise DataError(f"{path}: no usable question records{f' in split {split!r}' if split else ''}; "
-                        f"each needs image, question and answer/answers ({own.summary()})")
+                        f"each needs image, question and answer/answers: check the file and its fields ({own.summary()})")
     return out
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..checkpoint import atomic_directory, load_weights
+from ..checkpoint import atomic_directory, load_weights, recover_directory
 from ..config import TrainConfig
 from ..errors import CheckpointError
 from . import distributed
@@ -136,7 +136,7 @@ class Trainer:
                 "bad_evals": self.bad_evals, "skipped": self.skipped, "config": self.run_config}
 
     def maybe_resume(self) -> bool:
-        folder = self.out / "checkpoint"
+        folder = recover_directory(self.out / "checkpoint")  # a kill -9 mid-save may have left it moved aside
         if not (folder / "trainer_state.json").exists():
             return False
         progress, tensors = read_trainer_state(folder)
