@@ -83,6 +83,10 @@ class CaptionDataset(Dataset):
         tokens = [self.tokenizer.bos_id, *words, self.tokenizer.eos_id]
         return {"image": image, "tokens": torch.tensor(tokens, dtype=torch.long), "record": i}
 
+    def model_inputs(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """What `Captioner.encode` takes for these records: their normalized images."""
+        return {"images": normalize(torch.stack([self.store[i] for i in indices]))}
+
 
 class ImageDataset(Dataset):
     """One item per record: the image and its index, for captioning and evaluation."""
@@ -101,12 +105,15 @@ class ImageDataset(Dataset):
 
 
 def collate_captions(items: list[dict | None], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Stack images (normalized float), right-pad tokens; items that failed to load are dropped."""
+    """Stack images (normalized float) or cached features, right-pad tokens; items that failed to load are dropped."""
     good = [it for it in items if it is not None]
     batch: dict[str, torch.Tensor] = {"skipped": torch.tensor(len(items) - len(good))}
     if not good:
         return batch
-    batch["images"] = normalize(torch.stack([it["image"] for it in good]))
+    if "image" in good[0]:
+        batch["images"] = normalize(torch.stack([it["image"] for it in good]))
+    if "image_features" in good[0]:  # from the feature cache (data/cache.py)
+        batch["image_features"] = torch.stack([it["image_features"] for it in good])
     batch["record"] = torch.tensor([it["record"] for it in good])
     if "tokens" in good[0]:
         length = max(len(it["tokens"]) for it in good)

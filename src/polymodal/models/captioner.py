@@ -49,18 +49,28 @@ class Captioner(nn.Module):
         """Teacher forcing. batch: images (B, 3, H, W), tokens (B, L) = <bos> words <eos> <pad>..."""
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        logits, aux = self.decoder(self.encoder(batch["images"]), inputs)
+        logits, aux = self.decoder(self.encode(batch), inputs)
         losses = {"caption_loss": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                   targets.reshape(-1), ignore_index=self.tokenizer.pad_id)}
         losses.update(aux["losses"])
         losses["loss"] = sum(losses.values())
         return logits, losses
 
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Region features (B, N, C): the batch's cached `image_features` if it has them, else encoded images."""
+        return batch["image_features"] if "image_features" in batch else self.encoder(batch["images"])
+
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, cfg: GenerationConfig | None = None) -> list[list[Hypothesis]]:
         """Captions for a batch of normalized images; per image, hypotheses best first."""
+        return self.generate_from_features(self.encoder(images), cfg)
+
+    @torch.inference_mode()
+    def generate_from_features(self, features: torch.Tensor,
+                               cfg: GenerationConfig | None = None) -> list[list[Hypothesis]]:
+        """Captions from region features (B, N, C), e.g. a feature cache's; hypotheses best first."""
         cfg = cfg or GenerationConfig(max_len=self.cfg.decoder.max_len)
-        state = self.decoder.init_state(self.encoder(images))
+        state = self.decoder.init_state(features)
         tok = self.tokenizer
         return generate(self.decoder.step, state, tok.bos_id, tok.eos_id, cfg, suppress_ids=(tok.pad_id,))
 

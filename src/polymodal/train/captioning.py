@@ -17,17 +17,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
+from ..data.cache import CachedCaptionDataset, feature_cache
 from ..data.datasets import CaptionDataset, collate_captions, load_split
 from ..data.records import SkipReport
+from ..errors import ConfigError
 from ..generate import GenerationConfig
 from ..models.captioner import Captioner
 from ..registry import TASKS
 from ..text.tokenizer import WordTokenizer, split_words
+from .distributed import main_process_first
 from .trainer import Trainer
 
 
 @torch.inference_mode()
-def caption_validation(model: Captioner, dataset: CaptionDataset, batch_size: int = 64,
+def caption_validation(model: Captioner, dataset: CaptionDataset | CachedCaptionDataset, batch_size: int = 64,
                        max_batches: int = 0, decode_images: int = 64) -> dict[str, float]:
     """Teacher-forced loss and token accuracy, and greedy exact match against any reference."""
     model.eval()
@@ -51,19 +54,19 @@ def caption_validation(model: Captioner, dataset: CaptionDataset, batch_size: in
     return metrics
 
 
-def decoded_metrics(model: Captioner, dataset: CaptionDataset, n_images: int) -> dict[str, float]:
+def decoded_metrics(model: Captioner, dataset: CaptionDataset | CachedCaptionDataset, n_images: int) -> dict[str, float]:
     """Greedy captions of the first images: exact match with any reference, and CIDEr-D.
 
     CIDEr uses the simple (no-Java) tokenizer so that it is cheap enough for early stopping;
     reported results use `polymodal evaluate` with the PTB tokenizer.
     """
-    from ..data.images import normalize
     from ..metrics import caption_metrics
 
     records = dataset.records[:n_images]
-    images = torch.stack([dataset.store[i] for i in range(len(records))])
-    hyps = model.generate(normalize(images).to(model.device),
-                          GenerationConfig(strategy="greedy", max_len=model.cfg.decoder.max_len))
+    inputs = {k: v.to(model.device) for k, v in dataset.model_inputs(list(range(len(records)))).items()}
+    cfg = GenerationConfig(strategy="greedy", max_len=model.cfg.decoder.max_len)
+    hyps = (model.generate_from_features(inputs["image_features"], cfg) if "image_features" in inputs
+            else model.generate(inputs["images"], cfg))
     captions = {rec.id: model.tokenizer.decode(h[0].tokens) for rec, h in zip(records, hyps, strict=True)}
     hits = sum(any(split_words(captions[rec.id]) == split_words(ref) for ref in rec.captions) for rec in records)
     cider = caption_metrics(captions, {rec.id: rec.captions for rec in records}, cider_only=True,
@@ -75,7 +78,8 @@ def decoded_metrics(model: Captioner, dataset: CaptionDataset, n_images: int) ->
 def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")
-    train_records = load_split(cfg.data, cfg.data.train_split, report)
+    with main_process_first():  # under torchrun, rank 0 writes Shapes World before the others read it
+        train_records = load_split(cfg.data, cfg.data.train_split, report)
     tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions),
                                     min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
     torch.manual_seed(cfg.seed)
@@ -86,10 +90,14 @@ def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int |
 def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipReport, progress: bool = True,
                   stop_at: int | None = None) -> dict[str, Any]:
     """Build train/val datasets for `model` and run the Trainer; shared by every captioning task."""
-    val_records = load_split(cfg.data, cfg.data.val_split, report)
-    size, max_len, tokenizer = model.cfg.image_size, cfg.data.max_len, model.tokenizer
-    train_set = CaptionDataset(train_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
-    val_set = CaptionDataset(val_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
+    with main_process_first():
+        val_records = load_split(cfg.data, cfg.data.val_split, report)
+    if cfg.data.feature_cache:
+        train_set, val_set = cached_datasets(model, cfg, train_records, val_records, report, progress)
+    else:
+        size, max_len, tokenizer = model.cfg.image_size, cfg.data.max_len, model.tokenizer
+        train_set = CaptionDataset(train_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
+        val_set = CaptionDataset(val_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
     if report.count:
         tqdm.write(report.summary())
 
@@ -99,10 +107,32 @@ def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipR
     trainer = Trainer(model, train_set, cfg.train, collate=collate_captions, save_model=model.write_files,
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
-    summary.update(vocab_size=len(tokenizer), train_pairs=len(train_set), skipped_records=report.count,
+    summary.update(vocab_size=len(model.tokenizer), train_pairs=len(train_set), skipped_records=report.count,
                    parameters=sum(p.numel() for p in model.parameters()),
                    trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     return summary
+
+
+def cached_datasets(model: Captioner, cfg: Any, train_records: list, val_records: list, report: SkipReport,
+                    progress: bool) -> tuple[CachedCaptionDataset, CachedCaptionDataset]:
+    """Train/val datasets of cached encoder features (`data.feature_cache: true`, frozen encoder only)."""
+    if any(p.requires_grad for p in model.encoder.parameters()):
+        raise ConfigError("data.feature_cache=true needs a frozen encoder (model.encoder.freeze=true): "
+                          "a trained encoder changes its features every step")
+    if type(model).forward is not Captioner.forward:
+        raise ConfigError(f"data.feature_cache: {type(model).__name__} does not train from cached features; "
+                          "use it with the captioning task")
+    splits = []
+    for records in (train_records, val_records):
+        with main_process_first():  # rank 0 builds, the others then find the cache
+            cache = feature_cache(model.encoder, records, model.cfg.image_size, cfg.data.feature_cache_dir,
+                                  batch_size=max(cfg.train.batch_size, 64), num_workers=cfg.train.num_workers,
+                                  progress=progress, report=report)
+        if progress:
+            tqdm.write(f"feature cache {'hit' if cache.hit else 'built'}: {cache.folder} "
+                       f"{tuple(cache.features.shape)}")
+        splits.append(CachedCaptionDataset(cache, model.tokenizer, cfg.data.max_len))
+    return splits[0], splits[1]
 
 
 train_captioner.config_cls = ExperimentConfig  # type: ignore[attr-defined]
