@@ -47,7 +47,7 @@ def test_atomic_directory_leaves_old_copy_on_failure(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]),
      "not a readable safetensors"),
-    (lambda d: (d / "model.safetensors").unlink(), "weights file missing"),
+    (lambda d: (d / "model.safetensors").unlink(), "file missing"),
     (lambda d: (d / "config.json").write_text("{broken"), "not valid JSON"),
     (lambda d: (d / "config.json").write_text('{"model": {}}'), "no 'architecture'"),
     (lambda d: (d / "config.json").write_text('{"architecture": "teleporter"}'), "unknown architecture"),

@@ -13,17 +13,24 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import read_model_dir, resolve_model_dir
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import captioner, chat, dual_encoder, prefix_lm, refine, vqa  # noqa: F401  (register them)
 from .registry import MODELS
 
 
 def load(path: str | Path) -> nn.Module:
-    """Load a model directory (config.json + tokenizer.json + model.safetensors) of any architecture."""
+    """Load a model directory (config.json + tokenizer.json + model.safetensors) of any architecture.
+
+    Raises:
+        CheckpointError: the directory is missing, incomplete, corrupt or mixes files of different saves.
+    """
     folder = resolve_model_dir(path)
     config, _ = read_model_dir(folder)
     name = config["architecture"]
     if name not in MODELS:
         raise CheckpointError(f"{folder}/config.json: unknown architecture {name!r}; "
                               f"this polymodal knows {MODELS.names()}")
-    return MODELS.get(name).from_pretrained(folder)
+    try:
+        return MODELS.get(name).from_pretrained(folder)
+    except ConfigError as err:  # a bad config.json is a broken checkpoint, whatever section it is in
+        raise CheckpointError(str(err)) from None

@@ -86,6 +86,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:  # disk full, permissions, a file where a folder should be
+        raise CheckpointError(f"{path}: writing failed ({err.strerror or err}); the previous copy is untouched; "
+                              f"free disk space or check permissions, then save again") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -126,8 +129,8 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: model directory not found; train one with `polymodal train` "
                               f"or pass the bundled model")
-    raise CheckpointError(f"{path}: no {CONFIG_FILE} here; a model directory holds "
-                          f"{CONFIG_FILE}, {TOKENIZER_FILE} and {WEIGHTS_FILE}")
+    raise CheckpointError(f"{path}: no {CONFIG_FILE} here; pass a model directory (it holds "
+                          f"{CONFIG_FILE}, {TOKENIZER_FILE} and {WEIGHTS_FILE}) or a training run directory")
 
 
 def read_model_dir(path: str | Path) -> tuple[dict[str, Any], Tokenizer | None]:
@@ -138,7 +141,8 @@ def read_model_dir(path: str | Path) -> tuple[dict[str, Any], Tokenizer | None]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path / CONFIG_FILE}: not valid JSON ({err}); the checkpoint is corrupt") from None
     if not isinstance(config, dict) or "architecture" not in config:
-        raise CheckpointError(f"{path / CONFIG_FILE}: no 'architecture' key; not a polymodal model config")
+        raise CheckpointError(f"{path / CONFIG_FILE}: no 'architecture' key, so not a polymodal model config; "
+                              f"pass a directory written by save_pretrained or `polymodal train`")
     tokenizer = load_tokenizer(path / TOKENIZER_FILE) if (path / TOKENIZER_FILE).exists() else None
     return config, tokenizer
 
@@ -146,7 +150,8 @@ def read_model_dir(path: str | Path) -> tuple[dict[str, Any], Tokenizer | None]:
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: weights file missing; the model directory is incomplete")
+        raise CheckpointError(f"{path}: file missing; the directory is incomplete: re-save or re-train it, "
+                              f"or copy the whole directory from one save")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -169,8 +174,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         detail = "; ".join(x for x in (
             f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
             f"shape mismatch {wrong[:3]}" if wrong else "") if x)
-        raise CheckpointError(f"{path}: weights do not match config.json ({detail}); "
-                              f"the directory mixes files from different models")
+        raise CheckpointError(f"{path}: weights do not match the model that config.json and tokenizer.json "
+                              f"describe ({detail}); the directory mixes files from different saves: "
+                              f"use all three files of one save, or re-train")
     model.load_state_dict(state, strict=False)
 
 

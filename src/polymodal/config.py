@@ -115,6 +115,13 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _expected(where: str, what: str, value: Any) -> ConfigError:
+    return ConfigError(f"{where}: expected {what}, got {value!r}; change the value to {what}")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`; ints become floats where a float is expected."""
     origin = typing.get_origin(tp)
@@ -132,11 +139,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise _expected(where, "a mapping", value)
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise _expected(where, "a list", value)
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is Any:
@@ -149,11 +156,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except ValueError:
             pass
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise _expected(where, "true or false", value)
     if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise _expected(where, "a number", value)
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise _expected(where, _TYPE_NAMES.get(tp, tp.__name__), value)
     return value
 
 
@@ -165,8 +172,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     for key, value in data.items():
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(names)})"
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     obj = cls(**kwargs)
     _check_sizes(obj, where)
@@ -203,18 +210,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=100")
+            raise ConfigError(f"override {item!r}: no '='; write it as key=value, e.g. train.steps=100")
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {item!r}: {part!r} is not a section; "
+                                  f"override a key inside a section, e.g. train.steps=100")
         try:
             node[parts[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({str(err).splitlines()[0]}); "
+                              f"quote it or fix the value") from None
     return data
 
 
@@ -227,7 +236,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, train)")
+        raise ConfigError(f"{path}: the top level is a {type(data).__name__}; it must be a mapping of sections "
+                          f"(model, data, train)")
     return data
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import apply_overrides, from_dict, read_yaml
+from .errors import ConfigError
 from .registry import TASKS
 from .train import (
     captioning,  # noqa: F401  (registers "captioning")
@@ -28,5 +29,8 @@ from .train import (
 def load_task_config(path: str | Path | None, overrides: list[str]) -> tuple[Callable[..., Any], Any]:
     """Read YAML + overrides, pick the task named by its `task` key, validate against that task's config."""
     data = apply_overrides(read_yaml(path) if path else {}, overrides)
-    task = TASKS.get(str(data.get("task", "captioning")))
+    try:
+        task = TASKS.get(str(data.get("task", "captioning")))
+    except ConfigError as err:  # name the file the bad `task:` came from
+        raise ConfigError(f"{path or 'config'}: task: {err}") from None
     return task, from_dict(task.config_cls, data, str(path) if path else "config")

@@ -127,7 +127,8 @@ class Captioner(nn.Module):
         path = resolve_model_dir(path)
         config, tokenizer = read_model_dir(path)
         if tokenizer is None:
-            raise CheckpointError(f"{path}: tokenizer.json missing; a captioner needs its vocabulary")
+            raise CheckpointError(f"{path}: tokenizer.json missing; a captioner needs its vocabulary: "
+                                  f"copy it from the same save, or re-train")
         with warnings.catch_warnings():  # no "random init" warning: the weights come next
             warnings.simplefilter("ignore")
             model = cls.from_config(config, tokenizer, f"{path}/config.json")

@@ -64,7 +64,8 @@ class WordTokenizer(Tokenizer):
 
     def __init__(self, words: list[str]):
         if list(words[:4]) != list(SPECIALS):
-            raise CheckpointError(f"word vocabulary must start with {SPECIALS}, got {words[:4]}")
+            raise CheckpointError(f"word vocabulary must start with {SPECIALS}, got {words[:4]}; "
+                                  f"re-save the model (its tokenizer was edited or comes from elsewhere)")
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
 
@@ -198,6 +199,8 @@ def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer.json") ->
         return TOKENIZERS.get(kind).from_dict(data)
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{source}: malformed tokenizer ({err}); re-save the model") from None
+    except CheckpointError as err:  # name the file the bad vocabulary came from
+        raise CheckpointError(f"{source}: {err}") from None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
