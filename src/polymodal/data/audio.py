@@ -98,7 +98,8 @@ def _open(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: media file not found")
+        what = "is a directory, not a media file" if path.is_dir() else "media file not found"
+        raise DataError(f"{path}: {what}; check the path or remove it from the annotations")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
