@@ -47,7 +47,7 @@ NUMBERS = ("zero", "one", "two", "three", "four", "five")
 
 
 def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+    return "an" if word[:1] in tuple("aeiou") else "a"
 
 
 @dataclass

@@ -1,0 +1,161 @@
+"""Clip datasets: Shapes World video annotations, every clip decoded once (frames -> features, sound
+-> log-mel) into a safetensors cache, and torch Datasets for video captioning and video QA.
+
+Example:
+    >>> clips = read_annotations("shapes_video")  # doctest: +SKIP
+    >>> bank = ClipBank.build(clips, "shapes_video", frames=16, size=64, mel=MelConfig(), encode=None)  # doctest: +SKIP
+    >>> bank.tensors["frames"].shape  # doctest: +SKIP
+    torch.Size([1200, 16, 3, 64, 64])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from ..checkpoint import save_tensors
+from ..errors import DataError
+from ..text.tokenizer import Tokenizer
+from .audio import MelConfig, fit_length, load_audio, log_mel
+from .images import normalize
+from .qa import answer_targets
+from .video import read_frames
+
+
+def read_annotations(folder: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """The clips of a Shapes World video folder (`annotations.json`), optionally of one split."""
+    path = Path(folder) / "annotations.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; write a dataset with `polymodal data shapes-video --out {folder}`")
+    try:
+        clips = json.loads(path.read_text(encoding="utf-8"))["clips"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a Shapes World video annotation file ({err}); write it again") from None
+    return [c for c in clips if split is None or c["split"] == split]
+
+
+class ClipBank:
+    """Every clip's model inputs, decoded once: "frames" uint8 (or "frame_features" from a frozen encoder),
+    "mel" and the sampled frame "times", stacked over clips and cached on disk by content key."""
+
+    def __init__(self, ids: list[str], tensors: dict[str, torch.Tensor]):
+        self.ids, self.tensors = ids, tensors
+        self.row = {cid: i for i, cid in enumerate(ids)}
+
+    @classmethod
+    def build(cls, clips: list[dict], folder: str | Path, frames: int, size: int, mel: MelConfig,
+              encode: Callable[[torch.Tensor], torch.Tensor] | None, cache_dir: Path | None = None,
+              cache_key: str = "", progress: bool = True) -> ClipBank:
+        """Decode `clips` (frames from their mp4, sound from its audio track); `encode` maps normalised frames
+        (B, T, 3, S, S) to features (B, T, R, C) and replaces the frames (a frozen encoder)."""
+        ids = [c["id"] for c in clips]
+        key = hashlib.sha256(json.dumps([str(Path(folder).resolve()), ids, frames, size, dataclasses.asdict(mel),
+                                         cache_key, encode is not None], sort_keys=True).encode()).hexdigest()[:16]
+        file = cache_dir / f"clips-{key}.safetensors" if cache_dir else None
+        if file is not None and file.is_file():
+            return cls(ids, load_file(str(file)))
+        parts: dict[str, list[torch.Tensor]] = {"mel": [], "times": [], "frames": []}
+        feats: list[torch.Tensor] = []
+        samples = int(round(frames_duration(clips) * mel.sample_rate))
+        for i, clip in enumerate(tqdm(clips, desc="decode clips", disable=not progress)):
+            path = Path(folder) / clip["video"]
+            sampled = read_frames(path, frames, size)
+            parts["frames"].append(sampled.frames)
+            parts["times"].append(torch.tensor(sampled.times))
+            parts["mel"].append(log_mel(fit_length(load_audio(path, mel.sample_rate), samples), mel).half())
+            if encode is not None and (len(parts["frames"]) == 32 or i == len(clips) - 1):
+                with torch.no_grad():
+                    feats.append(encode(normalize(torch.stack(parts["frames"]).float() / 255.0)).half())
+                parts["frames"] = []
+        tensors = {k: torch.stack(v) for k, v in parts.items() if v}
+        if encode is not None:
+            tensors["frame_features"] = torch.cat(feats)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            save_tensors(file, tensors)
+        return cls(ids, tensors)
+
+    def inputs(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        """Model inputs for some clips: "frames" (normalised) or "frame_features", and "mel"."""
+        out = {"mel": self.tensors["mel"][rows].float()}
+        if "frame_features" in self.tensors:
+            out["frame_features"] = self.tensors["frame_features"][rows].float()
+        else:
+            out["frames"] = normalize(self.tensors["frames"][rows].float() / 255.0)
+        return out
+
+
+def frames_duration(clips: list[dict]) -> float:
+    """Clip length in seconds of Shapes World video (all clips are equally long)."""
+    return 4.0 if not clips else float(clips[0].get("duration", 4.0))
+
+
+def event_targets(times: torch.Tensor, events: list[dict]) -> torch.Tensor:
+    """(T,) with 1 at the sampled frame nearest to each event's start time."""
+    out = torch.zeros(len(times))
+    for e in events:
+        out[int((times - float(e["time"])).abs().argmin())] = 1.0
+    return out
+
+
+class ClipCaptionDataset(Dataset):
+    """Items (clip row, mode, caption ids, event targets): each clip twice, its event caption and its summary."""
+
+    def __init__(self, clips: list[dict], bank: ClipBank, tokenizer: Tokenizer, max_len: int,
+                 modes: tuple[str, ...] = ("events", "summary")):
+        self.bank, self.items = bank, []
+        for clip in clips:
+            row = bank.row[clip["id"]]
+            targets = event_targets(bank.tensors["times"][row], clip["events"])
+            for m, mode in enumerate(modes):
+                text = clip["caption"] if mode == "events" else clip["summary"]
+                ids = [tokenizer.bos_id, *tokenizer.encode(text, max_len - 2), tokenizer.eos_id]
+                self.items.append((row, m, torch.tensor(ids), targets))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.items[i]
+
+    def collate(self, items: list[tuple]) -> dict[str, torch.Tensor]:
+        rows = [it[0] for it in items]
+        tokens = torch.zeros(len(items), max(len(it[2]) for it in items), dtype=torch.long)
+        for r, it in enumerate(items):
+            tokens[r, : len(it[2])] = it[2]
+        return {**self.bank.inputs(rows), "mode": torch.tensor([it[1] for it in items]), "tokens": tokens,
+                "event_targets": torch.stack([it[3] for it in items])}
+
+
+class ClipQADataset(Dataset):
+    """Items (clip row, question ids, soft answer targets) for every question of every clip."""
+
+    def __init__(self, clips: list[dict], bank: ClipBank, tokenizer: Tokenizer, answers: list[str], max_len: int):
+        self.bank, self.items, self.questions = bank, [], []
+        for clip in clips:
+            for q in clip["questions"]:
+                ids = tokenizer.encode(q["question"], max_len) or [tokenizer.unk_id]
+                self.items.append((bank.row[clip["id"]], torch.tensor(ids), answer_targets(answers, [q["answer"]])))
+                self.questions.append(q)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.items[i]
+
+    def collate(self, items: list[tuple]) -> dict[str, torch.Tensor]:
+        tokens = torch.zeros(len(items), max(len(it[1]) for it in items), dtype=torch.long)
+        for r, it in enumerate(items):
+            tokens[r, : len(it[1])] = it[1]
+        return {**self.bank.inputs([it[0] for it in items]), "tokens": tokens,
+                "targets": torch.stack([it[2] for it in items])}

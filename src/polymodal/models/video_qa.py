@@ -1,0 +1,134 @@
+"""Video question answering over frames and sound, fused by any `registry.FUSION` variant.
+
+clip -> MediaEncoder -> {"video": (B, T, D), "audio": (B, A, D)}; question -> the VQA question encoder
+-> "text" (B, L, Q); {"video", "audio", "text"} -> fusion -> answer classifier (B, answers).
+Feature level (e.g. cross_attention with the question as query over frame and audio tokens) or
+decision level (one classifier head per modality, then a vote); as in VQA, each head of a
+decision-level fusion also learns on its own.
+
+Example:
+    >>> model = polymodal.load("runs/video_qa/model")  # doctest: +SKIP
+    >>> model.answer("clip.mp4", "what shape is heard off screen?")  # doctest: +SKIP
+    'star'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_weights, read_model_dir, resolve_model_dir, save_model_dir, write_model_files
+from ..config import from_dict
+from ..data.qa import encode_text
+from ..errors import CheckpointError, InputError
+from ..registry import MODELS
+from ..text.tokenizer import Tokenizer
+from .fusion import FusionConfig, build_fusion
+from .video import MediaConfig, MediaEncoder
+from .video_captioner import load_clip
+from .vqa import QUESTION_ENCODERS, QuestionEncoderConfig, soft_cross_entropy
+
+
+@dataclass
+class VideoQAConfig:
+    media: MediaConfig = field(default_factory=MediaConfig)
+    question: QuestionEncoderConfig = field(default_factory=QuestionEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    dropout: float = 0.1
+
+
+@MODELS.register("video_qa")
+class VideoQA(nn.Module):
+    """Answers questions about clips by picking from a fixed answer vocabulary."""
+
+    architecture = "video_qa"
+
+    def __init__(self, cfg: VideoQAConfig, tokenizer: Tokenizer, answers: list[str]):
+        super().__init__()
+        if not answers:
+            raise CheckpointError("a video QA model needs a non-empty answer vocabulary")
+        self.cfg, self.tokenizer, self.answers = cfg, tokenizer, list(answers)
+        self.media = MediaEncoder(cfg.media)
+        self.question = QUESTION_ENCODERS.build(cfg.question.name, cfg.question, len(tokenizer))
+        dims = {m: cfg.media.dim for m in cfg.media.modalities} | {"text": self.question.out_dim}
+        self.fusion = build_fusion(cfg.fusion, dims, num_classes=len(self.answers))
+        self.decision_level = self.fusion.level == "decision"
+        self.classifier = None if self.decision_level else nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(self.fusion.out_dim, len(self.answers)))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch: media ("frame_features"/"frames", "mel"), "tokens" (B, L) question ids, optional "targets"
+        (B, answers) soft scores. Returns answer logits (B, answers) and named losses."""
+        text, mask = self.question(batch["tokens"])
+        features = {**self.media(batch), "text": text}
+        masks = {"text": mask}
+        heads: dict[str, torch.Tensor] = {}
+        if self.decision_level:
+            heads = self.fusion.head_logits(features, masks)
+            logits = self.fusion.combine(heads)
+        else:
+            logits = self.classifier(self.fusion(features, masks))
+        losses: dict[str, torch.Tensor] = {}
+        if "targets" in batch:
+            losses["answer_loss"] = soft_cross_entropy(logits, batch["targets"])
+            if heads:
+                losses["head_loss"] = sum(soft_cross_entropy(h, batch["targets"]) for h in heads.values()) / len(heads)
+            losses["loss"] = sum(losses.values())
+        return logits, losses
+
+    @torch.inference_mode()
+    def answer(self, video: str | Path, questions: str | list[str]) -> list[str] | str:
+        """Answer one question (returns a string) or several (a list) about one video file.
+
+        Raises:
+            InputError: no question, or a question with no known word.
+        """
+        self.eval()
+        qs = [questions] if isinstance(questions, str) else list(questions)
+        if not qs:
+            raise InputError("no question given")
+        clip = load_clip(video, self.cfg.media)
+        clip.pop("times")
+        ids = [encode_text(self.tokenizer, q, self.cfg.question.max_len) for q in qs]
+        tokens = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+        for r, row in enumerate(ids):
+            tokens[r, : len(row)] = torch.tensor(row)
+        batch = {k: v[None].expand(len(qs), *v.shape).to(self.device) for k, v in clip.items()}
+        logits, _ = self({**batch, "tokens": tokens.to(self.device)})
+        out = [self.answers[int(i)] for i in logits.argmax(-1)]
+        return out[0] if isinstance(questions, str) else out
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg), "answers": self.answers}
+
+    def write_files(self, folder: Path) -> None:
+        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        return save_model_dir(path, self.config_dict(), self, self.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> VideoQA:
+        path = resolve_model_dir(path)
+        config, tokenizer = read_model_dir(path)
+        answers = config.get("answers")
+        if tokenizer is None or not isinstance(answers, list) or not answers:
+            raise CheckpointError(f"{path}: a video QA model needs tokenizer.json and an 'answers' list")
+        cfg = from_dict(VideoQAConfig, config.get("model", {}), f"{path}/config.json:model")
+        cfg.media.encoder.pretrained = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls(cfg, tokenizer, [str(a) for a in answers])
+        load_weights(model, path)
+        return model.eval()

@@ -1,0 +1,257 @@
+"""The `video_caption` and `video_qa` training tasks on Shapes World video (mp4 with sound).
+
+config -> the clip folder (written once under the cache, or `data.path`) -> every clip decoded once
+(frames -> the frozen, scene-pretrained image encoder's features; audio track -> log-mel; cached) ->
+model -> the generic Trainer -> scores of the best model on the test clips in `{out_dir}/metrics.json`.
+
+video_caption: BLEU-1..4, METEOR, ROUGE-L, CIDEr of event captions and of summaries, and the event-time
+hit rate (an annotated event start with a predicted start within `tolerance` seconds).
+video_qa: accuracy overall, per question type, and on audio-only vs visual questions.
+
+Example:
+    $ polymodal train configs/video_caption.yaml model.media.modalities=[video]
+    $ polymodal train configs/video_qa.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoint import write_json
+from ..config import TrainConfig
+from ..data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, read_annotations
+from ..data.datasets import cache_root
+from ..data.shapes_video import write_shapes_video
+from ..generate import GenerationConfig
+from ..metrics import caption_metrics
+from ..metrics_vqa import vqa_accuracy
+from ..models.video import MediaConfig
+from ..models.video_captioner import VideoCaptioner, VideoCaptionerConfig, pick_peaks
+from ..models.video_qa import VideoQA, VideoQAConfig
+from ..registry import TASKS
+from ..text.tokenizer import WordTokenizer
+from .trainer import Trainer
+from .vqa import PretrainConfig, QADataConfig, pretrain_region_encoder
+
+
+@dataclass
+class VideoDataConfig:
+    path: str | None = None           # a Shapes World video folder; default: written once under the cache
+    n: int = 1200                     # clips in train + val + test
+    seed: int = 0
+    render_size: int = 64
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_len: int = 40                 # caption tokens, <bos>/<eos> included
+    question_len: int = 12
+    cache_features: bool = True       # frozen encoder: keep per-frame features, not frames
+    tolerance: float = 0.25           # event-time hit: seconds between a predicted and an annotated start
+
+
+@dataclass
+class VideoCaptionExperimentConfig:
+    task: str = "video_caption"
+    seed: int = 0
+    model: VideoCaptionerConfig = field(default_factory=VideoCaptionerConfig)
+    data: VideoDataConfig = field(default_factory=VideoDataConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=300))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/video_caption"))
+
+
+@dataclass
+class VideoQAExperimentConfig:
+    task: str = "video_qa"
+    seed: int = 0
+    model: VideoQAConfig = field(default_factory=VideoQAConfig)
+    data: VideoDataConfig = field(default_factory=VideoDataConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=300))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/video_qa"))
+
+
+def video_folder(data: VideoDataConfig, progress: bool = True) -> Path:
+    """The clip folder: `data.path` as given, or Shapes World video written once under the cache."""
+    if data.path:
+        return Path(data.path)
+    folder = cache_root() / f"shapes-video-n{data.n}-seed{data.seed}-px{data.render_size}"
+    return write_shapes_video(folder, n=data.n, seed=data.seed, size=data.render_size, progress=progress)
+
+
+def prepare_media(media: MediaConfig, pretrain: PretrainConfig, seed: int, progress: bool) -> None:
+    """Pretrain the frame encoder on Shapes World scene attributes (cached, shared with VQA) if asked."""
+    if pretrain.steps and "video" in media.modalities and not media.encoder.pretrained:
+        media.encoder.pretrained = str(pretrain_region_encoder(media.encoder, media.image_size, QADataConfig(),
+                                                               pretrain, seed, progress))
+
+
+def build_bank(model: Any, clips: list[dict], folder: Path, data: VideoDataConfig, progress: bool) -> ClipBank:
+    media = model.cfg.media
+    frozen = "video" in media.modalities and not any(p.requires_grad for p in model.media.encoder.parameters())
+    encode = model.media.frame_features if (frozen and data.cache_features) else None
+    key = str(media.encoder.pretrained or "") + str(dataclasses.asdict(media.encoder)) + str(media.grid)
+    return ClipBank.build(clips, folder, media.frames, media.image_size, media.mel, encode,
+                          cache_root() / "video-clips", key, progress)
+
+
+def _splits(cfg: Any, progress: bool) -> tuple[Path, dict[str, list[dict]]]:
+    folder = video_folder(cfg.data, progress)
+    names = (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split)
+    return folder, {s: read_annotations(folder, s) for s in names}
+
+
+# ----------------------------------------------------------------------------- captioning
+def prepare_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = True
+                          ) -> tuple[VideoCaptioner, dict[str, list[dict]], ClipBank]:
+    cfg = copy.deepcopy(cfg)
+    folder, splits = _splits(cfg, progress)
+    train = splits[cfg.data.train_split]
+    tokenizer = WordTokenizer.build([c["caption"] for c in train] + [c["summary"] for c in train])
+    prepare_media(cfg.model.media, cfg.pretrain, cfg.seed, progress)
+    torch.manual_seed(cfg.seed)
+    model = VideoCaptioner(cfg.model, tokenizer)
+    bank = build_bank(model, [c for s in splits.values() for c in s], folder, cfg.data, progress)
+    return model, splits, bank
+
+
+@torch.inference_mode()
+def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: ClipBank, tolerance: float = 0.25,
+                            beam_size: int = 3, batch_size: int = 50) -> dict[str, Any]:
+    """Caption metrics of event captions and summaries, and the event-time hit rate, on `clips`."""
+    gen = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
+                           max_len=model.cfg.decoder.max_len)
+    out: dict[str, Any] = {"clips": len(clips)}
+    hits = even_hits = total = 0
+    examples = []
+    for mode, key in (("events", "caption"), ("summary", "summary")):
+        results = {}
+        for i in range(0, len(clips), batch_size):
+            chunk = clips[i:i + batch_size]
+            rows = [bank.row[c["id"]] for c in chunk]
+            batch = {k: v.to(model.device) for k, v in bank.inputs(rows).items()}
+            for c, text in zip(chunk, model.caption_batch(batch, mode, gen), strict=True):
+                results[c["id"]] = text
+            if mode == "events":  # event times: the k most likely starts, k = annotated events
+                times = bank.tensors["times"][rows]
+                probs = model.event_probs(batch, times.shape[1]).cpu()
+                for c, p, t in zip(chunk, probs, times, strict=True):
+                    k = len(c["events"])
+                    picked = t[pick_peaks(p, k)]
+                    even = t[((torch.arange(k) + 0.5) * len(t) / k).long()]  # baseline: k evenly spaced times
+                    for e in c["events"]:
+                        hits += int(bool(((picked - e["time"]).abs() <= tolerance).any()))
+                        even_hits += int(bool(((even - e["time"]).abs() <= tolerance).any()))
+                        total += 1
+        out[mode] = caption_metrics(results, {c["id"]: [c[key]] for c in clips})
+        examples += [{"id": c["id"], "mode": mode, "reference": c[key], "generated": results[c["id"]]}
+                     for c in clips[:3]]
+    out["event_time_hit_rate"] = hits / max(total, 1)
+    out["event_time_hit_rate_evenly_spaced"] = even_hits / max(total, 1)
+    out["examples"] = examples
+    model.train()
+    return out
+
+
+def validation_loss(model: Any, dataset: Any, batch_size: int = 256) -> dict[str, float]:
+    model.eval()
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            _, losses = model(batch)
+            total += float(losses["loss"]) * len(batch["tokens"])
+            n += len(batch["tokens"])
+    model.train()
+    return {"loss": total / max(n, 1)}
+
+
+def _fit(model: Any, train_set: Any, val_set: Any, cfg: Any, progress: bool, stop_at: int | None) -> dict[str, Any]:
+    trainer = Trainer(model, train_set, cfg.train, collate=train_set.collate, save_model=model.write_files,
+                      seed=cfg.seed, evaluate=lambda m: validation_loss(m, val_set),
+                      run_config=dataclasses.asdict(cfg), progress=progress)
+    summary = trainer.fit(stop_at=stop_at)
+    summary.update(train_items=len(train_set), vocab_size=len(model.tokenizer),
+                   trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return summary
+
+
+@TASKS.register("video_caption")
+def train_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = True,
+                        stop_at: int | None = None) -> dict[str, Any]:
+    """Train a video captioner; score the best one on the test clips; writes `{out_dir}/metrics.json`."""
+    model, splits, bank = prepare_video_caption(cfg, progress)
+    d = cfg.data
+    train_set = ClipCaptionDataset(splits[d.train_split], bank, model.tokenizer, d.max_len)
+    val_set = ClipCaptionDataset(splits[d.val_split], bank, model.tokenizer, d.max_len)
+    summary = _fit(model, train_set, val_set, cfg, progress, stop_at)
+    if stop_at is not None and summary.get("stopped_at"):
+        return summary
+    best = VideoCaptioner.from_pretrained(Path(cfg.train.out_dir) / "model")
+    summary["test"] = evaluate_video_captions(best, splits[d.test_split], bank, d.tolerance)
+    write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
+    return summary
+
+
+train_video_caption.config_cls = VideoCaptionExperimentConfig  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- QA
+def prepare_video_qa(cfg: VideoQAExperimentConfig, progress: bool = True
+                     ) -> tuple[VideoQA, dict[str, list[dict]], ClipBank]:
+    cfg = copy.deepcopy(cfg)
+    folder, splits = _splits(cfg, progress)
+    train_q = [q for c in splits[cfg.data.train_split] for q in c["questions"]]
+    tokenizer = WordTokenizer.build(q["question"] for q in train_q)
+    answers = sorted({q["answer"] for q in train_q})
+    prepare_media(cfg.model.media, cfg.pretrain, cfg.seed, progress)
+    torch.manual_seed(cfg.seed)
+    model = VideoQA(cfg.model, tokenizer, answers)
+    bank = build_bank(model, [c for s in splits.values() for c in s], folder, cfg.data, progress)
+    return model, splits, bank
+
+
+@torch.inference_mode()
+def evaluate_video_qa(model: VideoQA, dataset: ClipQADataset, batch_size: int = 256) -> dict[str, Any]:
+    """Accuracy overall, on audio-only and on visual questions, and per question type."""
+    model.eval()
+    preds: list[str] = []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits, _ = model(batch)
+        preds += [model.answers[int(i)] for i in logits.argmax(-1)]
+    groups: dict[str, list[float]] = defaultdict(list)
+    for p, q in zip(preds, dataset.questions, strict=True):
+        score = vqa_accuracy(p, [q["answer"]])
+        groups["accuracy"].append(score)
+        groups["accuracy/" + ("audio_only" if q["audio_only"] else "visual")].append(score)
+        groups["accuracy/" + q["type"]].append(score)
+    model.train()
+    return {"questions": len(preds), **{k: sum(v) / len(v) for k, v in sorted(groups.items())}}
+
+
+@TASKS.register("video_qa")
+def train_video_qa(cfg: VideoQAExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Train a video QA model; score the best one on the test clips; writes `{out_dir}/metrics.json`."""
+    model, splits, bank = prepare_video_qa(cfg, progress)
+    d = cfg.data
+    train_set = ClipQADataset(splits[d.train_split], bank, model.tokenizer, model.answers, d.question_len)
+    val_set = ClipQADataset(splits[d.val_split], bank, model.tokenizer, model.answers, d.question_len)
+    summary = _fit(model, train_set, val_set, cfg, progress, stop_at)
+    summary["answers"] = len(model.answers)
+    if stop_at is not None and summary.get("stopped_at"):
+        return summary
+    best = VideoQA.from_pretrained(Path(cfg.train.out_dir) / "model")
+    test_set = ClipQADataset(splits[d.test_split], bank, best.tokenizer, best.answers, d.question_len)
+    summary["test"] = evaluate_video_qa(best, test_set)
+    write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
+    return summary
+
+
+train_video_qa.config_cls = VideoQAExperimentConfig  # type: ignore[attr-defined]
