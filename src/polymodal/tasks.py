@@ -22,6 +22,7 @@ from .train import (
     prefix_lm,  # noqa: F401  (registers "prefix_lm")
     refine,  # noqa: F401  (registers "refine")
     scst,  # noqa: F401  (registers "scst")
+    video,  # noqa: F401  (registers "video_caption" and "video_qa")
     vqa,  # noqa: F401  (registers "vqa" and "chat")
 )
 
