@@ -85,6 +85,21 @@ def test_bad_images_are_skipped_and_counted(records, tmp_path):
     assert feature_cache(_encoder(), records, 32, root=tmp_path / "feats", progress=False).hit
 
 
+def test_evaluation_from_the_cache_gives_the_same_captions(records, tmp_path):
+    from polymodal.evaluate import caption_records
+    from polymodal.generate import GenerationConfig
+    from tests.conftest import tiny_model
+
+    model, beam = tiny_model(), GenerationConfig(strategy="beam", beam_size=2, max_len=8)
+    plain, _ = caption_records(model, records, beam, batch_size=4, progress=False)
+    cached, _ = caption_records(model, records, beam, batch_size=4, progress=False, feature_cache=tmp_path / "f")
+    (folder,) = (tmp_path / "f").iterdir()
+    stamp = (folder / "features.npy").stat().st_mtime_ns
+    again, _ = caption_records(model, records, beam, batch_size=4, progress=False, feature_cache=tmp_path / "f")
+    assert plain == cached == again and len(plain) == 10
+    assert (folder / "features.npy").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
 def _train_config(tmp_path, name: str, *extra: str):
     return load_config(None, [
         f"train.out_dir={tmp_path / name}", "train.steps=10", "train.batch_size=16", "train.warmup_steps=3",

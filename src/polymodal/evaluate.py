@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def caption_records(model: nn.Module, records: list[CaptionRecord], generation: GenerationConfig,
-                    batch_size: int = 32, progress: bool = True) -> tuple[dict[str, str], SkipReport]:
+                    batch_size: int = 32, progress: bool = True,
+                    feature_cache: str | Path | None = None) -> tuple[dict[str, str], SkipReport]:
     """Best caption for every record's image; images that fail to decode are skipped and reported.
+
+    With `feature_cache` (a cache folder, see data/cache.py) the encoder's features come from the cache,
+    built on first use: evaluating several decoders or decoding settings encodes the images once.
 
     Example:
         >>> greedy = GenerationConfig(strategy="greedy")
@@ -46,6 +50,8 @@ def caption_records(model: nn.Module, records: list[CaptionRecord], generation: 
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     report = SkipReport(source="evaluation images")
+    if feature_cache is not None:
+        return _caption_cached(model, records, generation, batch_size, progress, Path(feature_cache), report)
     dataset = ImageDataset(records, model.cfg.image_size, preload=False, report=report, progress=progress)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_captions)
     was_training = model.training
@@ -67,9 +73,30 @@ def caption_records(model: nn.Module, records: list[CaptionRecord], generation: 
     return results, report
 
 
+def _caption_cached(model: nn.Module, records: list[CaptionRecord], generation: GenerationConfig, batch_size: int,
+                    progress: bool, root: Path, report: SkipReport) -> tuple[dict[str, str], SkipReport]:
+    from .data.cache import feature_cache
+    from .models.captioner import Captioner
+
+    if not isinstance(model, Captioner) or type(model).generate is not Captioner.generate:
+        raise InputError(f"{type(model).__name__} does not caption from cached features; evaluate without a cache")
+    cache = feature_cache(model.encoder, records, model.cfg.image_size, root, batch_size, progress=progress,
+                          report=report)
+    results: dict[str, str] = {}
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(cache), batch_size), desc="captioning", disable=not progress, leave=False):
+        rows = list(range(start, min(start + batch_size, len(cache))))
+        hyps = model.generate_from_features(cache.batch(rows).to(model.device), generation)
+        for i, per_image in zip(rows, hyps, strict=True):
+            results[cache.records[i].id] = model.tokenizer.decode(per_image[0].tokens)
+    model.train(was_training)
+    return results, report
+
+
 def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generation: GenerationConfig,
-                       batch_size: int = 32, progress: bool = True,
-                       cider_only: bool = False) -> tuple[dict[str, str], dict[str, float]]:
+                       batch_size: int = 32, progress: bool = True, cider_only: bool = False,
+                       feature_cache: str | Path | None = None) -> tuple[dict[str, str], dict[str, float]]:
     """Caption every record's image and score the captions against the records' references.
 
     Args:
@@ -79,6 +106,7 @@ def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generatio
         batch_size: images per generation batch.
         progress: show tqdm bars.
         cider_only: score CIDEr-D only (no METEOR), for quick validation during training.
+        feature_cache: a folder for the encoder feature cache (data/cache.py); None encodes every image.
 
     Returns:
         (results, metrics): {record id: caption}, and the caption metrics plus "images" (captioned)
@@ -89,7 +117,7 @@ def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generatio
         >>> sorted(metrics)  # doctest: +SKIP
         ['bleu1', 'bleu2', 'bleu3', 'bleu4', 'cider', 'images', 'meteor', 'rouge_l', 'skipped_images']
     """
-    results, report = caption_records(model, records, generation, batch_size, progress)
+    results, report = caption_records(model, records, generation, batch_size, progress, feature_cache)
     references = {rec.id: rec.captions for rec in records if rec.id in results}
     metrics: dict[str, float] = dict(caption_metrics(results, references, cider_only=cider_only))
     metrics["images"] = len(results)
