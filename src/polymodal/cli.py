@@ -182,8 +182,8 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes 
     run_demo(out)
 
 
-# Each adds its commands to `app`: index/retrieve/zeroshot, serve/export, vqa/chat/ablate.
-from . import cli_retrieval, cli_serve, cli_vqa  # noqa: E402,F401
+# Each adds its commands to `app`: index/retrieve/zeroshot, serve/export, keyframes/describe, vqa/chat/ablate.
+from . import cli_retrieval, cli_serve, cli_video, cli_vqa  # noqa: E402,F401
 
 
 def main() -> None:
