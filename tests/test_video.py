@@ -1,0 +1,175 @@
+"""Video: mp4 round trip with sound, frame samplers, truncated files, key frames at a hard cut,
+Shapes World video, and tiny video models that learn, save, load and describe."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from polymodal.config import DecoderConfig, EncoderConfig
+from polymodal.data.audio import MelConfig, load_audio, log_mel, mel_frequencies, tone
+from polymodal.data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, read_annotations
+from polymodal.data.shapes_video import (
+    FRAMES,
+    PITCH_HZ,
+    SAMPLE_RATE,
+    Event,
+    event_sound,
+    sample_clip,
+    write_shapes_video,
+)
+from polymodal.data.video import probe, read_frames, write_video
+from polymodal.errors import DataError
+from polymodal.keyframes import extract_keyframes, hit_rate
+from polymodal.models.fusion import FusionConfig
+from polymodal.models.video import MediaConfig
+from polymodal.models.video_captioner import VideoCaptioner, VideoCaptionerConfig
+from polymodal.models.video_qa import VideoQA, VideoQAConfig
+from polymodal.text.tokenizer import WordTokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _colour_clip(n: int = 16, cut: int = 8) -> np.ndarray:
+    frames = np.zeros((n, 32, 32, 3), np.uint8)
+    frames[:cut, :, :, 0] = 220  # red, then blue from frame `cut`
+    frames[cut:, :, :, 2] = 220
+    frames[:, 8:12, :, 1] = np.arange(n, dtype=np.uint8)[:, None, None] * 3  # a little motion everywhere
+    return frames
+
+
+def test_mp4_round_trip_with_audio(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", _colour_clip(), fps=8, audio=tone(880.0, 2.0).numpy(),
+                       sample_rate=16000)
+    info = probe(path)
+    assert info.has_audio and info.duration == pytest.approx(2.0, abs=0.15) and info.fps == 8
+    clip = read_frames(path, n=8, size=32)
+    assert clip.frames.shape == (8, 3, 32, 32) and clip.frames.dtype == torch.uint8
+    assert clip.times == pytest.approx([0.125 + 0.25 * i for i in range(8)], abs=0.07)
+    red, blue = clip.frames[:, 0, 20:, :].float().mean((1, 2)), clip.frames[:, 2, 20:, :].float().mean((1, 2))
+    assert (red[:4] > 180).all() and (blue[4:] > 180).all() and (red[4:] < 40).all()
+    wave = load_audio(path, 16000, duration=info.duration)
+    cfg = MelConfig()
+    assert len(wave) == int(info.duration * 16000)
+    assert int(log_mel(wave, cfg)[:, 10:-10].mean(1).argmax()) == int((mel_frequencies(cfg) - 880).abs().argmin())
+    assert len(read_frames(path, n=100, sampling="fps", fps=4).times) == 8
+    assert read_frames(path, n=5, sampling="keyframes").times[0] == 0.0
+
+
+def test_truncated_and_bad_mp4_give_a_clear_error(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", _colour_clip(), fps=8, audio=tone(440.0, 2.0).numpy())
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    for read in (lambda p: read_frames(p, 4), lambda p: load_audio(p), probe):
+        with pytest.raises(DataError, match="cut.mp4.*truncated"):
+            read(cut)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match="junk.mp4"):
+        read_frames(junk)
+
+
+def test_keyframes_find_a_hard_cut(tmp_path):
+    path = write_video(tmp_path / "cut.mp4", _colour_clip(24, cut=13), fps=8)
+    frames = extract_keyframes(path, k=1, size=32)
+    assert len(frames) == 1 and frames[0].index == 13 and frames[0].time == pytest.approx(13 / 8)
+    assert frames[0].image.shape == (32, 32, 3) and frames[0].image[..., 2].mean() > 180
+    assert hit_rate([f.time for f in frames], [13 / 8], tolerance=0.01) == 1.0
+
+
+def test_shapes_video_clip_is_seeded_and_consistent():
+    a, b = sample_clip(random.Random(3)), sample_clip(random.Random(3))
+    assert a.caption() == b.caption() and np.array_equal(a.frames(32), b.frames(32))
+    assert a.frames(32).shape == (FRAMES, 32, 32, 3)
+    captions = [sample_clip(random.Random(i)) for i in range(30)]
+    heard = [c for c in captions if any(e.kind == "heard" for e in c.events)]
+    assert 5 < len(heard) < 25
+    clip = heard[0]
+    qa = {q["type"]: q for q in clip.questions(random.Random(0))}
+    event = next(e for e in clip.events if e.kind == "heard")
+    assert qa["offscreen_shape"]["answer"] == event.shape and qa["offscreen_shape"]["audio_only"]
+    assert "heard off screen" in clip.caption() and clip.summary().split()[0] in ("three", "four")
+    # the off-screen sound is in the soundtrack at its time, at its shape's pitch
+    sound = clip.soundtrack()
+    start = int(event.time * SAMPLE_RATE)
+    window = torch.from_numpy(sound[start + 800: start + 4800].copy())
+    cfg = MelConfig()
+    peak = mel_frequencies(cfg)[int(log_mel(window, cfg).mean(1).argmax())]
+    assert abs(float(peak) / PITCH_HZ[event.shape] - 1) < 0.15
+    click = event_sound(Event("collides", "circle", "red", 0), np.random.default_rng(0))
+    assert len(click) < 0.05 * SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    folder = write_shapes_video(tmp_path_factory.mktemp("sv") / "world", n=12, size=32, progress=False)
+    clips = read_annotations(folder)
+    bank = ClipBank.build(clips, folder, frames=8, size=32, mel=MelConfig(), encode=None, progress=False)
+    return folder, clips, bank
+
+
+def _media() -> MediaConfig:
+    return MediaConfig(encoder=EncoderConfig(name="small_cnn", width=4), image_size=32, frames=8, grid=2, dim=32,
+                       audio_width=4, audio_tokens=8, heads=2)
+
+
+def _overfit(model, batch, steps: int = 25) -> tuple[float, float]:
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(steps):
+        _, losses = model(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        first = float(losses["loss"].detach()) if first is None else first
+    return first, float(losses["loss"].detach())
+
+
+def test_video_captioner_learns_saves_and_describes(tiny_world, tmp_path):
+    folder, clips, bank = tiny_world
+    tok = WordTokenizer.build([c["caption"] for c in clips] + [c["summary"] for c in clips])
+    torch.manual_seed(0)
+    cfg = VideoCaptionerConfig(media=_media(), decoder=DecoderConfig(embed_dim=16, hidden_dim=32, attention_dim=16,
+                                                                     dropout=0.0, max_len=40))
+    model = VideoCaptioner(cfg, tok)
+    data = ClipCaptionDataset(clips[:4], bank, tok, 40)
+    batch = data.collate([data[i] for i in range(len(data))])
+    assert batch["frames"].shape == (8, 8, 3, 32, 32) and batch["event_targets"].sum() >= 8
+    first, last = _overfit(model, batch)
+    assert last < 0.7 * first
+    model.save_pretrained(tmp_path / "vc")
+    import polymodal
+
+    loaded = polymodal.load(tmp_path / "vc")
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(batch)[0], loaded(batch)[0], atol=1e-5)
+    out = loaded.describe(folder / clips[0]["video"], beam_size=1)
+    assert set(out) >= {"summary", "caption", "events"} and len(out["event_probs"]) == 8
+    assert all(0 <= e["time"] <= 4 for e in out["events"])
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "vote_learned"])
+def test_video_qa_learns_with_feature_and_decision_fusion(tiny_world, fusion):
+    _, clips, bank = tiny_world
+    questions = [q for c in clips for q in c["questions"]]
+    tok = WordTokenizer.build(q["question"] for q in questions)
+    answers = sorted({q["answer"] for q in questions})
+    torch.manual_seed(0)
+    cfg = VideoQAConfig(media=_media(), fusion=FusionConfig(name=fusion, dim=32, hidden=32, heads=2, query="text"))
+    model = VideoQA(cfg, tok, answers)
+    data = ClipQADataset(clips[:3], bank, tok, answers, 12)
+    batch = data.collate([data[i] for i in range(len(data))])
+    first, last = _overfit(model, batch, steps=30)
+    assert last < 0.6 * first
+    assert isinstance(model.answer(tiny_world[0] / clips[0]["video"], "what shape is heard off screen?"), str)
