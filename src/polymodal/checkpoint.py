@@ -14,7 +14,9 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,25 @@ from .errors import CheckpointError
 from .text.tokenizer import Tokenizer, load_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+PAUSE_AT, PAUSE_FILE = "POLYMODAL_PAUSE_AT", "POLYMODAL_PAUSE_FILE"
+_passes: Counter[str] = Counter()
+
+
+def crash_point(name: str) -> None:
+    """A named moment inside a write, where crash tests kill the process (tests/test_crash_resume.py).
+
+    With `POLYMODAL_PAUSE_AT=<name>:<n>` set, the n-th pass through `name` in this process writes its
+    pid to the file named by `POLYMODAL_PAUSE_FILE` and sleeps until the test sends SIGKILL. Without
+    the variable this is a dictionary lookup and nothing else.
+    """
+    spec = os.environ.get(PAUSE_AT)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _passes[name] += 1
+    if _passes[name] == int(spec.partition(":")[2] or 1):
+        Path(os.environ[PAUSE_FILE]).write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,6 +94,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
                               f"check the path and its permissions") from None
     try:
         yield tmp
+        crash_point("files_written")
         for f in tmp.iterdir():
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -83,8 +105,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old)
         if path.exists():
             os.replace(path, old)
+        crash_point("between_renames")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        crash_point("committed")
         shutil.rmtree(old, ignore_errors=True)
     except OSError as err:  # disk full, permissions, a file where a folder should be
         raise CheckpointError(f"{path}: writing failed ({err.strerror or err}); the previous copy is untouched; "
@@ -109,6 +133,7 @@ def write_model_files(folder: Path, config: dict[str, Any], model: nn.Module, to
     """Write the three model files into an existing folder (used inside `atomic_directory`)."""
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     save_model(model, str(folder / WEIGHTS_FILE))  # handles tied (shared) tensors
+    crash_point("weights_written")
     if tokenizer is not None:
         tokenizer.save(folder / TOKENIZER_FILE)
 
