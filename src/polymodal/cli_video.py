@@ -64,12 +64,14 @@ def keyframes(video: Path = typer.Argument(..., help="video file"),
               model: Path | None = typer.Option(None, help="video captioner whose frame encoder scores the "
                                                 "frames (default: pixel differences)"),
               fps: float | None = typer.Option(None, help="analyse this many frames per second (default: all)"),
-              min_gap: int = typer.Option(2, help="fewest analysed frames between two key frames")) -> None:
-    """Pick the k frames where the picture changes most; save them and a contact sheet."""
+              min_gap: int = typer.Option(2, help="fewest analysed frames between two key frames"),
+              score: str = typer.Option("onset", help="onset (where a change starts) or change (how much)")) -> None:
+    """Pick the k frames where the picture starts to change most; save them and a contact sheet."""
     from .keyframes import extract_keyframes, save_keyframes
 
     features, size = _frame_features(model)
-    frames = extract_keyframes(video, k, features, size=size, analysis_fps=fps, min_gap=max(min_gap, 1))
+    frames = extract_keyframes(video, k, features, size=size, analysis_fps=fps, min_gap=max(min_gap, 1),
+                               score=score)
     written = save_keyframes(frames, out)
     for f in frames:
         typer.echo(f"{f.time:8.2f} s  frame {f.index:5d}  change {f.score:.3f}")

@@ -2,9 +2,11 @@
 
 Every frame (or every frame at `analysis_fps`) is described by a feature vector: the pooled region
 features of an image encoder (e.g. a trained video model's frame encoder), or, without one, the
-frame itself at 16 x 16 pixels. A frame's change score is the distance between its feature and the
-previous frame's (L2-normalised features); the key frames are the k highest peaks, at least
-`min_gap` frames apart. Decoding is streamed twice: once to score (features only are kept), once
+frame itself at 16 x 16 pixels. A frame's change is the distance between its feature and the
+previous frame's (L2-normalised features); its onset score (the default) is how much that change
+grew since the frame before, which marks where something starts (a cut, an object appearing or
+starting to move) rather than every frame of a motion. The key frames are the k highest peaks, at
+least `min_gap` frames apart. Decoding is streamed twice: once to score (features only are kept), once
 to fetch the k chosen frames at full size, so any length of video fits in memory.
 
 Example:
@@ -67,9 +69,22 @@ def change_scores(features: torch.Tensor) -> torch.Tensor:
     return torch.cat([d.new_zeros(1), d])
 
 
+def onset_scores(features: torch.Tensor) -> torch.Tensor:
+    """(T,) how much more a frame changes than the frame before it did: the start of a change (a cut, an
+    object starting to move) scores high, the middle of a steady motion low."""
+    d = change_scores(features)
+    return torch.cat([d[:1], (d[1:] - d[:-1]).clamp_min(0)])
+
+
+SCORES = {"change": change_scores, "onset": onset_scores}
+
+
 def score_video(path: str | Path, features: FrameFeatures = pixel_features, size: int = 64,
-                analysis_fps: float | None = None, batch: int = 64) -> tuple[torch.Tensor, list[float]]:
-    """Stream the video once: change score (T,) and time of every analysed frame."""
+                analysis_fps: float | None = None, batch: int = 64, score: str = "change"
+                ) -> tuple[torch.Tensor, list[float]]:
+    """Stream the video once: the score (T,) ("change" or "onset", see `SCORES`) and time of every analysed frame."""
+    if score not in SCORES:
+        raise InputError(f"unknown key-frame score {score!r}; choose from {sorted(SCORES)}")
     feats, times, pending = [], [], []
     step = 1.0 / analysis_fps if analysis_fps else 0.0
     next_t = 0.0
@@ -86,11 +101,11 @@ def score_video(path: str | Path, features: FrameFeatures = pixel_features, size
         feats.append(features(torch.stack(pending)))
     if not times:
         raise DataError(f"{path}: no video frame could be decoded; the file is empty or truncated")
-    return change_scores(torch.cat(feats)), times
+    return SCORES[score](torch.cat(feats)), times
 
 
 def extract_keyframes(path: str | Path, k: int = 5, features: FrameFeatures = pixel_features, size: int = 64,
-                      analysis_fps: float | None = None, min_gap: int = 2) -> list[KeyFrame]:
+                      analysis_fps: float | None = None, min_gap: int = 2, score: str = "onset") -> list[KeyFrame]:
     """The k frames where the picture changes most (peaks at least `min_gap` analysed frames apart), in time order.
 
     Raises:
@@ -99,7 +114,7 @@ def extract_keyframes(path: str | Path, k: int = 5, features: FrameFeatures = pi
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    scores, times = score_video(path, features, size, analysis_fps)
+    scores, times = score_video(path, features, size, analysis_fps, score=score)
     chosen = pick_peaks(scores, min(k, len(times)), min_gap)
     wanted = {times[i]: i for i in chosen}
     images: dict[int, np.ndarray] = {}
