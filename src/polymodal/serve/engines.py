@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import importlib
 import io
+import os
 import pkgutil
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -202,12 +203,17 @@ class SearchIndex:
         self.index, self.encoder, self.source = index, encoder, source
         self.items = [str(p) for p in (getattr(index, "items", None) or getattr(index, "paths", None) or [])]
         self.kind = str(getattr(index, "kind", "image"))
+        self.names = public_names(self.items) if self.kind == "image" else self.items
 
     def info(self) -> dict[str, Any]:
         return {"source": self.source, "size": len(self.items), "kind": self.kind}
 
     def search(self, query: str | Image.Image, k: int) -> list[tuple[int, str, float]]:
-        """The k best items: (position in the index, item (path or caption), score)."""
+        """The k best items: (position in the index, item (image name or caption), score).
+
+        Images are named by their path under the folder all indexed images share, never by their
+        full server-side path (which would tell clients how the server's disk is laid out).
+        """
         if self.encoder is None:
             hits = self.index.search(query, k=k)
         else:
@@ -215,7 +221,11 @@ class SearchIndex:
             embed = self.encoder.embed_texts if text else self.encoder.embed_images
             hits = self.index.search(embed([query]), k=k)[0]
         position = {item: i for i, item in enumerate(self.items)}
-        return [(position.get(str(item), -1), str(item), float(score)) for item, score in hits][:k]
+        out = []
+        for item, score in hits[:k]:
+            i = position.get(str(item), -1)
+            out.append((i, self.names[i] if i >= 0 else Path(str(item)).name, float(score)))
+        return out
 
     def thumbnail(self, idx: int, side: int = 256) -> bytes:
         """A JPEG thumbnail of image item `idx`, decoded safely and without metadata."""
@@ -228,6 +238,19 @@ class SearchIndex:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         return buffer.getvalue()
+
+
+def public_names(paths: list[str]) -> list[str]:
+    """Paths relative to the deepest folder they all share: /srv/photos/a/1.jpg -> a/1.jpg.
+
+    Example:
+        >>> public_names(["/srv/photos/a/1.jpg", "/srv/photos/b/2.jpg"])
+        ['a/1.jpg', 'b/2.jpg']
+    """
+    if not paths:
+        return []
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
 
 
 def open_index(path: str | Path, models: ModelSet) -> SearchIndex:
