@@ -54,12 +54,14 @@ class ClipBank:
     @classmethod
     def build(cls, clips: list[dict], folder: str | Path, frames: int, size: int, mel: MelConfig,
               encode: Callable[[torch.Tensor], torch.Tensor] | None, cache_dir: Path | None = None,
-              cache_key: str = "", progress: bool = True) -> ClipBank:
+              cache_key: str = "", progress: bool = True, video: bool = True) -> ClipBank:
         """Decode `clips` (frames from their mp4, sound from its audio track); `encode` maps normalised frames
-        (B, T, 3, S, S) to features (B, T, R, C) and replaces the frames (a frozen encoder)."""
+        (B, T, 3, S, S) to features (B, T, R, C) and replaces the frames (a frozen encoder). With `video`
+        False no frame is decoded ("times" are then the centres of `frames` equal slices)."""
         ids = [c["id"] for c in clips]
         key = hashlib.sha256(json.dumps([str(Path(folder).resolve()), ids, frames, size, dataclasses.asdict(mel),
-                                         cache_key, encode is not None], sort_keys=True).encode()).hexdigest()[:16]
+                                         cache_key, encode is not None, video],
+                                        sort_keys=True).encode()).hexdigest()[:16]
         file = cache_dir / f"clips-{key}.safetensors" if cache_dir else None
         if file is not None and file.is_file():
             return cls(ids, load_file(str(file)))
@@ -68,10 +70,13 @@ class ClipBank:
         samples = int(round(frames_duration(clips) * mel.sample_rate))
         for i, clip in enumerate(tqdm(clips, desc="decode clips", disable=not progress)):
             path = Path(folder) / clip["video"]
+            parts["mel"].append(log_mel(fit_length(load_audio(path, mel.sample_rate), samples), mel).half())
+            if not video:
+                parts["times"].append((torch.arange(frames) + 0.5) * samples / mel.sample_rate / frames)
+                continue
             sampled = read_frames(path, frames, size)
             parts["frames"].append(sampled.frames)
             parts["times"].append(torch.tensor(sampled.times))
-            parts["mel"].append(log_mel(fit_length(load_audio(path, mel.sample_rate), samples), mel).half())
             if encode is not None and (len(parts["frames"]) == 32 or i == len(clips) - 1):
                 with torch.no_grad():
                     feats.append(encode(normalize(torch.stack(parts["frames"]).float() / 255.0)).half())
@@ -89,7 +94,7 @@ class ClipBank:
         out = {"mel": self.tensors["mel"][rows].float()}
         if "frame_features" in self.tensors:
             out["frame_features"] = self.tensors["frame_features"][rows].float()
-        else:
+        elif "frames" in self.tensors:
             out["frames"] = normalize(self.tensors["frames"][rows].float() / 255.0)
         return out
 

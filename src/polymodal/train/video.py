@@ -98,7 +98,7 @@ def build_bank(model: Any, clips: list[dict], folder: Path, data: VideoDataConfi
     encode = model.media.frame_features if (frozen and data.cache_features) else None
     key = str(media.encoder.pretrained or "") + str(dataclasses.asdict(media.encoder)) + str(media.grid)
     return ClipBank.build(clips, folder, media.frames, media.image_size, media.mel, encode,
-                          cache_root() / "video-clips", key, progress)
+                          cache_root() / "video-clips", key, progress, video="video" in media.modalities)
 
 
 def _splits(cfg: Any, progress: bool) -> tuple[Path, dict[str, list[dict]]]:
