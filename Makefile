@@ -38,9 +38,11 @@ test-all: setup chromium
 lint: setup
 	$(PY) -m ruff check src tests bench
 
-# Speed benchmarks (docs/benchmarks.md). The long experiments (bench/transfer.py, bench/caption_table.py)
-# are run by hand; their commands are in docs/.
-BENCHES := bench/decode.py bench/serve.py bench/export.py bench/retrieval.py
+# Speed benchmarks (docs/benchmarks.md, plots in docs/), a few minutes each, one at a time. The long
+# experiments (bench/transfer.py, bench/caption_table.py) are run by hand; their commands are in docs/.
+# bench/gpu.sh needs a CUDA GPU and is run by hand there.
+BENCHES := bench/encoder.py bench/cache.py bench/decode.py bench/scaling.py bench/ddp.py \
+           bench/serve.py bench/export.py bench/retrieval.py
 
 bench: setup
 	for script in $(BENCHES); do echo "== $$script"; $(PY) $$script || exit 1; done

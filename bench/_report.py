@@ -25,6 +25,37 @@ def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Best wall time of each function, the runs interleaved so that a load spike hits both sides alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def load_average() -> str:
+    """The 1-minute load average and core count: how busy the shared machine was."""
+    import os
+
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def save_plot(fig: object, name: str) -> Path:
+    """Save a matplotlib figure as docs/NAME (PNG) and return the path."""
+    path = DOCS / name
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    return path
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

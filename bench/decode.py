@@ -1,26 +1,25 @@
 """Decoding benchmarks, each measured side by side in one run on Shapes World test images.
 
 - decode: batched beam search vs a per-image beam loop (the bundled attention-LSTM captioner).
+- decode_cost: batched beam cost vs beam size and caption length (plotted).
 - kv_cache: prefix-LM generation with the KV cache vs full recomputation of the sequence every step.
 
     python bench/decode.py [--model DIR] [--images 64] [--sections decode,kv_cache]
                            [--prefix-model DIR] [--tokens 30]
 
-Writes the tables to docs/benchmarks.md (sections "decode" and "kv_cache").
+Writes the tables to docs/benchmarks.md (sections "decode", "decode_cost" and "kv_cache").
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import best_time, machine, peak_rss_mb, write_section  # noqa: E402
+from _report import best_time, interleaved_best, machine, peak_rss_mb, save_plot, write_section  # noqa: E402
 
 from polymodal import load  # noqa: E402
 from polymodal.assets import bundled_model_dir  # noqa: E402
@@ -68,17 +67,61 @@ Greedy, batched: {greedy:.3f} s ({n / greedy:.0f} img/s). Peak RSS {peak_rss_mb(
 """)
 
 
-def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
-    """Best wall time of each function, the runs interleaved so that a load spike hits both sides alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+def decode_cost_section(args: argparse.Namespace) -> None:
+    """Batched beam search cost as the caption length and the beam grow (min_len = max_len fixes the length)."""
+    model = load(args.model or bundled_model_dir()).eval()
+    n = min(args.images, 16)
+    images = shapes_test_images(n, model.cfg.image_size)
+
+    def cost(beam: int, length: int) -> float:
+        strategy = "greedy" if beam == 1 else "beam"
+        cfg = GenerationConfig(strategy=strategy, beam_size=beam, max_len=length, min_len=length)
+        return best_time(lambda: model.generate(images, cfg), repeats=3)
+
+    by_beam = {beam: cost(beam, 16) for beam in (1, 2, 3, 5, 8)}
+    by_length = {length: cost(3, length) for length in (8, 16, 24, 32)}
+    for beam, t in by_beam.items():
+        print(f"beam {beam}, 16 tokens: {t * 1000:.0f} ms")
+    for length, t in by_length.items():
+        print(f"beam 3, {length} tokens: {t * 1000:.0f} ms")
+    plot_decode_cost(by_beam, by_length, n)
+    beam_rows = "\n".join(f"| {b} | {t * 1000:.0f} | {t / by_beam[1]:.1f}x | {n * 16 / t:.0f} |" for b, t in by_beam.items())
+    length_rows = "\n".join(f"| {length} | {t * 1000:.0f} | {t / by_length[8]:.1f}x | {t / length * 1000:.1f} |"
+                             for length, t in by_length.items())
+    write_section("decode_cost", f"""
+## Decoding cost vs beam size and caption length
+
+`python bench/decode.py --sections decode_cost` — the bundled attention-LSTM captioner, {n} Shapes World
+test images in one batch, every caption forced to the given length (`min_len = max_len`), {machine()},
+best of 3. Plot: [bench_decode_cost.png](bench_decode_cost.png).
+
+| beam (16 tokens) | time (ms) | vs greedy | tokens/s (best hypothesis) |
+|---|---|---|---|
+{beam_rows}
+
+| tokens (beam 3) | time (ms) | vs 8 tokens | ms per token |
+|---|---|---|---|
+{length_rows}
+
+Each step costs one decoder step over batch x beam rows plus the beam bookkeeping, so time grows
+linearly with the caption length and less than linearly with the beam (the rows share one matrix product).
+""")
+
+
+def plot_decode_cost(by_beam: dict[int, float], by_length: dict[int, float], n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 2.8))
+    left.plot(list(by_beam), [t * 1000 for t in by_beam.values()], "o-")
+    left.set_xlabel("beam size (16 tokens)")
+    left.set_ylabel(f"ms for {n} images")
+    right.plot(list(by_length), [t * 1000 for t in by_length.values()], "s-")
+    right.set_xlabel("caption length (beam 3)")
+    fig.suptitle("batched beam search cost, CPU")
+    save_plot(fig, "bench_decode_cost.png")
 
 
 def prefix_model(path: str | None) -> tuple[torch.nn.Module, str]:
@@ -138,12 +181,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--sections", default="decode,kv_cache", help="comma-separated: decode, kv_cache")
+    parser.add_argument("--sections", default="decode,decode_cost,kv_cache",
+                        help="comma-separated: decode, decode_cost, kv_cache")
     parser.add_argument("--prefix-model", default=str(Path(__file__).resolve().parent.parent / "runs/prefix_lm/model"),
                         help="prefix LM for the kv_cache section (untrained if the directory is missing)")
     parser.add_argument("--tokens", type=int, default=30, help="kv_cache: tokens generated per caption")
     args = parser.parse_args()
-    sections = {"decode": decode_section, "kv_cache": kv_cache_section}
+    sections = {"decode": decode_section, "decode_cost": decode_cost_section, "kv_cache": kv_cache_section}
     for section in args.sections.split(","):
         sections[section.strip()](args)
 

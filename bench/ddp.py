@@ -1,0 +1,83 @@
+"""Data-parallel training on CPU: `torchrun --nproc_per_node=2` (gloo) vs one process, same global batch.
+
+    python bench/ddp.py [--steps 30] [--batch 32]
+
+Runs `polymodal train configs/attention_lstm.yaml` three ways with the same global batch and steps:
+one process with 1 thread, one process with 2 threads (the whole machine), and two DDP processes with
+1 thread each. Throughput is taken from the run's own summary (`seconds` of the training loop).
+Writes section "ddp" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import load_average, today, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(procs: int, threads: int, steps: int, batch: int, out: Path) -> dict:
+    """Run one training; returns its summary (rank 0's)."""
+    overrides = [f"train.steps={steps}", f"train.batch_size={batch // procs}", "train.eval_every=0",
+                 "train.checkpoint_every=0", "train.log_every=10", "data.n=1000", f"train.out_dir={out}"]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
+                 "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "polymodal"]
+                if procs > 1 else [sys.executable, "-m", "polymodal"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run([*launcher, "train", "configs/attention_lstm.yaml", *overrides, "--quiet"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, check=True)
+    text = result.stdout
+    return json.loads(text[text.index("{"):text.rindex("}") + 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=32, help="global batch")
+    args = parser.parse_args()
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
+        for label, procs, threads in (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2),
+                                      ("2 DDP processes (gloo), 1 thread each", 2, 1)):
+            summary = train(procs, threads, args.steps, args.batch, Path(tmp) / f"p{procs}t{threads}")
+            runs[label] = args.steps * args.batch / summary["seconds"]
+            print(f"{label}: {runs[label]:.1f} samples/s ({summary['seconds']} s, loss {summary['final_loss']:.3f})")
+    base = runs["1 process, 1 thread"]
+    rows = "\n".join(f"| {label} | {rate:.1f} | {rate / base:.2f}x |" for label, rate in runs.items())
+    ddp, whole = runs["2 DDP processes (gloo), 1 thread each"], runs["1 process, 2 threads"]
+    write_section("ddp", f"""
+## Data-parallel training on CPU: torchrun (gloo) vs one process
+
+`python bench/ddp.py` ({today()}) — `polymodal train configs/attention_lstm.yaml` (small CNN + attention
+LSTM, 64 px, Shapes World, `data.n=1000`), {args.steps} steps of global batch {args.batch} each way; the
+DDP run is `torchrun --nproc_per_node=2 -m polymodal train ...` with `train.batch_size={args.batch // 2}` per
+process. Samples/s = steps x global batch / the training loop's seconds (its summary), {load_average()}
+at the end: a shared 2-core machine, where other jobs take cores from both sides.
+
+| run | samples/s | vs 1 process, 1 thread |
+|---|---|---|
+{rows}
+
+Two DDP processes on two cores run at {ddp / base:.2f}x one single-threaded process (ideal 2x), and at
+{ddp / whole:.2f}x one process that uses both cores through intra-op threads. See docs/scaling.md for
+what this says about many GPUs.
+""")
+
+
+if __name__ == "__main__":
+    main()

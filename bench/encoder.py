@@ -1,0 +1,143 @@
+"""Image encoder throughput: polymodal's encoder vs plain torchvision eager on the same batch, the data-path
+options (channels_last, bf16 autocast, torch.compile) and a batch-size curve.
+
+    python bench/encoder.py [--arch resnet18] [--size 224] [--batch 16] [--no-compile]
+
+Writes section "encoder" of docs/benchmarks.md and docs/bench_encoder_batch.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import interleaved_best, load_average, machine, peak_rss_mb, save_plot, today, write_section  # noqa: E402
+
+from polymodal.config import EncoderConfig  # noqa: E402
+from polymodal.models.encoders import build_encoder  # noqa: E402
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def encoders(arch: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """polymodal's frozen encoder and the same torchvision network cut before its pooling, same weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = build_encoder(EncoderConfig(name=arch, freeze=True)).eval()
+    net = getattr(torchvision.models, arch)(weights=None)
+    plain = torch.nn.Sequential(*list(net.children())[:-2]).eval()  # conv1 .. layer4
+    ours_state = ours.state_dict()
+    plain.load_state_dict({k: ours_state[_ours_key(k)] for k in plain.state_dict()})
+    return ours, plain
+
+
+def _ours_key(plain_key: str) -> str:
+    """'4.0.conv1.weight' (Sequential index) -> 'stages.1.0.conv1.weight' (stem = stage 0)."""
+    index, rest = plain_key.split(".", 1)
+    i = int(index)
+    return f"stages.0.{i}.{rest}" if i < 4 else f"stages.{i - 3}.{rest}"
+
+
+def timed(fn: torch.nn.Module, x: torch.Tensor, autocast: bool = False) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            fn(x)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    ours, plain = encoders(args.arch)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    with torch.inference_mode():
+        same = torch.allclose(ours(x), plain(x).flatten(2).transpose(1, 2), atol=1e-4)
+
+    variants = {"torchvision eager": timed(plain, x), "polymodal": timed(ours, x)}
+    ours_cl = build_encoder(EncoderConfig(name=args.arch, freeze=True)).eval()
+    ours_cl.load_state_dict(ours.state_dict())
+    ours_cl.to(memory_format=torch.channels_last)
+    variants["polymodal, channels_last"] = timed(ours_cl, x.contiguous(memory_format=torch.channels_last))
+    variants["polymodal, bf16 autocast"] = timed(ours, x, autocast=True)
+    compile_s = None
+    if not args.no_compile:
+        compiled = torch.compile(ours)
+        start = time.perf_counter()
+        timed(compiled, x)()
+        compile_s = time.perf_counter() - start
+        variants["polymodal, torch.compile"] = timed(compiled, x)
+    times = interleaved_best(variants, repeats=3)
+    base = times["torchvision eager"]
+    rows = "\n".join(f"| {name} | {args.batch / t:.1f} | {t * 1000:.0f} ms | **{base / t:.2f}x** |"
+                     for name, t in times.items())
+    for name, t in times.items():
+        print(f"{name}: {args.batch / t:.1f} img/s ({base / t:.2f}x torchvision)")
+
+    curve = {}
+    for b in BATCHES:
+        xb = torch.randn(b, 3, args.size, args.size)
+        t = interleaved_best({"torchvision": timed(plain, xb), "polymodal": timed(ours, xb)}, repeats=3)
+        curve[b] = (b / t["torchvision"], b / t["polymodal"])
+        print(f"batch {b}: torchvision {curve[b][0]:.1f} img/s, polymodal {curve[b][1]:.1f} img/s")
+    plot(curve, args)
+    curve_rows = "\n".join(f"| {b} | {tv:.1f} | {pm:.1f} | {pm / tv:.2f}x |" for b, (tv, pm) in curve.items())
+    compile_note = (f"`torch.compile` took {compile_s:.0f} s to compile (first call) on this machine."
+                    if compile_s is not None else "`torch.compile` not measured (`--no-compile`).")
+    write_section("encoder", f"""
+## Image encoder: polymodal vs plain torchvision, data-path options, batch size
+
+`python bench/encoder.py` ({today()}) — {args.arch} (random init, frozen, eval mode) on a batch of
+{args.batch} random {args.size} px images, `torch.inference_mode`; "torchvision eager" is the torchvision
+network cut before its pooling with the same weights (outputs equal: {'yes' if same else 'NO'}). Best of 3
+interleaved runs, {machine()}, {load_average()} (a shared 2-core machine: absolute numbers are noisy, the
+ratios are measured side by side). Peak RSS {peak_rss_mb():.0f} MB.
+
+| encoder | images/s | per batch | vs torchvision eager |
+|---|---|---|---|
+{rows}
+
+{compile_note} What the trainer keeps: `train.channels_last`, `train.amp` (bf16 autocast) and
+`train.compile` are options, off by default; turn one on where its row above says it pays on your machine
+(on a GPU, bf16 and channels_last are the usual wins; see bench/gpu.sh).
+
+Batch-size curve (best of 3; plot: [bench_encoder_batch.png](bench_encoder_batch.png)):
+
+| batch | torchvision images/s | polymodal images/s | ratio |
+|---|---|---|---|
+{curve_rows}
+""")
+
+
+def plot(curve: dict[int, tuple[float, float]], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    sizes = list(curve)
+    ax.plot(sizes, [curve[b][0] for b in sizes], "o-", label="torchvision eager")
+    ax.plot(sizes, [curve[b][1] for b in sizes], "s--", label="polymodal encoder")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{args.arch}, {args.size} px, CPU ({torch.get_num_threads()} threads)")
+    ax.legend()
+    save_plot(fig, "bench_encoder_batch.png")
+
+
+if __name__ == "__main__":
+    main()
