@@ -22,7 +22,9 @@ from polymodal.generate import GenerationConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 DEFAULT_RUNS = {"seed (ResNet-18 + LSTM)": "runs/seed_lstm", "attention LSTM": "runs/attention_lstm",
-                "attention LSTM + refine": "runs/refine"}
+                "attention LSTM + refine": "runs/refine", "attention LSTM + SCST": "runs/attention_lstm_scst",
+                "transformer decoder": "runs/transformer", "transformer decoder + SCST": "runs/transformer_scst",
+                "prefix LM": "runs/prefix_lm", "prefix LM + SCST": "runs/prefix_lm_scst"}
 DECODINGS = {"greedy": dict(strategy="greedy"), "beam 3": dict(strategy="beam", beam_size=3)}
 
 
