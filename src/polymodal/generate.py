@@ -85,13 +85,21 @@ def _banned_ngram_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
 
 
 def _constrain(logprobs: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig, eos_id: int) -> torch.Tensor:
-    """Apply min length and no-repeat-ngram to log-probabilities of the next token."""
+    """Apply min length and no-repeat-ngram to log-probabilities of the next token.
+
+    When the two together ban every token (a short vocabulary, a long `min_len`), <eos> is allowed
+    again: ending early breaks min_len, any other token would break no-repeat or the suppressed ids.
+    """
+    eos = logprobs[:, eos_id].clone()
     if history.shape[1] < cfg.min_len:
         logprobs[:, eos_id] = -math.inf
     if cfg.no_repeat_ngram_size:
         for r, tokens in enumerate(_banned_ngram_tokens(history, cfg.no_repeat_ngram_size)):
             if tokens:
                 logprobs[r, tokens] = -math.inf
+    stuck = torch.isneginf(logprobs).all(dim=-1)
+    if bool(stuck.any()):
+        logprobs[stuck, eos_id] = eos[stuck]
     return logprobs
 
 
@@ -155,7 +163,8 @@ def sample(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: Generation
         return torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(1)
 
     hyps = _token_by_token(step, state, bos_id, eos_id, cfg, pick)
-    return [hyps[b * n:(b + 1) * n] for b in range(batch)]
+    # Best first, like every strategy (`generate` promises it; the server's n-best relies on it).
+    return [sorted(hyps[b * n:(b + 1) * n], key=lambda h: -h.score) for b in range(batch)]
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
