@@ -173,3 +173,35 @@ def test_video_qa_learns_with_feature_and_decision_fusion(tiny_world, fusion):
     first, last = _overfit(model, batch, steps=30)
     assert last < 0.6 * first
     assert isinstance(model.answer(tiny_world[0] / clips[0]["video"], "what shape is heard off screen?"), str)
+
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run the `polymodal` command in this process (a subprocess costs seconds of imports): status, stderr."""
+    from polymodal.cli import main
+
+    monkeypatch.setattr("sys.argv", ["polymodal", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_cli_shapes_video_keyframes_and_describe_errors(tmp_path, monkeypatch, capsys):
+    code, err = _cli(monkeypatch, capsys, "data", "shapes-video", "--out", str(tmp_path / "sv"), "--n", "3",
+                     "--size", "32", "--quiet")
+    assert code == 0, err
+    clips = read_annotations(tmp_path / "sv")
+    assert len(clips) == 3 and (tmp_path / "sv" / clips[0]["video"]).is_file()
+    video = tmp_path / "sv" / clips[0]["video"]
+    code, err = _cli(monkeypatch, capsys, "keyframes", str(video), "-k", "3", "--out", str(tmp_path / "kf"))
+    assert code == 0, err
+    assert (tmp_path / "kf" / "contact_sheet.png").is_file() and len(list((tmp_path / "kf").glob("keyframe_*.png"))) == 3
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(video.read_bytes()[:2000])
+    code, err = _cli(monkeypatch, capsys, "keyframes", str(cut), "--out", str(tmp_path / "kf2"))
+    assert code == 2 and err.count("\n") == 1 and "cut.mp4" in err and "truncated" in err
+    code, err = _cli(monkeypatch, capsys, "describe", str(video), "--model", str(tmp_path / "no_model"))
+    assert code == 2 and err.startswith("error: ") and "no_model" in err

@@ -3,6 +3,7 @@
 Example:
     $ polymodal data shapes-video --out shapes_video --n 120
     $ polymodal keyframes shapes_video/videos/test/test_00000.mp4 -k 5 --out keyframes/
+    $ polymodal describe shapes_video/videos/test/test_00000.mp4      # the bundled video captioner
     $ polymodal train configs/video_caption.yaml          # about 10 minutes on 1 CPU core
     $ polymodal describe shapes_video/videos/test/test_00000.mp4 --model runs/video_caption
     $ polymodal videoqa runs/video_qa clip.mp4 "what shape is heard off screen?"
@@ -20,6 +21,7 @@ from .cli import app, data_app
 from .errors import InputError
 
 TRAIN_HINT = "train one in minutes with `polymodal train configs/video_caption.yaml`"
+BUNDLED = "shapes_video_captioner"  # src/polymodal/assets/: trained by configs/video_caption.yaml
 
 
 def _load(model_dir: Path, architecture: str) -> Any:
@@ -80,7 +82,8 @@ def keyframes(video: Path = typer.Argument(..., help="video file"),
 
 @app.command()
 def describe(video: Path = typer.Argument(..., help="video file (mp4, mkv, webm, ...)"),
-             model: Path = typer.Option(..., help=f"video captioner directory; {TRAIN_HINT}"),
+             model: Path | None = typer.Option(None, help="video captioner directory (default: the bundled "
+                                               f"Shapes World video captioner); {TRAIN_HINT}"),
              k: int = typer.Option(5, "-k", "--k", help="key frames to list"),
              out: Path | None = typer.Option(None, help="also save the key frames and a contact sheet here"),
              beam: int = typer.Option(3, help="beam size; 1 = greedy"),
@@ -88,6 +91,12 @@ def describe(video: Path = typer.Argument(..., help="video file (mp4, mkv, webm,
     """Summarise a video: one-sentence summary, timestamped events and key frames."""
     from .keyframes import encoder_features, extract_keyframes, pixel_features, save_keyframes
 
+    if model is None:
+        from .assets import ASSETS
+
+        model = ASSETS / BUNDLED
+        if not (model / "config.json").is_file():
+            raise InputError(f"{model}: bundled video captioner missing; pass --model DIR ({TRAIN_HINT})")
     captioner = _load(model, "video_captioner")
     result = captioner.describe(video, beam_size=max(beam, 1))
     media = captioner.cfg.media
