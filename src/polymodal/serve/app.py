@@ -37,7 +37,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("polymodal.serve")
 T = TypeVar("T")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorResponse}
-                                           for code in (400, 404, 413, 415, 422, 503, 504)}
+                                           for code in (400, 404, 408, 413, 415, 422, 503, 504)}
 STATUS = {DataError: 422, InputError: 422, ConfigError: 422}  # for errors that carry no status of their own
 
 
@@ -74,7 +74,11 @@ class Service:
 
     async def read_options(self, request: Request, options: type[T]) -> tuple[T, bytes | None, str]:
         """The validated options, the raw image bytes (None if the request has none) and the image's name."""
-        fields, data, name = await self.timed(read_fields(request, self.limits))
+        try:  # a client that trickles its body is its own problem (408), not the server's (504)
+            fields, data, name = await asyncio.wait_for(read_fields(request, self.limits), self.cfg.timeout_s)
+        except TimeoutError:
+            raise RequestError(f"the request body did not arrive within {self.cfg.timeout_s:g} s; "
+                               f"send it again", 408) from None
         image_field = fields.pop("image", None)
         if image_field is not None and not isinstance(image_field, str):
             raise RequestError("'image' must be a base64 string (or upload a file as multipart field 'image')")
@@ -249,7 +253,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PolymodalError)
     async def _polymodal_error(_: Request, err: PolymodalError) -> JSONResponse:
         status = getattr(err, "status", None) or next((s for t, s in STATUS.items() if isinstance(err, t)), 500)
-        return JSONResponse({"error": str(err)}, status_code=status)
+        # 408/413 may come with body bytes still unread: close the connection rather than drain them.
+        headers = {"Connection": "close"} if status in (408, 413) else None
+        return JSONResponse({"error": str(err)}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:

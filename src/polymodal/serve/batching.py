@@ -42,7 +42,7 @@ class ServerBusy(PolymodalError):
     status = 503
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity: `==` on their tensor items would raise
 class _Job:
     key: Hashable
     item: Any
@@ -81,6 +81,7 @@ class DynamicBatcher:
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._held: list[_Job] = []  # taken from the queue but of another key than the running batch
         self._worker: asyncio.Task | None = None
         self.incoming = 0  # requests announced (being read or decoded) but not yet submitted
@@ -88,9 +89,14 @@ class DynamicBatcher:
         self._peak, self._peak_at = 0, 0.0  # most requests in flight at once, lately (see _expected)
 
     def start(self) -> None:
-        """Start the worker on the running event loop (app startup; `submit` starts it if need be)."""
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="polymodal-batcher")
+        """Start the worker on the running event loop (app startup; `submit` starts it if need be).
+
+        A restart on the same loop keeps the queue, so that requests already waiting are served.
+        """
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:
+            self._queue, self._loop = asyncio.Queue(), loop
+        self._worker = loop.create_task(self._work(), name="polymodal-batcher")
 
     async def stop(self) -> None:
         if self._worker is not None:
