@@ -160,6 +160,13 @@ def write_report(cap: dict, qa: dict, kf: dict, example: str, started: float) ->
         lines.append(f"| {name} | {_fmt(r['0.25 s'])} | {_fmt(r['0.5 s'])} |")
     lines += ["", "## `polymodal describe`", "", "`polymodal describe CLIP.mp4 --model runs/video_caption` on test clip 1,",
               "then the annotation:", "", "```", example, "```", "",
+              "## Your own videos", "",
+              "Decoding takes any video or audio PyAV reads (mp4, mkv, webm, avi, wav, flac, mp3, ...), streamed:",
+              "`polymodal.data.video.read_frames(path, n, size, sampling=\"uniform\" | \"fps\" | \"keyframes\")` keeps only",
+              "the sampled frames, `polymodal.data.audio.load_audio(path, start=, duration=)` only the window asked for,",
+              "`log_mel` turns it into a spectrogram. Broken or truncated files raise one `DataError` line naming the file.",
+              "`polymodal keyframes` works on any video. The captioner and QA model only know Shapes World's vocabulary;",
+              "train them on your own clips by writing the same annotations.json layout and setting `data.path`.", "",
               f"Report written by bench/video.py in {(time.time() - started) / 60:.1f} min "
               f"(training included when runs were missing)."]
     (DOCS / "video.md").write_text("\n".join(lines) + "\n")
