@@ -119,7 +119,7 @@ def tiny_world(tmp_path_factory):
 
 
 def _media() -> MediaConfig:
-    return MediaConfig(encoder=EncoderConfig(name="small_cnn", width=4), image_size=32, frames=8, grid=2, dim=32,
+    return MediaConfig(encoder=EncoderConfig(name="small_cnn", width=4), image_size=32, frames=8, grid=2, dim=32, frame_diff=True,
                        audio_width=4, audio_tokens=8, heads=2)
 
 

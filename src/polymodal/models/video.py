@@ -1,7 +1,8 @@
 """Video and audio encoders: frames -> per-frame image features -> temporal model; log-mel -> small CNN.
 
 frames (B, T, 3, H, W) -> the image encoder (any `registry.ENCODERS` entry) per frame -> regions
-pooled to a grid (B, T, R, C) -> LayerNorm + Linear -> (B, T, D) + time position -> temporal model
+pooled to a grid (B, T, R, C) -> [features, change since the previous frame] (with `frame_diff`)
+-> LayerNorm + Linear -> (B, T, D) + time position -> temporal model
 (`TEMPORAL` registry: a transformer over frames, or attention pooling that adds a learned summary
 token) -> video tokens (B, T', D).
 
@@ -44,6 +45,7 @@ class MediaConfig:
     image_size: int = 64
     frames: int = 16                  # frames sampled per clip (uniformly)
     grid: int = 4                     # per-frame regions pooled to grid x grid before projection
+    frame_diff: bool = False          # each frame token also sees how its features changed since the last frame
     dim: int = 128                    # token width of every modality
     temporal: str = "transformer"     # a key of TEMPORAL: transformer | attention_pool
     temporal_layers: int = 1
@@ -137,7 +139,7 @@ class MediaEncoder(nn.Module):
         self.modalities = tuple(cfg.modalities)
         if "video" in self.modalities:
             self.encoder = build_encoder(cfg.encoder)
-            feat = self.encoder.out_dim * cfg.grid * cfg.grid
+            feat = self.encoder.out_dim * cfg.grid * cfg.grid * (2 if cfg.frame_diff else 1)
             self.frame_proj = nn.Sequential(nn.LayerNorm(feat), nn.Linear(feat, cfg.dim), nn.Dropout(cfg.dropout))
             self.temporal = TEMPORAL.build(cfg.temporal, cfg)
         if "audio" in self.modalities:
@@ -154,7 +156,10 @@ class MediaEncoder(nn.Module):
 
     def encode_video(self, features: torch.Tensor) -> torch.Tensor:
         """Per-frame regions (B, T, R, C) -> video tokens (B, T', D)."""
-        x = self.frame_proj(features.flatten(2).float())  # (B, T, D)
+        x = features.flatten(2).float()  # (B, T, R * C)
+        if self.cfg.frame_diff:  # what changed is what an event is about: give it to the projection directly
+            x = torch.cat([x, x - torch.cat([x[:, :1], x[:, :-1]], dim=1)], dim=-1)
+        x = self.frame_proj(x)  # (B, T, D)
         return self.temporal(x + time_positions(x.shape[1], x.shape[-1], x.device))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
