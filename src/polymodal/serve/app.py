@@ -61,6 +61,19 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polymodal-model")
         self.batcher = DynamicBatcher(lambda key, items: engines.run_caption_batch(models, key, items),
                                       self.executor, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
+        self.closed = False
+
+    def open(self) -> None:
+        """Start serving (app startup); after a `close` (a lifespan run again), with a new model thread."""
+        if self.closed:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polymodal-model")
+            self.batcher.executor, self.closed = self.executor, False
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.closed = True
 
     async def timed(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -115,14 +128,46 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Replace pydantic's local `#/$defs/...` references by their definitions: inside an OpenAPI
+    operation they would point at nothing (the chat `messages` items were unresolvable)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
+def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form field's schema: as in JSON, minus `null` (an optional field is simply left out)."""
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1:
+        schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **options[0]}
+    return {k: v for k, v in schema.items() if k != "default" or v is not None}
+
+
 def _body_doc(model: type, multipart: bool = True) -> dict[str, Any]:
-    """OpenAPI request body for endpoints that read the body themselves (multipart or JSON)."""
-    schema = model.model_json_schema()
+    """OpenAPI request body for endpoints that read the body themselves (multipart or JSON).
+
+    Both forms carry the same fields with the same types and limits; in multipart the image is a
+    file part and a list field (chat `messages`) is one JSON-encoded part.
+    """
+    schema = _inline_defs(model.model_json_schema())
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if multipart:
-        props = {k: ({"type": "string", "format": "binary"} if k == "image" else {"type": "string"})
-                 for k in schema.get("properties", {})}
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": props}}
+        props = {k: ({"type": "string", "format": "binary"} if k == "image" else _form_field(v))
+                 for k, v in schema.get("properties", {}).items()}
+        form: dict[str, Any] = {"type": "object", "properties": props}
+        if schema.get("required"):
+            form["required"] = schema["required"]
+        encoding = {k: {"contentType": "application/json"} for k, v in props.items() if v.get("type") == "array"}
+        content["multipart/form-data"] = {"schema": form, **({"encoding": encoding} if encoding else {})}
     return {"requestBody": {"required": True, "content": content}}
 
 
@@ -299,10 +344,9 @@ def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.batcher.start()
+        service.open()
         yield
-        await service.batcher.stop()
-        service.executor.shutdown(wait=False, cancel_futures=True)
+        await service.close()
 
     app = FastAPI(title="polymodal", version="0.1.0", lifespan=lifespan,
                   description="Captions, answers and search over images, served from local models. "

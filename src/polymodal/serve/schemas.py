@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Forbid unknown keys: a typo such as "beam" for "beam_size" must fail loudly, not be ignored.
 _STRICT = ConfigDict(extra="forbid")
+# What a JSON `image` holds (OpenAPI 3.1 / JSON Schema 2020-12 content keywords).
+BASE64_IMAGE = {"contentEncoding": "base64", "contentMediaType": "image/*"}
 
 
 class CaptionOptions(BaseModel):
@@ -45,7 +47,8 @@ class CaptionOptions(BaseModel):
 class ImageJSON(BaseModel):
     """The JSON form of an image: base64 bytes of the file (a `data:image/...;base64,` prefix is fine)."""
 
-    image: str = Field(..., min_length=1, description="base64-encoded image file (PNG, JPEG, GIF, WebP, BMP, TIFF)")
+    image: str = Field(..., min_length=1, description="base64-encoded image file (PNG, JPEG, GIF, WebP, BMP, TIFF)",
+                       json_schema_extra=BASE64_IMAGE)
 
 
 class CaptionJSON(CaptionOptions, ImageJSON):
@@ -136,7 +139,8 @@ class RetrieveOptions(BaseModel):
 class RetrieveJSON(RetrieveOptions):
     """POST /v1/retrieve as JSON: a text query, or an image query (base64)."""
 
-    image: str | None = Field(None, min_length=1, description="base64 image query (instead of text)")
+    image: str | None = Field(None, min_length=1, description="base64 image query (instead of text)",
+                              json_schema_extra=BASE64_IMAGE)
 
     @model_validator(mode="after")
     def _one_query(self) -> RetrieveJSON:

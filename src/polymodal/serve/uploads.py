@@ -133,7 +133,7 @@ async def _read_multipart(request: Request, body: bytes, limits: Limits) -> tupl
         elif key == "image":
             raise RequestError("multipart field 'image' must be a file upload, not text; "
                                "use -F image=@photo.png (with the @)", 422)
-        else:
+        elif value != "":  # an empty form input means "not given" (browsers send every input)
             fields[key] = value
     if image is None and files:
         raise RequestError(f"no file field named 'image' (got file field {files[0]!r}); "
