@@ -64,12 +64,13 @@ def recover_directory(path: str | Path) -> Path:
 
     If the crash came between its two renames, `path` is gone and its previous copy is `path.old`:
     rename it back. Temp folders of unfinished writes (`.name.tmp-*`) are removed. Safe to call
-    any time no other process is writing `path`.
+    any time no other process is writing `path`, and from every rank of a DDP run at once.
     """
     path = Path(path)
     old = path.parent / f"{path.name}.old"
     if not path.exists() and old.is_dir():
-        os.replace(old, path)
+        with contextlib.suppress(FileNotFoundError):  # another rank of a DDP run renamed it first
+            os.replace(old, path)
     if path.parent.is_dir():
         for stale in path.parent.glob(f".{path.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
