@@ -115,11 +115,9 @@ machine, other training jobs running).
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-The gain is the encoder's share of a step. The seed LSTM (one pooled vector sets the LSTM state) is
-cheap next to a 224 px ResNet, so the cache removes most of the step (a frozen ResNet-50 is the
-usual COCO setup, `configs/coco_attention.yaml`); the attention LSTM at 128 px
-spends most of its step in 24 sequential attention steps (forward and backward), which the cache does
-not touch. {'; '.join(notes)}. Peak RSS {peak_rss_mb():.0f} MB.
+The gain is the encoder's share of a step: the bigger the encoder and the images next to the decoder,
+the more the cache saves (a frozen ResNet-50 at 224 px is the usual COCO setup, `configs/coco_attention.yaml`).
+{'; '.join(notes)}. Peak RSS {peak_rss_mb():.0f} MB.
 """)
 
 

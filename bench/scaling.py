@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import load_average, machine, save_plot, today, write_section  # noqa: E402
+from _report import best_time, load_average, machine, save_plot, today, write_section  # noqa: E402
 
 WORDS = "a man woman dog cat riding sitting on top of the with red blue green small large near table street".split()
 
@@ -56,10 +56,8 @@ def image_point(size: int, shapes_n: int) -> dict[str, float]:
         from polymodal.config import EncoderConfig
         enc = build_encoder(EncoderConfig(name="resnet18", freeze=True)).eval()
     with torch.inference_mode():
-        enc(x[:2])
-        start = time.perf_counter()
         feats = enc(x)
-        encode = (time.perf_counter() - start) / len(records)
+        encode = best_time(lambda: enc(x), repeats=3) / len(records)
     cfg = load_config("configs/attention_lstm.yaml", [f"model.image_size={size}", "train.batch_size=8"])
     tokenizer = WordTokenizer.build(c for r in records for c in r.captions)
     model = Captioner(cfg.model, tokenizer)
@@ -68,11 +66,7 @@ def image_point(size: int, shapes_n: int) -> dict[str, float]:
     tokens = torch.randint(4, len(tokenizer), (8, 14), generator=torch.Generator().manual_seed(0))
     tokens[:, 0], tokens[:, -1] = tokenizer.bos_id, tokenizer.eos_id
     batch = {"images": x[:len(tokens)], "tokens": tokens}
-    trainer.train_step(dict(batch))
-    start = time.perf_counter()
-    for _ in range(2):
-        trainer.train_step(dict(batch))
-    step = (time.perf_counter() - start) / 2
+    step = best_time(lambda: trainer.train_step(dict(batch)), repeats=2)
     cached = model.encoder(x[:1]).numel() * 4
     return {"size": size, "decode_ms": decode * 1e3, "resnet18_ms": encode * 1e3, "train_step_s": step,
             "train_batch": len(tokens), "resnet18_kb": feats[0].numel() * 4 / 1024, "cache_kb": cached / 1024,
@@ -188,8 +182,8 @@ def main() -> None:
 [scaling_dataset_size.png](scaling_dataset_size.png).
 
 **Image size** (16 Shapes World images rendered at 512 px): decode + resize per image, frozen resnet18
-forward per image (batch 16), one training step of the `configs/attention_lstm.yaml` captioner
-(small CNN, stride 8, attention over every region; batch of 8), and what its features cost in the
+forward per image (batch 16, best of 3), one training step of the `configs/attention_lstm.yaml` captioner
+(small CNN, stride 8, attention over every region; batch of 8, best of 2), and what its features cost in the
 feature cache per image (float32).
 
 | image px | decode + resize (ms/img) | resnet18 (ms/img) | train step (ms) | cache per image | peak RSS |
