@@ -162,6 +162,17 @@ def test_the_server_never_echoes_paths_or_tracebacks(served: Any, monkeypatch: p
     hits = answers[7].json()["hits"]
     assert [h["path"] for h in hits] == ["0.jpg", "1.jpg"], hits  # names under the index, not server paths
 
+    (secret / "secret-photos" / "2024" / "1.jpg").unlink()  # the index is now out of date
+    answers.append(client.get("/v1/index/1"))
+    assert answers[-1].status_code == 404 and answers[-1].json()["error"].startswith("1.jpg: image file not found")
+
+    def user_error(*args: Any) -> None:
+        raise DataError(f"{secret}/secret-models/tiny/labels.txt: unreadable; fix it")
+
+    monkeypatch.setattr(engines, "run_caption_batch", user_error)
+    answers.append(client.post("/v1/caption", files={"image": image}))
+    assert answers[-1].status_code == 422 and "tiny/labels.txt" in answers[-1].json()["error"]
+
     def crash(*args: Any) -> None:
         raise RuntimeError(f"boom in {secret}/secret-models/tiny/model.safetensors")
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -296,11 +299,12 @@ async def page() -> FileResponse:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PolymodalError)
-    async def _polymodal_error(_: Request, err: PolymodalError) -> JSONResponse:
+    async def _polymodal_error(request: Request, err: PolymodalError) -> JSONResponse:
         status = getattr(err, "status", None) or next((s for t, s in STATUS.items() if isinstance(err, t)), 500)
+        message = scrub(str(err), request.app.state.private_roots)
         # 408/413 may come with body bytes still unread: close the connection rather than drain them.
         headers = {"Connection": "close"} if status in (408, 413) else None
-        return JSONResponse({"error": str(err)}, status_code=status, headers=headers)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -318,6 +322,29 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.exception("internal error", exc_info=err)
         return JSONResponse({"error": f"internal server error ({type(err).__name__}); see the server log"},
                             status_code=500)
+
+
+def private_roots(models: Sequence[str | Path] | dict[str, Any], index: Any) -> list[str]:
+    """Server-side folders that error messages must not show: where the models, the index and the
+    indexed images live, the working directory, home, the temp folder and the Python installation."""
+    roots = {os.getcwd(), str(Path.home()), sys.prefix, tempfile.gettempdir()}
+    if not isinstance(models, dict):
+        roots |= {str(Path(m).resolve().parent) for m in models}
+    if isinstance(index, (str, Path)):
+        roots.add(str(Path(index).resolve().parent))
+    return sorted((r for r in roots if r not in ("", "/")), key=len, reverse=True)
+
+
+def scrub(message: str, roots: Sequence[str]) -> str:
+    """`message` with every server-side folder in `roots` cut from the paths it contains.
+
+    Example:
+        >>> scrub("/srv/models/tiny/config.json: not valid JSON", ["/srv/models"])
+        'tiny/config.json: not valid JSON'
+    """
+    for root in roots:
+        message = message.replace(root.rstrip("/") + "/", "")
+    return message
 
 
 def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
@@ -352,6 +379,10 @@ def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
                   description="Captions, answers and search over images, served from local models. "
                               "Images are processed in memory and never stored.")
     app.state.service = service
+    app.state.private_roots = private_roots(models, index)
+    if search is not None and search.kind == "image" and search.items:
+        folders = [os.path.dirname(os.path.abspath(p)) for p in search.items]
+        app.state.private_roots = sorted({*app.state.private_roots, os.path.commonpath(folders)}, key=len, reverse=True)
     _add_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

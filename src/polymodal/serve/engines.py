@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..data.images import load_image
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, DataError, InputError
 from ..generate import GenerationConfig
 from ..viz import attention_overlays  # imported with the server, so the first heatmap request is not slow
 from .schemas import CaptionOptions
@@ -233,7 +233,11 @@ class SearchIndex:
             raise RequestError(f"this index holds {self.kind}s, not images", 404)
         if not 0 <= idx < len(self.items):
             raise RequestError(f"no index item {idx}; the index has {len(self.items)} items", 404)
-        image = load_image(self.items[idx])
+        try:
+            image = load_image(self.items[idx], name=self.names[idx])  # errors name it as clients know it
+        except DataError as err:
+            raise RequestError(f"{err}".split(";")[0] + "; the index is out of date: rebuild it with "
+                               "`polymodal index`", 404) from None
         image.thumbnail((side, side))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
