@@ -237,3 +237,13 @@ def test_nothing_polymodal_writes_carries_exif(served: Any, tmp_path: Path):
     saved = io.BytesIO()
     clean.save(saved, "JPEG", exif=clean.getexif())  # a caller copying "all" metadata still gets none
     assert_no_exif(saved.getvalue(), "a re-saved load_image result", block_allowed=True)
+
+
+def test_video_clips_outside_their_dataset_folder_are_refused(tmp_path: Path):
+    from polymodal.data.audio import MelConfig
+    from polymodal.data.clips import ClipBank, clip_path
+
+    clip = {"id": "c1", "video": "../../../etc/passwd", "split": "train"}
+    with pytest.raises(DataError, match="points outside the dataset folder"):
+        ClipBank.build([clip], tmp_path, frames=2, size=16, mel=MelConfig(), encode=None, progress=False)
+    assert clip_path(tmp_path, {"id": "c2", "video": "videos/c2.mp4"}) == tmp_path / "videos" / "c2.mp4"

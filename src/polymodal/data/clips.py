@@ -28,6 +28,7 @@ from ..text.tokenizer import Tokenizer
 from .audio import MelConfig, fit_length, load_audio, log_mel
 from .images import normalize
 from .qa import answer_targets
+from .records import resolve_image_path
 from .video import read_frames
 
 
@@ -41,6 +42,15 @@ def read_annotations(folder: str | Path, split: str | None = None) -> list[dict[
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a Shapes World video annotation file ({err}); write it again") from None
     return [c for c in clips if split is None or c["split"] == split]
+
+
+def clip_path(folder: str | Path, clip: dict[str, Any]) -> Path:
+    """The clip's video file, which must lie inside the dataset folder (annotations may come from anyone)."""
+    path = resolve_image_path(folder, str(clip["video"]))
+    if path is None:
+        raise DataError(f"{Path(folder) / 'annotations.json'}: clip {clip.get('id')!r} points outside the dataset "
+                        f"folder ({clip['video']!r}); fix the annotation file")
+    return Path(path)
 
 
 class ClipBank:
@@ -69,7 +79,7 @@ class ClipBank:
         feats: list[torch.Tensor] = []
         samples = int(round(frames_duration(clips) * mel.sample_rate))
         for i, clip in enumerate(tqdm(clips, desc="decode clips", disable=not progress)):
-            path = Path(folder) / clip["video"]
+            path = clip_path(folder, clip)
             parts["mel"].append(log_mel(fit_length(load_audio(path, mel.sample_rate), samples), mel).half())
             if not video:
                 parts["times"].append((torch.arange(frames) + 0.5) * samples / mel.sample_rate / frames)
