@@ -96,7 +96,7 @@ def truncations(data: bytes, fractions: tuple[float, ...]) -> dict[str, bytes]:
 
 
 def fmt_fraction(f: float) -> str:
-    return f"at-{round(f * 100)}pct"
+    return f"at-{f * 100:g}pct"  # 0.1pct, 99pct
 
 
 def png_header_bomb(width: int, height: int) -> bytes:

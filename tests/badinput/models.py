@@ -199,7 +199,7 @@ def checkpoint_cases() -> list[Case]:
 
     out = [case(f"truncated-safetensors-{n}", truncate_weights(size=s)) for n, s in
            (("0-bytes", 0), ("4-bytes", 4), ("8-bytes", 8), ("in-header", 40))]
-    out += [case(f"truncated-safetensors-at-{round(f * 100)}pct", truncate_weights(f)) for f in (0.25, 0.5, 0.9, 0.999)]
+    out += [case(f"truncated-safetensors-at-{f * 100:g}pct", truncate_weights(f)) for f in (0.25, 0.5, 0.9, 0.999)]
     out += [
         case("header-claims-2-to-the-60-bytes", header_claims(2**60)),
         case("random-bytes-as-safetensors", lambda p: (p / "model.safetensors").write_bytes(os.urandom(4096))),
