@@ -42,6 +42,8 @@ class VideoCaptionerConfig:
     decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(
         name="attention_lstm", embed_dim=64, hidden_dim=192, attention_dim=96, dropout=0.1, max_len=40,
         doubly_stochastic=0.0))
+    modality_dropout: float = 0.0     # training: chance that a clip loses one (random) modality's tokens, so
+                                      # the model cannot lean on one modality alone (needs 2 modalities)
     event_weight: float = 1.0         # weight of the event-time loss
     event_pos_weight: float = 4.0     # event frames are rare: weight positives in the BCE
 
@@ -89,9 +91,19 @@ class VideoCaptioner(nn.Module):
     def memory(self, tokens: dict[str, torch.Tensor], mode: torch.Tensor) -> torch.Tensor:
         """Mode token + every modality's tokens (each with its modality embedding): (B, 1 + N, D)."""
         parts = [self.mode_embed(mode)[:, None]]
-        for name, x in tokens.items():
-            parts.append(x + self.modality_embed.weight[MODALITIES.index(name)])
+        keep = self.modality_mask(tokens, mode.shape[0], mode.device)
+        for m, (name, x) in enumerate(tokens.items()):
+            parts.append(x * keep[:, m, None, None] + self.modality_embed.weight[MODALITIES.index(name)])
         return torch.cat(parts, dim=1)
+
+    def modality_mask(self, tokens: dict[str, torch.Tensor], b: int, device: torch.device) -> torch.Tensor:
+        """(B, M) 1 = keep; in training, with `modality_dropout`, one random modality of some clips is 0."""
+        keep = torch.ones(b, len(tokens), device=device)
+        if self.training and self.cfg.modality_dropout > 0 and len(tokens) > 1:
+            drop = torch.rand(b, device=device) < self.cfg.modality_dropout
+            which = torch.randint(len(tokens), (b,), device=device)
+            keep[drop, which[drop]] = 0.0
+        return keep
 
     def event_logits(self, tokens: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
         return self.event_head(self.media.time_tokens(tokens, steps)).squeeze(-1)  # (B, steps)
