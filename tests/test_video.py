@@ -205,3 +205,12 @@ def test_cli_shapes_video_keyframes_and_describe_errors(tmp_path, monkeypatch, c
     assert code == 2 and err.count("\n") == 1 and "cut.mp4" in err and "truncated" in err
     code, err = _cli(monkeypatch, capsys, "describe", str(video), "--model", str(tmp_path / "no_model"))
     assert code == 2 and err.startswith("error: ") and "no_model" in err
+
+
+def test_modality_dropout_only_in_training():
+    tok = WordTokenizer.build(["a red circle appears"])
+    model = VideoCaptioner(VideoCaptionerConfig(media=_media(), modality_dropout=0.5), tok)
+    tokens = {"video": torch.zeros(200, 8, 32), "audio": torch.zeros(200, 8, 32)}
+    keep = model.train().modality_mask(tokens, 200, torch.device("cpu"))
+    assert 50 < int((keep == 0).sum()) < 150 and bool((keep.sum(1) >= 1).all())  # never both dropped
+    assert bool((model.eval().modality_mask(tokens, 200, torch.device("cpu")) == 1).all())
