@@ -32,6 +32,8 @@ from safetensors.torch import load_file
 from polymodal.checkpoint import PAUSE_AT, PAUSE_FILE, recover_directory
 from polymodal.config import load_config
 from polymodal.data.datasets import shapes_folder
+from polymodal.train.state import drop_partial_line
+from polymodal.viz import read_log_series
 
 STEPS = 16
 OVERRIDES = [f"train.steps={STEPS}", "train.batch_size=8", "train.warmup_steps=3", "train.eval_every=0",
@@ -134,6 +136,10 @@ def test_kill_9_at_five_moments_then_resume_gives_identical_weights(experiment: 
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}/{key} differs after {resumed_from}"
     assert not list(interrupted.glob(".checkpoint.tmp-*")) and not (interrupted / "checkpoint.old").exists()
+    # The log of the five-times-killed run is whole: every line a record, the curves readable.
+    lines = (interrupted / "log.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)
+    assert read_log_series(interrupted / "log.jsonl")["loss"][0][-1] == STEPS
 
     refused = _train(tmp, interrupted, extra=("train.lr=0.0007", f"train.steps={STEPS + 4}"))
     _, err = refused.communicate(timeout=120)
@@ -167,3 +173,13 @@ def test_kill_9_at_random_moments_until_done(experiment: Path):
     a = load_file(str(tmp / "straight" / "checkpoint" / "model.safetensors"))
     b = load_file(str(out / "checkpoint" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), f"differs after {kills} random kills"
+
+
+def test_a_log_line_cut_by_a_kill_is_dropped_before_the_run_goes_on(tmp_path: Path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed in the middle of a write
+    drop_partial_line(log)
+    assert log.read_bytes() == b'{"step": 1, "loss": 2.0}\n'
+    log.write_bytes(b"x" * 70_000)  # one huge partial line, longer than a read block
+    drop_partial_line(log)
+    assert log.read_bytes() == b""

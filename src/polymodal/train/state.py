@@ -91,3 +91,24 @@ def restore_trainer_state(optimizer: torch.optim.Optimizer, progress: dict[str, 
     opt = {k: v for k, v in tensors.items() if k.startswith("state.")}
     optimizer.load_state_dict(optimizer_from_files(opt, progress["optimizer"]))
     set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, progress["rng"])
+
+
+def drop_partial_line(path: Path) -> None:
+    """Cut a JSON-lines file after its last complete line: a kill -9 can leave half a record at the end,
+    which a resumed run would otherwise glue to its first record (and `polymodal curves` would refuse)."""
+    if not path.is_file():
+        return
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, 2)
+        pos = end
+        while pos > 0:
+            step = min(pos, 65536)
+            fh.seek(pos - step)
+            block = fh.read(step)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                pos = pos - step + cut + 1
+                break
+            pos -= step
+        if pos < end:
+            fh.truncate(pos)

@@ -33,7 +33,7 @@ from ..checkpoint import atomic_directory, load_weights, recover_directory
 from ..config import TrainConfig
 from ..errors import CheckpointError
 from . import distributed
-from .state import read_trainer_state, restore_trainer_state, write_trainer_state
+from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
 LOWER_IS_BETTER = ("loss", "perplexity", "rank")
 
@@ -219,6 +219,8 @@ class Trainer:
     def fit(self, resume: bool = True, stop_at: int | None = None) -> dict[str, Any]:
         """Train to `cfg.steps` (or until early stopping); `stop_at` ends early as a crash would."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.env.is_main:
+            drop_partial_line(self.out / "log.jsonl")  # what a kill -9 mid-write left
         if resume and self.maybe_resume():
             tqdm.write(f"resumed from {self.out / 'checkpoint'} at step {self.step}")
         else:
