@@ -100,6 +100,11 @@ def describe_example(run_dir: str) -> str:
     return "\n".join(lines + ["", *truth])
 
 
+def _minutes(summary: dict) -> str:
+    """Training time (the Trainer's seconds; evaluation and data preparation not included)."""
+    return f"{summary['seconds'] / 60:.1f}" if "seconds" in summary else ""
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
@@ -123,7 +128,7 @@ def write_report(cap: dict, qa: dict, kf: dict, example: str, started: float) ->
         lines.append(f"| {label} | {_fmt(t['events']['bleu4'])} | {_fmt(t['events']['cider'])} | "
                      f"{_fmt(t['summary']['bleu4'])} | {_fmt(t['summary']['cider'])} | "
                      f"{_fmt(t['event_time_hit_rate'])} | {_fmt(t['event_time_hit_rate_evenly_spaced'])} | "
-                     f"{cap[label].get('wall_minutes', '')} | `{command(config, overrides, out)}` |")
+                     f"{_minutes(cap[label])} | `{command(config, overrides, out)}` |")
     av, v = cap["video + audio"]["test"], cap["video only"]["test"]
     lines += ["", "With the sound, event-caption CIDEr changes by "
               f"{av['events']['cider'] - v['events']['cider']:+.3f} and summary CIDEr by "
@@ -137,7 +142,7 @@ def write_report(cap: dict, qa: dict, kf: dict, example: str, started: float) ->
     for label, (config, overrides, out) in QA_RUNS.items():
         t = qa[label]["test"]
         lines.append(f"| {label} | {_fmt(t['accuracy'])} | {_fmt(t['accuracy/audio_only'])} | "
-                     f"{_fmt(t['accuracy/visual'])} | {qa[label].get('wall_minutes', '')} | "
+                     f"{_fmt(t['accuracy/visual'])} | {_minutes(qa[label])} | "
                      f"`{command(config, overrides, out)}` |")
     types = sorted(k for k in next(iter(qa.values()))["test"] if k.startswith("accuracy/") and "_" in k
                    and k not in ("accuracy/audio_only",))
