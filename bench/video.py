@@ -117,6 +117,8 @@ def write_report(cap: dict, qa: dict, kf: dict, example: str, started: float) ->
              "Models see 16 uniformly sampled frames (features from the frozen, scene-pretrained small CNN of",
              "configs/vqa.yaml) and/or the log-mel spectrogram (40 mels) of the soundtrack.",
              "Reproduce everything: `OMP_NUM_THREADS=1 python bench/video.py` (trains what is missing, one run at a time).",
+             "`train min` is the training loop's time on one thread of a shared 2-core machine (one-time data generation,",
+             "decoding and feature caching not included: about 2 + 1.5 minutes for the 1200 clips).",
              "", "## Captioning (event captions and one-sentence summaries)", "",
              "Beam search (3); BLEU-4 and CIDEr-D from pycocoevalcap (PTB tokenizer), one reference per clip.",
              "Event-time hit rate: share of annotated event starts with a predicted start within 0.25 s",
