@@ -129,3 +129,17 @@ def test_cache_refuses_a_trainable_encoder(tmp_path):
     cfg = _train_config(tmp_path, "bad", "data.feature_cache=true", "model.encoder.freeze=false")
     with pytest.raises(ConfigError, match="frozen encoder"):
         train_captioner(cfg, progress=False)
+
+
+def test_indexing_from_the_cache_gives_the_same_embeddings(records, tmp_path):
+    from polymodal.retrieval import build_image_index
+    from tests.test_dual_encoder import tiny_dual
+
+    model = tiny_dual().eval()
+    folder = tmp_path / "images"
+    plain, _ = build_image_index(model, folder, batch_size=4, progress=False)
+    cached, _ = build_image_index(model, folder, batch_size=4, progress=False, feature_cache=tmp_path / "f")
+    again, _ = build_image_index(model, folder, batch_size=4, progress=False, feature_cache=tmp_path / "f")
+    assert plain.items == cached.items == again.items and len(plain.items) == 10
+    assert torch.allclose(plain.embeddings, cached.embeddings, atol=1e-5)
+    assert torch.equal(cached.embeddings, again.embeddings)

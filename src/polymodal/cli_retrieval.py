@@ -39,6 +39,8 @@ def index(model_dir: Path = typer.Argument(..., help="dual encoder model directo
           captions: Path | None = typer.Option(None, help="index captions instead: .txt (one a line), "
                                                "JSON list or COCO captions JSON"),
           batch_size: int = typer.Option(128, help="images per batch"),
+          feature_cache: Path | None = typer.Option(None, help="cache the image encoder's features in this "
+                                                    "folder and reuse them on the next run (data/cache.py)"),
           quiet: bool = typer.Option(False, help="no progress bar")) -> None:
     """Embed a folder of images (or a caption file) into a retrieval index."""
     from .errors import InputError
@@ -51,7 +53,8 @@ def index(model_dir: Path = typer.Argument(..., help="dual encoder model directo
         idx = build_text_index(model, read_caption_file(captions), model_dir, source=str(captions))
         skipped = ""
     else:
-        idx, report = build_image_index(model, images_dir, batch_size, progress=not quiet, model_dir=model_dir)
+        idx, report = build_image_index(model, images_dir, batch_size, progress=not quiet, model_dir=model_dir,
+                                        feature_cache=feature_cache)
         skipped = f"; {report.summary()}" if report.count else ""
     idx.save(out)
     typer.echo(f"indexed {len(idx.items)} {idx.kind}s into {out}{skipped}")

@@ -124,10 +124,17 @@ def find_images(folder: str | Path) -> list[Path]:
 
 @torch.inference_mode()
 def embed_image_files(model: nn.Module, paths: Sequence[str | Path], batch_size: int = 128,
-                      progress: bool = True) -> tuple[torch.Tensor, list[str], SkipReport]:
-    """Embed image files in batches; unreadable ones are skipped and counted in the returned report."""
+                      progress: bool = True,
+                      feature_cache: str | Path | None = None) -> tuple[torch.Tensor, list[str], SkipReport]:
+    """Embed image files in batches; unreadable ones are skipped and counted in the returned report.
+
+    With `feature_cache` (a cache folder, data/cache.py) the image encoder's features are cached there, so
+    indexing the same images again with a model that shares the (frozen) image encoder skips the encoder.
+    """
     report = SkipReport(source="images")
     model.eval()
+    if feature_cache is not None:
+        return _embed_cached(model, paths, batch_size, progress, Path(feature_cache), report)
     chunks, kept = [], []
     bar = tqdm(total=len(paths), desc="embedding images", unit="img", disable=not progress)
     for start in range(0, len(paths), batch_size):
@@ -145,18 +152,33 @@ def embed_image_files(model: nn.Module, paths: Sequence[str | Path], batch_size:
     return (torch.cat(chunks) if chunks else torch.zeros(0, model.cfg.embed_dim)), kept, report
 
 
+@torch.inference_mode()
+def _embed_cached(model: nn.Module, paths: Sequence[str | Path], batch_size: int, progress: bool, root: Path,
+                  report: SkipReport) -> tuple[torch.Tensor, list[str], SkipReport]:
+    from .data.cache import feature_cache
+
+    records = [CaptionRecord(str(p), str(p), []) for p in paths]
+    cache = feature_cache(model.encoder, records, model.cfg.image_size, root, batch_size, progress=progress,
+                          report=report)
+    chunks = [model.encode_image_features(cache.batch(list(range(i, min(i + batch_size, len(cache)))))
+                                          .to(model.device)).float().cpu()
+              for i in range(0, len(cache), batch_size)]
+    return torch.cat(chunks), [r.image for r in cache.records], report
+
+
 def _model_info(model: nn.Module, model_dir: str | Path | None) -> dict[str, Any]:
     return {"architecture": getattr(model, "architecture", type(model).__name__),
             **({"dir": str(Path(model_dir).resolve())} if model_dir is not None else {})}
 
 
 def build_image_index(model: nn.Module, folder: str | Path, batch_size: int = 128, progress: bool = True,
-                      model_dir: str | Path | None = None) -> tuple[RetrievalIndex, SkipReport]:
-    """Embed every image under `folder`; returns the index and what was skipped."""
+                      model_dir: str | Path | None = None,
+                      feature_cache: str | Path | None = None) -> tuple[RetrievalIndex, SkipReport]:
+    """Embed every image under `folder` (encoder features cached under `feature_cache` if given)."""
     paths = find_images(folder)
     if not paths:
         raise InputError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    emb, kept, report = embed_image_files(model, paths, batch_size, progress)
+    emb, kept, report = embed_image_files(model, paths, batch_size, progress, feature_cache)
     if not kept:
         raise InputError(f"{folder}: none of the {len(paths)} images could be read; {report.summary()}")
     info = {"model": _model_info(model, model_dir), "root": str(Path(folder).resolve()), "skipped": report.count}

@@ -175,7 +175,11 @@ class DualEncoder(nn.Module):
     # ---- the OpenCLIP API --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Normalized images (B, 3, S, S) -> embeddings (B, E), unit length unless `normalize=False`."""
-        x = self.image_proj(self.pool(self.encoder(images)))
+        return self.encode_image_features(self.encoder(images), normalize)
+
+    def encode_image_features(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Encoder region features (B, N, C), e.g. from the feature cache -> embeddings (B, E)."""
+        x = self.image_proj(self.pool(features))
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, text_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
