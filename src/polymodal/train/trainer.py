@@ -140,9 +140,10 @@ class Trainer:
         if not (folder / "trainer_state.json").exists():
             return False
         progress, tensors = read_trainer_state(folder)
-        if _comparable(progress.get("config", {})) != _comparable(self.run_config):
-            raise CheckpointError(f"{folder}: checkpoint was made with a different config; use another "
-                                  f"train.out_dir or delete {folder} to start over")
+        changes = config_changes(_comparable(progress.get("config", {})), _comparable(self.run_config))
+        if changes:
+            raise CheckpointError(f"{folder}: checkpoint was made with a different config ({', '.join(changes[:3])}); "
+                                  f"use another train.out_dir or delete {folder} to start over")
         load_weights(self.model, folder)
         restore_trainer_state(self.optimizer, progress, tensors)
         for key in ("step", "epoch", "position", "best", "bad_evals", "skipped"):
@@ -266,6 +267,19 @@ class Trainer:
                    "skipped_items": skipped, "world_size": self.env.world_size, **{f"final_{k}": v for k, v in last.items()}}
         self.log({"summary": summary})
         return summary
+
+
+def config_changes(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted keys whose values differ, as "train.lr: 0.005 -> 0.001". Keys on one side only are
+    fields a polymodal upgrade added or removed, not a change of the run, so they do not count.
+
+    Example:
+        >>> config_changes({"train": {"lr": 0.005, "steps": 9}}, {"train": {"lr": 0.001, "steps": 9, "new": 1}})
+        ['train.lr: 0.005 -> 0.001']
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in old if k in new for c in config_changes(old[k], new[k], f"{where}.{k}" if where else k)]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
