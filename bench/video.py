@@ -36,8 +36,7 @@ CAPTION_RUNS = {
 QA_RUNS = {
     "video + audio, cross-attention (feature level)": (QA, [], "runs/video_qa"),
     "video only, cross-attention (feature level)": (QA, ["model.media.modalities=[video]"], "runs/video_qa_video"),
-    "video + audio, learned vote (decision level), 500 steps": (
-        QA, ["model.fusion.name=vote_learned", "train.steps=500"], "runs/video_qa_vote"),
+    "audio only, cross-attention (feature level)": (QA, ["model.media.modalities=[audio]"], "runs/video_qa_audio"),
 }
 
 
