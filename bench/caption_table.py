@@ -75,7 +75,11 @@ def main() -> None:
         f"{len(splits['heldout'])} held-out-composition images (Shapes World n={args.n}, seed 0), "
         f"5 references each, scored by pycocoevalcap (PTB tokenizer; CIDEr-D on coco-caption's x10 scale).\n\n"
         f"{table}\n\nTraining times are wall-clock on the 2-core reference machine while other training jobs shared "
-        f"it; alone, the attention LSTM trains at about 5 steps/s (1500 steps in about 5 minutes).\n\n"
+        f"it; alone, the attention LSTM trains at about 5 steps/s (1500 steps in about 5 minutes). Rows "
+        f"\"+ refine\" and \"+ SCST\" give the time of that second stage alone, on top of the row above. Steps: "
+        f"seed 800, attention LSTM and transformer decoder 1500, prefix LM 3000 (after 300 steps of text-only LM "
+        f"pretraining), refine 600, SCST 300; see [transformers.md](transformers.md) for the transformer models "
+        f"and SCST.\n\n"
         f"Reproduce: `{command}`\n")
     print(table)
 
