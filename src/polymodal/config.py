@@ -96,7 +96,7 @@ class TrainConfig:
     num_workers: int = 0              # DataLoader worker processes (decoding off the main process)
     persistent_workers: bool = False  # keep workers alive across epochs (with num_workers > 0)
     channels_last: bool = False       # NHWC memory format for images and the encoder
-    compile: bool = False             # torch.compile the model for training
+    compile: bool = False             # torch.compile the image encoder (fixed shapes) for training
 
 
 @dataclass
