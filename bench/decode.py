@@ -114,7 +114,7 @@ best of 10 interleaved runs. Plot: [bench_decode_cost.png](bench_decode_cost.png
 Time is a fixed part (encoding the {n} images, setting up the beams) plus one decoder step over
 batch x beam rows per token: from 8 to 32 tokens each extra token costs
 {(by_length[32] - by_length[8]) / 24 * 1000:.2f} ms at beam 3. Beam 8 costs {by_beam[8] / by_beam[1]:.1f}x greedy,
-not 8x: the batch x beam rows of a step share one matrix product.
+not 8x: the batch x beam rows of a step share one matrix product. Peak RSS {peak_rss_mb():.0f} MB.
 """)
 
 
