@@ -90,7 +90,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--n", type=int, default=300, help="Shapes World images (all splits)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine, more threads stall on busy cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     results = {name: measure(config, overrides, args, tmp) for name, (config, overrides) in SETUPS.items()}
     rows, notes = [], []

@@ -59,7 +59,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine, more threads stall on busy cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours, plain = encoders(args.arch)
     x = torch.randn(args.batch, 3, args.size, args.size)

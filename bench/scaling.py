@@ -146,7 +146,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,128,256,512")
     parser.add_argument("--datasets", default="1000,10000,100000,120000")
     parser.add_argument("--point", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine, more threads stall on busy cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.point:
         kind, value = args.point
         print(json.dumps(image_point(int(value), 60) if kind == "image" else dataset_point(value)))
