@@ -19,24 +19,21 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_weights, read_model_dir, resolve_model_dir, save_model_dir, write_model_files
-from ..config import EncoderConfig, from_dict
+from ..config import EncoderConfig
 from ..data.dialogue import ASSISTANT, USER, Message, context_ids
 from ..errors import CheckpointError
 from ..generate import GenerationConfig, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
 from .attention import AdditiveAttention
+from .base import SavedModel
 from .encoders import build_encoder
 from .fusion import CrossAttentionBlock, pool
 from .vqa import QUESTION_ENCODERS, ImageInput, QuestionEncoderConfig, RegionProjector, images_to_batch
@@ -83,10 +80,10 @@ class DialogueDecoder(nn.Module):
 
 
 @MODELS.register("chat")
-class Assistant(nn.Module):
+class Assistant(SavedModel, nn.Module):
     """Image + dialogue history -> a generated answer. See the module docstring."""
 
-    architecture = "chat"
+    architecture, config_cls = "chat", ChatModelConfig
 
     def __init__(self, cfg: ChatModelConfig, tokenizer: Tokenizer):
         super().__init__()
@@ -162,30 +159,3 @@ class Assistant(nn.Module):
             regions = self.encoder(images)
         return self.generate_answers(regions, torch.tensor([ids], device=self.device),
                                      GenerationConfig(**generation))[0]
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def config_dict(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg)}
-
-    def write_files(self, folder: Path) -> None:
-        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        return save_model_dir(path, self.config_dict(), self, self.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> Assistant:
-        path = resolve_model_dir(path)
-        config, tokenizer = read_model_dir(path)
-        if tokenizer is None:
-            raise CheckpointError(f"{path}: tokenizer.json missing; the assistant needs its vocabulary")
-        cfg = from_dict(ChatModelConfig, config.get("model", {}), f"{path}/config.json:model")
-        cfg.encoder.pretrained = None  # the weights below replace any initial weights
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls(cfg, tokenizer)
-        load_weights(model, path)
-        return model.eval()

@@ -15,9 +15,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,18 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import (
-    atomic_directory,
-    load_weights,
-    read_model_dir,
-    resolve_model_dir,
     save_tensors,
-    write_model_files,
 )
 from ..config import EncoderConfig, from_dict
-from ..data.images import image_to_tensor, load_image
+from ..data.images import images_to_batch
 from ..errors import ConfigError, InputError
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
+from .base import SavedModel, forget_initial_weights
 from .captioner import ImageInput
 from .encoders import build_encoder
 from .text_encoders import TextEncoderConfig, build_text_encoder
@@ -142,10 +136,10 @@ class MeanPool(nn.Module):
 
 
 @MODELS.register("dual_encoder")
-class DualEncoder(nn.Module):
+class DualEncoder(SavedModel, nn.Module):
     """Image tower + text tower projected into one normalized space; see the module docstring."""
 
-    architecture = "dual_encoder"
+    architecture, config_cls, needs_tokenizer = "dual_encoder", DualEncoderConfig, False
 
     def __init__(self, cfg: DualEncoderConfig, tokenizer: Tokenizer | None, saved_dir: Path | None = None):
         super().__init__()
@@ -206,25 +200,9 @@ class DualEncoder(nn.Module):
         return scale * image @ text.T, losses
 
     # ---- inference ---------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def preprocess(self, images: list[ImageInput] | ImageInput) -> torch.Tensor:
         """Paths, bytes, PIL images or normalized (3, H, W) tensors -> one batch (B, 3, S, S)."""
-        items = images if isinstance(images, (list, tuple)) else [images]
-        if not items:
-            raise InputError("no images given; pass at least one image path, PIL image or tensor")
-        size, out = self.cfg.image_size, []
-        for item in items:
-            if isinstance(item, torch.Tensor):
-                if item.ndim != 3 or item.shape[0] != 3:
-                    raise InputError(f"image tensor must be (3, H, W) and normalized, got {tuple(item.shape)}")
-                item = F.interpolate(item[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-                out.append(item)
-            else:
-                out.append(image_to_tensor(load_image(item), size))
-        return torch.stack(out).to(self.device)
+        return images_to_batch(images, self.cfg.image_size, self.device)
 
     @torch.inference_mode()
     def embed_images(self, images: list[ImageInput] | ImageInput, batch_size: int = 256) -> torch.Tensor:
@@ -262,31 +240,19 @@ class DualEncoder(nn.Module):
         return path
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg)}
-
     def write_files(self, folder: Path) -> None:
         """config.json, tokenizer.json (word towers), model.safetensors and, for hf_bert, text_tower/."""
-        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
+        super().write_files(folder)
         if hasattr(self.text, "save_extra"):
             self.text.save_extra(Path(folder))
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        with atomic_directory(path) as tmp:
-            self.write_files(tmp)
-        return Path(path)
-
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> DualEncoder:
-        path = resolve_model_dir(path)
-        config, tokenizer = read_model_dir(path)
-        cfg = from_dict(DualEncoderConfig, config.get("model", {}), f"{path}/config.json:model")
-        cfg.encoder.pretrained = None  # the saved weights replace any initial weights
-        with warnings.catch_warnings():  # no "random init" warning: the weights come next
-            warnings.simplefilter("ignore")
-            model = cls(cfg, tokenizer, saved_dir=path)
-        load_weights(model, path)
-        return model.eval()
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer | None,
+                    source: str = "config.json") -> DualEncoder:
+        """An untrained model; a Hugging Face text tower is read from the save's folder (`source`'s parent)."""
+        cfg = from_dict(DualEncoderConfig, config.get("model", {}), f"{source}:model")
+        forget_initial_weights(cfg)
+        return cls(cfg, tokenizer, saved_dir=Path(source).parent)
 
 
 def same_pair(text_ids: torch.Tensor, record: torch.Tensor | None) -> torch.Tensor:
