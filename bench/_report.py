@@ -65,6 +65,12 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
+def shown(path: str | Path) -> str:
+    """A model path as the docs show it: relative to the repository when inside it."""
+    path, root = Path(path).resolve(), DOCS.parent
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def write_section(name: str, markdown: str, path: Path = DOCS / "benchmarks.md") -> Path:
     """Replace (or append) the section between `<!-- bench:name -->` markers, keeping the others."""
     path.parent.mkdir(parents=True, exist_ok=True)

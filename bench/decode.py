@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import best_time, interleaved_best, machine, peak_rss_mb, save_plot, write_section  # noqa: E402
+from _report import best_time, interleaved_best, machine, peak_rss_mb, save_plot, shown, write_section  # noqa: E402
 
 from polymodal import load  # noqa: E402
 from polymodal.assets import bundled_model_dir  # noqa: E402
@@ -139,7 +139,7 @@ def prefix_model(path: str | None) -> tuple[torch.nn.Module, str]:
     if path and Path(path).exists():
         from polymodal.models import prefix_lm  # noqa: F401  (registers the architecture)
 
-        return load(path).eval(), f"`{path}`"
+        return load(path).eval(), f"`{shown(path)}`"
     from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
     from polymodal.models.prefix_lm import PrefixLM
     from polymodal.text.tokenizer import WordTokenizer

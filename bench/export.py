@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import best_time, machine, write_section  # noqa: E402
+from _report import best_time, machine, shown, write_section  # noqa: E402
 
 from polymodal import load  # noqa: E402
 from polymodal.assets import bundled_model_dir  # noqa: E402
@@ -26,12 +26,6 @@ from polymodal.data.datasets import load_split  # noqa: E402
 from polymodal.export import OnnxCaptioner, export_onnx  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
 from polymodal.metrics import caption_metrics  # noqa: E402
-
-
-def shown(path: str | Path) -> str:
-    """A model path as the docs show it: relative to the repository when inside it."""
-    path, root = Path(path).resolve(), Path(__file__).resolve().parent.parent
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import best_time, machine, write_section  # noqa: E402
+from _report import best_time, machine, shown, write_section  # noqa: E402
 
 from polymodal import load as load_model  # noqa: E402
 from polymodal.assets import bundled_model_dir  # noqa: E402
@@ -34,12 +34,6 @@ from polymodal.data.shapes import render, sample_scene  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
 
 CLIENTS = (1, 8)
-
-
-def shown(path: str | Path) -> str:
-    """A model path as the docs show it: relative to the repository when inside it."""
-    path, root = Path(path).resolve(), Path(__file__).resolve().parent.parent
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def free_port() -> int:
