@@ -83,3 +83,22 @@ class SavedModel:
             model = cls.from_config(config, tokenizer, f"{path}/config.json")
         load_weights(model, path)
         return model.eval()
+
+
+class SavedAnswerModel(SavedModel):
+    """A SavedModel that classifies into an answer vocabulary (VQA, video QA), saved in config.json's "answers"."""
+
+    answers: list[str]
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**super().config_dict(), "answers": self.answers}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer | None, source: str = "config.json") -> Any:
+        answers = config.get("answers")
+        if not isinstance(answers, list) or not answers:
+            raise CheckpointError(f"{source}: a {cls.architecture} model needs its 'answers' list; copy config.json "
+                                  f"from the same save, or re-train")
+        cfg = from_dict(cls.config_cls, config.get("model", {}), f"{source}:model")
+        forget_initial_weights(cfg)
+        return cls(cfg, tokenizer, [str(a) for a in answers])  # type: ignore[call-arg]

@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_weights, read_model_dir, resolve_model_dir, save_model_dir, write_model_files
-from ..config import DecoderConfig, from_dict
-from ..errors import CheckpointError
+from ..config import DecoderConfig
 from ..generate import GenerationConfig, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
+from .base import SavedModel
 from .decoders import build_decoder
 from .video import MODALITIES, MediaConfig, MediaEncoder
 
@@ -73,10 +70,10 @@ def load_clip(path: str | Path, media: MediaConfig) -> dict[str, torch.Tensor]:
 
 
 @MODELS.register("video_captioner")
-class VideoCaptioner(nn.Module):
+class VideoCaptioner(SavedModel, nn.Module):
     """Captions and summarises clips, and finds when their events happen; see the module docstring."""
 
-    architecture = "video_captioner"
+    architecture, config_cls = "video_captioner", VideoCaptionerConfig
 
     def __init__(self, cfg: VideoCaptionerConfig, tokenizer: Tokenizer):
         super().__init__()
@@ -171,34 +168,6 @@ class VideoCaptioner(nn.Module):
                 "events": [{"time": round(float(times[i]), 2), "event": c}
                            for i, c in zip(sorted(peaks), clauses, strict=False)],
                 "event_probs": [round(float(p), 3) for p in probs]}
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # ---- checkpoints -------------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg)}
-
-    def write_files(self, folder: Path) -> None:
-        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        return save_model_dir(path, self.config_dict(), self, self.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> VideoCaptioner:
-        path = resolve_model_dir(path)
-        config, tokenizer = read_model_dir(path)
-        if tokenizer is None:
-            raise CheckpointError(f"{path}: a video captioner needs tokenizer.json")
-        cfg = from_dict(VideoCaptionerConfig, config.get("model", {}), f"{path}/config.json:model")
-        cfg.media.encoder.pretrained = None  # the weights below replace any initial weights
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls(cfg, tokenizer)
-        load_weights(model, path)
-        return model.eval()
 
 
 def pick_peaks(scores: torch.Tensor, k: int, min_gap: int = 2) -> list[int]:

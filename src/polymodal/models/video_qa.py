@@ -14,21 +14,17 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import load_weights, read_model_dir, resolve_model_dir, save_model_dir, write_model_files
-from ..config import from_dict
 from ..data.qa import encode_text
 from ..errors import CheckpointError, InputError
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
+from .base import SavedAnswerModel
 from .fusion import FusionConfig, build_fusion
 from .video import MediaConfig, MediaEncoder
 from .video_captioner import load_clip
@@ -44,10 +40,10 @@ class VideoQAConfig:
 
 
 @MODELS.register("video_qa")
-class VideoQA(nn.Module):
+class VideoQA(SavedAnswerModel, nn.Module):
     """Answers questions about clips by picking from a fixed answer vocabulary."""
 
-    architecture = "video_qa"
+    architecture, config_cls = "video_qa", VideoQAConfig
 
     def __init__(self, cfg: VideoQAConfig, tokenizer: Tokenizer, answers: list[str]):
         super().__init__()
@@ -103,32 +99,3 @@ class VideoQA(nn.Module):
         logits, _ = self({**batch, "tokens": tokens.to(self.device)})
         out = [self.answers[int(i)] for i in logits.argmax(-1)]
         return out[0] if isinstance(questions, str) else out
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # ---- checkpoints -------------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg), "answers": self.answers}
-
-    def write_files(self, folder: Path) -> None:
-        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        return save_model_dir(path, self.config_dict(), self, self.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> VideoQA:
-        path = resolve_model_dir(path)
-        config, tokenizer = read_model_dir(path)
-        answers = config.get("answers")
-        if tokenizer is None or not isinstance(answers, list) or not answers:
-            raise CheckpointError(f"{path}: a video QA model needs tokenizer.json and an 'answers' list")
-        cfg = from_dict(VideoQAConfig, config.get("model", {}), f"{path}/config.json:model")
-        cfg.media.encoder.pretrained = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls(cfg, tokenizer, [str(a) for a in answers])
-        load_weights(model, path)
-        return model.eval()
