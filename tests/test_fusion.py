@@ -136,3 +136,46 @@ def test_bad_fusion_configs_are_config_errors():
     with pytest.raises(ConfigError, match="at least 2"):
         build_fusion(FusionConfig(name="film"), {"image": 2})
 
+
+
+
+def _relation_head():
+    from polymodal.models.relation import RelationHead
+
+    torch.manual_seed(0)
+    return RelationHead(obj_dim=6, q_dim=5, hidden=12, out_dim=7, slots=3).eval()
+
+
+def test_relation_head_shapes_and_gradients():
+    from polymodal.models.relation import grid_xy
+
+    head = _relation_head()
+    regions, question = torch.randn(3, 9, 6, requires_grad=True), torch.randn(3, 4, 5, requires_grad=True)
+    picked, attention = head.select(regions, grid_xy(9, regions.device), question)
+    assert picked.shape == (3, 3, 6 + 2) and attention.shape == (3, 3, 9)
+    assert torch.allclose(attention.sum(-1), torch.ones(3, 3))
+    out = head(regions, grid_xy(9, regions.device), question)
+    assert out.shape == (3, 7)
+    out.sum().backward()
+    assert regions.grad.abs().sum() > 0 and question.grad.abs().sum() > 0
+    assert head.score.weight.grad.abs().sum() > 0 and head.slot_words.weight.grad.abs().sum() > 0  # selection learns
+    assert head(torch.randn(2, 1, 6), grid_xy(1, regions.device), torch.randn(2, 4, 5)).shape == (2, 7)  # one region
+
+
+def test_relation_head_ignores_the_order_of_objects_and_masked_regions():
+    from polymodal.models.relation import grid_xy
+
+    head = _relation_head()
+    regions, question, xy = torch.randn(2, 9, 6), torch.randn(2, 4, 5), grid_xy(9, torch.device("cpu"))
+    with torch.no_grad():
+        picked, _ = head.select(regions, xy, question)
+        order = torch.tensor([2, 0, 1])  # the selected objects in another order: same pairs, same result
+        assert torch.allclose(head.relate(picked, question[:, 0]), head.relate(picked[:, order], question[:, 0]), atol=1e-5)
+        perm = torch.randperm(9)  # shuffling the regions (with their positions) changes nothing
+        assert torch.allclose(head(regions, xy, question), head(regions[:, perm], xy[:, perm], question), atol=1e-5)
+        mask = torch.ones(2, 9, dtype=torch.bool)
+        mask[:, 7:] = False
+        garbage = regions.clone()
+        garbage[:, 7:] = 1e3
+        assert torch.allclose(head(regions, xy, question, mask), head(garbage, xy, question, mask), atol=1e-5)
+        assert not torch.allclose(head(regions, xy, question), head(regions, xy.flip(1), question))  # xy matters

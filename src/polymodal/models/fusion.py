@@ -18,6 +18,7 @@ Feature level (`level == "feature"`, output (B, out_dim), a classifier goes on t
     bilinear         low-rank bilinear pooling prod_m tanh(U_m x_m)  (MLB, Kim et al. 2017)
     film             the `query` modality scales and shifts every region of the others (FiLM, Perez et al. 2018)
     cross_attention  `query` tokens attend to the regions of the others (nn.MultiheadAttention)
+    relation         cross_attention + a relation network over pairs of question-selected regions (relation.py)
 
 Decision level (`level == "decision"`, output (B, num_classes) log-probabilities): one classifier head
 per modality (`head_logits`), then `combine`:
@@ -45,6 +46,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import FUSION
+from .relation import RelationHead, grid_xy
 
 Features = Mapping[str, torch.Tensor]
 Masks = Mapping[str, torch.Tensor] | None
@@ -60,6 +62,7 @@ class FusionConfig:
     dropout: float = 0.1
     query: str = "text"               # the modality that asks: attends (cross_attention), conditions (film)
     weights: list[float] = field(default_factory=list)  # vote_fixed: one per modality, in `dims` order
+    slots: int = 4                    # relation: objects the question selects per image (Shapes World: 1-4)
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -252,22 +255,54 @@ class CrossAttentionFusion(Fusion):
         self.out = _mlp(2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
         self.out_dim = cfg.dim
 
-    def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
+    def attend(self, features: Features, masks: Masks = None) -> dict[str, torch.Tensor]:
+        """The attended query "h" (B, T, D) and "q_mask", the projected "context" (B, N, D) of the other
+        modalities with "context_mask" and each token's grid "xy" (1, N, 2), the last attention "weights"."""
         self._check(features)
         masks = masks or {}
         q, q_mask = as_sequence(features[self.cfg.query], masks.get(self.cfg.query))
-        ctx, ctx_mask = [], []
+        ctx, ctx_mask, xy = [], [], []
         for i, m in enumerate(self.others):
             x, mask = as_sequence(features[m], masks.get(m))
             ctx.append(self.proj[m](x) + self.type_embed[i])
             ctx_mask.append(mask)
+            xy.append(grid_xy(x.shape[1], x.device))
         context, context_mask = torch.cat(ctx, dim=1), torch.cat(ctx_mask, dim=1)  # (B, N, D), (B, N)
         h = self.query_proj(q)  # (B, T, D)
         weights = None
         for block in self.blocks:
             h, weights = block(h, context, context_mask, q_mask)
-        fused = torch.relu(self.out(torch.cat([pool(h, q_mask), pool(context, context_mask)], dim=-1)))
-        return (fused, weights) if return_attention else fused
+        return {"h": h, "q_mask": q_mask, "context": context, "context_mask": context_mask,
+                "xy": torch.cat(xy, dim=1), "weights": weights}
+
+    def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
+        a = self.attend(features, masks)
+        pooled = [pool(a["h"], a["q_mask"]), pool(a["context"], a["context_mask"])]
+        fused = torch.relu(self.out(torch.cat(pooled, dim=-1)))
+        return (fused, a["weights"]) if return_attention else fused
+
+
+class RelationFusion(CrossAttentionFusion):
+    """`cross_attention` plus a relation network over `slots` question-selected regions (models/relation.py):
+    the attended question selects regions and conditions g on pairs of them, whose (x, y) g can compare.
+
+    Example:
+        >>> f = build_fusion(FusionConfig(name="relation", dim=8, hidden=16, heads=2, slots=3), {"image": 4, "text": 6})
+        >>> f({"image": torch.randn(2, 9, 4), "text": torch.randn(2, 5, 6)}).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
+        super().__init__(cfg, dims, num_classes)
+        self.relation = RelationHead(cfg.dim, cfg.dim, cfg.dim, cfg.dim, cfg.slots, cfg.dropout)
+        self.out = _mlp(3 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)  # [question; context mean; relations]
+
+    def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
+        a = self.attend(features, masks)
+        question = pool(a["h"], a["q_mask"])  # (B, D)
+        relations = self.relation(a["context"], a["xy"], a["h"], a["context_mask"], a["q_mask"])  # (B, D)
+        fused = torch.relu(self.out(torch.cat([question, pool(a["context"], a["context_mask"]), relations], dim=-1)))
+        return (fused, a["weights"]) if return_attention else fused
 
 
 # ----------------------------------------------------------------------------- decision level
@@ -359,7 +394,7 @@ _VARIANTS: dict[str, type[Fusion]] = {
     "concat_linear": ConcatLinearFusion, "concat_mlp": ConcatMLPFusion, "gated": GatedFusion,
     "bilinear": BilinearFusion, "film": FiLMFusion, "cross_attention": CrossAttentionFusion,
     "vote_fixed": FixedVoteFusion, "vote_learned": LearnedVoteFusion, "vote_hard": HardVoteFusion,
-    "vote_soft": SoftVoteFusion,
+    "vote_soft": SoftVoteFusion, "relation": RelationFusion,
 }
 
 
