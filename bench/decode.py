@@ -41,8 +41,11 @@ def decode_section(args: argparse.Namespace) -> None:
     rows = []
     for beam in (3, 5):
         cfg = GenerationConfig(strategy="beam", beam_size=beam, max_len=model.cfg.decoder.max_len)
-        per_image = best_time(lambda cfg=cfg: [model.generate(images[i:i + 1], cfg) for i in range(len(images))])
-        batched = best_time(lambda cfg=cfg: model.generate(images, cfg))
+        # Interleaved: on a busy machine a load spike then hits one run of each, not one column.
+        times = interleaved_best({"loop": lambda cfg=cfg: [model.generate(images[i:i + 1], cfg)
+                                                           for i in range(len(images))],
+                                  "batched": lambda cfg=cfg: model.generate(images, cfg)}, repeats=3)
+        per_image, batched = times["loop"], times["batched"]
         same = [h[0].tokens for h in model.generate(images, cfg)] == \
             [model.generate(images[i:i + 1], cfg)[0][0].tokens for i in range(len(images))]
         rows.append((beam, per_image, batched, same))
@@ -57,7 +60,7 @@ def decode_section(args: argparse.Namespace) -> None:
 ## Decoding: batched beam search vs a per-image loop
 
 `python bench/decode.py` — {n} Shapes World test images, the bundled attention-LSTM captioner,
-{machine()}, best of 3 runs. Both columns run the same `generate.beam_search`; the loop calls it once
+{machine()}, best of 3 interleaved runs. Both columns run the same `generate.beam_search`; the loop calls it once
 per image, the batched run once for all {n} ({n} x beam rows in one step).
 
 | decoding | per-image loop | batched | speed-up | same captions |
