@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import EncoderConfig
 from ..data.dialogue import ASSISTANT, USER, Message, context_ids
+from ..data.images import images_to_batch
 from ..errors import CheckpointError
 from ..generate import GenerationConfig, generate
 from ..registry import MODELS
@@ -36,7 +37,7 @@ from .attention import AdditiveAttention
 from .base import SavedModel
 from .encoders import build_encoder
 from .fusion import CrossAttentionBlock, pool
-from .vqa import QUESTION_ENCODERS, ImageInput, QuestionEncoderConfig, RegionProjector, images_to_batch
+from .vqa import QUESTION_ENCODERS, ImageInput, QuestionEncoderConfig, RegionProjector
 
 State = dict[str, torch.Tensor]
 

@@ -15,25 +15,22 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..checkpoint import load_weights, read_model_dir, resolve_model_dir, save_model_dir, write_model_files
-from ..config import EncoderConfig, from_dict
-from ..data.images import image_to_tensor, load_image
+from ..config import EncoderConfig
+from ..data.images import images_to_batch
 from ..data.qa import encode_text
 from ..errors import CheckpointError, InputError
 from ..registry import MODELS, Registry
 from ..text.tokenizer import Tokenizer
+from .base import SavedAnswerModel
 from .encoders import build_encoder
 from .fusion import FusionConfig, build_fusion
 
@@ -149,28 +146,11 @@ class RegionProjector(nn.Module):
         return self.norm(self.proj(regions) + self.position(pos))
 
 
-def images_to_batch(images: list[ImageInput] | ImageInput, size: int, device: torch.device) -> torch.Tensor:
-    """Paths, bytes, PIL images or normalised (3, H, W) tensors -> one normalised batch (B, 3, S, S)."""
-    items = images if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise InputError("no images given; pass at least one image path, PIL image or tensor")
-    tensors = []
-    for item in items:
-        if isinstance(item, torch.Tensor):
-            if item.ndim != 3 or item.shape[0] != 3:
-                raise InputError(f"image tensor must be (3, H, W) and normalized, got {tuple(item.shape)}")
-            tensors.append(F.interpolate(item[None].float(), size=(size, size), mode="bilinear",
-                                         antialias=True, align_corners=False)[0])
-        else:
-            tensors.append(image_to_tensor(load_image(item), size))
-    return torch.stack(tensors).to(device)
-
-
 @MODELS.register("vqa")
-class VQAModel(nn.Module):
+class VQAModel(SavedAnswerModel, nn.Module):
     """Answers questions about images by picking from a fixed answer vocabulary."""
 
-    architecture = "vqa"
+    architecture, config_cls = "vqa", VQAModelConfig
 
     def __init__(self, cfg: VQAModelConfig, tokenizer: Tokenizer, answers: list[str]):
         super().__init__()
@@ -263,36 +243,6 @@ class VQAModel(nn.Module):
         top = probs.topk(min(k, probs.shape[-1]), dim=-1)
         return [[(self.answers[int(i)], float(p)) for p, i in zip(ps, ix, strict=True)]
                 for ps, ix in zip(top.values, top.indices, strict=True)]
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # ---- checkpoints -------------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "model": dataclasses.asdict(self.cfg), "answers": self.answers}
-
-    def write_files(self, folder: Path) -> None:
-        """Write config.json (with the answer vocabulary), tokenizer.json and model.safetensors."""
-        write_model_files(Path(folder), self.config_dict(), self, self.tokenizer)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        return save_model_dir(path, self.config_dict(), self, self.tokenizer)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> VQAModel:
-        path = resolve_model_dir(path)
-        config, tokenizer = read_model_dir(path)
-        answers = config.get("answers")
-        if tokenizer is None or not isinstance(answers, list) or not answers:
-            raise CheckpointError(f"{path}: a VQA model needs tokenizer.json and an 'answers' list in config.json")
-        cfg = from_dict(VQAModelConfig, config.get("model", {}), f"{path}/config.json:model")
-        cfg.encoder.pretrained = None  # the weights below replace any initial weights
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls(cfg, tokenizer, [str(a) for a in answers])
-        load_weights(model, path)
-        return model.eval()
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
