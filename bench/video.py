@@ -29,7 +29,7 @@ CAPTION = "configs/video_caption.yaml"
 QA = "configs/video_qa.yaml"
 CAPTION_RUNS = {
     "video + audio": (CAPTION, [], "runs/video_caption"),
-    "video + audio, no modality dropout": (CAPTION, ["model.modality_dropout=0"], "runs/video_caption_nomd"),
+    "video + audio, modality dropout 0.5": (CAPTION, ["model.modality_dropout=0.5"], "runs/video_caption_md"),
     "video only": (CAPTION, ["model.media.modalities=[video]"], "runs/video_caption_video"),
     "audio only": (CAPTION, ["model.media.modalities=[audio]"], "runs/video_caption_audio"),
 }
