@@ -32,13 +32,7 @@ SCENE = Scene((ShapeObject("circle", "red", "small", 0.15, 0.5), ShapeObject("sq
                ShapeObject("star", "green", "large", 0.85, 0.15)), (40, 40, 40))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one torch thread is several times faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_follow_ups_refer_to_the_opening_referent():

@@ -26,14 +26,7 @@ from polymodal.models.text_encoders import TextEncoderConfig
 from polymodal.retrieval import model_fingerprint
 from polymodal.text.tokenizer import WordTokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_world(n: int = 20) -> tuple[torch.Tensor, list[str]]:

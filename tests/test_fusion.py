@@ -15,13 +15,7 @@ DIMS = {"image": 6, "text": 5, "audio": 4}
 K = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one torch thread is several times faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(batch: int = 3) -> dict[str, torch.Tensor]:

@@ -28,7 +28,9 @@ from polymodal.retrieval import (
     zero_shot_classifier,
 )
 
-from .test_dual_encoder import _one_thread, tiny_dual  # noqa: F401  (_one_thread: autouse fixture)
+from .test_dual_encoder import tiny_dual
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 3 images, 5 texts: texts 0, 1 describe image 0, text 2 image 1, texts 3, 4 image 2.
 SIM = [[0.9, 0.1, 0.8, 0.3, 0.2],

@@ -30,13 +30,7 @@ from polymodal.models.video_captioner import VideoCaptioner, VideoCaptionerConfi
 from polymodal.models.video_qa import VideoQA, VideoQAConfig
 from polymodal.text.tokenizer import WordTokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _colour_clip(n: int = 16, cut: int = 8) -> np.ndarray:
