@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import read_model_dir, resolve_model_dir
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, InputError
 from .models import captioner, chat, dual_encoder, prefix_lm, refine, video_captioner, video_qa, vqa  # noqa: F401
 from .registry import MODELS
 
@@ -34,3 +34,19 @@ def load(path: str | Path) -> nn.Module:
         return MODELS.get(name).from_pretrained(folder)
     except ConfigError as err:  # a bad config.json is a broken checkpoint, whatever section it is in
         raise CheckpointError(str(err)) from None
+
+
+def load_expecting(path: str | Path, architecture: str, fix: str) -> nn.Module:
+    """`load`, then check the model is the kind a command needs; `fix` says how to get one.
+
+    Example:
+        >>> load_expecting("runs/vqa", "vqa", "train one with `polymodal train configs/vqa.yaml`")  # doctest: +SKIP
+
+    Raises:
+        InputError: the directory holds a model of another architecture.
+    """
+    model = load(path)
+    if getattr(model, "architecture", None) != architecture:
+        raise InputError(f"{path}: is a {getattr(model, 'architecture', '?')} model, not a {architecture} "
+                         f"model; {fix}")
+    return model

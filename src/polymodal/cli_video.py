@@ -25,13 +25,9 @@ BUNDLED = "shapes_video_captioner"  # src/polymodal/assets/: trained by configs/
 
 
 def _load(model_dir: Path, architecture: str) -> Any:
-    from .api import load
+    from .api import load_expecting
 
-    model = load(model_dir)
-    if getattr(model, "architecture", None) != architecture:
-        raise InputError(f"{model_dir}: is a {getattr(model, 'architecture', '?')} model, not a {architecture} "
-                         f"model; {TRAIN_HINT}")
-    return model
+    return load_expecting(model_dir, architecture, TRAIN_HINT)
 
 
 @data_app.command("shapes-video")

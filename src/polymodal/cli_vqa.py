@@ -23,14 +23,9 @@ QUIT = {"quit", "exit", ":q"}
 
 def _load(model_dir: Path, architecture: str) -> Any:
     """Load a model directory and check that it is the kind the command needs."""
-    from .api import load
-    from .models import chat, vqa  # noqa: F401  (register the architectures)
+    from .api import load_expecting
 
-    model = load(model_dir)
-    if getattr(model, "architecture", None) != architecture:
-        raise InputError(f"{model_dir}: is a {getattr(model, 'architecture', '?')} model, not a {architecture} "
-                         f"model; train one with `polymodal train configs/{architecture}.yaml`")
-    return model
+    return load_expecting(model_dir, architecture, f"train one with `polymodal train configs/{architecture}.yaml`")
 
 
 @app.command("vqa")
