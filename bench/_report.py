@@ -5,6 +5,9 @@ from __future__ import annotations
 import platform
 import re
 import resource
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +73,37 @@ def shown(path: str | Path) -> str:
     path, root = Path(path).resolve(), DOCS.parent
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, int]:
+    """`polymodal serve ARGS --host 127.0.0.1 --port P` on a free port, once /healthz answers ok (2 min at most).
+
+    Returns the process, its base URL and the port. Raises RuntimeError if it exits or does not come up.
+    """
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "polymodal", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).json()["status"] == "ok":
+                return proc, url, port
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start within 120 s")
 
 def write_section(name: str, markdown: str, path: Path = DOCS / "benchmarks.md") -> Path:
     """Replace (or append) the section between `<!-- bench:name -->` markers, keeping the others."""

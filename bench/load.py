@@ -36,6 +36,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import start_serve  # noqa: E402
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 START, END = "<!-- load:start -->", "<!-- load:end -->"
 MAX_MB, TIMEOUT_S = 1.0, 10.0
@@ -107,30 +110,9 @@ def request_mix() -> list[tuple[str, int, int, dict]]:
 
 
 # ----------------------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: str | None, timeout_s: float = TIMEOUT_S) -> tuple[subprocess.Popen, str, int]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "polymodal", "serve", *([model] if model else []), "--host", "127.0.0.1",
-           "--port", str(port), "--max-mb", str(MAX_MB), "--timeout", str(timeout_s), "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).json()["status"] == "ok":
-                return proc, url, port
-        except (httpx.HTTPError, ValueError):
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start within 120 s")
+    args = [*([model] if model else []), "--max-mb", str(MAX_MB), "--timeout", str(timeout_s), "--threads", "1"]
+    return start_serve(args, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def rss_mb(pid: int) -> float:

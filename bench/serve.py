@@ -15,7 +15,6 @@ import asyncio
 import io
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import best_time, machine, shown, write_section  # noqa: E402
+from _report import best_time, machine, shown, start_serve, write_section  # noqa: E402
 
 from polymodal import load as load_model  # noqa: E402
 from polymodal.assets import bundled_model_dir  # noqa: E402
@@ -34,12 +33,6 @@ from polymodal.data.shapes import render, sample_scene  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
 
 CLIENTS = (1, 8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shapes_pngs(n: int) -> list[bytes]:
@@ -52,22 +45,12 @@ def shapes_pngs(n: int) -> list[bytes]:
 
 
 def start_server(model: str, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "polymodal", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(max_batch), "--max-wait-ms", "10", "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).json()["status"] == "ok":
-                return proc, url
-        except (httpx.HTTPError, ValueError):
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start within 120 s")
+    try:
+        proc, url, _ = start_serve([model, "--max-batch", str(max_batch), "--max-wait-ms", "10",
+                                    "--threads", str(threads)])
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
+    return proc, url
 
 
 def cpu_seconds(pid: int) -> float:
