@@ -37,6 +37,7 @@ from ..errors import CheckpointError, ConfigError
 from ..generate import GenerationConfig, Hypothesis, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
+from .base import forget_initial_weights
 from .captioner import Captioner
 from .decoders import State
 from .encoders import build_encoder
@@ -221,5 +222,5 @@ class PrefixLM(Captioner):
     @classmethod
     def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer, source: str = "config.json") -> PrefixLM:
         cfg = from_dict(ModelConfig, config["model"], f"{source}:model")
-        cfg.encoder.pretrained = None  # the saved weights replace any initial weights
+        forget_initial_weights(cfg)
         return cls(cfg, tokenizer, from_dict(PrefixConfig, config.get("prefix", {}), f"{source}:prefix"))

@@ -26,6 +26,7 @@ from ..generate import GenerationConfig, Hypothesis, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
 from .attention import AdditiveAttention
+from .base import forget_initial_weights
 from .captioner import Captioner
 
 State = dict[str, torch.Tensor]
@@ -168,5 +169,5 @@ class RefiningCaptioner(Captioner):
     def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer,
                     source: str = "config.json") -> RefiningCaptioner:
         cfg = from_dict(ModelConfig, config["model"], f"{source}:model")
-        cfg.encoder.pretrained = None
+        forget_initial_weights(cfg)
         return cls(cfg, tokenizer, from_dict(RefinerConfig, config.get("refiner", {}), f"{source}:refiner"))
