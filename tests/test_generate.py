@@ -119,3 +119,30 @@ def test_bad_generation_config():
         GenerationConfig(strategy="bean")
     with pytest.raises(ConfigError, match="num_return_sequences"):
         GenerationConfig(strategy="beam", beam_size=2, num_return_sequences=3)
+
+
+def test_beam_search_leaves_unchanged_entries_alone_and_reorders_the_rest(monkeypatch):
+    """Entries a step passes through are shared by an input's beams: beam search must not copy them, and
+    the result must equal that of reordering every entry every step."""
+    from polymodal import generate as generate_module
+    from polymodal.generate import beam_search
+
+    weights = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+
+    def step(tokens, state):
+        seen.append(state["image"])
+        # scores depend on the row's history (its running sum) and on its input's fixed entry
+        logits = torch.sin(state["total"][:, None] * weights[0] + state["image"] @ weights[1:, :] * 3)
+        new = {**state, "total": state["total"] * 1.7 + tokens.float()}
+        return logits, new, None
+
+    state = {"image": torch.randn(3, 2, generator=torch.Generator().manual_seed(1)), "total": torch.zeros(3)}
+    cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=6, num_return_sequences=3)
+    hyps = beam_search(step, state, bos_id=1, eos_id=2, cfg=cfg)
+    assert all(s is seen[0] for s in seen[1:]) and seen[0].shape == (9, 2)  # expanded once, never copied
+    monkeypatch.setattr(generate_module, "reorder",
+                        lambda st, rows, unchanged=frozenset(): {k: v.index_select(0, rows) for k, v in st.items()})
+    reference = beam_search(step, state, bos_id=1, eos_id=2, cfg=cfg)
+    assert [[(h.tokens, round(h.score, 5)) for h in r] for r in hyps] == \
+        [[(h.tokens, round(h.score, 5)) for h in r] for r in reference]

@@ -105,3 +105,18 @@ def test_transformer_captioner_beam_search_and_round_trip(tmp_path):
     again = load(tmp_path / "m")
     assert again.generate(images, GenerationConfig(strategy="greedy"))[0][0].tokens == \
         model.generate(images, GenerationConfig(strategy="greedy"))[0][0].tokens
+
+
+def test_attention_after_a_prefix_equals_attention_over_the_concatenation():
+    from polymodal.models.transformer import attend_after_prefix
+
+    torch.manual_seed(0)
+    q = torch.randn(3, 2, 1, 4)
+    prefix = (torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4))
+    rest = (torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4))
+    valid = torch.tensor([[True] * 5, [False, True, True, True, True], [False, False, True, True, True]])
+    got = attend_after_prefix(q, prefix, valid[:, None, None, :], rest)
+    full_mask = torch.cat([valid, torch.ones(3, 2, dtype=torch.bool)], dim=1)[:, None, None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([prefix[0], rest[0]], 2), torch.cat([prefix[1], rest[1]], 2), attn_mask=full_mask)
+    torch.testing.assert_close(got, want)

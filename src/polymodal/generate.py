@@ -5,7 +5,9 @@ A model plugs in through two functions over a dict of batch-first tensors (its d
     step(tokens (R,), state) -> (logits (R, V), state, attention (R, N) or None)
 
 so LSTM states and transformer KV caches are handled alike: beam search reorders any state with
-`index_select(0, rows)`.
+`index_select(0, rows)`. An entry that no step has changed yet (the step passes the very same tensor
+on: image regions, cross-attention keys, a prefix's KV cache) is the same for every beam of an input,
+so beam search leaves it where it is instead of copying it every step.
 
 Example:
     >>> cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=20)
@@ -66,8 +68,9 @@ class Hypothesis:
     attention: torch.Tensor | None = field(default=None, repr=False)
 
 
-def reorder(state: State, rows: torch.Tensor) -> State:
-    return {k: v.index_select(0, rows) for k, v in state.items()}
+def reorder(state: State, rows: torch.Tensor, unchanged: frozenset[str] = frozenset()) -> State:
+    """Rows `rows` of every entry; entries named in `unchanged` are passed on as they are."""
+    return {k: v if k in unchanged else v.index_select(0, rows) for k, v in state.items()}
 
 
 def _banned_ngram_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
@@ -196,8 +199,13 @@ def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
     base = (torch.arange(batch, device=device) * k)[:, None]  # row offset of each input's beams
+    # Entries no step has replaced are still K equal copies per input: reordering within an input's
+    # beams would not change them, so they are not copied (a prefix cache is most of the state).
+    unchanged = frozenset(state)
     for t in range(cfg.max_len):
-        logits, state, alpha = step(tokens, state)
+        logits, new_state, alpha = step(tokens, state)
+        unchanged = frozenset(n for n in unchanged if new_state.get(n) is state[n])
+        state = new_state
         logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
         vocab = logprobs.shape[-1]
         candidates = (beam_scores.reshape(-1, 1) + logprobs).view(batch, k * vocab)
@@ -224,7 +232,7 @@ def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
         beam_scores = top_scores.gather(1, keep)
         rows = (base + top_beam.gather(1, keep)).reshape(-1)
         tokens = top_token.gather(1, keep).reshape(-1)
-        state = reorder(state, rows)
+        state = reorder(state, rows, unchanged)
         history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
         if attn_history is not None:
             attn_history = attn_history.index_select(0, rows)

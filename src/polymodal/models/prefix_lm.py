@@ -9,9 +9,11 @@ positions of its own. So an LM pretrained on captions alone (task `lm_pretrain`)
 sees its text at exactly the positions it was trained on: "LM first, then connect vision".
 
 Generation keeps a KV cache in the decoding state, plain batch-first tensors that the shared
-generate.py (greedy, beam, sampling) reorders like any other state:
-`k{i}`/`v{i}` (B, H, T, d) per layer, `valid` (B, T) (False = padding), `pos` (B,) next text position.
-Each new token then costs one query against the cache instead of a pass over the whole sequence.
+generate.py (greedy, beam, sampling) reorders like any other state: per layer the prefix's
+`pk{i}`/`pv{i}` (B, H, P, d) (image + prompt, fixed after the prefill, so beam search never copies
+them) and the generated tokens' `k{i}`/`v{i}` (B, H, T, d); `valid` (B, P) (False = prompt padding),
+`pos` (B,) next text position. Each new token then costs one query against the cache instead of a
+pass over the whole sequence.
 
 Example:
     >>> model = polymodal.load("runs/prefix_lm")  # doctest: +SKIP
@@ -159,15 +161,20 @@ class PrefixLM(Captioner):
             return {"visual": visual, "text": text, "text_valid": text_valid}
         x, valid = self._sequence(visual, text, text_valid)
         _, cache = self.lm(x, mask=attention_mask(valid, x.shape[1]))
-        return {**cache, "valid": valid, "pos": text_valid.sum(1)}
+        state: State = {"valid": valid, "pos": text_valid.sum(1)}
+        for i in range(len(self.lm.h)):
+            k, v = cache[f"k{i}"], cache[f"v{i}"]
+            state[f"pk{i}"], state[f"pv{i}"] = k, v  # the prefix: fixed from here on
+            state[f"k{i}"], state[f"v{i}"] = k[:, :, :0], v[:, :, :0]  # generated tokens, empty so far
+        return state
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """One token per row against the KV cache: (B,) -> logits (B, V)."""
         x = self.lm.embed(tokens[:, None], state["pos"][:, None])
-        valid = torch.cat([state["valid"], state["valid"].new_ones(tokens.shape[0], 1)], dim=1)
-        # A single new query comes after every cached key, so only padding needs masking.
-        hidden, cache = self.lm(x, mask=valid[:, None, None, :], cache=state)
-        return self.lm.logits(hidden[:, -1]), {**cache, "valid": valid, "pos": state["pos"] + 1}, None
+        prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
+        # A single new query comes after every cached key, so only the prefix's padding needs masking.
+        hidden, cache = self.lm(x, mask=state["valid"][:, None, None, :], cache=state, prefix=prefix)
+        return self.lm.logits(hidden[:, -1]), {**state, **cache, "pos": state["pos"] + 1}, None
 
     def step_uncached(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """The same step by full recomputation of [visual][prompt][tokens so far]: the reference for tests."""

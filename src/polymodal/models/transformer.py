@@ -8,7 +8,8 @@ without padding) or an explicit boolean mask from `attention_mask` (cache, paddi
 
 The KV cache is plain data in the decoding state dict: `k{i}`/`v{i}` of shape (B, H, T, d) per
 layer, batch first, so generate.py's beam search reorders it with `index_select(0, rows)` like
-any other state.
+any other state. The image's cross-attention keys (`ck{i}`/`cv{i}`) pass through every step
+unchanged, so beam search never copies them.
 
 Example:
     >>> from polymodal.config import DecoderConfig
@@ -100,8 +101,12 @@ class Attention(nn.Module):
         return self._heads(k), self._heads(v)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        """x (B, T, D) -> (B, T, D) and this layer's keys/values: `past` + T new ones (self), or `past` (cross)."""
+                past: KV | None = None, prefix: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """x (B, T, D) -> (B, T, D) and this layer's keys/values: `past` + T new ones (self), or `past` (cross).
+
+        `prefix` (decoding one token after a cached prefix): keys/values that come before `past`, attended
+        to without being concatenated to it; `mask` (B, 1, 1, P) then masks the prefix alone.
+        """
         if mask is not None and is_causal:
             raise ValueError("pass one mask: is_causal or an explicit mask, not both")
         if self.cross:
@@ -110,9 +115,30 @@ class Attention(nn.Module):
             q, k, v = (self._heads(t) for t in self.c_attn(x).chunk(3, dim=-1))
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        if prefix is not None:
+            out = attend_after_prefix(q, prefix, mask, (k, v))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                 dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(out.transpose(1, 2).flatten(2)), (k, v)
+
+
+def attend_after_prefix(q: torch.Tensor, prefix: KV, prefix_mask: torch.Tensor | None, rest: KV) -> torch.Tensor:
+    """Attention of ONE query per row (B, H, 1, d) over the keys [prefix; rest] as if concatenated.
+
+    Decoding after a long prefix (an image's visual tokens) would otherwise copy the whole prefix into
+    a new cache every step; the two score blocks share one softmax instead. Only the prefix is masked:
+    every key in `rest` comes before the query.
+    """
+    if q.shape[2] != 1:
+        raise ValueError("attend_after_prefix decodes one token at a time")
+    scale = q.shape[-1] ** -0.5
+    first = (q @ prefix[0].transpose(-1, -2)) * scale  # (B, H, 1, P)
+    if prefix_mask is not None:
+        first = first.masked_fill(~prefix_mask, -math.inf)
+    weights = torch.cat([first, (q @ rest[0].transpose(-1, -2)) * scale], dim=-1).softmax(-1)
+    p = first.shape[-1]
+    return weights[..., :p] @ prefix[1] + weights[..., p:] @ rest[1]
 
 
 class MLP(nn.Module):
@@ -137,8 +163,8 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                past: KV | None = None, memory: KV | None = None) -> tuple[torch.Tensor, KV]:
-        h, kv = self.attn(self.ln_1(x), mask, is_causal, past)
+                past: KV | None = None, memory: KV | None = None, prefix: KV | None = None) -> tuple[torch.Tensor, KV]:
+        h, kv = self.attn(self.ln_1(x), mask, is_causal, past, prefix)
         x = x + self.drop(h)
         if self.crossattn is not None:
             x = x + self.drop(self.crossattn(self.ln_x(x), past=memory)[0])
@@ -175,14 +201,19 @@ class TransformerLM(nn.Module):
         return self.wte(tokens) + self.wpe(positions)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                cache: State | None = None, memory: list[KV] | None = None) -> tuple[torch.Tensor, State]:
-        """Embeddings (B, T, D) -> final hidden states (B, T, D) and the cache with these T positions added."""
+                cache: State | None = None, memory: list[KV] | None = None,
+                prefix: list[KV] | None = None) -> tuple[torch.Tensor, State]:
+        """Embeddings (B, T, D) -> final hidden states (B, T, D) and the cache with these T positions added.
+
+        `prefix`: per layer, cached keys/values before `cache` (see `attend_after_prefix`); not in the result.
+        """
         x = self.drop(x)
         new_cache: State = {}
         for i, block in enumerate(self.h):
             past = (cache[f"k{i}"], cache[f"v{i}"]) if cache is not None else None
             x, (new_cache[f"k{i}"], new_cache[f"v{i}"]) = block(
-                x, mask, is_causal, past, memory[i] if memory is not None else None)
+                x, mask, is_causal, past, memory[i] if memory is not None else None,
+                prefix[i] if prefix is not None else None)
         return self.ln_f(x), new_cache
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
