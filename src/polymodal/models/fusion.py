@@ -19,6 +19,7 @@ Feature level (`level == "feature"`, output (B, out_dim), a classifier goes on t
     film             the `query` modality scales and shifts every region of the others (FiLM, Perez et al. 2018)
     cross_attention  `query` tokens attend to the regions of the others (nn.MultiheadAttention)
     relation         cross_attention + a relation network over pairs of question-selected regions (relation.py)
+    joint            one transformer over [CLS; every modality's tokens] ("merged attention", joint_fusion.py)
 
 Decision level (`level == "decision"`, output (B, num_classes) log-probabilities): one classifier head
 per modality (`head_logits`), then `combine`:
@@ -117,7 +118,7 @@ class Fusion(nn.Module):
                               f"modalities {list(self.modalities)}")
 
 
-def _mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
+def mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
 
 
@@ -139,7 +140,7 @@ class ConcatMLPFusion(Fusion):
 
     def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
         super().__init__(cfg, dims, num_classes)
-        self.mlp = _mlp(sum(self.dims.values()), cfg.hidden, cfg.dim, cfg.dropout)
+        self.mlp = mlp(sum(self.dims.values()), cfg.hidden, cfg.dim, cfg.dropout)
         self.out_dim = cfg.dim
 
     def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
@@ -194,7 +195,7 @@ class FiLMFusion(Fusion):
         self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], cfg.dim) for m in self.others})
         self.film = nn.ModuleDict({m: nn.Linear(self.dims[cfg.query], 2 * cfg.dim) for m in self.others})
         self.post = nn.ModuleDict({m: nn.Linear(cfg.dim, cfg.dim) for m in self.others})
-        self.out = _mlp(cfg.dim * len(self.others) + self.dims[cfg.query], cfg.hidden, cfg.dim, cfg.dropout)
+        self.out = mlp(cfg.dim * len(self.others) + self.dims[cfg.query], cfg.hidden, cfg.dim, cfg.dropout)
         self.out_dim = cfg.dim
 
     def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
@@ -252,7 +253,7 @@ class CrossAttentionFusion(Fusion):
         self.blocks = nn.ModuleList([CrossAttentionBlock(cfg.dim, cfg.heads, cfg.dropout)
                                      for _ in range(max(cfg.layers, 1))])
         # The pooled context rides along: softmax attention normalises counts away, a mean keeps them.
-        self.out = _mlp(2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
+        self.out = mlp(2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
         self.out_dim = cfg.dim
 
     def attend(self, features: Features, masks: Masks = None) -> dict[str, torch.Tensor]:
@@ -295,7 +296,7 @@ class RelationFusion(CrossAttentionFusion):
     def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
         super().__init__(cfg, dims, num_classes)
         self.relation = RelationHead(cfg.dim, cfg.dim, cfg.dim, cfg.dim, cfg.slots, cfg.dropout)
-        self.out = _mlp(3 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)  # [question; context mean; relations]
+        self.out = mlp(3 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)  # [question; context mean; relations]
 
     def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
         a = self.attend(features, masks)
@@ -315,7 +316,7 @@ class VoteFusion(Fusion):
         super().__init__(cfg, dims, num_classes)
         if num_classes < 1:
             raise ConfigError(f"decision-level fusion {cfg.name!r} needs num_classes >= 1")
-        self.heads = nn.ModuleDict({m: _mlp(self.dims[m], cfg.hidden, num_classes, cfg.dropout)
+        self.heads = nn.ModuleDict({m: mlp(self.dims[m], cfg.hidden, num_classes, cfg.dropout)
                                     for m in self.modalities})
         self.out_dim = num_classes
 
@@ -406,6 +407,11 @@ def _register(name: str, cls: type[Fusion]) -> None:
 
 for _name, _cls in _VARIANTS.items():
     _register(_name, _cls)
+
+# Below the base classes it builds on; importing it here keeps one place that fills the registry.
+from .joint_fusion import JointFusion  # noqa: E402
+
+_register("joint", JointFusion)
 
 
 def build_fusion(cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0) -> Fusion:
