@@ -64,6 +64,8 @@ class FusionConfig:
     query: str = "text"               # the modality that asks: attends (cross_attention), conditions (film)
     weights: list[float] = field(default_factory=list)  # vote_fixed: one per modality, in `dims` order
     slots: int = 4                    # relation: objects the question selects per image (Shapes World: 1-4)
+    glimpses: int = 0                 # cross_attention, relation: pool the query tokens by this many learned
+                                      # attentions, concatenated (0 = their mean)
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,6 +122,21 @@ class Fusion(nn.Module):
 
 def mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
+
+
+class AttentivePool(nn.Module):
+    """`glimpses` learned attention distributions over a sequence; their weighted sums, concatenated
+    (structured self-attention, Lin et al. 2017). A mean adds up what "circle" and "square" each found,
+    so "is the circle left of the square?" cannot tell them apart; separate glimpses keep them apart."""
+
+    def __init__(self, dim: int, glimpses: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, glimpses))
+        self.out_dim = dim * glimpses
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = self.score(x).masked_fill(~mask.unsqueeze(-1), -math.inf).softmax(dim=1)  # (B, T, G)
+        return torch.einsum("btg,btd->bgd", weights, x).flatten(1)  # (B, G * D)
 
 
 # ----------------------------------------------------------------------------- feature level
@@ -252,8 +269,10 @@ class CrossAttentionFusion(Fusion):
         self.type_embed = nn.Parameter(torch.zeros(len(self.others), cfg.dim))
         self.blocks = nn.ModuleList([CrossAttentionBlock(cfg.dim, cfg.heads, cfg.dropout)
                                      for _ in range(max(cfg.layers, 1))])
+        self.query_pool = AttentivePool(cfg.dim, cfg.glimpses) if cfg.glimpses > 0 else None
+        self.query_dim = self.query_pool.out_dim if self.query_pool is not None else cfg.dim
         # The pooled context rides along: softmax attention normalises counts away, a mean keeps them.
-        self.out = mlp(2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
+        self.out = mlp(self.query_dim + cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)
         self.out_dim = cfg.dim
 
     def attend(self, features: Features, masks: Masks = None) -> dict[str, torch.Tensor]:
@@ -276,9 +295,13 @@ class CrossAttentionFusion(Fusion):
         return {"h": h, "q_mask": q_mask, "context": context, "context_mask": context_mask,
                 "xy": torch.cat(xy, dim=1), "weights": weights}
 
+    def pooled_query(self, a: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The attended query tokens as one vector (B, query_dim): their mean, or `glimpses` attentions."""
+        return pool(a["h"], a["q_mask"]) if self.query_pool is None else self.query_pool(a["h"], a["q_mask"])
+
     def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
         a = self.attend(features, masks)
-        pooled = [pool(a["h"], a["q_mask"]), pool(a["context"], a["context_mask"])]
+        pooled = [self.pooled_query(a), pool(a["context"], a["context_mask"])]
         fused = torch.relu(self.out(torch.cat(pooled, dim=-1)))
         return (fused, a["weights"]) if return_attention else fused
 
@@ -296,11 +319,11 @@ class RelationFusion(CrossAttentionFusion):
     def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
         super().__init__(cfg, dims, num_classes)
         self.relation = RelationHead(cfg.dim, cfg.dim, cfg.dim, cfg.dim, cfg.slots, cfg.dropout)
-        self.out = mlp(3 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)  # [question; context mean; relations]
+        self.out = mlp(self.query_dim + 2 * cfg.dim, cfg.hidden, cfg.dim, cfg.dropout)  # [question; context; relations]
 
     def forward(self, features: Features, masks: Masks = None, return_attention: bool = False):
         a = self.attend(features, masks)
-        question = pool(a["h"], a["q_mask"])  # (B, D)
+        question = self.pooled_query(a)  # (B, query_dim)
         relations = self.relation(a["context"], a["xy"], a["h"], a["context_mask"], a["q_mask"])  # (B, D)
         fused = torch.relu(self.out(torch.cat([question, pool(a["context"], a["context_mask"]), relations], dim=-1)))
         return (fused, a["weights"]) if return_attention else fused
