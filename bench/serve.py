@@ -44,9 +44,9 @@ def shapes_pngs(n: int) -> list[bytes]:
     return images
 
 
-def start_server(model: str, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_batch: int, threads: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     try:
-        proc, url, _ = start_serve([model, "--max-batch", str(max_batch), "--max-wait-ms", "10",
+        proc, url, _ = start_serve([model, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
                                     "--threads", str(threads)])
     except RuntimeError as err:
         raise SystemExit(str(err)) from None
@@ -110,12 +110,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per measurement at 8 clients")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each server")
     parser.add_argument("--rounds", type=int, default=5, help="back-to-back rounds; medians are reported")
+    parser.add_argument("--max-wait-ms", type=float, default=25, help="the batching server's --max-wait-ms")
     args = parser.parse_args()
     model = str(args.model or bundled_model_dir())
     pngs = shapes_pngs(32)
     bodies, ctype = multipart_bodies(pngs)
     settings = {"on (max 8)": 8, "off": 1}
-    servers = {label: start_server(model, max_batch, args.threads) for label, max_batch in settings.items()}
+    servers = {label: start_server(model, max_batch, args.threads, args.max_wait_ms) for label, max_batch in settings.items()}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         # Both servers run side by side and take turns, round after round, so that a busy neighbour
@@ -153,7 +154,7 @@ def main() -> None:
 ## Serving: dynamic batching on vs off
 
 `python bench/serve.py` — two `polymodal serve` processes on 127.0.0.1 (`{shown(model)}`, beam 3, one torch
-thread each), one with dynamic batching (up to 8 requests per `generate`, waiting at most 10 ms and only for
+thread each), one with dynamic batching (up to 8 requests per `generate`, waiting at most {args.max_wait_ms:g} ms and only for
 requests on their way or expected from recent load) and one without, measured back to back for {args.rounds}
 rounds. Clients send 128 px Shapes World PNGs as multipart uploads: {args.requests} requests from 8 clients,
 {max(16, args.requests // 3)} from 1, after a warm-up. {machine()}; {os.cpu_count()} CPUs shared by both

@@ -50,7 +50,7 @@ class ServeConfig:
 
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 8
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 25.0
     max_queue: int = 256
     timeout_s: float = 30.0
 
