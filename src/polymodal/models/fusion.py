@@ -21,7 +21,7 @@ Feature level (`level == "feature"`, output (B, out_dim), a classifier goes on t
     relation         cross_attention + a relation network over pairs of question-selected regions (relation.py)
     joint            one transformer over [CLS; every modality's tokens] ("merged attention", joint_fusion.py)
 
-Decision level (`level == "decision"`, output (B, num_classes) log-probabilities): one classifier head
+Decision level (`level == "decision"`, votes.py; output (B, num_classes) log-probabilities): one classifier head
 per modality (`head_logits`), then `combine`:
     vote_fixed    sum_m w_m log p_m with fixed weights (config `weights`, default equal)
     vote_learned  the same with learned weights softmax(alpha)
@@ -42,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -329,96 +328,10 @@ class RelationFusion(CrossAttentionFusion):
         return (fused, a["weights"]) if return_attention else fused
 
 
-# ----------------------------------------------------------------------------- decision level
-class VoteFusion(Fusion):
-    """Decision-level base: a classifier head per modality; subclasses `combine` their predictions."""
-
-    level = "decision"
-
-    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
-        super().__init__(cfg, dims, num_classes)
-        if num_classes < 1:
-            raise ConfigError(f"decision-level fusion {cfg.name!r} needs num_classes >= 1")
-        self.heads = nn.ModuleDict({m: mlp(self.dims[m], cfg.hidden, num_classes, cfg.dropout)
-                                    for m in self.modalities})
-        self.out_dim = num_classes
-
-    def head_logits(self, features: Features, masks: Masks = None) -> dict[str, torch.Tensor]:
-        """Each modality's own prediction: name -> logits (B, num_classes)."""
-        vectors = self.pooled(features, masks)
-        return {m: self.heads[m](v) for m, v in zip(self.modalities, vectors, strict=True)}
-
-    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, features: Features, masks: Masks = None) -> torch.Tensor:
-        return self.combine(self.head_logits(features, masks))  # (B, K) log-probabilities
-
-    def _stack(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([logits[m] for m in self.modalities], dim=1).float().log_softmax(-1)  # (B, M, K)
-
-
-class FixedVoteFusion(VoteFusion):
-    """Weighted log-linear pooling with fixed weights: log p = sum_m w_m log p_m, renormalised."""
-
-    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
-        super().__init__(cfg, dims, num_classes)
-        weights = cfg.weights or [1.0] * len(self.modalities)
-        if len(weights) != len(self.modalities) or min(weights) < 0 or sum(weights) <= 0:
-            raise ConfigError(f"fusion.weights: need {len(self.modalities)} non-negative weights (one per "
-                              f"modality, in the order {list(self.modalities)}), got {cfg.weights}")
-        self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
-
-    def mixing_weights(self) -> torch.Tensor:
-        return self.weights
-
-    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        logp = self._stack(logits)
-        return (self.mixing_weights()[None, :, None] * logp).sum(dim=1).log_softmax(-1)
-
-
-class LearnedVoteFusion(FixedVoteFusion):
-    """Like `vote_fixed`, but the weights are softmax(alpha) with alpha learned (starting equal)."""
-
-    def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
-        super().__init__(cfg, dims, num_classes)
-        self.alpha = nn.Parameter(torch.log(self.weights.clamp_min(1e-6)))
-
-    def mixing_weights(self) -> torch.Tensor:
-        return self.alpha.softmax(0)
-
-
-class SoftVoteFusion(VoteFusion):
-    """Soft voting: the average of the heads' probabilities."""
-
-    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self._stack(logits).exp().mean(dim=1).clamp_min(1e-12).log()
-
-
-class HardVoteFusion(VoteFusion):
-    """Majority vote of the heads' argmax; a tie goes to the class whose voter is most confident.
-
-    The output is log(vote share). It has no useful gradient, so training passes the soft vote's
-    gradient straight through (the forward value stays the hard vote).
-    """
-
-    def combine(self, logits: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        probs = self._stack(logits).exp()  # (B, M, K)
-        confidence, choice = probs.max(dim=-1)  # (B, M)
-        votes = F.one_hot(choice, probs.shape[-1]).to(probs.dtype)  # (B, M, K)
-        tie_break = (votes * confidence.unsqueeze(-1)).amax(dim=1)  # (B, K) in [0, 1]
-        # 0.5 * confidence < 1 vote, so it only orders classes with equal vote counts
-        score = votes.sum(dim=1) + 0.5 * tie_break + 1e-6
-        hard = (score / score.sum(-1, keepdim=True)).log()
-        soft = probs.mean(dim=1).clamp_min(1e-12).log()
-        return hard.detach() + soft - soft.detach()
-
-
 _VARIANTS: dict[str, type[Fusion]] = {
     "concat_linear": ConcatLinearFusion, "concat_mlp": ConcatMLPFusion, "gated": GatedFusion,
     "bilinear": BilinearFusion, "film": FiLMFusion, "cross_attention": CrossAttentionFusion,
-    "vote_fixed": FixedVoteFusion, "vote_learned": LearnedVoteFusion, "vote_hard": HardVoteFusion,
-    "vote_soft": SoftVoteFusion, "relation": RelationFusion,
+    "relation": RelationFusion,
 }
 
 
@@ -431,10 +344,13 @@ def _register(name: str, cls: type[Fusion]) -> None:
 for _name, _cls in _VARIANTS.items():
     _register(_name, _cls)
 
-# Below the base classes it builds on; importing it here keeps one place that fills the registry.
+# Below the base classes they build on; importing them here keeps one place that fills the registry.
 from .joint_fusion import JointFusion  # noqa: E402
+from .votes import FixedVoteFusion, HardVoteFusion, LearnedVoteFusion, SoftVoteFusion  # noqa: E402
 
-_register("joint", JointFusion)
+for _name, _cls in {"joint": JointFusion, "vote_fixed": FixedVoteFusion, "vote_learned": LearnedVoteFusion,
+                    "vote_hard": HardVoteFusion, "vote_soft": SoftVoteFusion}.items():
+    _register(_name, _cls)
 
 
 def build_fusion(cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0) -> Fusion:
