@@ -214,3 +214,32 @@ def test_question_records_keep_types_and_splits(trained):
     records = read_qa(trained["world"] / "qa.jsonl", split="heldout")
     assert records and all(isinstance(r, QARecord) and r.split == "heldout" for r in records)
     assert {r.type for r in records} == {"colour", "shape", "count", "position", "yes/no"}
+
+
+def test_objects_are_the_regions_the_pretrained_centre_head_picks(trained):
+    """model.objects=k: the fusion sees the k regions most likely to hold an object's centre, as scored by the
+    region pretraining's own centre classifier (saved beside the encoder), frozen with the encoder."""
+    import dataclasses
+
+    from polymodal.checkpoint import read_safetensors
+    from polymodal.data.qa import collate_qa
+    from polymodal.train.vqa import HEADS_FILE
+
+    cfg = dataclasses.replace(trained["cfg"], model=dataclasses.replace(trained["cfg"].model, objects=3))
+    model, data = prepare_vqa(cfg, progress=False)
+    heads = read_safetensors(model.cfg.encoder.pretrained.replace("encoder.safetensors", HEADS_FILE))
+    assert torch.equal(model.objectness.weight, heads["weight"][-2:]) and not model.objectness.weight.requires_grad
+    batch = collate_qa([qa_dataset(model, data, "train", train=True)[i] for i in range(8)])
+    batch.pop("index", None)
+    regions = batch["image_features"] if "image_features" in batch else model.encoder(batch["images"])
+    tokens = model.image_tokens(regions)
+    assert tokens.shape == (8, 3, model.cfg.dim)
+    centre = model.objectness(regions).softmax(-1)[..., 1]
+    best = centre.argmax(1)
+    expected = model.image_proj(regions)[torch.arange(8), best] + centre.max(1).values[:, None] * model.object_embed
+    torch.testing.assert_close(tokens[:, 0], expected)  # the first token is the most likely centre
+    logits, losses = model(batch)
+    losses["loss"].backward()
+    assert model.object_embed.grad is not None and logits.shape == (8, len(model.answers))
+    with pytest.raises(Exception, match="does not work with fusion 'relation'"):
+        VQAModel(dataclasses.replace(cfg.model, fusion=FusionConfig(name="relation")), model.tokenizer, model.answers)

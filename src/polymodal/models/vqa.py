@@ -27,7 +27,7 @@ from torch import nn
 from ..config import EncoderConfig
 from ..data.images import images_to_batch
 from ..data.qa import encode_text
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..registry import MODELS, Registry
 from ..text.tokenizer import Tokenizer
 from .base import SavedAnswerModel
@@ -57,6 +57,8 @@ class VQAModelConfig:
     image_size: int = 64
     dim: int = 128                    # width of projected image regions
     dropout: float = 0.1
+    objects: int = 0                  # > 0: fuse only the k regions most likely to hold an object's centre
+                                      # (bottom-up attention); 0 = every region
 
 
 class LSTMQuestionEncoder(nn.Module):
@@ -159,17 +161,38 @@ class VQAModel(SavedAnswerModel, nn.Module):
         self.cfg, self.tokenizer, self.answers = cfg, tokenizer, list(answers)
         self.encoder = build_encoder(cfg.encoder)
         self.image_proj = RegionProjector(self.encoder.out_dim, cfg.dim)
+        # Objectness of each region (C -> [no centre, centre]); the region pretraining's head when there is one.
+        self.objectness = nn.Linear(self.encoder.out_dim, 2) if cfg.objects > 0 else None
+        self.object_embed = nn.Parameter(torch.zeros(cfg.dim)) if cfg.objects > 0 else None
         self.question = QUESTION_ENCODERS.build(cfg.question.name, cfg.question, len(tokenizer))
         dims = {"image": cfg.dim, "text": self.question.out_dim}
+        if cfg.objects > 0 and cfg.fusion.name == "relation":
+            raise ConfigError("model.objects > 0 does not work with fusion 'relation' (it reads grid positions from "
+                              "the order of the regions); set model.objects=0 or pick another fusion")
         self.fusion = build_fusion(cfg.fusion, dims, num_classes=len(self.answers))
         self.decision_level = self.fusion.level == "decision"
         self.classifier = None if self.decision_level else nn.Sequential(
             nn.Dropout(cfg.dropout), nn.Linear(self.fusion.out_dim, len(self.answers)))
 
+    def image_tokens(self, regions: torch.Tensor) -> torch.Tensor:
+        """Raw encoder regions (B, N, C) -> projected image tokens with their positions (B, N or k, D).
+
+        With `objects=k`, the k regions most likely to hold an object's centre (a detector's proposals, in
+        the bottom-up-attention sense); each carries its probability, so the fusion can still count and
+        ignore a proposal on the background.
+        """
+        tokens = self.image_proj(regions)
+        if self.objectness is None:
+            return tokens
+        p = self.objectness(regions).float().softmax(-1)[..., 1]  # (B, N)
+        top = p.topk(min(self.cfg.objects, p.shape[1]), dim=1).indices  # (B, k)
+        picked = tokens.gather(1, top.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return picked + p.gather(1, top).unsqueeze(-1).to(picked.dtype) * self.object_embed
+
     def fused_logits(self, regions: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Raw encoder regions (B, N, C) and question ids (B, T) -> answer scores (B, A), head scores."""
         text, mask = self.question(tokens)
-        features, masks = {"image": self.image_proj(regions), "text": text}, {"text": mask}
+        features, masks = {"image": self.image_tokens(regions), "text": text}, {"text": mask}
         if self.decision_level:
             heads = self.fusion.head_logits(features, masks)
             return self.fusion.combine(heads), heads

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..checkpoint import save_tensors, write_json
+from ..checkpoint import read_safetensors, save_tensors, write_json
 from ..config import DataConfig, EncoderConfig, TrainConfig
 from ..data.datasets import cache_root, shapes_folder
 from ..data.dialogue import ChatDataset, build_chat_tokenizer, collate_chat, dialogue_report, read_dialogues
@@ -165,6 +165,23 @@ def _collate_pretrain(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
             "tokens": torch.stack([it["targets"] for it in items])}
 
 
+HEADS_FILE = "region_heads.safetensors"  # beside encoder.safetensors: the per-region classifiers
+CENTRE_LOGITS = 2  # the last two outputs of the heads: "no object centre here" / "an object's centre"
+
+
+def _save_region_model(folder: Path, model: RegionPretrainer) -> None:
+    save_tensors(folder / "encoder.safetensors", model.encoder.state_dict())
+    save_tensors(folder / HEADS_FILE, model.heads.state_dict())
+
+
+def load_centre_head(head: nn.Linear, encoder_weights: str | Path) -> None:
+    """Copy the pretraining's object-centre classifier (saved beside the encoder) into `head` (C -> 2)."""
+    state = read_safetensors(Path(encoder_weights).parent / HEADS_FILE)
+    with torch.no_grad():
+        head.weight.copy_(state["weight"][-CENTRE_LOGITS:])
+        head.bias.copy_(state["bias"][-CENTRE_LOGITS:])
+
+
 def pretrain_region_encoder(enc_cfg: EncoderConfig, image_size: int, data: QADataConfig, pre: PretrainConfig,
                             seed: int = 0, progress: bool = True) -> Path:
     """Pretrain `enc_cfg`'s encoder on Shapes World scene attributes (train split); returns the weight file.
@@ -179,7 +196,7 @@ def pretrain_region_encoder(enc_cfg: EncoderConfig, image_size: int, data: QADat
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / "region-encoders" / f"{enc_cfg.name}-{key}"
     weights = folder / "model" / "encoder.safetensors"
-    if weights.is_file():
+    if weights.is_file() and (weights.parent / HEADS_FILE).is_file():
         return weights
     root = shapes_dir(data)
     lines = [json.loads(line) for line in (root / "scenes.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -201,7 +218,7 @@ def pretrain_region_encoder(enc_cfg: EncoderConfig, image_size: int, data: QADat
                             warmup_steps=min(50, pre.steps // 10), eval_every=0, checkpoint_every=0,
                             log_every=max(pre.steps // 10, 1))
     trainer = Trainer(model, _PretrainSet(bank.images, targets), train_cfg, collate=_collate_pretrain,
-                      save_model=lambda f: save_tensors(Path(f) / "encoder.safetensors", encoder.state_dict()),
+                      save_model=lambda f: _save_region_model(Path(f), model),
                       seed=seed, run_config=settings, progress=progress)
     trainer.fit(resume=False)
     return weights
@@ -234,6 +251,9 @@ def prepare_vqa(cfg: VQAExperimentConfig, progress: bool = True) -> tuple[VQAMod
                                                                    cfg.pretrain, cfg.seed, progress))
     torch.manual_seed(cfg.seed)
     model = VQAModel(cfg.model, tokenizer, answers)
+    if model.objectness is not None and cfg.pretrain.steps:
+        load_centre_head(model.objectness, cfg.model.encoder.pretrained)  # picks objects as pretrained to
+        model.objectness.requires_grad_(not cfg.model.encoder.freeze)
     bank = build_bank([r.image for recs in splits.values() for r in recs], cfg.model.encoder, model.encoder,
                       cfg.model.image_size, cfg.data, report, progress)
     rows = {}
