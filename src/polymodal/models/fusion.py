@@ -20,6 +20,8 @@ Feature level (`level == "feature"`, output (B, out_dim), a classifier goes on t
     cross_attention  `query` tokens attend to the regions of the others (nn.MultiheadAttention)
     relation         cross_attention + a relation network over pairs of question-selected regions (relation.py)
     joint            one transformer over [CLS; every modality's tokens] ("merged attention", joint_fusion.py)
+    recurrent        cross_attention, then an LSTM cell reads words and regions a glimpse at a time (recurrent_fusion.py)
+    word_pairs       cross_attention + a relation network over pairs of words placed where they looked (pair_fusion.py)
 
 Decision level (`level == "decision"`, votes.py; output (B, num_classes) log-probabilities): one classifier head
 per modality (`head_logits`), then `combine`:
@@ -65,6 +67,7 @@ class FusionConfig:
     slots: int = 4                    # relation: objects the question selects per image (Shapes World: 1-4)
     glimpses: int = 0                 # cross_attention, relation: pool the query tokens by this many learned
                                       # attentions, concatenated (0 = their mean)
+    reads: int = 4                    # recurrent: attention steps of the reader
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -346,10 +349,13 @@ for _name, _cls in _VARIANTS.items():
 
 # Below the base classes they build on; importing them here keeps one place that fills the registry.
 from .joint_fusion import JointFusion  # noqa: E402
+from .pair_fusion import WordPairFusion  # noqa: E402
+from .recurrent_fusion import RecurrentReadFusion  # noqa: E402
 from .votes import FixedVoteFusion, HardVoteFusion, LearnedVoteFusion, SoftVoteFusion  # noqa: E402
 
-for _name, _cls in {"joint": JointFusion, "vote_fixed": FixedVoteFusion, "vote_learned": LearnedVoteFusion,
-                    "vote_hard": HardVoteFusion, "vote_soft": SoftVoteFusion}.items():
+for _name, _cls in {"joint": JointFusion, "recurrent": RecurrentReadFusion, "word_pairs": WordPairFusion,
+                    "vote_fixed": FixedVoteFusion,
+                    "vote_learned": LearnedVoteFusion, "vote_hard": HardVoteFusion, "vote_soft": SoftVoteFusion}.items():
     _register(_name, _cls)
 
 
