@@ -35,6 +35,7 @@ class RecurrentReadFusion(CrossAttentionFusion):
 
     def __init__(self, cfg: FusionConfig, dims: Mapping[str, int], num_classes: int = 0):
         super().__init__(cfg, dims, num_classes)
+        self.query_pool = None  # the reader replaces the pooled-question path (and its glimpses)
         self.reads = max(cfg.reads, 1)
         self.init = nn.Linear(2 * cfg.dim, 2 * cfg.dim)
         self.attention = AdditiveAttention(cfg.dim, cfg.dim, cfg.dim)
