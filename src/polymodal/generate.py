@@ -7,7 +7,8 @@ A model plugs in through two functions over a dict of batch-first tensors (its d
 so LSTM states and transformer KV caches are handled alike: beam search reorders any state with
 `index_select(0, rows)`. An entry that no step has changed yet (the step passes the very same tensor
 on: image regions, cross-attention keys, a prefix's KV cache) is the same for every beam of an input,
-so beam search leaves it where it is instead of copying it every step.
+so beam search leaves it where it is instead of copying it every step. (So a step must return new
+tensors for what it changes, never write into the ones it was given.)
 
 Example:
     >>> cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=20)
