@@ -11,7 +11,8 @@ sees its text at exactly the positions it was trained on: "LM first, then connec
 Generation keeps a KV cache in the decoding state, plain batch-first tensors that the shared
 generate.py (greedy, beam, sampling) reorders like any other state: per layer the prefix's
 `pk{i}`/`pv{i}` (B, H, P, d) (image + prompt, fixed after the prefill, so beam search never copies
-them) and the generated tokens' `k{i}`/`v{i}` (B, H, T, d); `valid` (B, P) (False = prompt padding),
+them) and the generated tokens' `k{i}`/`v{i}` (B, H, T, d); `valid` (B, P) (False = prompt padding; only
+when there is padding),
 `pos` (B,) next text position. Each new token then costs one query against the cache instead of a
 pass over the whole sequence.
 
@@ -161,7 +162,9 @@ class PrefixLM(Captioner):
             return {"visual": visual, "text": text, "text_valid": text_valid}
         x, valid = self._sequence(visual, text, text_valid)
         _, cache = self.lm(x, mask=attention_mask(valid, x.shape[1]))
-        state: State = {"valid": valid, "pos": text_valid.sum(1)}
+        state: State = {"pos": text_valid.sum(1)}
+        if not bool(valid.all()):  # left-padded prompts: the padding is masked out of every step
+            state["valid"] = valid
         for i in range(len(self.lm.h)):
             k, v = cache[f"k{i}"], cache[f"v{i}"]
             state[f"pk{i}"], state[f"pv{i}"] = k, v  # the prefix: fixed from here on
@@ -173,7 +176,8 @@ class PrefixLM(Captioner):
         x = self.lm.embed(tokens[:, None], state["pos"][:, None])
         prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
         # A single new query comes after every cached key, so only the prefix's padding needs masking.
-        hidden, cache = self.lm(x, mask=state["valid"][:, None, None, :], cache=state, prefix=prefix)
+        mask = state["valid"][:, None, None, :] if "valid" in state else None
+        hidden, cache = self.lm(x, mask=mask, cache=state, prefix=prefix)
         return self.lm.logits(hidden[:, -1]), {**state, **cache, "pos": state["pos"] + 1}, None
 
     def step_uncached(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:

@@ -132,11 +132,11 @@ def attend_after_prefix(q: torch.Tensor, prefix: KV, prefix_mask: torch.Tensor |
     """
     if q.shape[2] != 1:
         raise ValueError("attend_after_prefix decodes one token at a time")
-    scale = q.shape[-1] ** -0.5
-    first = (q @ prefix[0].transpose(-1, -2)) * scale  # (B, H, 1, P)
+    q = q * q.shape[-1] ** -0.5
+    first = q @ prefix[0].transpose(-1, -2)  # (B, H, 1, P)
     if prefix_mask is not None:
         first = first.masked_fill(~prefix_mask, -math.inf)
-    weights = torch.cat([first, (q @ rest[0].transpose(-1, -2)) * scale], dim=-1).softmax(-1)
+    weights = torch.cat([first, q @ rest[0].transpose(-1, -2)], dim=-1).softmax(-1)
     p = first.shape[-1]
     return weights[..., :p] @ prefix[1] + weights[..., p:] @ rest[1]
 
