@@ -32,8 +32,9 @@ per modality (`head_logits`), then `combine`:
 
 Example:
     >>> f = build_fusion(FusionConfig(name="vote_soft", hidden=8), {"image": 4, "text": 6}, num_classes=3)
-    >>> f({"image": torch.randn(2, 5, 4), "text": torch.randn(2, 6)}).exp().sum(-1)
-    tensor([1.0000, 1.0000], grad_fn=<SumBackward1>)
+    >>> probs = f({"image": torch.randn(2, 5, 4), "text": torch.randn(2, 6)}).exp()
+    >>> torch.allclose(probs.sum(-1), torch.ones(2))
+    True
 """
 
 from __future__ import annotations
@@ -331,10 +332,18 @@ class RelationFusion(CrossAttentionFusion):
         return (fused, a["weights"]) if return_attention else fused
 
 
+# Below the base classes they build on; importing them here keeps one place that fills the registry.
+from .joint_fusion import JointFusion  # noqa: E402
+from .pair_fusion import WordPairFusion  # noqa: E402
+from .recurrent_fusion import RecurrentReadFusion  # noqa: E402
+from .votes import FixedVoteFusion, HardVoteFusion, LearnedVoteFusion, SoftVoteFusion  # noqa: E402
+
 _VARIANTS: dict[str, type[Fusion]] = {
     "concat_linear": ConcatLinearFusion, "concat_mlp": ConcatMLPFusion, "gated": GatedFusion,
     "bilinear": BilinearFusion, "film": FiLMFusion, "cross_attention": CrossAttentionFusion,
-    "relation": RelationFusion,
+    "relation": RelationFusion, "joint": JointFusion, "recurrent": RecurrentReadFusion, "word_pairs": WordPairFusion,
+    "vote_fixed": FixedVoteFusion, "vote_learned": LearnedVoteFusion, "vote_hard": HardVoteFusion,
+    "vote_soft": SoftVoteFusion,
 }
 
 
@@ -345,17 +354,6 @@ def _register(name: str, cls: type[Fusion]) -> None:
 
 
 for _name, _cls in _VARIANTS.items():
-    _register(_name, _cls)
-
-# Below the base classes they build on; importing them here keeps one place that fills the registry.
-from .joint_fusion import JointFusion  # noqa: E402
-from .pair_fusion import WordPairFusion  # noqa: E402
-from .recurrent_fusion import RecurrentReadFusion  # noqa: E402
-from .votes import FixedVoteFusion, HardVoteFusion, LearnedVoteFusion, SoftVoteFusion  # noqa: E402
-
-for _name, _cls in {"joint": JointFusion, "recurrent": RecurrentReadFusion, "word_pairs": WordPairFusion,
-                    "vote_fixed": FixedVoteFusion,
-                    "vote_learned": LearnedVoteFusion, "vote_hard": HardVoteFusion, "vote_soft": SoftVoteFusion}.items():
     _register(_name, _cls)
 
 

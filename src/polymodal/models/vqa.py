@@ -185,9 +185,9 @@ class VQAModel(SavedAnswerModel, nn.Module):
         if self.objectness is None:
             return tokens
         p = self.objectness(regions).float().softmax(-1)[..., 1]  # (B, N)
-        top = p.topk(min(self.cfg.objects, p.shape[1]), dim=1).indices  # (B, k)
+        score, top = p.topk(min(self.cfg.objects, p.shape[1]), dim=1)  # (B, k) each
         picked = tokens.gather(1, top.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return picked + p.gather(1, top).unsqueeze(-1).to(picked.dtype) * self.object_embed
+        return picked + score.unsqueeze(-1).to(picked.dtype) * self.object_embed
 
     def fused_logits(self, regions: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Raw encoder regions (B, N, C) and question ids (B, T) -> answer scores (B, A), head scores."""
