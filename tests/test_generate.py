@@ -146,3 +146,42 @@ def test_beam_search_leaves_unchanged_entries_alone_and_reorders_the_rest(monkey
     reference = beam_search(step, state, bos_id=1, eos_id=2, cfg=cfg)
     assert [[(h.tokens, round(h.score, 5)) for h in r] for r in hyps] == \
         [[(h.tokens, round(h.score, 5)) for h in r] for r in reference]
+
+
+@pytest.mark.parametrize("decoder", ["attention_lstm", "seed_lstm"])
+def test_inputs_joining_a_running_beam_batch_get_their_offline_hypotheses(decoder):
+    """Continuous batching: inputs that join between steps end exactly as in one offline batch."""
+    model = tiny_model(decoder)
+    images = _images(6)
+    cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=10, min_len=3, no_repeat_ngram_size=2,
+                           num_return_sequences=2, return_attention=decoder == "attention_lstm")
+    offline = model.generate(images, cfg)
+    joins = {0: [0, 1], 1: [2], 4: [3, 4], 6: [5]}  # step -> inputs that join before it
+    beams, ended, order = model.beam_batch(cfg), {}, []
+    with torch.inference_mode():
+        for step in range(40):
+            if step in joins:
+                beams.add(model.init_state(images[joins[step]]), joins[step])
+            if beams:
+                for key, hyps in beams.advance():
+                    ended[key] = hyps
+                    order.append(key)
+    assert sorted(ended) == list(range(6)) and not beams
+    for i in range(6):
+        assert [h.tokens for h in ended[i]] == [h.tokens for h in offline[i]]
+        assert [h.score for h in ended[i]] == pytest.approx([h.score for h in offline[i]], abs=1e-5)
+        for a, b in zip(ended[i], offline[i], strict=True):
+            assert (a.attention is None) == (b.attention is None)
+            if a.attention is not None:
+                assert a.attention.shape == (len(a.tokens), b.attention.shape[1])
+                assert torch.allclose(a.attention, b.attention, atol=1e-5)
+
+
+def test_states_that_cannot_share_a_batch_are_refused_by_name():
+    from polymodal.generate import concat_states
+
+    lstm = {"h": torch.zeros(2, 4), "c": torch.zeros(2, 4)}
+    assert concat_states(lstm, lstm)["h"].shape == (4, 4)
+    with pytest.raises(ValueError, match="'k0'"):
+        concat_states({"k0": torch.zeros(2, 1, 3, 4)}, {"k0": torch.zeros(1, 1, 0, 4)})
+    assert tiny_model("transformer").beam_batch(GenerationConfig(strategy="beam")) is None  # shared positions

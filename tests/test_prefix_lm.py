@@ -231,3 +231,27 @@ def test_lm_pretrain_then_prefix_lm_starts_from_the_pretrained_lm(tmp_path, monk
     final = PrefixLM.from_pretrained(tmp_path / "vl")
     assert final.cfg.decoder.hidden_dim == 32 and final.tokenizer.to_dict()["type"] == "bpe"
     assert summary["step"] == 2
+
+
+def test_rows_joining_a_running_beam_batch_match_each_row_alone():
+    """Continuous batching with KV caches: rows that join later (other prompt lengths too) have padded,
+    masked caches, and end exactly as when decoded alone."""
+    model = _model()
+    images = torch.randn(4, 3, 32, 32, dtype=torch.double)
+    prompts = [[5], [6, 7, 8], [], [9, 9]]
+    cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=10, num_return_sequences=2)
+    alone = [model.generate(images[i:i + 1], cfg, prompts=[prompts[i]])[0] for i in range(4)]
+    joins = {0: [0], 2: [1, 2], 3: [3]}
+    beams, ended = model.beam_batch(cfg), {}
+    with torch.inference_mode():
+        for step in range(30):
+            if step in joins:
+                beams.add(model.init_state(images[joins[step]], [prompts[i] for i in joins[step]]), joins[step])
+            if beams:
+                ended.update(beams.advance())
+            if step == 3:
+                assert "gvalid" in beams.state and not bool(beams.state["gvalid"].all())
+    assert sorted(ended) == [0, 1, 2, 3]
+    for i in range(4):
+        assert [h.tokens for h in ended[i]] == [h.tokens for h in alone[i]]
+        assert [h.score for h in ended[i]] == pytest.approx([h.score for h in alone[i]], abs=1e-9)

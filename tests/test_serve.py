@@ -403,3 +403,70 @@ def test_cli_serve_binds_loopback_by_default(tmp_path: Path, captioner: Any, mon
     assert service.batcher.max_batch == 4 and service.limits.max_bytes == 2**20
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "tiny"), "--host", "0.0.0.0"])
     assert "warning: binding 0.0.0.0" in result.output
+
+
+class CountdownSession:
+    """A fake continuous batch: item n ends after n steps; records who was in each step."""
+
+    def __init__(self, log: list[list[int]]):
+        self.live: dict[Any, list[int]] = {}
+        self.log = log
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def add(self, items: list[int], keys: list[Any]) -> None:
+        for item, key in zip(items, keys, strict=True):
+            self.live[key] = [item, item]
+
+    def advance(self) -> list[tuple[Any, int]]:
+        time.sleep(0.01)
+        self.log.append(sorted(item for item, _ in self.live.values()))
+        for entry in self.live.values():
+            entry[1] -= 1
+        ended = [(key, item * 10) for key, (item, left) in self.live.items() if left <= 0]
+        for key, _ in ended:
+            del self.live[key]
+        return ended
+
+
+def test_continuous_batching_admits_requests_between_steps_and_answers_each_when_done() -> None:
+    steps: list[list[int]] = []
+    whole: list[tuple[str, list[int]]] = []
+
+    async def main() -> list[tuple[int, int]]:
+        batcher = DynamicBatcher(lambda key, items: whole.append((key, items)) or [x * 10 for x in items],
+                                 ThreadPoolExecutor(1), max_batch=3, max_wait_ms=0,
+                                 open_session=lambda key: CountdownSession(steps) if key == "beam" else None)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("beam", 8))
+        await asyncio.sleep(0.035)  # the first request is a few steps in
+        later = [asyncio.ensure_future(batcher.submit("beam", n)) for n in (2, 3, 4)]
+        while not any(4 in step for step in steps):  # 4 joins once 2 has left (at most 3 at once)
+            await asyncio.sleep(0.002)
+        other = asyncio.ensure_future(batcher.submit("greedy", 5))  # another key: after the batch drains
+        results = await asyncio.gather(first, *later, other)
+        await batcher.stop()
+        assert batcher.stats.as_dict()["requests"] == 5 and batcher.stats.largest == 3
+        return results
+
+    results = asyncio.run(main())
+    assert [r for r, _ in results] == [80, 20, 30, 40, 50]
+    assert steps[0] == [8] and [2, 3, 8] in steps  # 2 and 3 joined the running batch
+    assert max(map(len, steps)) == 3
+    joined = next(step for step in steps if 4 in step)
+    assert 2 not in joined and 8 in joined  # 4 waited for room, then joined while 8 still ran
+    assert whole == [("greedy", [5])]  # no session for that key: one whole batch, after the beam batch
+    assert results[0][1] == 3 and results[4][1] == 1  # batch_size: the most requests decoded alongside
+
+
+def test_whole_and_continuous_batching_give_the_same_captions(captioner: Any) -> None:
+    images = [png_bytes(colour=(30 * i, 200 - 20 * i, 60 + 10 * i)) for i in range(5)]
+    answers = []
+    for continuous in (False, True):
+        with TestClient(create_app({"tiny": captioner}, config=ServeConfig(max_batch=4, continuous=continuous))) as c:
+            with ThreadPoolExecutor(5) as pool:
+                answers.append(list(pool.map(lambda d: caption(c, d, nbest=2, beam_size=3).json(), images)))
+    assert [[x["text"] for x in r["captions"]] for r in answers[0]] == \
+        [[x["text"] for x in r["captions"]] for r in answers[1]]
+    assert all(r["batch_size"] <= 4 for r in answers[1])

@@ -18,6 +18,8 @@ def serve(
     index: Path | None = typer.Option(None, "--index", help="retrieval index to search (from `polymodal index`)"),
     max_batch: int = typer.Option(8, help="caption requests per forward pass; 1 = no dynamic batching"),
     max_wait_ms: float = typer.Option(25.0, help="most a batch waits for requests already arriving"),
+    continuous: bool = typer.Option(True, help="beam search requests join a running batch between steps "
+                                    "(continuous batching); --no-continuous batches whole requests"),
     max_mb: float = typer.Option(10.0, "--max-mb", help="largest request body in MB"),
     max_pixels: int = typer.Option(4096 * 4096, help="largest image (width x height) accepted"),
     timeout: float = typer.Option(30.0, help="seconds before a request gives up (HTTP 504)"),
@@ -34,7 +36,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     config = ServeConfig(limits=Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels), max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, timeout_s=timeout)
+                         max_wait_ms=max_wait_ms, continuous=continuous, timeout_s=timeout)
     web = create_app(model_dirs or [bundled_model_dir()], index=index, config=config)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: binding {host}: anyone who can reach this address can use the models", err=True)

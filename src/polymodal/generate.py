@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -184,77 +184,190 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
-@STRATEGIES.register("beam")
-def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
-                cfg: GenerationConfig) -> list[list[Hypothesis]]:
-    """Beam search over the whole batch at once: B inputs x K beams are one (B*K)-row step."""
-    batch, k = _num_rows(state), cfg.beam_size
-    device = next(iter(state.values())).device
-    state = reorder(state, torch.arange(batch, device=device).repeat_interleave(k))
-    # Only beam 0 is live at the start, so the first step does not pick K copies of one token.
-    beam_scores = torch.full((batch, k), -math.inf, device=device)
-    beam_scores[:, 0] = 0.0
-    tokens = torch.full((batch * k,), bos_id, dtype=torch.long, device=device)
-    history = torch.empty(batch * k, 0, dtype=torch.long, device=device)
-    attn_history: torch.Tensor | None = None
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    base = (torch.arange(batch, device=device) * k)[:, None]  # row offset of each input's beams
-    # Entries no step has replaced are still K equal copies per input: reordering within an input's
-    # beams would not change them, so they are not copied (a prefix cache is most of the state).
-    unchanged = frozenset(state)
-    for t in range(cfg.max_len):
-        logits, new_state, alpha = step(tokens, state)
-        unchanged = frozenset(n for n in unchanged if new_state.get(n) is state[n])
-        state = new_state
-        logprobs = _constrain(logits.float().log_softmax(-1), history, cfg, eos_id)
+def concat_states(old: State, new: State) -> State:
+    """Rows of `new` after the rows of `old`: states whose entries have the same shape but for the rows
+    (an LSTM's). Raises ValueError otherwise (a KV cache of another length needs the model's own join)."""
+    if old.keys() != new.keys():
+        raise ValueError(f"states with different entries cannot share a batch: {sorted(old)} vs {sorted(new)}")
+    for name, tensor in old.items():
+        if tensor.shape[1:] != new[name].shape[1:]:
+            raise ValueError(f"state entry {name!r}: rows of shape {tuple(tensor.shape[1:])} and "
+                             f"{tuple(new[name].shape[1:])} cannot share a batch")
+    return {name: torch.cat([tensor, new[name]]) for name, tensor in old.items()}
+
+
+class BeamBatch:
+    """Beam search over a changing set of inputs: inputs join (`add`) and leave (when done) between steps.
+
+    Input b owns rows b*K .. b*K+K-1 (its K beams); all live rows go through one `step`. `generate`
+    adds every input at once and advances until all are done; the server adds requests as they
+    arrive (continuous batching: a request joins the running batch at the next step instead of
+    waiting for the batch to end) and answers each as soon as its own search ends. Inputs that
+    joined later have shorter histories: histories are kept right-aligned, and `join` merges a
+    new state into the running one (`concat_states`, or a model's own when its state grows with the
+    tokens, e.g. a KV cache).
+
+    Example:
+        >>> beams = BeamBatch(decoder.step, bos_id=1, eos_id=2, cfg=GenerationConfig(beam_size=3))  # doctest: +SKIP
+        >>> beams.add(decoder.init_state(features), keys=["a", "b"])  # doctest: +SKIP
+        >>> while beams:  # doctest: +SKIP
+        ...     for key, hyps in beams.advance(): print(key, hyps[0].tokens)
+    """
+
+    def __init__(self, step: StepFn, bos_id: int, eos_id: int, cfg: GenerationConfig,
+                 join: Callable[[State, State], State] = concat_states, suppress_ids: Sequence[int] = ()):
+        if suppress_ids:  # as `generate` does: <bos> and these are never generated
+            step = suppressing(step, sorted({bos_id, *suppress_ids}))
+        self.step, self.bos_id, self.eos_id, self.cfg, self.join = step, bos_id, eos_id, cfg, join
+        self.k = cfg.beam_size
+        self.keys: list[Hashable] = []
+        self.finished: list[list[Hypothesis]] = []
+        self.steps: list[int] = []  # tokens each live input has generated so far
+        self.state: State = {}
+        self.beam_scores = self.tokens = self.history = torch.empty(0)
+        self.attn_history: torch.Tensor | None = None
+        # Entries no step has replaced are still K equal copies per input: reordering within an input's
+        # beams would not change them, so they are not copied (a prefix cache is most of the state).
+        self.unchanged: frozenset[str] = frozenset()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, state: State, keys: Sequence[Hashable]) -> None:
+        """Start a search for each row of `state` (an init_state of len(keys) inputs), named by `keys`."""
+        n, k = _num_rows(state), self.k
+        if n != len(keys):
+            raise ValueError(f"{n} state rows but {len(keys)} keys")
+        device = next(iter(state.values())).device
+        state = reorder(state, torch.arange(n, device=device).repeat_interleave(k))
+        # Only beam 0 is live at the start, so the first step does not pick K copies of one token.
+        scores = torch.full((n, k), -math.inf, device=device)
+        scores[:, 0] = 0.0
+        tokens = torch.full((n * k,), self.bos_id, dtype=torch.long, device=device)
+        if not self.keys:
+            self.state, self.unchanged = state, frozenset(state)
+            self.beam_scores, self.tokens = scores, tokens
+            self.history, self.attn_history = torch.empty(n * k, 0, dtype=torch.long, device=device), None
+        else:  # new inputs have no history yet: left-pad theirs (right-aligned histories)
+            self.state = self.join(self.state, state)
+            self.beam_scores, self.tokens = torch.cat([self.beam_scores, scores]), torch.cat([self.tokens, tokens])
+            self.history = torch.cat([self.history, self.history.new_zeros(n * k, self.history.shape[1])])
+            if self.attn_history is not None:
+                self.attn_history = torch.cat([self.attn_history,
+                                               self.attn_history.new_zeros(n * k, *self.attn_history.shape[1:])])
+        self.keys += list(keys)
+        self.finished += [[] for _ in range(n)]
+        self.steps += [0] * n
+
+    def _constrain(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """`_constrain` on each group of inputs of one history length (all of them, offline)."""
+        lengths = sorted(set(self.steps))
+        if len(lengths) == 1:
+            return _constrain(logprobs, self.history, self.cfg, self.eos_id)
+        width = self.history.shape[1]
+        for length in lengths:
+            rows = torch.tensor([b * self.k + j for b, s in enumerate(self.steps) if s == length
+                                 for j in range(self.k)], device=logprobs.device)
+            logprobs[rows] = _constrain(logprobs[rows], self.history[rows, width - length:], self.cfg, self.eos_id)
+        return logprobs
+
+    def _hypothesis(self, row: int, length: int, score: float, ended: bool) -> Hypothesis:
+        """Row `row`'s last `length` tokens (the <eos> just chosen is not among them when `ended`)."""
+        tokens = self.history[row, self.history.shape[1] - length:].tolist()
+        attn = None
+        if self.attn_history is not None:
+            attn = self.attn_history[row, self.attn_history.shape[1] - length - ended:]
+            attn = attn[:-1] if ended else attn  # drop the <eos> step
+        return Hypothesis(tokens, score / (length + ended) ** self.cfg.length_penalty, attn)
+
+    def advance(self) -> list[tuple[Hashable, list[Hypothesis]]]:
+        """One step for every live input; returns (key, hypotheses best first) of the inputs that ended."""
+        cfg, k, batch = self.cfg, self.k, len(self.keys)
+        logits, new_state, alpha = self.step(self.tokens, self.state)
+        self.unchanged = frozenset(n for n in self.unchanged if new_state.get(n) is self.state[n])
+        logprobs = self._constrain(logits.float().log_softmax(-1))
         vocab = logprobs.shape[-1]
-        candidates = (beam_scores.reshape(-1, 1) + logprobs).view(batch, k * vocab)
+        candidates = (self.beam_scores.reshape(-1, 1) + logprobs).view(batch, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K); at most K of them end in <eos>
         top_beam, top_token = top_index // vocab, top_index % vocab
         if alpha is not None and cfg.return_attention:
-            attn_history = alpha[:, None] if attn_history is None else torch.cat([attn_history, alpha[:, None]], 1)
-        length = t + 1
-        is_eos = top_token == eos_id
+            self.attn_history = alpha[:, None] if self.attn_history is None else \
+                torch.cat([self.attn_history, alpha[:, None]], 1)
+        is_eos = top_token == self.eos_id
         # HF semantics: an <eos> ranked below the beam width is not kept.
         hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
         if hits:
             scores_list, beams_list = top_scores.tolist(), top_beam.tolist()
             for b, j in hits:
-                if done[b]:
-                    continue
                 row = b * k + beams_list[b][j]
-                attn = attn_history[row, :-1] if attn_history is not None else None  # drop the <eos> step
-                score = scores_list[b][j] / length ** cfg.length_penalty
-                finished[b].append(Hypothesis(history[row].tolist(), score, attn))
+                self.finished[b].append(self._hypothesis(row, self.steps[b], scores_list[b][j], ended=True))
         # Continue with the K best candidates that did not end, in score order.
-        rank = torch.arange(2 * k, device=device).expand(batch, -1) + is_eos.long() * (2 * k)
+        rank = torch.arange(2 * k, device=is_eos.device).expand(batch, -1) + is_eos.long() * (2 * k)
         keep = rank.topk(k, dim=1, largest=False).indices  # (B, K)
-        beam_scores = top_scores.gather(1, keep)
+        self.beam_scores = top_scores.gather(1, keep)
+        base = (torch.arange(batch, device=keep.device) * k)[:, None]  # row offset of each input's beams
         rows = (base + top_beam.gather(1, keep)).reshape(-1)
-        tokens = top_token.gather(1, keep).reshape(-1)
-        state = reorder(state, rows, unchanged)
-        history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
-        if attn_history is not None:
-            attn_history = attn_history.index_select(0, rows)
-        candidates = [b for b in range(batch) if not done[b] and len(finished[b]) >= k]
-        if candidates:
-            running = beam_scores[:, 0].tolist()
-            for b in candidates:
-                worst = min(h.score for h in finished[b])
-                done[b] = cfg.early_stopping or running[b] / (length + 1) ** cfg.length_penalty <= worst
-        if all(done):
-            break
-    for b in range(batch):  # inputs still running at max_len keep their live beams
-        if done[b]:
-            continue
-        for j in range(k):
-            row = b * k + j
-            if math.isfinite(float(beam_scores[b, j])):
-                attn = attn_history[row] if attn_history is not None else None
-                score = float(beam_scores[b, j]) / history.shape[1] ** cfg.length_penalty
-                finished[b].append(Hypothesis(history[row].tolist(), score, attn))
-    return [sorted(f, key=lambda h: -h.score)[: cfg.num_return_sequences] for f in finished]
+        self.tokens = top_token.gather(1, keep).reshape(-1)
+        self.state = reorder(new_state, rows, self.unchanged)
+        self.history = torch.cat([self.history.index_select(0, rows), self.tokens[:, None]], dim=1)
+        if self.attn_history is not None:
+            self.attn_history = self.attn_history.index_select(0, rows)
+        self.steps = [s + 1 for s in self.steps]
+        return self._retire(self._done())
+
+    def _done(self) -> list[int]:
+        """Inputs whose search is over: K finished hypotheses none of the live beams can beat, or max_len."""
+        cfg, done = self.cfg, []
+        running = self.beam_scores[:, 0].tolist() if any(len(f) >= self.k for f in self.finished) else None
+        for b, (finished, length) in enumerate(zip(self.finished, self.steps, strict=True)):
+            if running is not None and len(finished) >= self.k:
+                worst = min(h.score for h in finished)
+                if cfg.early_stopping or running[b] / (length + 1) ** cfg.length_penalty <= worst:
+                    done.append(b)
+                    continue
+            if length >= cfg.max_len:  # still running at max_len: the live beams count as they are
+                scores = self.beam_scores[b].tolist()
+                finished += [self._hypothesis(b * self.k + j, length, scores[j], ended=False)
+                             for j in range(self.k) if math.isfinite(scores[j])]
+                done.append(b)
+        return done
+
+    def _retire(self, done: list[int]) -> list[tuple[Hashable, list[Hypothesis]]]:
+        """Drop the rows of `done` inputs from the batch; their results, best first."""
+        if not done:
+            return []
+        n = self.cfg.num_return_sequences
+        results = [(self.keys[b], sorted(self.finished[b], key=lambda h: -h.score)[:n]) for b in done]
+        gone = set(done)
+        live = [b for b in range(len(self.keys)) if b not in gone]
+        self.keys = [self.keys[b] for b in live]
+        self.finished = [self.finished[b] for b in live]
+        self.steps = [self.steps[b] for b in live]
+        if not live:
+            self.state = {}
+            return results
+        inputs = torch.tensor(live, device=self.tokens.device)
+        rows = (inputs[:, None] * self.k + torch.arange(self.k, device=inputs.device)).reshape(-1)
+        self.state = reorder(self.state, rows)  # every entry: the unchanged ones lose rows too
+        self.beam_scores, self.tokens = self.beam_scores.index_select(0, inputs), self.tokens.index_select(0, rows)
+        width = max(self.steps)  # columns every live input has left of its history are padding
+        self.history = self.history.index_select(0, rows)[:, self.history.shape[1] - width:]
+        if self.attn_history is not None:
+            self.attn_history = self.attn_history.index_select(0, rows)[:, self.attn_history.shape[1] - width:]
+        return results
+
+
+@STRATEGIES.register("beam")
+def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
+                cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Beam search over the whole batch at once: B inputs x K beams are one (B*K)-row step; an input's
+    rows leave the batch when its search ends."""
+    beams = BeamBatch(step, bos_id, eos_id, cfg)
+    beams.add(state, range(_num_rows(state)))
+    results: dict[Hashable, list[Hypothesis]] = {}
+    while beams:
+        results.update(beams.advance())
+    return [results[b] for b in range(len(results))]
 
 
 def suppressing(step: StepFn, token_ids: list[int]) -> StepFn:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.images import images_to_batch
-from ..generate import GenerationConfig, Hypothesis, generate
+from ..generate import BeamBatch, GenerationConfig, Hypothesis, State, StepFn, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
 from .base import SavedModel
@@ -70,6 +71,28 @@ class Captioner(SavedModel, nn.Module):
         state = self.decoder.init_state(features)
         tok = self.tokenizer
         return generate(self.decoder.step, state, tok.bos_id, tok.eos_id, cfg, suppress_ids=(tok.pad_id,))
+
+    def init_state(self, images: torch.Tensor) -> State:
+        """Normalized images (B, 3, S, S) -> the decoder's state before the first token."""
+        return self.decoder.init_state(self.encoder(images))
+
+    def beam_batch(self, cfg: GenerationConfig) -> BeamBatch | None:
+        """An empty continuous beam search over this model (the server's continuous batching), or None
+        when its decoding states cannot join a running batch.
+
+        Example:
+            >>> beams = model.beam_batch(GenerationConfig(beam_size=3))  # doctest: +SKIP
+            >>> beams.add(model.init_state(model.preprocess(["a.png"])), keys=["a.png"])  # doctest: +SKIP
+            >>> while beams: print(beams.advance())  # doctest: +SKIP
+        """
+        step, join = self._decoding()
+        if join is None:
+            return None
+        tok = self.tokenizer
+        return BeamBatch(step, tok.bos_id, tok.eos_id, cfg, join, suppress_ids=(tok.pad_id,))
+
+    def _decoding(self) -> tuple[StepFn, Callable[[State, State], State] | None]:
+        return self.decoder.step, self.decoder.join_states
 
     def preprocess(self, images: list[ImageInput] | ImageInput) -> torch.Tensor:
         """Paths, bytes, PIL images or tensors -> one normalized batch (B, 3, S, S)."""

@@ -10,10 +10,13 @@ any decoder's state with `index_select(0, ...)` without knowing what is inside.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from ..config import DecoderConfig
+from ..generate import concat_states
 from ..registry import DECODERS
 from .attention import AdditiveAttention
 
@@ -21,9 +24,14 @@ State = dict[str, torch.Tensor]
 
 
 class CaptionDecoder(nn.Module):
-    """Base class; subclasses implement `init_state`, `step` and may speed up `forward`."""
+    """Base class; subclasses implement `init_state`, `step` and may speed up `forward`.
+
+    `join_states(old, new)` merges the state of new inputs into a running batch (continuous batching,
+    `generate.BeamBatch`); fixed-size states just concatenate. None: this decoder's states cannot.
+    """
 
     pad_id = 0
+    join_states: Callable[[State, State], State] | None = staticmethod(concat_states)
 
     def init_state(self, features: torch.Tensor) -> State:
         raise NotImplementedError

@@ -13,7 +13,8 @@ generate.py (greedy, beam, sampling) reorders like any other state: per layer th
 `pk{i}`/`pv{i}` (B, H, P, d) (image + prompt, fixed after the prefill, so beam search never copies
 them) and the generated tokens' `k{i}`/`v{i}` (B, H, T, d); `valid` (B, P) (False = prompt padding; only
 when there is padding),
-`pos` (B,) next text position. Each new token then costs one query against the cache instead of a
+`pos` (B,) next text position; `gvalid` (B, T) (False = padding of a row that joined a running batch
+later, `join_states`; only then). Each new token then costs one query against the cache instead of a
 pass over the whole sequence.
 
 Example:
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from torch import nn
 from ..checkpoint import WEIGHTS_FILE, read_model_dir, read_safetensors, resolve_model_dir
 from ..config import ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError
-from ..generate import GenerationConfig, Hypothesis, generate
+from ..generate import GenerationConfig, Hypothesis, StepFn, generate
 from ..registry import MODELS
 from ..text.tokenizer import Tokenizer
 from .base import forget_initial_weights
@@ -175,10 +177,53 @@ class PrefixLM(Captioner):
         """One token per row against the KV cache: (B,) -> logits (B, V)."""
         x = self.lm.embed(tokens[:, None], state["pos"][:, None])
         prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
-        # A single new query comes after every cached key, so only the prefix's padding needs masking.
-        mask = state["valid"][:, None, None, :] if "valid" in state else None
+        new: State = {"pos": state["pos"] + 1}
+        mask = None
+        if "gvalid" in state:  # rows that joined later: their generated cache starts with padding
+            new["gvalid"] = torch.cat([state["gvalid"], state["gvalid"].new_ones(len(tokens), 1)], dim=1)
+            prefix_valid = state["valid"] if "valid" in state else new["gvalid"].new_ones(len(tokens),
+                                                                                         prefix[0][0].shape[2])
+            mask = torch.cat([prefix_valid, new["gvalid"]], dim=1)[:, None, None, :]
+        elif "valid" in state:  # a single new query comes after every cached key: only prefix padding to mask
+            mask = state["valid"][:, None, None, :]
         hidden, cache = self.lm(x, mask=mask, cache=state, prefix=prefix)
-        return self.lm.logits(hidden[:, -1]), {**state, **cache, "pos": state["pos"] + 1}, None
+        return self.lm.logits(hidden[:, -1]), {**state, **cache, **new}, None
+
+    def join_states(self, old: State, new: State) -> State:
+        """Rows of `new` after those of `old`, at different steps (continuous batching, `beam_batch`).
+
+        Each cache is left-padded to the longer one with masked keys: `valid` (B, P) over the prefix,
+        `gvalid` (B, T) over the generated tokens. Positions are per row (`pos`) already.
+        """
+        old = self._drop_padding_columns(old)
+        out = {"pos": torch.cat([old["pos"], new["pos"]])}
+        for k, v, mask in (("pk", "pv", "valid"), ("k", "v", "gvalid")):
+            lengths = old[f"{k}0"].shape[2], new[f"{k}0"].shape[2]
+            width = max(lengths)
+            if mask in old or mask in new or lengths[0] != lengths[1]:
+                masks = [s[mask] if mask in s else torch.ones(len(s["pos"]), n, dtype=torch.bool,
+                                                              device=s["pos"].device)
+                         for s, n in ((old, lengths[0]), (new, lengths[1]))]
+                out[mask] = torch.cat([F.pad(m, (width - m.shape[1], 0), value=False) for m in masks])
+            for i in range(len(self.lm.h)):
+                for name in (f"{k}{i}", f"{v}{i}"):
+                    out[name] = torch.cat([F.pad(s[name], (0, 0, width - s[name].shape[2], 0)) for s in (old, new)])
+        return out
+
+    def _decoding(self) -> tuple[StepFn, Callable[[State, State], State] | None]:
+        return self.step, self.join_states
+
+    def _drop_padding_columns(self, state: State) -> State:
+        """Without the generated-cache columns that are padding in every row (rows that needed them left)."""
+        if "gvalid" not in state:
+            return state
+        first = int(state["gvalid"].any(0).long().argmax()) if bool(state["gvalid"].any()) else state["gvalid"].shape[1]
+        if first == 0:
+            return state
+        state = {**state, "gvalid": state["gvalid"][:, first:]}
+        for i in range(len(self.lm.h)):
+            state[f"k{i}"], state[f"v{i}"] = state[f"k{i}"][:, :, first:], state[f"v{i}"][:, :, first:]
+        return state
 
     def step_uncached(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """The same step by full recomputation of [visual][prompt][tokens so far]: the reference for tests."""

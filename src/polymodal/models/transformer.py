@@ -105,7 +105,7 @@ class Attention(nn.Module):
         """x (B, T, D) -> (B, T, D) and this layer's keys/values: `past` + T new ones (self), or `past` (cross).
 
         `prefix` (decoding one token after a cached prefix): keys/values that come before `past`, attended
-        to without being concatenated to it; `mask` (B, 1, 1, P) then masks the prefix alone.
+        to without being concatenated to it; `mask` is then `attend_after_prefix`'s.
         """
         if mask is not None and is_causal:
             raise ValueError("pass one mask: is_causal or an explicit mask, not both")
@@ -123,21 +123,24 @@ class Attention(nn.Module):
         return self.c_proj(out.transpose(1, 2).flatten(2)), (k, v)
 
 
-def attend_after_prefix(q: torch.Tensor, prefix: KV, prefix_mask: torch.Tensor | None, rest: KV) -> torch.Tensor:
+def attend_after_prefix(q: torch.Tensor, prefix: KV, mask: torch.Tensor | None, rest: KV) -> torch.Tensor:
     """Attention of ONE query per row (B, H, 1, d) over the keys [prefix; rest] as if concatenated.
 
     Decoding after a long prefix (an image's visual tokens) would otherwise copy the whole prefix into
-    a new cache every step; the two score blocks share one softmax instead. Only the prefix is masked:
-    every key in `rest` comes before the query.
+    a new cache every step; the two score blocks share one softmax instead. `mask` (B, 1, 1, P) masks
+    the prefix alone (every key in `rest` comes before the query), or (B, 1, 1, P + T) both, when rows
+    that joined a running batch later have padding in `rest` too.
     """
     if q.shape[2] != 1:
         raise ValueError("attend_after_prefix decodes one token at a time")
     q = q * q.shape[-1] ** -0.5
-    first = q @ prefix[0].transpose(-1, -2)  # (B, H, 1, P)
-    if prefix_mask is not None:
-        first = first.masked_fill(~prefix_mask, -math.inf)
-    weights = torch.cat([first, q @ rest[0].transpose(-1, -2)], dim=-1).softmax(-1)
-    p = first.shape[-1]
+    p = prefix[0].shape[2]
+    first, second = q @ prefix[0].transpose(-1, -2), q @ rest[0].transpose(-1, -2)  # (B, H, 1, P), (B, H, 1, T)
+    if mask is not None:
+        first = first.masked_fill(~mask[..., :p], -math.inf)
+        if mask.shape[-1] > p:
+            second = second.masked_fill(~mask[..., p:], -math.inf)
+    weights = torch.cat([first, second], dim=-1).softmax(-1)
     return weights[..., :p] @ prefix[1] + weights[..., p:] @ rest[1]
 
 
@@ -226,6 +229,8 @@ class TransformerCaptionDecoder(CaptionDecoder):
     Regions (B, N, C) are projected to the model width and given fixed 2D positions, so that the
     words "left of" and "above" have something to attend to.
     """
+
+    join_states = None  # one position for the whole batch (the cache length): rows cannot join later
 
     def __init__(self, cfg: DecoderConfig, feature_dim: int, vocab_size: int):
         super().__init__()

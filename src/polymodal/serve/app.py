@@ -46,11 +46,13 @@ STATUS = {DataError: 422, InputError: 422, ConfigError: 422}  # for errors that 
 
 @dataclass
 class ServeConfig:
-    """Server settings. `max_batch=1` turns dynamic batching off."""
+    """Server settings. `max_batch=1` turns dynamic batching off; `continuous=False` batches whole
+    requests only (no joining a running beam search)."""
 
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 8
     max_wait_ms: float = 25.0
+    continuous: bool = True
     max_queue: int = 256
     timeout_s: float = 30.0
 
@@ -63,7 +65,9 @@ class Service:
         # One model thread: batches, VQA and chat run one at a time, which is what a CPU does best.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polymodal-model")
         self.batcher = DynamicBatcher(lambda key, items: engines.run_caption_batch(models, key, items),
-                                      self.executor, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue)
+                                      self.executor, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue,
+                                      (lambda key: engines.open_caption_session(models, key)) if cfg.continuous
+                                      else None)
         self.closed = False
 
     def open(self) -> None:

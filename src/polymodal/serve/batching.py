@@ -7,6 +7,12 @@ runs the whole group in the model thread. Requests with another key
 wait for the next round, in arrival order. On a CPU, beam search over 8 images in one batch costs
 little more than over one (bench/serve.py), so throughput under load grows with the batch.
 
+Continuous batching (Orca, Yu et al. 2022; vLLM): when `open_session(key)` gives a `Session`, the
+group is decoded step by step instead of in one call; between two steps the requests that have
+arrived meanwhile join it (up to `max_batch` in the batch), and each request is answered as soon
+as its own search ends. No request waits for a batch to finish, and the model thread does not sit
+idle while the next batch forms.
+
 Example:
     >>> import asyncio
     >>> from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +34,22 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import PolymodalError
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
+
+
+class Session(Protocol):
+    """A batch decoded step by step that requests can join between steps (`engines.CaptionSession`)."""
+
+    def add(self, items: list[Any], keys: list[Hashable]) -> None: ...
+    def advance(self) -> list[tuple[Hashable, Any]]: ...  # (key, result) of the items that ended
+    def __len__(self) -> int: ...
+
+
+OpenSession = Callable[[Hashable], Session | None]
 PEAK_WINDOW_S = 1.0  # how long the batcher remembers how many clients were sending at once
 
 
@@ -51,14 +68,20 @@ class _Job:
 
 @dataclass
 class BatchStats:
-    batches: int = 0
-    items: int = 0
+    batches: int = 0        # model calls: whole batches, or steps of a continuous batch
+    items: int = 0          # requests in those calls, summed over the calls
+    requests: int = 0       # requests answered
     largest: int = 0
+    busy_seconds: float = 0.0  # time spent in the model thread: how busy it is
+
+    def record(self, size: int, answered: int, seconds: float) -> None:
+        self.batches, self.items, self.requests = self.batches + 1, self.items + size, self.requests + answered
+        self.largest, self.busy_seconds = max(self.largest, size), self.busy_seconds + seconds
 
     def as_dict(self) -> dict[str, float]:
         mean = self.items / self.batches if self.batches else 0.0
-        return {"batches": self.batches, "requests": self.items, "mean_batch": round(mean, 2),
-                "largest_batch": self.largest}
+        return {"batches": self.batches, "requests": self.requests, "mean_batch": round(mean, 2),
+                "largest_batch": self.largest, "busy_seconds": round(self.busy_seconds, 3)}
 
 
 class DynamicBatcher:
@@ -71,18 +94,19 @@ class DynamicBatcher:
         max_batch: the most items per call; 1 turns batching off.
         max_wait_ms: how long the worker waits for more items once it has one.
         max_queue: waiting items beyond which `submit` raises `ServerBusy` instead of queueing.
+        open_session: continuous batching for the keys it gives a `Session` for (None: whole batches).
     """
 
     def __init__(self, run_batch: RunBatch, executor: Executor, max_batch: int = 8, max_wait_ms: float = 5.0,
-                 max_queue: int = 256):
+                 max_queue: int = 256, open_session: OpenSession | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.run_batch, self.executor = run_batch, executor
+        self.run_batch, self.executor, self.open_session = run_batch, executor, open_session
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._held: list[_Job] = []  # taken from the queue but of another key than the running batch
+        self._held: list[_Job] = []  # taken from the queue, not yet in a batch (another key, or no room)
         self._worker: asyncio.Task | None = None
         self.incoming = 0  # requests announced (being read or decoded) but not yet submitted
         self.waiting = 0   # requests submitted and not yet answered
@@ -188,23 +212,73 @@ class DynamicBatcher:
             (batch if job.key == first.key else self._held).append(job)
         return batch
 
+    def _take_waiting(self, key: Hashable, room: int) -> list[_Job]:
+        """Up to `room` requests of `key` that are already here, without waiting; none while a request of
+        another key is waiting (the running batch then drains, and that request goes next)."""
+        assert self._queue is not None
+        while not self._queue.empty():
+            self._held.append(self._queue.get_nowait())
+        if room <= 0 or any(j.key != key for j in self._held):
+            return []
+        taken = [j for j in self._held if not j.future.done()][:room]
+        self._held = [j for j in self._held if j not in taken and not j.future.done()]
+        return taken
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [job for job in await self._next_batch() if not job.future.done()]  # drop timed-out ones
             if not batch:
                 continue
+            session = self.open_session(batch[0].key) if self.open_session and self.max_batch > 1 else None
+            if session is None:
+                await self._run_whole(batch)
+            else:
+                await self._run_continuous(session, batch)
+
+    async def _run_whole(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run_batch, batch[0].key, [job.item for job in batch])
+        except Exception as err:  # noqa: BLE001 - handed to every waiting request, not swallowed
+            self._fail(batch, err)
+            return
+        self.stats.record(len(batch), len(batch), time.perf_counter() - started)
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():
+                job.future.set_result((result, len(batch)))
+
+    async def _run_continuous(self, session: Session, batch: list[_Job]) -> None:
+        """Step the session until it is empty, admitting same-key requests between steps."""
+        loop, key = asyncio.get_running_loop(), batch[0].key
+        peak: dict[_Job, int] = {}  # each live request: the most requests decoded alongside it
+        joining = batch
+        while joining or len(session):
+            started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, batch[0].key,
-                                                     [job.item for job in batch])
-            except Exception as err:  # noqa: BLE001 - handed to every waiting request, not swallowed
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                continue
-            self.stats.batches += 1
-            self.stats.items += len(batch)
-            self.stats.largest = max(self.stats.largest, len(batch))
-            for job, result in zip(batch, results, strict=True):
+                ended = await loop.run_in_executor(self.executor, _step, session, joining)
+            except Exception as err:  # noqa: BLE001 - handed to every request in the batch
+                self._fail([*peak, *joining], err)
+                return
+            size = len(session) + len(ended)
+            for job in [*peak, *joining]:
+                peak[job] = max(peak.get(job, 0), size)
+            self.stats.record(size, len(ended), time.perf_counter() - started)
+            for job, result in ended:
                 if not job.future.done():
-                    job.future.set_result((result, len(batch)))
+                    job.future.set_result((result, peak[job]))
+                del peak[job]
+            joining = self._take_waiting(key, self.max_batch - len(session))
+
+    @staticmethod
+    def _fail(jobs: list[_Job], err: Exception) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(err)
+
+
+def _step(session: Session, joining: list[_Job]) -> list[tuple[Any, Any]]:
+    """In the model thread: admit `joining` (their prefill), then one decoding step for all."""
+    if joining:
+        session.add([job.item for job in joining], joining)
+    return session.advance()

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
-from ..generate import GenerationConfig
+from ..generate import BeamBatch, GenerationConfig, Hypothesis
 from ..viz import attention_overlays  # imported with the server, so the first heatmap request is not slow
 from .schemas import CaptionOptions
 from .uploads import RequestError
@@ -163,14 +163,47 @@ def run_caption_batch(models: ModelSet, key: Hashable, items: list[Any]) -> list
         return [{"captions": [(t, None) for t in per], "words": per[0].split(), "attention": None} for per in texts]
     device = getattr(model, "device", torch.device("cpu"))
     hyps = model.generate(torch.stack(items).to(device), generation)
-    tokenizer = model.tokenizer
-    results = []
-    for per_image in hyps:
-        best = per_image[0]
-        results.append({"captions": [(tokenizer.decode(h.tokens), h.score) for h in per_image],
-                        "words": [tokenizer.decode([t]) for t in best.tokens],
-                        "attention": best.attention.float().cpu() if best.attention is not None else None})
-    return results
+    return [caption_result(model.tokenizer, per_image) for per_image in hyps]
+
+
+def caption_result(tokenizer: Any, hyps: list[Hypothesis]) -> dict[str, Any]:
+    """One image's hypotheses (best first) -> {"captions": [(text, score)], "words", "attention"}."""
+    best = hyps[0]
+    return {"captions": [(tokenizer.decode(h.tokens), h.score) for h in hyps],
+            "words": [tokenizer.decode([t]) for t in best.tokens],
+            "attention": best.attention.float().cpu() if best.attention is not None else None}
+
+
+class CaptionSession:
+    """Continuous batching of caption requests with one model and decoding settings (`batching.Session`):
+    images join the model's running beam search (`beam_batch`) between steps and leave when done."""
+
+    def __init__(self, model: Any, beams: BeamBatch):
+        self.model, self.beams = model, beams
+
+    def __len__(self) -> int:
+        return len(self.beams)
+
+    @torch.inference_mode()
+    def add(self, items: list[torch.Tensor], keys: list[Hashable]) -> None:
+        device = getattr(self.model, "device", torch.device("cpu"))
+        self.beams.add(self.model.init_state(torch.stack(items).to(device)), keys)
+
+    @torch.inference_mode()
+    def advance(self) -> list[tuple[Hashable, dict[str, Any]]]:
+        return [(key, caption_result(self.model.tokenizer, hyps)) for key, hyps in self.beams.advance()]
+
+
+def open_caption_session(models: ModelSet, key: Hashable) -> CaptionSession | None:
+    """A continuous batch for these caption settings, or None (not beam search, or a model whose
+    decoding states cannot join a running batch): those run as whole batches."""
+    name, settings = key  # type: ignore[misc]
+    entry, generation = models.entries[name], GenerationConfig(**dict(settings))
+    beam_batch = getattr(entry.model, "beam_batch", None)
+    if generation.strategy != "beam" or not entry.batched or not callable(beam_batch):
+        return None
+    beams = beam_batch(generation)
+    return CaptionSession(entry.model, beams) if beams is not None else None
 
 
 def png_base64(image: Image.Image) -> str:
