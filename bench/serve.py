@@ -1,11 +1,12 @@
-"""Serving throughput with dynamic batching on vs off, at 1 and 8 concurrent clients, side by side.
+"""Serving throughput with dynamic batching off, by whole batches, and continuous, at 1 and 8 clients.
 
     python bench/serve.py [--model DIR] [--requests 64] [--rounds 5] [--threads 1]
 
-Starts two `polymodal serve` processes on 127.0.0.1 (max batch 8, and max batch 1 = batching off),
-sends Shapes World images (rendered in memory, beam 3) from 1 and from 8 concurrent clients to each
-in turn, round after round, and writes requests/s, latencies and server CPU time per request to
-docs/benchmarks.md (section "serve"). Loopback only; a bounded number of requests.
+Starts three `polymodal serve` processes on 127.0.0.1 (max batch 1 = batching off; max batch 8: whole
+batches, the default; max batch 8 with `--continuous`: continuous batching), sends Shapes World images
+(rendered in memory, beam 3) from 1 and from 8 concurrent clients to each in turn, round after
+round, and writes requests/s, latencies, server CPU time per request and how busy the model thread
+was to docs/benchmarks.md (section "serve"). Loopback only; a bounded number of requests.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def shapes_pngs(n: int) -> list[bytes]:
     return images
 
 
-def start_server(model: str, max_batch: int, threads: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+SETTINGS = {"off": ["--max-batch", "1"], "whole batches": ["--max-batch", "8"],
+            "continuous": ["--max-batch", "8", "--continuous"]}
+
+
+def start_server(model: str, options: list[str], threads: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     try:
-        proc, url, _ = start_serve([model, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                                    "--threads", str(threads)])
+        proc, url, _ = start_serve([model, *options, "--max-wait-ms", str(max_wait_ms), "--threads", str(threads)])
     except RuntimeError as err:
         raise SystemExit(str(err)) from None
     return proc, url
@@ -115,63 +119,73 @@ def main() -> None:
     model = str(args.model or bundled_model_dir())
     pngs = shapes_pngs(32)
     bodies, ctype = multipart_bodies(pngs)
-    settings = {"on (max 8)": 8, "off": 1}
-    servers = {label: start_server(model, max_batch, args.threads, args.max_wait_ms) for label, max_batch in settings.items()}
+    servers = {label: start_server(model, options, args.threads, args.max_wait_ms) for label, options in SETTINGS.items()}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
-        # Both servers run side by side and take turns, round after round, so that a busy neighbour
-        # on a shared machine slows both alike; each figure is the median round.
+        # The servers run side by side and take turns, round after round, so that a busy neighbour
+        # on a shared machine slows them alike; each figure is the median round.
         for round_ in range(args.rounds):
             for clients in CLIENTS:
                 n = args.requests if clients > 1 else max(16, args.requests // 3)
                 for label, (proc, url) in servers.items():
-                    cpu = cpu_seconds(proc.pid)
+                    cpu, busy, start = cpu_seconds(proc.pid), model_busy(url), time.perf_counter()
                     r = asyncio.run(load(url, bodies, ctype, clients, n))
                     r["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - cpu) / (n + 2 * clients)  # warm-up included
+                    r["busy"] = 100 * (model_busy(url) - busy) / (time.perf_counter() - start)
                     runs.setdefault((label, clients), []).append(r)
-                    print(f"round {round_ + 1}: batching {label:>10}, {clients} client(s): {r['rps']:.1f} req/s, "
+                    print(f"round {round_ + 1}: {label:>13}, {clients} client(s): {r['rps']:.1f} req/s, "
                           f"p50 {r['p50']:.0f} ms, p95 {r['p95']:.0f} ms, mean batch {r['batch']:.1f}, "
-                          f"server CPU {r['cpu_ms']:.1f} ms/request")
+                          f"server CPU {r['cpu_ms']:.1f} ms/request, model thread busy {r['busy']:.0f}%")
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
     med = {key: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for key, rs in runs.items()}
-    # Ratios are taken round by round (the two servers measured back to back), then the median.
-    ratio = {(clients, m): statistics.median(a[m] / b[m] if m == "rps" else b[m] / a[m] for a, b in
-                                             zip(runs["on (max 8)", clients], runs["off", clients], strict=True))
-             for clients in CLIENTS for m in ("rps", "cpu_ms")}
+    # Ratios are taken round by round (the servers measured back to back), then the median.
+    ratio = {(label, clients, m): statistics.median(a[m] / b[m] if m == "rps" else b[m] / a[m] for a, b in
+                                                    zip(runs[label, clients], runs["off", clients], strict=True))
+             for label in SETTINGS for clients in CLIENTS for m in ("rps", "cpu_ms")}
 
     ceiling = model_ceiling(model, pngs)
     print(f"model alone: generate on 8 images batched is {ceiling:.1f}x faster than one by one")
     rows = []
     for clients in CLIENTS:
-        on, off = med["on (max 8)", clients], med["off", clients]
-        rows.append(f"| {clients} | {off['rps']:.0f} req/s, p50 {off['p50']:.0f} ms, {off['cpu_ms']:.1f} ms | "
-                    f"{on['rps']:.0f} req/s, p50 {on['p50']:.0f} ms, {on['cpu_ms']:.1f} ms | {on['batch']:.1f} | "
-                    f"{ratio[clients, 'rps']:.2f}x | **{ratio[clients, 'cpu_ms']:.2f}x** |")
+        for label in SETTINGS:
+            r = med[label, clients]
+            rows.append(f"| {clients} | {label} | {r['rps']:.0f} | {r['p50']:.0f} / {r['p95']:.0f} ms | "
+                        f"{r['batch']:.1f} | {r['cpu_ms']:.1f} ms | {r['busy']:.0f}% | "
+                        f"**{ratio[label, clients, 'rps']:.2f}x** | {ratio[label, clients, 'cpu_ms']:.2f}x |")
     write_section("serve", f"""
-## Serving: dynamic batching on vs off
+## Serving: dynamic batching off, by whole batches, continuous
 
-`python bench/serve.py` — two `polymodal serve` processes on 127.0.0.1 (`{shown(model)}`, beam 3, one torch
-thread each), one with dynamic batching (up to 8 requests per `generate`, waiting at most {args.max_wait_ms:g} ms and only for
-requests on their way or expected from recent load) and one without, measured back to back for {args.rounds}
-rounds. Clients send 128 px Shapes World PNGs as multipart uploads: {args.requests} requests from 8 clients,
-{max(16, args.requests // 3)} from 1, after a warm-up. {machine()}; {os.cpu_count()} CPUs shared by both
-servers, the clients and whatever else runs on the machine. Figures are medians over the rounds; ratios are
-taken round by round. "CPU" is the server process's CPU time per request (from /proc): it does not depend on
-what else the machine runs, while wall-clock throughput on a busy shared machine does.
+`python bench/serve.py` — three `polymodal serve` processes on 127.0.0.1 (`{shown(model)}`, beam 3, one
+torch thread each): batching off (`--max-batch 1`); whole batches (the default: up to 8 requests per
+`generate`, waiting at most {args.max_wait_ms:g} ms and only for requests on their way or expected from recent
+load); continuous batching (`--continuous`: requests join the running beam search between two steps, up to 8
+at once, and each is answered when its own search ends). Measured back to back for {args.rounds} rounds.
+Clients send 128 px Shapes World PNGs as multipart uploads: {args.requests} requests from 8 clients,
+{max(16, args.requests // 3)} from 1, after a warm-up. {machine()}; {os.cpu_count()} CPUs shared by the
+servers, the clients and whatever else runs on the machine. Figures are medians over the rounds; ratios
+(against batching off) are taken round by round. "CPU" is the server process's CPU time per request (from
+/proc); "busy" is the share of the time the model thread was working (the rest it waited for requests).
 
-| clients | batching off: throughput, latency, CPU | batching on: throughput, latency, CPU | mean batch | throughput on/off | requests per CPU-second on/off |
-|---|---|---|---|---|---|
+| clients | batching | requests/s | latency p50 / p95 | mean batch | CPU per request | model thread busy | throughput vs off | requests per CPU-second vs off |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 The ceiling, measured in the same run: `generate` on 8 images at once is **{ceiling:.1f}x** faster than on the
 same 8 one by one. The image encoder (a CNN, compute-bound) costs the same per image in a batch; what
 batching saves is the decoder's per-step overhead. HTTP parsing, image decoding and JSON cost the same per
-request either way, so the end-to-end gain stays below that ceiling. With one client nothing is batched and
-nothing waits: a lone client never waits for a batch to fill.
+request either way, so the end-to-end gain stays below that ceiling. With whole batches and 8 clients that
+send one request after another, the model thread idles while the next batch arrives and is decoded
+(all 8 clients wait for the same batch); with continuous batching a client's next request joins the
+running batch, so the thread stays busy. With one client nothing is batched and nothing waits.
 """)
+
+
+def model_busy(url: str) -> float:
+    """Seconds the server's model thread has spent working so far (`/healthz`)."""
+    return float(httpx.get(url + "/healthz").json()["batching"]["busy_seconds"])
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ def serve(
     index: Path | None = typer.Option(None, "--index", help="retrieval index to search (from `polymodal index`)"),
     max_batch: int = typer.Option(8, help="caption requests per forward pass; 1 = no dynamic batching"),
     max_wait_ms: float = typer.Option(25.0, help="most a batch waits for requests already arriving"),
-    continuous: bool = typer.Option(True, help="beam search requests join a running batch between steps "
-                                    "(continuous batching); --no-continuous batches whole requests"),
+    continuous: bool = typer.Option(False, help="continuous batching: beam search requests join a running "
+                                    "batch between steps (default: whole batches, faster on a CPU)"),
     max_mb: float = typer.Option(10.0, "--max-mb", help="largest request body in MB"),
     max_pixels: int = typer.Option(4096 * 4096, help="largest image (width x height) accepted"),
     timeout: float = typer.Option(30.0, help="seconds before a request gives up (HTTP 504)"),

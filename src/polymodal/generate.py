@@ -262,7 +262,7 @@ class BeamBatch:
     def _constrain(self, logprobs: torch.Tensor) -> torch.Tensor:
         """`_constrain` on each group of inputs of one history length (all of them, offline)."""
         lengths = sorted(set(self.steps))
-        if len(lengths) == 1:
+        if len(lengths) == 1 or not (self.cfg.min_len or self.cfg.no_repeat_ngram_size):  # history unused
             return _constrain(logprobs, self.history, self.cfg, self.eos_id)
         width = self.history.shape[1]
         for length in lengths:

@@ -46,13 +46,13 @@ STATUS = {DataError: 422, InputError: 422, ConfigError: 422}  # for errors that 
 
 @dataclass
 class ServeConfig:
-    """Server settings. `max_batch=1` turns dynamic batching off; `continuous=False` batches whole
-    requests only (no joining a running beam search)."""
+    """Server settings. `max_batch=1` turns dynamic batching off; `continuous=True` lets beam search
+    requests join a running batch between steps (see serve/batching.py; measured in docs/benchmarks.md)."""
 
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 8
     max_wait_ms: float = 25.0
-    continuous: bool = True
+    continuous: bool = False
     max_queue: int = 256
     timeout_s: float = 30.0
 

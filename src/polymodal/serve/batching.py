@@ -7,11 +7,13 @@ runs the whole group in the model thread. Requests with another key
 wait for the next round, in arrival order. On a CPU, beam search over 8 images in one batch costs
 little more than over one (bench/serve.py), so throughput under load grows with the batch.
 
-Continuous batching (Orca, Yu et al. 2022; vLLM): when `open_session(key)` gives a `Session`, the
-group is decoded step by step instead of in one call; between two steps the requests that have
-arrived meanwhile join it (up to `max_batch` in the batch), and each request is answered as soon
-as its own search ends. No request waits for a batch to finish, and the model thread does not sit
-idle while the next batch forms.
+Continuous batching (Orca, Yu et al. 2022; vLLM), `serve --continuous`: when `open_session(key)`
+gives a `Session`, the group is decoded step by step in the model thread; between two steps the
+requests that have arrived meanwhile join it (up to `max_batch` in the batch), and each request is
+answered as soon as its own search ends. No request waits for a batch to finish, and the model
+thread does not sit idle while the next batch forms; but every admission costs a prefill of few
+images and a merge of the batch state, which on a CPU outweighs that (docs/benchmarks.md, "serve"),
+so whole batches are the default.
 
 Example:
     >>> import asyncio
@@ -29,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -51,6 +54,7 @@ class Session(Protocol):
 
 OpenSession = Callable[[Hashable], Session | None]
 PEAK_WINDOW_S = 1.0  # how long the batcher remembers how many clients were sending at once
+SLICE_S = 0.05  # a continuous batch hands the model thread back this often (VQA, chat, other keys)
 
 
 class ServerBusy(PolymodalError):
@@ -64,6 +68,7 @@ class _Job:
     key: Hashable
     item: Any
     future: asyncio.Future = field(repr=False)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -107,6 +112,11 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held: list[_Job] = []  # taken from the queue, not yet in a batch (another key, or no room)
+        # Continuous batching: requests for the running batch's key, taken by the model thread between
+        # steps (a deque: appends and pops are atomic across threads); requests of other keys stop that.
+        self._joining: collections.deque[_Job] = collections.deque()
+        self._session_key: Hashable | None = None
+        self._others_waiting = False
         self._worker: asyncio.Task | None = None
         self.incoming = 0  # requests announced (being read or decoded) but not yet submitted
         self.waiting = 0   # requests submitted and not yet answered
@@ -128,10 +138,11 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        for job in self._held:
+        for job in [*self._held, *self._joining]:
             if not job.future.done():
                 job.future.cancel()
         self._held.clear()
+        self._joining.clear()
 
     @property
     def running(self) -> bool:
@@ -139,7 +150,7 @@ class DynamicBatcher:
 
     @property
     def pending(self) -> int:
-        return (self._queue.qsize() if self._queue else 0) + len(self._held)
+        return (self._queue.qsize() if self._queue else 0) + len(self._held) + len(self._joining)
 
     @contextlib.contextmanager
     def announce(self) -> Iterator[None]:
@@ -180,8 +191,14 @@ class DynamicBatcher:
             self.start()
         if self.pending >= self.max_queue:
             raise ServerBusy(f"server busy: {self.pending} requests are waiting; retry in a moment")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(key, item, future))
+        job = _Job(key, item, asyncio.get_running_loop().create_future())
+        if self._session_key is not None and key == self._session_key and not self._others_waiting:
+            self._joining.append(job)  # the running continuous batch takes it between two steps
+        else:
+            if self._session_key is not None:
+                self._others_waiting = True  # the running batch takes no more; this one goes next
+            self._queue.put_nowait(job)
+        future = job.future
         self.waiting += 1
         self._note_load()
         try:
@@ -212,18 +229,6 @@ class DynamicBatcher:
             (batch if job.key == first.key else self._held).append(job)
         return batch
 
-    def _take_waiting(self, key: Hashable, room: int) -> list[_Job]:
-        """Up to `room` requests of `key` that are already here, without waiting; none while a request of
-        another key is waiting (the running batch then drains, and that request goes next)."""
-        assert self._queue is not None
-        while not self._queue.empty():
-            self._held.append(self._queue.get_nowait())
-        if room <= 0 or any(j.key != key for j in self._held):
-            return []
-        taken = [j for j in self._held if not j.future.done()][:room]
-        self._held = [j for j in self._held if j not in taken and not j.future.done()]
-        return taken
-
     async def _work(self) -> None:
         while True:
             batch = [job for job in await self._next_batch() if not job.future.done()]  # drop timed-out ones
@@ -249,26 +254,66 @@ class DynamicBatcher:
                 job.future.set_result((result, len(batch)))
 
     async def _run_continuous(self, session: Session, batch: list[_Job]) -> None:
-        """Step the session until it is empty, admitting same-key requests between steps."""
+        """Decode `batch` step by step in the model thread, in slices of `SLICE_S`; requests of the same key
+        join it between two steps (`submit` hands them over in `_joining`) while none of another key waits."""
         loop, key = asyncio.get_running_loop(), batch[0].key
-        peak: dict[_Job, int] = {}  # each live request: the most requests decoded alongside it
-        joining = batch
-        while joining or len(session):
+        while not self._queue.empty():
+            self._held.append(self._queue.get_nowait())
+        self._others_waiting = any(j.key != key for j in self._held)
+        if not self._others_waiting:  # same-key requests beyond the first batch join as room frees up
+            batch, self._held = batch + self._held, []
+        self._joining.extend(batch)
+        self._session_key = key
+        peak: dict[_Job, int] = {}  # each request in the batch: the most requests decoded alongside it
+        try:
+            while len(session) or (self._joining and not self._others_waiting):
+                await loop.run_in_executor(self.executor, self._slice, session, peak)
+        except Exception as err:  # noqa: BLE001 - handed to every request in the batch, not swallowed
+            self._fail(list(peak), err)
+        finally:
+            self._session_key = None
+            self._held += [j for j in self._joining if not j.future.done()]  # no room for them: next batch
+            self._joining.clear()
+
+    def _slice(self, session: Session, peak: dict[_Job, int]) -> None:
+        """In the model thread: admit waiting requests, step, answer those that ended; for `SLICE_S`
+        at most, so that other work (VQA, chat, other keys) gets the thread in turn."""
+        end = time.perf_counter() + SLICE_S
+        while True:
             started = time.perf_counter()
-            try:
-                ended = await loop.run_in_executor(self.executor, _step, session, joining)
-            except Exception as err:  # noqa: BLE001 - handed to every request in the batch
-                self._fail([*peak, *joining], err)
+            joining = self._admit(len(session))
+            if joining:
+                peak.update((job, 0) for job in joining)  # from here on, an error reaches them too
+                session.add([job.item for job in joining], joining)
+            if not len(session):
                 return
+            ended = session.advance()
             size = len(session) + len(ended)
-            for job in [*peak, *joining]:
-                peak[job] = max(peak.get(job, 0), size)
+            for job in peak:
+                peak[job] = max(peak[job], size)
             self.stats.record(size, len(ended), time.perf_counter() - started)
-            for job, result in ended:
-                if not job.future.done():
-                    job.future.set_result((result, peak[job]))
-                del peak[job]
-            joining = self._take_waiting(key, self.max_batch - len(session))
+            if ended:  # one wake-up of the event loop per step, not per request
+                self._loop.call_soon_threadsafe(_answer, [(job, result, peak.pop(job)) for job, result in ended])
+            if time.perf_counter() >= end:
+                return
+
+    def _admit(self, live: int) -> list[_Job]:
+        """The waiting requests that join now. Each admission costs a prefill and a merge of the batch
+        state, so while the batch is at least half full, requests join in groups: once they would fill
+        it, or once the oldest has waited `max_wait_ms`."""
+        waiting = [job for job in self._joining if not job.future.done()]
+        room = self.max_batch - live
+        if not waiting or room <= 0 or self._others_waiting:
+            return []
+        if len(waiting) < room and live >= self.max_batch // 2 and \
+                time.perf_counter() - waiting[0].queued_at < self.max_wait:
+            return []
+        joining = []
+        while self._joining and len(joining) < room:
+            job = self._joining.popleft()
+            if not job.future.done():  # timed out while waiting
+                joining.append(job)
+        return joining
 
     @staticmethod
     def _fail(jobs: list[_Job], err: Exception) -> None:
@@ -277,8 +322,7 @@ class DynamicBatcher:
                 job.future.set_exception(err)
 
 
-def _step(session: Session, joining: list[_Job]) -> list[tuple[Any, Any]]:
-    """In the model thread: admit `joining` (their prefill), then one decoding step for all."""
-    if joining:
-        session.add([job.item for job in joining], joining)
-    return session.advance()
+def _answer(answers: list[tuple[_Job, Any, int]]) -> None:
+    for job, result, batch_size in answers:
+        if not job.future.done():
+            job.future.set_result((result, batch_size))
