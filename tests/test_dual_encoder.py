@@ -120,6 +120,47 @@ def test_hard_negative_variants():
         ContrastiveLoss(ContrastiveLossConfig("semi"))
 
 
+def test_hard_negative_captions_swap_or_replace_words_within_their_group():
+    import random
+
+    from polymodal.text.perturb import CaptionPerturber
+
+    groups = [["red", "orange", "blue"], ["circle", "square"], ["three", "four"]]
+    perturb, rng = CaptionPerturber(groups), random.Random(0)
+    caption = "three shapes: a red circle, an orange square and a blue circle"
+    seen = {perturb(caption, rng) for _ in range(200)}
+    assert caption not in seen and None not in seen
+    assert "three shapes: an orange circle, a red square and a blue circle" in seen  # a swap, articles fixed
+    assert "four shapes: a red circle, an orange square and a blue circle" in seen  # a replacement
+    for negative in seen:  # one edit, only ever within a group: the other words stay where they are
+        changed = [(a, b) for a, b in zip(caption.split(), negative.split(), strict=True) if a != b]
+        assert 1 <= len(changed) <= 4
+        assert all(any(a.strip(",:") in g and b.strip(",:") in g for g in groups) or {a, b} == {"a", "an"}
+                   for a, b in changed)
+    assert perturb("there is a green star", rng) is None
+    always_swap = CaptionPerturber(groups, swap_probability=1.0)
+    assert always_swap("a red circle and a blue square", rng) in {"a blue circle and a red square",
+                                                                  "a red square and a blue circle"}
+
+
+def test_negative_captions_are_extra_candidates_for_the_images():
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    loss, scale = ContrastiveLoss(ContrastiveLossConfig()), torch.tensor(10.0)
+    plain = loss(img, txt, scale)["loss"]
+    none_valid = loss(img, txt, scale, negatives=txt.flip(0), negative_valid=torch.zeros(6, dtype=torch.bool))
+    assert none_valid["loss"].item() == pytest.approx(plain.item(), rel=1e-6)  # masked out: no change
+    copies = loss(img, txt, scale, negatives=txt, negative_valid=torch.ones(6, dtype=torch.bool))
+    assert copies["loss"].item() > plain.item()  # a negative as close as the caption itself costs
+    model = tiny_dual()
+    images, captions = tiny_world(4)
+    batch = {"images": images, "text_ids": model.tokenize(captions),
+             "negative_ids": model.tokenize(captions[::-1]), "negative_valid": torch.ones(4, dtype=torch.bool)}
+    _, terms = model(batch)
+    terms["loss"].backward()
+    assert 0.0 <= terms["negative_caption_accuracy"].item() <= 1.0
+
+
 def test_logit_scale_is_learned_and_clamped_at_100():
     model = tiny_dual()
     assert model.scale().item() == pytest.approx(1 / 0.07, rel=1e-4)
@@ -155,6 +196,7 @@ def test_contrastive_task_trains_saves_and_exports(tmp_path):
         "train.batch_size=16", "train.eval_every=3", "train.warmup_steps=2", f"train.out_dir={tmp_path / 'run'}"])
     summary = task(cfg, progress=False)
     assert summary["step"] == 6 and summary["test"]["strict"]["images"] == 3
+    assert 0.0 <= summary["final_negative_caption_accuracy"] <= 1.0  # the config's hard negative captions
     assert isinstance(polymodal.load(tmp_path / "run"), DualEncoder)
     assert (tmp_path / "run" / "image_encoder.safetensors").is_file()
 

@@ -32,6 +32,7 @@ from .data.images import image_to_tensor, normalize
 from .data.records import CaptionRecord, SkipReport
 from .errors import DataError, InputError
 from .metrics import retrieval_metrics
+from .text.perturb import fix_articles
 from .text.tokenizer import split_words
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -223,15 +224,6 @@ PARAPHRASES = {  # data: Shapes World words -> words its captions never use (uns
     "triangle": "wedge", "diamond": "rhombus", "star": "pentagram", "hexagon": "six-sided polygon",
     "small": "tiny", "large": "big", "above": "over", "below": "beneath", "shapes": "objects",
 }
-
-
-def fix_articles(text: str) -> str:
-    """"a orange circle" -> "an orange circle": every "a"/"an" follows the word after it."""
-    words = text.split(" ")
-    for i, w in enumerate(words[:-1]):
-        if w.lower() in ("a", "an"):
-            words[i] = "an" if words[i + 1][:1].lower() in "aeiou" else "a"
-    return " ".join(words)
 
 
 def paraphrase(caption: str, table: dict[str, str] | None = None) -> str:

@@ -44,6 +44,10 @@ class ContrastiveLossConfig:
     beta: float = 0.5                 # weighted: negatives re-weighted by exp(beta * logit), mean weight 1
     hard_weight: float = 0.5          # hardest: weight of the hinge on the hardest in-batch negative
     margin: float = 0.2               # hardest: cosine margin of that hinge
+    # NegCLIP-style hard negative captions (text.perturb): groups of interchangeable words (colours,
+    # object names, counts, ...) swapped or replaced within a caption; [] = none
+    negative_words: list[list[str]] = field(default_factory=list)
+    negative_swap: float = 0.5        # chance of a swap (binding) rather than a replacement, when both apply
 
 
 @dataclass
@@ -81,11 +85,20 @@ class ContrastiveLoss(nn.Module):
         self.cfg = cfg
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                positives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                positives: torch.Tensor | None = None, negatives: torch.Tensor | None = None,
+                negative_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`negatives` (B, E): one hard negative caption per pair (False in `negative_valid`: none), extra
+        candidates of the image -> text direction for every image of the batch (NegCLIP)."""
         sim = image.float() @ text.float().T  # (B, B) cosine similarities
         pos = positives if positives is not None else torch.eye(len(sim), dtype=torch.bool, device=sim.device)
         logits = logit_scale * sim
-        terms = {"contrastive_loss": 0.5 * (self._infonce(logits, pos) + self._infonce(logits.T, pos.T))}
+        i2t, i2t_pos = logits, pos
+        if negatives is not None:
+            extra = (logit_scale * image.float() @ negatives.float().T)
+            if negative_valid is not None:
+                extra = extra.masked_fill(~negative_valid[None, :], -math.inf)
+            i2t, i2t_pos = torch.cat([logits, extra], 1), torch.cat([pos, torch.zeros_like(pos)], 1)
+        terms = {"contrastive_loss": 0.5 * (self._infonce(i2t, i2t_pos) + self._infonce(logits.T, pos.T))}
         if self.cfg.hard_negatives == "hardest":
             terms["hard_negative_loss"] = self.cfg.hard_weight * 0.5 * (
                 self._hinge(sim, pos) + self._hinge(sim.T, pos.T))
@@ -195,8 +208,14 @@ class DualEncoder(SavedModel, nn.Module):
         image, text = self.encode_image(batch["images"]), self.encode_text(batch["text_ids"])
         positives = same_pair(batch["text_ids"], batch.get("record"))
         scale = self.scale()
-        losses = self.loss(image, text, scale, positives)
-        losses["logit_scale"] = scale.detach()  # logged, not optimized: "loss" is the sum of the real terms
+        negatives = self.encode_text(batch["negative_ids"]) if "negative_ids" in batch else None
+        valid = batch.get("negative_valid")
+        losses = self.loss(image, text, scale, positives, negatives, valid)
+        # logged, not optimized: "loss" is the sum of the real terms
+        losses["logit_scale"] = scale.detach()
+        if negatives is not None and valid is not None and bool(valid.any()):
+            own, negative = (image * text).sum(-1), (image * negatives).sum(-1)
+            losses["negative_caption_accuracy"] = (own > negative)[valid].float().mean().detach()
         return scale * image @ text.T, losses
 
     # ---- inference ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..data.records import CaptionRecord, SkipReport
 from ..models.dual_encoder import DualEncoder, DualEncoderConfig
 from ..registry import TASKS
 from ..retrieval import evaluate_retrieval
+from ..text.perturb import CaptionPerturber
 from ..text.tokenizer import WordTokenizer
 from .trainer import Trainer, param_groups
 
@@ -69,10 +71,11 @@ class PairDataset(Dataset):
 
 
 class PairCollate:
-    """Stack images (as `collate_captions` does) and tokenize the captions with the model's text tower."""
+    """Stack images (as `collate_captions` does) and tokenize the captions with the model's text tower;
+    with a `perturb`, also one hard negative caption per pair ("negative_ids", "negative_valid")."""
 
-    def __init__(self, tokenize: Any):
-        self.tokenize = tokenize
+    def __init__(self, tokenize: Any, perturb: CaptionPerturber | None = None):
+        self.tokenize, self.perturb = tokenize, perturb
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
         batch = collate_captions([None if it is None else {"image": it["image"], "record": it["record"]}
@@ -80,6 +83,11 @@ class PairCollate:
         texts = [it["text"] for it in items if it is not None]
         if texts:
             batch["text_ids"] = self.tokenize(texts)
+        if texts and self.perturb is not None:
+            rng = random.Random(int(torch.randint(2**31, ())))  # torch's generator: seeded by the Trainer
+            negatives = [self.perturb(t, rng) for t in texts]
+            batch["negative_ids"] = self.tokenize([n or t for n, t in zip(negatives, texts, strict=True)])
+            batch["negative_valid"] = torch.tensor([n is not None for n in negatives])
         return batch
 
 
@@ -124,7 +132,10 @@ def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train
         m.train()
         return metrics["strict"]
 
-    trainer = Trainer(model, train_set, cfg.train, collate=PairCollate(model.tokenize), save_model=model.write_files,
+    loss = cfg.model.loss
+    perturb = CaptionPerturber(loss.negative_words, loss.negative_swap) if loss.negative_words else None
+    trainer = Trainer(model, train_set, cfg.train, collate=PairCollate(model.tokenize, perturb),
+                      save_model=model.write_files,
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     if cfg.train.text_lr is not None:  # before any resume, so the restored optimizer has the same groups
         trainer.optimizer = torch.optim.AdamW(groups_with_text_lr(model, cfg.train), lr=cfg.train.lr)
