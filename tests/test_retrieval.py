@@ -22,6 +22,7 @@ from polymodal.retrieval import (
     build_image_index,
     build_text_index,
     fill_template,
+    hard_negative_accuracy,
     paraphrase,
     single_object_images,
     zero_shot_accuracy,
@@ -178,6 +179,23 @@ def test_a_hand_built_model_classifies_colours_zero_shot(tmp_path):
     assert result["accuracy"] >= 0.9, result
     with pytest.raises(InputError, match="shape or colour"):
         zero_shot_accuracy(ColourOracle(), root, "size")
+
+
+def test_hard_negative_captions_score_what_a_model_can_tell_apart(tmp_path):
+    from polymodal.data.shapes import ShapesWorld
+    from polymodal.text.perturb import CaptionPerturber
+
+    root = write_shapes_world(tmp_path / "sw", n=60, seed=2, image_size=32, progress=False)
+    world = ShapesWorld(n=60, seed=2, image_size=32)
+    records = [r for i, r in enumerate(world.records("train", root)) if len(world.scene("train", i).objects) == 1]
+    assert records
+    colours = CaptionPerturber([list(COLOURS)])
+    result = hard_negative_accuracy(ColourOracle(), records, colours)
+    # one object, one colour word: nothing to swap; a replaced colour is told apart by the colour oracle
+    assert "swap" not in result and result["replace_pairs"] == sum(len(r.captions) for r in records)
+    assert result["replace"] >= 90.0, result
+    shapes = hard_negative_accuracy(ColourOracle(), records, CaptionPerturber([["circle", "square", "star"]]))
+    assert shapes.get("replace", 0.0) <= 10.0  # blind to shape words: a tie is not a win
 
 
 def test_paraphrase_uses_words_shapes_world_never_says():

@@ -121,17 +121,28 @@ def retrieval_eval(model_dir: Path = typer.Argument(..., help="dual encoder mode
                    paraphrased: bool = typer.Option(False, "--paraphrase", help="swap caption words for synonyms "
                                                     "never seen in training (crimson disc, cobalt box, ...)")) -> None:
     """Image<->text Recall@1/5/10 and ranks on a captioned split: strict, identical-caption-aware and,
-    on Shapes World, true-of-the-image (any caption the grammar can say of the image is right)."""
+    on Shapes World, true-of-the-image (any caption the grammar can say of the image is right), and how
+    often an image prefers its caption to a hard negative one (colours swapped, a count changed, ...)."""
     from .config import DataConfig
     from .data.datasets import load_split, shapes_folder
-    from .retrieval import evaluate_retrieval, paraphrase, retrieval_ceiling, shapes_relevance
+    from .data.shapes import WORD_GROUPS
+    from .retrieval import (
+        evaluate_retrieval,
+        hard_negative_accuracy,
+        paraphrase,
+        retrieval_ceiling,
+        shapes_relevance,
+    )
+    from .text.perturb import CaptionPerturber
 
     cfg = DataConfig(format="shapes", n=n) if data is None else DataConfig(
         format=data_format, path=str(data), images=str(images) if images else None)
     records = load_split(cfg, split)
     # Shapes World knows every caption true of each image: score "true of the image" as well
     relevance = shapes_relevance(records, shapes_folder(cfg)) if data is None else None
-    result = evaluate_retrieval(_load_dual(model_dir), records, rewrite=paraphrase if paraphrased else None,
-                                relevance=relevance)
+    model = _load_dual(model_dir)
+    result = evaluate_retrieval(model, records, rewrite=paraphrase if paraphrased else None, relevance=relevance)
     result["strict_ceiling"] = retrieval_ceiling(records)
+    if data is None:  # image vs hard negative captions made from Shapes World's interchangeable words
+        result["hard_negative_captions"] = hard_negative_accuracy(model, records, CaptionPerturber(WORD_GROUPS))
     typer.echo(json.dumps(result, indent=1))

@@ -40,6 +40,9 @@ COLOURS = {  # saturated, far apart in RGB and all bright against the dark backg
     "purple": (160, 50, 220), "orange": (255, 140, 0), "white": (245, 245, 245), "cyan": (30, 220, 230),
 }
 SIZES = {"small": 0.10, "large": 0.17}  # radius of the object's bounding circle, as a fraction of the side
+# Caption words that can stand for one another (hard negative captions, text/perturb.py)
+WORD_GROUPS = (tuple(COLOURS), SHAPES, tuple(SIZES), ("two", "three", "four"), ("left", "right"),
+               ("above", "below"), ("top", "bottom"))
 HELDOUT_PAIRS = (("green", "triangle"), ("red", "square"), ("blue", "star"), ("yellow", "hexagon"))
 ALL_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)
 SEEN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELDOUT_PAIRS)

@@ -55,25 +55,38 @@ class CaptionPerturber:
         self.swap_probability = swap_probability
 
     def __call__(self, caption: str, rng: random.Random) -> str | None:
-        spans = [(m.start(), m.end(), m.group(0).lower()) for m in WORD.finditer(caption)]
-        grouped = [(s, e, w) for s, e, w in spans if w in self.group_of]
+        swapped = self.swap(caption, rng) if rng.random() < self.swap_probability else None
+        return swapped if swapped is not None else self.replace(caption, rng)
+
+    def swap(self, caption: str, rng: random.Random) -> str | None:
+        """Two different words of one group trade places (attribute binding), or None if there are none."""
+        grouped = self._grouped(caption)
+        pairs = [(a, b) for i, a in enumerate(grouped) for b in grouped[i + 1:]
+                 if self.group_of[a[2]] == self.group_of[b[2]] and a[2] != b[2]]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        return _edit(caption, {a[0]: (a[1], b[2]), b[0]: (b[1], a[2])})
+
+    def replace(self, caption: str, rng: random.Random) -> str | None:
+        """One grouped word becomes another of its group (red -> blue), or None if there is none."""
+        grouped = [(s, e, w) for s, e, w in self._grouped(caption) if len(self.groups[self.group_of[w]]) > 1]
         if not grouped:
             return None
-        swaps = [(a, b) for i, a in enumerate(grouped) for b in grouped[i + 1:]
-                 if self.group_of[a[2]] == self.group_of[b[2]] and a[2] != b[2]]
-        edits: dict[int, tuple[int, str]] = {}  # start -> (end, new word)
-        if swaps and rng.random() < self.swap_probability:
-            a, b = rng.choice(swaps)
-            edits = {a[0]: (a[1], b[2]), b[0]: (b[1], a[2])}
-        else:
-            start, end, word = rng.choice(grouped)
-            others = [w for w in self.groups[self.group_of[word]] if w != word]
-            if not others:
-                return None
-            edits = {start: (end, rng.choice(others))}
-        out, last = [], 0
-        for start in sorted(edits):
-            end, word = edits[start]
-            out += [caption[last:start], word]
-            last = end
-        return fix_articles("".join(out) + caption[last:])
+        start, end, word = rng.choice(grouped)
+        return _edit(caption, {start: (end, rng.choice([w for w in self.groups[self.group_of[word]] if w != word]))})
+
+    def _grouped(self, caption: str) -> list[tuple[int, int, str]]:
+        """(start, end, lower-case word) of every word of the caption that is in a group."""
+        return [(m.start(), m.end(), m.group(0).lower()) for m in WORD.finditer(caption)
+                if m.group(0).lower() in self.group_of]
+
+
+def _edit(caption: str, edits: dict[int, tuple[int, str]]) -> str:
+    """Replace the spans start -> (end, new word), then fix the articles in front of new words."""
+    out, last = [], 0
+    for start in sorted(edits):
+        end, word = edits[start]
+        out += [caption[last:start], word]
+        last = end
+    return fix_articles("".join(out) + caption[last:])
