@@ -470,3 +470,24 @@ def test_whole_and_continuous_batching_give_the_same_captions(captioner: Any) ->
     assert [[x["text"] for x in r["captions"]] for r in answers[0]] == \
         [[x["text"] for x in r["captions"]] for r in answers[1]]
     assert all(r["batch_size"] <= 4 for r in answers[1])
+
+
+def test_continuous_batching_drops_requests_that_gave_up_while_waiting() -> None:
+    steps: list[list[int]] = []
+
+    async def main() -> tuple[int, int]:
+        batcher = DynamicBatcher(lambda key, items: [x * 10 for x in items], ThreadPoolExecutor(1), max_batch=1,
+                                 max_wait_ms=0, open_session=lambda key: CountdownSession(steps))
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("beam", 5))
+        await asyncio.sleep(0.02)
+        waiting = asyncio.ensure_future(batcher.submit("beam", 3))  # no room: it waits to join
+        await asyncio.sleep(0.01)
+        waiting.cancel()  # the client gave up (a timeout)
+        assert (await first)[0] == 50
+        result = await asyncio.wait_for(batcher.submit("beam", 2), 5)  # the batcher is not stuck
+        await batcher.stop()
+        return result
+
+    assert asyncio.run(main())[0] == 20
+    assert all(3 not in step for step in steps) and len(steps) < 20

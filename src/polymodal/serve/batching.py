@@ -301,7 +301,10 @@ class DynamicBatcher:
         """The waiting requests that join now. Each admission costs a prefill and a merge of the batch
         state, so while the batch is at least half full, requests join in groups: once they would fill
         it, or once the oldest has waited `max_wait_ms`."""
-        waiting = [job for job in self._joining if not job.future.done()]
+        while self._joining and self._joining[0].future.done():  # timed out while waiting
+            self._joining.popleft()
+        # list() copies the deque in one step; iterating it here could meet an append from the event loop
+        waiting = [job for job in list(self._joining) if not job.future.done()]
         room = self.max_batch - live
         if not waiting or room <= 0 or self._others_waiting:
             return []
