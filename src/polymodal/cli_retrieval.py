@@ -124,7 +124,7 @@ def retrieval_eval(model_dir: Path = typer.Argument(..., help="dual encoder mode
     on Shapes World, true-of-the-image (any caption the grammar can say of the image is right), and how
     often an image prefers its caption to a hard negative one (colours swapped, a count changed, ...)."""
     from .config import DataConfig
-    from .data.datasets import load_split, shapes_folder
+    from .data.datasets import ImageStore, load_split, shapes_folder
     from .data.shapes import WORD_GROUPS
     from .retrieval import (
         evaluate_retrieval,
@@ -141,8 +141,11 @@ def retrieval_eval(model_dir: Path = typer.Argument(..., help="dual encoder mode
     # Shapes World knows every caption true of each image: score "true of the image" as well
     relevance = shapes_relevance(records, shapes_folder(cfg)) if data is None else None
     model = _load_dual(model_dir)
-    result = evaluate_retrieval(model, records, rewrite=paraphrase if paraphrased else None, relevance=relevance)
+    store = ImageStore(records, model.cfg.image_size, True)  # decoded once for both evaluations
+    result = evaluate_retrieval(model, records, rewrite=paraphrase if paraphrased else None, relevance=relevance,
+                                store=store)
     result["strict_ceiling"] = retrieval_ceiling(records)
     if data is None:  # image vs hard negative captions made from Shapes World's interchangeable words
-        result["hard_negative_captions"] = hard_negative_accuracy(model, records, CaptionPerturber(WORD_GROUPS))
+        result["hard_negative_captions"] = hard_negative_accuracy(model, records, CaptionPerturber(WORD_GROUPS),
+                                                                  store=store)
     typer.echo(json.dumps(result, indent=1))
