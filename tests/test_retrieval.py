@@ -21,13 +21,10 @@ from polymodal.retrieval import (
     RetrievalIndex,
     build_image_index,
     build_text_index,
-    fill_template,
     hard_negative_accuracy,
     paraphrase,
-    single_object_images,
-    zero_shot_accuracy,
-    zero_shot_classifier,
 )
+from polymodal.zero_shot import fill_template, single_object_images, zero_shot_accuracy, zero_shot_classifier
 
 from .test_dual_encoder import tiny_dual
 

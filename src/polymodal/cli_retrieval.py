@@ -99,7 +99,7 @@ def zeroshot(model_dir: Path = typer.Argument(..., help="dual encoder model dire
     """Zero-shot shape or colour classification of one-object Shapes World images, by prompts alone."""
     from .config import DataConfig
     from .data.datasets import shapes_folder
-    from .retrieval import zero_shot_accuracy
+    from .zero_shot import zero_shot_accuracy
 
     folder = data if data is not None else shapes_folder(DataConfig(format="shapes", n=10000))
     result = zero_shot_accuracy(_load_dual(model_dir), folder, task, split, progress=True)
