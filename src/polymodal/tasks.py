@@ -17,13 +17,14 @@ from .errors import ConfigError
 from .registry import TASKS
 from .train import (
     captioning,  # noqa: F401  (registers "captioning")
+    chat,  # noqa: F401  (registers "chat")
     contrastive,  # noqa: F401  (registers "contrastive")
     lm_pretrain,  # noqa: F401  (registers "lm_pretrain")
     prefix_lm,  # noqa: F401  (registers "prefix_lm")
     refine,  # noqa: F401  (registers "refine")
     scst,  # noqa: F401  (registers "scst")
     video,  # noqa: F401  (registers "video_caption" and "video_qa")
-    vqa,  # noqa: F401  (registers "vqa" and "chat")
+    vqa,  # noqa: F401  (registers "vqa")
 )
 
 
