@@ -193,7 +193,8 @@ def test_contrastive_task_trains_saves_and_exports(tmp_path):
     task, cfg = load_task_config("configs/contrastive.yaml", [
         "data.n=30", "data.render_size=32", "model.image_size=32", "model.encoder.width=8",
         "model.text.width=16", "model.text.layers=1", "model.embed_dim=16", "train.steps=6",
-        "train.batch_size=16", "train.eval_every=3", "train.warmup_steps=2", f"train.out_dir={tmp_path / 'run'}"])
+        "train.batch_size=16", "train.eval_every=3", "train.warmup_steps=2", "train.similar_batches=2",
+        f"train.out_dir={tmp_path / 'run'}"])
     summary = task(cfg, progress=False)
     assert summary["step"] == 6 and summary["test"]["strict"]["images"] == 3
     assert 0.0 <= summary["final_negative_caption_accuracy"] <= 1.0  # the config's hard negative captions

@@ -32,6 +32,7 @@ from ..registry import TASKS
 from ..retrieval import evaluate_retrieval
 from ..text.perturb import CaptionPerturber
 from ..text.tokenizer import WordTokenizer
+from .similar_batches import SimilarCaptionOrder
 from .trainer import Trainer, param_groups
 
 
@@ -41,6 +42,10 @@ class ContrastiveTrainConfig(TrainConfig):
     batch_size: int = 128             # InfoNCE: every other pair of the batch is a negative
     early_stop_metric: str = "r1_mean"
     text_lr: float | None = None      # learning rate of the text tower (a fine-tuned hf_bert wants ~1e-5)
+    # Image-side hard negatives: batches made of groups of this many pairs with look-alike captions,
+    # drawn from each caption's `similar_candidates` nearest (train/similar_batches.py); 0 = random batches
+    similar_batches: int = 0
+    similar_candidates: int = 16
 
 
 @dataclass
@@ -134,9 +139,14 @@ def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train
 
     loss = cfg.model.loss
     perturb = CaptionPerturber(loss.negative_words, loss.negative_swap) if loss.negative_words else None
+    order = None
+    if cfg.train.similar_batches > 0:
+        order = SimilarCaptionOrder([train_set.records[i].captions[j] for i, j in train_set.pairs],
+                                    [i for i, _ in train_set.pairs], cfg.train.similar_batches,
+                                    cfg.train.similar_candidates)
     trainer = Trainer(model, train_set, cfg.train, collate=PairCollate(model.tokenize, perturb),
-                      save_model=model.write_files,
-                      seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
+                      save_model=model.write_files, seed=cfg.seed, evaluate=evaluate,
+                      run_config=dataclasses.asdict(cfg), progress=progress, epoch_order=order)
     if cfg.train.text_lr is not None:  # before any resume, so the restored optimizer has the same groups
         trainer.optimizer = torch.optim.AdamW(groups_with_text_lr(model, cfg.train), lr=cfg.train.lr)
     summary = trainer.fit(stop_at=stop_at)

@@ -31,18 +31,27 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_directory, load_weights, recover_directory
 from ..config import TrainConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from . import distributed
 from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
 LOWER_IS_BETTER = ("loss", "perplexity", "rank")
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Shuffled batches whose order depends only on (seed, epoch), so a resume can skip ahead exactly."""
+EpochOrder = Callable[[torch.Generator], list[int]]  # an epoch's order of the dataset, drawn from the generator
 
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0):
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Shuffled batches whose order depends only on (seed, epoch), so a resume can skip ahead exactly.
+
+    `order` replaces the plain shuffle by one that places related items next to each other (see
+    `train.similar_batches`); consecutive runs of `batch_size` items of it are the batches.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0,
+                 order: EpochOrder | None = None):
         self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
+        self.order = order
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Move to `epoch`, skipping its first `start` batches (a resumed run)."""
@@ -50,7 +59,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * distributed.SEED_STRIDE + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
+        order = self.order(g) if self.order is not None else torch.randperm(self.size, generator=g).tolist()
         return [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -93,8 +102,10 @@ class Trainer:
     def __init__(self, model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, collate: Callable,
                  save_model: Callable[[Path], Any], seed: int = 0,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                 run_config: dict[str, Any] | None = None, progress: bool = True):
+                 run_config: dict[str, Any] | None = None, progress: bool = True,
+                 epoch_order: EpochOrder | None = None):
         self.model, self.dataset, self.cfg, self.collate = model, dataset, cfg, collate
+        self.epoch_order = epoch_order
         self.save_model, self.evaluate, self.seed = save_model, evaluate, seed
         self.run_config = run_config or {}
         self.progress = progress
@@ -171,8 +182,11 @@ class Trainer:
         """One DataLoader for the whole run (so workers can persist); its sampler moves to the epoch."""
         if self._data is None:
             size, batch = len(self.dataset), self.cfg.batch_size
+            if self.env.distributed and self.epoch_order is not None:
+                raise ConfigError("a custom batch order (e.g. train.similar_batches) runs in one process; "
+                                  "set it to 0 under torchrun")
             sampler = (distributed.DistributedBatchSampler(size, batch, self.seed, self.env)
-                       if self.env.distributed else EpochBatchSampler(size, batch, self.seed))
+                       if self.env.distributed else EpochBatchSampler(size, batch, self.seed, order=self.epoch_order))
             # A private generator: creating the iterator must not draw from the global RNG (dropout's),
             # or a resumed run, which creates one more iterator mid-epoch, would drift from a straight run.
             generator = torch.Generator().manual_seed(self.seed + self.epoch)

@@ -1,0 +1,65 @@
+"""Batches of look-alike captions (train/similar_batches.py) and the trainer's epoch-order hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polymodal.errors import ConfigError
+from polymodal.train import distributed
+from polymodal.train.similar_batches import SimilarCaptionOrder, nearest_texts, tfidf_vectors
+from polymodal.train.trainer import EpochBatchSampler
+
+TEXTS = ["a red circle and a blue square", "three yellow stars", "a blue circle and a red square",
+         "four yellow stars", "a green triangle above a white diamond", "a white triangle above a green diamond"]
+
+
+def test_tfidf_rows_are_unit_vectors_and_rare_words_weigh_more():
+    v = tfidf_vectors(["a red circle", "a blue circle", "a red star"])
+    assert torch.allclose(v.norm(dim=-1), torch.ones(3))
+    # "star" (1 caption) weighs more than "a" (3 captions) in the third row
+    assert (v[2] > 0).sum() == 3 and v[2].max() > v[2][v[0] > 0].min()
+
+
+def test_nearest_texts_are_the_ones_sharing_most_words_and_never_itself():
+    near = nearest_texts(TEXTS, k=1)
+    assert near[:, 0].tolist() == [2, 3, 0, 1, 5, 4]
+
+
+def test_order_is_a_permutation_made_of_neighbour_groups():
+    order = SimilarCaptionOrder(TEXTS, owners=range(6), group=2, candidates=1)(torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(6))
+    groups = {frozenset(order[i:i + 2]) for i in range(0, 6, 2)}
+    assert groups == {frozenset({0, 2}), frozenset({1, 3}), frozenset({4, 5})}
+
+
+def test_groups_skip_the_same_image_and_identical_captions():
+    # items 0 and 1 belong to one image; item 2 repeats item 0's caption on another image
+    texts = ["a red circle", "a red star", "a red circle", "a blue circle", "a red square"]
+    order = SimilarCaptionOrder(texts, owners=[0, 0, 1, 2, 3], group=3, candidates=4)
+    for seed in range(20):
+        items = order(torch.Generator().manual_seed(seed))
+        assert sorted(items) == list(range(5))
+        first = items[:3]
+        assert len({[0, 0, 1, 2, 3][i] for i in first}) == 3  # three different images
+        assert len({texts[i] for i in first}) == 3             # and three different captions
+
+
+def test_order_depends_only_on_the_generator():
+    order = SimilarCaptionOrder(TEXTS * 5, owners=range(30), group=3)
+    a, b = order(torch.Generator().manual_seed(1)), order(torch.Generator().manual_seed(1))
+    assert a == b and a != order(torch.Generator().manual_seed(2))
+    plain = SimilarCaptionOrder(TEXTS, range(6), group=1)  # a plain shuffle: no neighbours computed
+    assert sorted(plain(torch.Generator().manual_seed(0))) == list(range(6))
+    with pytest.raises(ConfigError, match="group"):
+        SimilarCaptionOrder(TEXTS, range(6), group=0)
+
+
+def test_the_sampler_batches_the_order_and_resumes_inside_it():
+    order = SimilarCaptionOrder(TEXTS * 4, owners=range(24), group=2)
+    sampler = EpochBatchSampler(24, 4, seed=3, epoch=1, order=order)
+    batches = sampler.batches()
+    drawn = order(torch.Generator().manual_seed(3 * distributed.SEED_STRIDE + 1))  # the sampler's (seed, epoch)
+    assert batches == [drawn[i:i + 4] for i in range(0, 24, 4)]
+    assert list(EpochBatchSampler(24, 4, seed=3, epoch=1, start=2, order=order)) == batches[2:]
+    assert EpochBatchSampler(24, 4, seed=3, epoch=2, order=order).batches() != batches
