@@ -280,7 +280,7 @@ def evaluate_retrieval(model: nn.Module, records: list[CaptionRecord], batch_siz
 
     Example:
         >>> evaluate_retrieval(model, load_split(DataConfig(n=10000), "test"))["strict"]["t2i_r1"]  # doctest: +SKIP
-        93.1
+        72.88
     """
     model.eval()
     store = store if store is not None else ImageStore(records, model.cfg.image_size, True, progress=progress)
@@ -315,7 +315,7 @@ def hard_negative_accuracy(model: nn.Module, records: list[CaptionRecord], pertu
 
     Example:
         >>> hard_negative_accuracy(model, records, CaptionPerturber(WORD_GROUPS))  # doctest: +SKIP
-        {'swap': 81.0, 'swap_pairs': 3549, 'replace': 97.6, 'replace_pairs': 5000}
+        {'swap': 83.0, 'swap_pairs': 3549, 'replace': 97.4, 'replace_pairs': 5000}
     """
     model.eval()
     store = store if store is not None else ImageStore(records, model.cfg.image_size, True, progress=False)
