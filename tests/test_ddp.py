@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from polymodal.config import load_config
 from polymodal.train.captioning import train_captioner
 from polymodal.train.distributed import DistEnv, DistributedBatchSampler
+from polymodal.train.similar_batches import SimilarCaptionOrder
 from polymodal.train.trainer import EpochBatchSampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,20 @@ def test_distributed_batches_are_the_single_process_global_batches():
     for k in range(6):  # the last single-process batch (2 items) is where drop_last differs
         assert sorted(ranks[0][k] + ranks[1][k]) == sorted(single[k])
     resumed = DistributedBatchSampler(50, 4, seed=3, env=DistEnv(1, 2), epoch=1, start=2)
+    assert list(resumed) == ranks[1][2:]
+
+
+
+def test_distributed_batches_follow_an_epoch_order_in_contiguous_shares():
+    order = SimilarCaptionOrder(["a red circle", "a blue circle", "two stars", "three stars", "a red square"] * 10,
+                                owners=range(50), group=2)
+    single = EpochBatchSampler(50, 8, seed=3, epoch=1, order=order).batches()
+    ranks = [list(DistributedBatchSampler(50, 4, seed=3, env=DistEnv(r, 2), epoch=1, order=order)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 7
+    for k in range(6):  # each global batch split in two halves, in the order's sequence (groups stay whole)
+        assert ranks[0][k] + ranks[1][k] == single[k]
+    assert ranks[0][6] + ranks[1][6] == single[6]  # the last global batch (2 items): one each
+    resumed = DistributedBatchSampler(50, 4, seed=3, env=DistEnv(1, 2), epoch=1, start=2, order=order)
     assert list(resumed) == ranks[1][2:]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -125,10 +125,11 @@ class DistributedBatchSampler(Sampler[list[int]]):
     number of equally sized batches (DDP needs every rank in every all-reduce).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, env: DistEnv, epoch: int = 0, start: int = 0):
+    def __init__(self, size: int, batch_size: int, seed: int, env: DistEnv, epoch: int = 0, start: int = 0,
+                 order: Callable[[torch.Generator], list[int]] | None = None):
         self.sampler = DistributedSampler(range(size), num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                           seed=seed * SEED_STRIDE, drop_last=True)
-        self.batch_size = batch_size
+        self.batch_size, self.seed, self.env, self.order = batch_size, seed, env, order
         self.set_epoch(epoch, start)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -137,9 +138,24 @@ class DistributedBatchSampler(Sampler[list[int]]):
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[list[int]]:
-        indices = list(self.sampler)
+        indices = list(self.sampler) if self.order is None else self._from_order()
         for b in range(self.start, len(self)):
             yield indices[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def _from_order(self) -> list[int]:
+        """This rank's share of an epoch order (the trainer's `epoch_order`, the same on every rank): the
+        r-th contiguous part of each global batch, so groups the order placed together stay together and
+        the global batches are those of one process with the whole batch."""
+        g = torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
+        world, rank = self.env.world_size, self.env.rank
+        order = self.order(g)[:self.sampler.num_samples * world]  # drop_last, as the random order
+        out: list[int] = []
+        step = self.batch_size * world
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
+            share = len(chunk) // world
+            out += chunk[rank * share:(rank + 1) * share]
+        return out
 
     def __len__(self) -> int:
         return math.ceil(self.sampler.num_samples / self.batch_size)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_directory, load_weights, recover_directory
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from . import distributed
 from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
@@ -182,10 +182,7 @@ class Trainer:
         """One DataLoader for the whole run (so workers can persist); its sampler moves to the epoch."""
         if self._data is None:
             size, batch = len(self.dataset), self.cfg.batch_size
-            if self.env.distributed and self.epoch_order is not None:
-                raise ConfigError("a custom batch order (e.g. train.similar_batches) runs in one process; "
-                                  "set it to 0 under torchrun")
-            sampler = (distributed.DistributedBatchSampler(size, batch, self.seed, self.env)
+            sampler = (distributed.DistributedBatchSampler(size, batch, self.seed, self.env, order=self.epoch_order)
                        if self.env.distributed else EpochBatchSampler(size, batch, self.seed, order=self.epoch_order))
             # A private generator: creating the iterator must not draw from the global RNG (dropout's),
             # or a resumed run, which creates one more iterator mid-epoch, would drift from a straight run.
