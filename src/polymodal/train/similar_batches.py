@@ -8,8 +8,8 @@ pairs whose captions share the most words with it (TF-IDF cosine over words; cap
 image and identical captions are left out, as they are positives anyway). Every pair still comes
 once per epoch; consecutive groups fill a batch.
 
-Finding the neighbours compares every caption with every other once, in chunks: N^2 * V work for N
-pairs and V words (about 10 s for Shapes World's 120k pairs on one core).
+Finding the neighbours compares every distinct caption with every other once, in chunks: N^2 * V work for N
+distinct captions and V words (about 40 s for Shapes World's 120k pairs, 72k distinct captions, on one core).
 
 Example:
     >>> order = SimilarCaptionOrder(["a red circle", "a blue circle", "a red star", "two squares"],
@@ -90,30 +90,33 @@ class SimilarCaptionOrder:
 
     def __call__(self, generator: torch.Generator) -> list[int]:
         """A permutation of range(N) in which each run of up to `group` items is a seed and its neighbours."""
-        size = len(self.text_of)
-        used = [False] * size
-        # each caption's items in a random order; a pointer skips those already used
+        used = [False] * len(self.text_of)
+        # each caption's items in a random order; `first_unused` skips those already taken
         pools = [[items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
                  for items in self.pairs_of]
-        next_free = [0] * len(pools)
+        first_unused = [0] * len(pools)
+
+        def take(text: int, owners: set[int]) -> int | None:
+            """An unused item with caption `text` whose image is not among `owners`."""
+            pool = pools[text]
+            while first_unused[text] < len(pool) and used[pool[first_unused[text]]]:
+                first_unused[text] += 1
+            return next((i for i in pool[first_unused[text]:] if not used[i] and self.owners[i] not in owners), None)
+
         order: list[int] = []
-        for seed in torch.randperm(size, generator=generator).tolist():
+        for seed in torch.randperm(len(used), generator=generator).tolist():
             if used[seed]:
                 continue
+            used[seed] = True
             group, owners = [seed], {self.owners[seed]}
             near = self.neighbours[self.text_of[seed]]
             for n in torch.randperm(len(near), generator=generator).tolist():
                 if len(group) == self.group:
                     break
-                pool = pools[near[n]]
-                while next_free[near[n]] < len(pool) and used[pool[next_free[near[n]]]]:
-                    next_free[near[n]] += 1
-                item = next((i for i in pool[next_free[near[n]]:] if not used[i] and self.owners[i] not in owners),
-                            None)
+                item = take(near[n], owners)
                 if item is not None:
+                    used[item] = True
                     group.append(item)
                     owners.add(self.owners[item])
-                    used[item] = True
-            used[seed] = True
             order += group
         return order
