@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from polymodal.errors import ConfigError
-from polymodal.train import distributed
+from polymodal.train import distributed, similar_batches
 from polymodal.train.similar_batches import SimilarCaptionOrder, nearest_texts, tfidf_vectors
 from polymodal.train.trainer import EpochBatchSampler
 
@@ -15,7 +15,7 @@ TEXTS = ["a red circle and a blue square", "three yellow stars", "a blue circle 
 
 
 def test_tfidf_rows_are_unit_vectors_and_rare_words_weigh_more():
-    v = tfidf_vectors(["a red circle", "a blue circle", "a red star"])
+    v = tfidf_vectors(["a red circle", "a blue circle", "a red star"]).to_dense()
     assert torch.allclose(v.norm(dim=-1), torch.ones(3))
     # "star" (1 caption) weighs more than "a" (3 captions) in the third row
     assert (v[2] > 0).sum() == 3 and v[2].max() > v[2][v[0] > 0].min()
@@ -63,3 +63,18 @@ def test_the_sampler_batches_the_order_and_resumes_inside_it():
     assert batches == [drawn[i:i + 4] for i in range(0, 24, 4)]
     assert list(EpochBatchSampler(24, 4, seed=3, epoch=1, start=2, order=order)) == batches[2:]
     assert EpochBatchSampler(24, 4, seed=3, epoch=2, order=order).batches() != batches
+
+
+def test_chunked_search_finds_the_nearest_neighbours(monkeypatch):
+    import random
+
+    rng = random.Random(0)
+    words = "a red blue green circle square star large small two three left of above".split()
+    texts = list(dict.fromkeys(" ".join(rng.choices(words, k=rng.randint(2, 7))) for _ in range(80)))
+    dense = tfidf_vectors(texts).to_dense()
+    sim = dense @ dense.T
+    sim.fill_diagonal_(-float("inf"))
+    for limit in (0, 2**27):  # searched sparse, then dense
+        monkeypatch.setattr(similar_batches, "DENSE_LIMIT", limit)
+        near = nearest_texts(texts, k=3, chunk=7)  # chunks that do not divide N
+        assert torch.allclose(sim.gather(1, near), sim.topk(3, dim=-1).values)
