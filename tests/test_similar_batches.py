@@ -59,7 +59,7 @@ def test_the_sampler_batches_the_order_and_resumes_inside_it():
     order = SimilarCaptionOrder(TEXTS * 4, owners=range(24), group=2)
     sampler = EpochBatchSampler(24, 4, seed=3, epoch=1, order=order)
     batches = sampler.batches()
-    drawn = order(torch.Generator().manual_seed(3 * distributed.SEED_STRIDE + 1))  # the sampler's (seed, epoch)
+    drawn = order(distributed.epoch_generator(3, 1))  # the sampler's (seed, epoch)
     assert batches == [drawn[i:i + 4] for i in range(0, 24, 4)]
     assert list(EpochBatchSampler(24, 4, seed=3, epoch=1, start=2, order=order)) == batches[2:]
     assert EpochBatchSampler(24, 4, seed=3, epoch=2, order=order).batches() != batches

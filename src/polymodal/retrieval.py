@@ -326,9 +326,9 @@ def hard_negative_accuracy(model: nn.Module, records: list[CaptionRecord], pertu
                  if (neg := edit(c, rng)) is not None]
         if not pairs:
             continue
-        owner = torch.tensor([i for i, _, _ in pairs])
-        own = (images[owner] * model.embed_texts([c for _, c, _ in pairs])).sum(-1)
-        negative = (images[owner] * model.embed_texts([n for _, _, n in pairs])).sum(-1)
+        paired = images[torch.tensor([i for i, _, _ in pairs])]  # each pair's image
+        own = (paired * model.embed_texts([c for _, c, _ in pairs])).sum(-1)
+        negative = (paired * model.embed_texts([n for _, _, n in pairs])).sum(-1)
         out[kind], out[f"{kind}_pairs"] = 100.0 * float((own > negative).float().mean()), len(pairs)
     return out
 

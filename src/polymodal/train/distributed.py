@@ -34,6 +34,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
 SEED_STRIDE = 1_000_003  # the single-process sampler seeds epoch e with seed * SEED_STRIDE + e
+EpochOrder = Callable[[torch.Generator], list[int]]  # an epoch's order of the dataset, drawn from the generator
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator an epoch's data order is drawn from: the same in every process, new every epoch."""
+    return torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class DistributedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, env: DistEnv, epoch: int = 0, start: int = 0,
-                 order: Callable[[torch.Generator], list[int]] | None = None):
+                 order: EpochOrder | None = None):
         self.sampler = DistributedSampler(range(size), num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                           seed=seed * SEED_STRIDE, drop_last=True)
         self.batch_size, self.seed, self.env, self.order = batch_size, seed, env, order
@@ -146,9 +152,8 @@ class DistributedBatchSampler(Sampler[list[int]]):
         """This rank's share of an epoch order (the trainer's `epoch_order`, the same on every rank): the
         r-th contiguous part of each global batch, so groups the order placed together stay together and
         the global batches are those of one process with the whole batch."""
-        g = torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
         world, rank = self.env.world_size, self.env.rank
-        order = self.order(g)[:self.sampler.num_samples * world]  # drop_last, as the random order
+        order = self.order(epoch_generator(self.seed, self.epoch))[:self.sampler.num_samples * world]  # drop_last
         out: list[int] = []
         step = self.batch_size * world
         for start in range(0, len(order), step):

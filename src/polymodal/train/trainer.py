@@ -38,9 +38,6 @@ from .state import drop_partial_line, read_trainer_state, restore_trainer_state,
 LOWER_IS_BETTER = ("loss", "perplexity", "rank")
 
 
-EpochOrder = Callable[[torch.Generator], list[int]]  # an epoch's order of the dataset, drawn from the generator
-
-
 class EpochBatchSampler(Sampler[list[int]]):
     """Shuffled batches whose order depends only on (seed, epoch), so a resume can skip ahead exactly.
 
@@ -49,7 +46,7 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0,
-                 order: EpochOrder | None = None):
+                 order: distributed.EpochOrder | None = None):
         self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
         self.order = order
 
@@ -58,7 +55,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch, self.start = epoch, start
 
     def batches(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * distributed.SEED_STRIDE + self.epoch)
+        g = distributed.epoch_generator(self.seed, self.epoch)
         order = self.order(g) if self.order is not None else torch.randperm(self.size, generator=g).tolist()
         return [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
 
@@ -103,7 +100,7 @@ class Trainer:
                  save_model: Callable[[Path], Any], seed: int = 0,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
                  run_config: dict[str, Any] | None = None, progress: bool = True,
-                 epoch_order: EpochOrder | None = None):
+                 epoch_order: distributed.EpochOrder | None = None):
         self.model, self.dataset, self.cfg, self.collate = model, dataset, cfg, collate
         self.epoch_order = epoch_order
         self.save_model, self.evaluate, self.seed = save_model, evaluate, seed
