@@ -17,7 +17,7 @@ from pathlib import Path
 from polymodal import load
 from polymodal.config import DataConfig
 from polymodal.data.datasets import load_split
-from polymodal.evaluate import evaluate_captioner
+from polymodal.eval.captions import evaluate_captioner
 from polymodal.generate import GenerationConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

@@ -140,8 +140,6 @@ def plot_decode_cost(by_beam: dict[int, float], by_length: dict[int, float], n: 
 def prefix_model(path: str | None) -> tuple[torch.nn.Module, str]:
     """A trained prefix LM, or (without one) an untrained one of configs/prefix_lm.yaml's sizes."""
     if path and Path(path).exists():
-        from polymodal.models import prefix_lm  # noqa: F401  (registers the architecture)
-
         return load(path).eval(), f"`{shown(path)}`"
     from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
     from polymodal.models.prefix_lm import PrefixLM

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import interleaved_best, load_average, machine, peak_rss_mb, save_plot, today, write_section  # noqa: E402
 
 from polymodal.config import EncoderConfig  # noqa: E402
-from polymodal.models.encoders import build_encoder  # noqa: E402
+from polymodal.nn.encoders import build_encoder  # noqa: E402
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 

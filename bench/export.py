@@ -23,9 +23,9 @@ from polymodal import load  # noqa: E402
 from polymodal.assets import bundled_model_dir  # noqa: E402
 from polymodal.config import DataConfig  # noqa: E402
 from polymodal.data.datasets import load_split  # noqa: E402
-from polymodal.export import OnnxCaptioner, export_onnx  # noqa: E402
+from polymodal.eval.caption_metrics import caption_metrics  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
-from polymodal.metrics import caption_metrics  # noqa: E402
+from polymodal.serve.export import OnnxCaptioner, export_onnx  # noqa: E402
 
 
 def main() -> None:

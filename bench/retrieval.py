@@ -24,8 +24,8 @@ from _report import best_time, machine, peak_rss_mb, write_section  # noqa: E402
 
 from polymodal.config import DataConfig  # noqa: E402
 from polymodal.data.datasets import shapes_folder  # noqa: E402
+from polymodal.eval.retrieval import RetrievalIndex, embed_image_files, find_images, model_fingerprint  # noqa: E402
 from polymodal.models.dual_encoder import DualEncoder  # noqa: E402
-from polymodal.retrieval import RetrievalIndex, embed_image_files, find_images, model_fingerprint  # noqa: E402
 
 QUERIES = ["a red circle above a blue square", "three shapes: a small green star, a cyan hexagon and a white circle",
            "a large purple diamond", "an orange triangle to the left of a yellow star"]

@@ -41,7 +41,7 @@ def image_point(size: int, shapes_n: int) -> dict[str, float]:
     from polymodal.data.datasets import collate_captions, load_split
     from polymodal.data.images import image_to_uint8, load_image, normalize
     from polymodal.models.captioner import Captioner
-    from polymodal.models.encoders import build_encoder
+    from polymodal.nn.encoders import build_encoder
     from polymodal.text.tokenizer import WordTokenizer
     from polymodal.train.trainer import Trainer
 

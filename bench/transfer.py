@@ -41,9 +41,9 @@ from polymodal.config import (  # noqa: E402
 )
 from polymodal.data.datasets import load_split  # noqa: E402
 from polymodal.data.records import SkipReport  # noqa: E402
-from polymodal.evaluate import caption_records  # noqa: E402
+from polymodal.eval.caption_metrics import caption_metrics  # noqa: E402
+from polymodal.eval.captions import caption_records  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
-from polymodal.metrics import caption_metrics  # noqa: E402
 from polymodal.models.captioner import Captioner  # noqa: E402
 from polymodal.text.tokenizer import WordTokenizer  # noqa: E402
 from polymodal.train.captioning import fit_captioner  # noqa: E402

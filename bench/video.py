@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from polymodal.data.clips import read_annotations
-from polymodal.keyframes import encoder_features, hit_rate, pixel_features, score_video
+from polymodal.eval.keyframes import encoder_features, hit_rate, pixel_features, score_video
 from polymodal.models.video_captioner import pick_peaks
-from polymodal.tasks import load_task_config
+from polymodal.train.tasks import load_task_config
 from polymodal.train.video import VideoDataConfig, video_folder
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

@@ -15,7 +15,7 @@ from polymodal.data.datasets import load_split
 from polymodal.data.images import image_to_tensor, load_image
 from polymodal.data.records import CaptionRecord, SkipReport
 from polymodal.errors import ConfigError
-from polymodal.models.encoders import build_encoder
+from polymodal.nn.encoders import build_encoder
 from polymodal.train.captioning import train_captioner
 
 
@@ -86,7 +86,7 @@ def test_bad_images_are_skipped_and_counted(records, tmp_path):
 
 
 def test_evaluation_from_the_cache_gives_the_same_captions(records, tmp_path):
-    from polymodal.evaluate import caption_records
+    from polymodal.eval.captions import caption_records
     from polymodal.generate import GenerationConfig
     from tests.conftest import tiny_model
 
@@ -132,7 +132,7 @@ def test_cache_refuses_a_trainable_encoder(tmp_path):
 
 
 def test_indexing_from_the_cache_gives_the_same_embeddings(records, tmp_path):
-    from polymodal.retrieval import build_image_index
+    from polymodal.eval.retrieval import build_image_index
     from tests.test_dual_encoder import tiny_dual
 
     model = tiny_dual().eval()

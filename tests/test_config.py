@@ -49,7 +49,7 @@ def test_bad_yaml_files(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_load(path):
-    from polymodal.tasks import load_task_config
+    from polymodal.train.tasks import load_task_config
 
     task, cfg = load_task_config(path, [])
     assert callable(task) and cfg.train.steps > 0
@@ -57,7 +57,7 @@ def test_shipped_configs_load(path):
 
 def test_unknown_registry_name_suggests():
     from polymodal.config import EncoderConfig
-    from polymodal.models.encoders import build_encoder
+    from polymodal.nn.encoders import build_encoder
 
     with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
         build_encoder(EncoderConfig(name="resnet19"))

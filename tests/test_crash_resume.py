@@ -32,8 +32,8 @@ from safetensors.torch import load_file
 from polymodal.checkpoint import PAUSE_AT, PAUSE_FILE, recover_directory
 from polymodal.config import load_config
 from polymodal.data.datasets import shapes_folder
+from polymodal.eval.viz import read_log_series
 from polymodal.train.state import drop_partial_line
-from polymodal.viz import read_log_series
 
 STEPS = 16
 OVERRIDES = [f"train.steps={STEPS}", "train.batch_size=8", "train.warmup_steps=3", "train.eval_every=0",

@@ -45,7 +45,7 @@ def _objects(caption: str) -> list[tuple[str, str]]:
 
 
 def test_demo_writes_report_metrics_and_heatmaps(tmp_path):
-    from polymodal.demo import run_demo
+    from polymodal.cli.demo import run_demo
 
     report = run_demo(tmp_path / "demo", n=100)
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())

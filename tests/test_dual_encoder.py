@@ -14,6 +14,7 @@ from polymodal.config import EncoderConfig
 from polymodal.data.images import normalize
 from polymodal.data.shapes import ShapesWorld
 from polymodal.errors import ConfigError
+from polymodal.eval.retrieval import model_fingerprint
 from polymodal.models.dual_encoder import (
     ContrastiveLoss,
     ContrastiveLossConfig,
@@ -21,9 +22,8 @@ from polymodal.models.dual_encoder import (
     DualEncoderConfig,
     same_pair,
 )
-from polymodal.models.encoders import build_encoder
-from polymodal.models.text_encoders import TextEncoderConfig
-from polymodal.retrieval import model_fingerprint
+from polymodal.nn.encoders import build_encoder
+from polymodal.nn.text_encoders import TextEncoderConfig
 from polymodal.text.tokenizer import WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -188,7 +188,7 @@ def test_save_load_round_trip_and_image_encoder_export(tmp_path):
 
 
 def test_contrastive_task_trains_saves_and_exports(tmp_path):
-    from polymodal.tasks import load_task_config
+    from polymodal.train.tasks import load_task_config
 
     task, cfg = load_task_config("configs/contrastive.yaml", [
         "data.n=30", "data.render_size=32", "model.image_size=32", "model.encoder.width=8",

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from polymodal.data.records import CaptionRecord
-from polymodal.evaluate import evaluate_captioner, evaluate_results_file, write_coco_results
+from polymodal.eval.caption_metrics import METRICS, load_references, load_results
+from polymodal.eval.captions import evaluate_captioner, evaluate_results_file, write_coco_results
 from polymodal.generate import GenerationConfig
-from polymodal.metrics import METRICS, load_references, load_results
 
 from .conftest import tiny_model
 

@@ -18,8 +18,8 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the export ex
 
 from polymodal.data.shapes import render, sample_scene  # noqa: E402
 from polymodal.errors import CheckpointError, InputError  # noqa: E402
-from polymodal.export import OnnxCaptioner, export_onnx  # noqa: E402
 from polymodal.models.captioner import Captioner  # noqa: E402
+from polymodal.serve.export import OnnxCaptioner, export_onnx  # noqa: E402
 
 
 def image_sensitive(decoder: str) -> Captioner:

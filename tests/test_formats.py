@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from polymodal.data.formats import read_coco, read_csv, read_flickr, read_jsonl, read_karpathy, read_records
+from polymodal.data.formats import read_coco, read_karpathy, read_records
+from polymodal.data.line_formats import read_csv, read_flickr, read_jsonl
 from polymodal.data.records import SkipReport
 from polymodal.errors import ConfigError, DataError
 from polymodal.registry import DATASETS

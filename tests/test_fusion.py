@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polymodal.errors import ConfigError
-from polymodal.models.fusion import FusionConfig, build_fusion
+from polymodal.nn.fusion.base import FusionConfig, build_fusion
 from polymodal.registry import FUSION
 
 DIMS = {"image": 6, "text": 5, "audio": 4}
@@ -134,14 +134,14 @@ def test_bad_fusion_configs_are_config_errors():
 
 
 def _relation_head():
-    from polymodal.models.relation import RelationHead
+    from polymodal.nn.fusion.relation import RelationHead
 
     torch.manual_seed(0)
     return RelationHead(obj_dim=6, q_dim=5, hidden=12, out_dim=7, slots=3).eval()
 
 
 def test_relation_head_shapes_and_gradients():
-    from polymodal.models.relation import grid_xy
+    from polymodal.nn.fusion.relation import grid_xy
 
     head = _relation_head()
     regions, question = torch.randn(3, 9, 6, requires_grad=True), torch.randn(3, 4, 5, requires_grad=True)
@@ -157,7 +157,7 @@ def test_relation_head_shapes_and_gradients():
 
 
 def test_relation_head_ignores_the_order_of_objects_and_masked_regions():
-    from polymodal.models.relation import grid_xy
+    from polymodal.nn.fusion.relation import grid_xy
 
     head = _relation_head()
     regions, question, xy = torch.randn(2, 9, 6), torch.randn(2, 4, 5), grid_xy(9, torch.device("cpu"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from polymodal.errors import ConfigError, DataError
-from polymodal.metrics import (
+from polymodal.eval.caption_metrics import (
     METRICS,
     caption_metrics,
     load_references,

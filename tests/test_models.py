@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 from polymodal.config import DecoderConfig, EncoderConfig
 from polymodal.errors import CheckpointError
-from polymodal.models.decoders import build_decoder
-from polymodal.models.encoders import build_encoder
+from polymodal.nn.decoders import build_decoder
+from polymodal.nn.encoders import build_encoder
 from polymodal.registry import DECODERS, ENCODERS
 
 

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
 from polymodal.errors import CheckpointError
 from polymodal.generate import GenerationConfig
-from polymodal.models.gpt2 import read_gpt2_config
 from polymodal.models.prefix_lm import PrefixConfig, PrefixLM, pixel_shuffle
+from polymodal.nn.gpt2 import read_gpt2_config
 from polymodal.text.tokenizer import WordTokenizer
 
 from .conftest import CAPTIONS

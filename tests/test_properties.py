@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from polymodal.data.datasets import collate_captions
 from polymodal.data.qa import collate_qa
 from polymodal.generate import GenerationConfig, generate
-from polymodal.models.fusion import FusionConfig, build_fusion
+from polymodal.nn.fusion.base import FusionConfig, build_fusion
 from polymodal.registry import FUSION
 from polymodal.text.tokenizer import BPETokenizer, WordTokenizer, split_words
 

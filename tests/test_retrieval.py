@@ -16,15 +16,20 @@ from typer.testing import CliRunner
 from polymodal.data.images import denormalize
 from polymodal.data.shapes import COLOURS, write_shapes_world
 from polymodal.errors import DataError, InputError
-from polymodal.metrics import retrieval_metrics
-from polymodal.retrieval import (
+from polymodal.eval.caption_metrics import retrieval_metrics
+from polymodal.eval.retrieval import (
     RetrievalIndex,
     build_image_index,
     build_text_index,
     hard_negative_accuracy,
     paraphrase,
 )
-from polymodal.zero_shot import fill_template, single_object_images, zero_shot_accuracy, zero_shot_classifier
+from polymodal.eval.zero_shot import (
+    fill_template,
+    single_object_images,
+    zero_shot_accuracy,
+    zero_shot_classifier,
+)
 
 from .test_dual_encoder import tiny_dual
 

@@ -7,7 +7,7 @@ import torch
 
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
 from polymodal.errors import ConfigError
-from polymodal.metrics import simple_tokenize
+from polymodal.eval.caption_metrics import simple_tokenize
 from polymodal.models.captioner import Captioner
 from polymodal.train.scst import CiderD, ScstConfig, SelfCritical
 
@@ -63,8 +63,6 @@ def test_policy_gradient_raises_the_reward(baseline):
 
 
 def test_objective_shares_the_captioners_parameters_and_advantages():
-    import polymodal.models.transformer  # noqa: F401  (registers the transformer decoder)
-
     torch.manual_seed(0)
     model = tiny_model(decoder="transformer")
     objective = SelfCritical(model, _toy_reward, ScstConfig(baseline="mean", num_samples=4))
@@ -80,7 +78,7 @@ def test_objective_shares_the_captioners_parameters_and_advantages():
 def test_scst_task_fine_tunes_a_saved_captioner(tmp_path):
     from polymodal import load
     from polymodal.config import load_config
-    from polymodal.tasks import load_task_config
+    from polymodal.train.tasks import load_task_config
 
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=32, encoder=EncoderConfig(width=8),

@@ -217,7 +217,7 @@ def test_uploads_never_touch_the_disk(served: Any, monkeypatch: pytest.MonkeyPat
 
 def test_nothing_polymodal_writes_carries_exif(served: Any, tmp_path: Path):
     from polymodal.data.images import load_image
-    from polymodal.viz import attention_heatmaps
+    from polymodal.eval.viz import attention_heatmaps
 
     client, _ = served
     r = client.post("/v1/caption", files={"image": ("gps.jpg", gps_jpeg(), "image/jpeg")}, data={"heatmaps": "true"})

@@ -329,9 +329,9 @@ WORDS = "what colour is the circle square red blue green how many shapes".split(
 def tiny_retrieval(folder: Path) -> tuple[Any, Path]:
     """A tiny dual encoder and an image index of three coloured squares written under `folder`."""
     dual = pytest.importorskip("polymodal.models.dual_encoder")
-    retrieval = pytest.importorskip("polymodal.retrieval")
+    retrieval = pytest.importorskip("polymodal.eval.retrieval")
     from polymodal.config import EncoderConfig
-    from polymodal.models.text_encoders import TextEncoderConfig
+    from polymodal.nn.text_encoders import TextEncoderConfig
     from polymodal.text.tokenizer import SPECIALS, WordTokenizer
 
     torch.manual_seed(0)
@@ -351,7 +351,7 @@ def test_real_vqa_chat_and_retrieval_models(tmp_path: Path, captioner: Any) -> N
     chat = pytest.importorskip("polymodal.models.chat")
     from polymodal.config import EncoderConfig
     from polymodal.data.dialogue import ASSISTANT, USER
-    from polymodal.models.fusion import FusionConfig
+    from polymodal.nn.fusion.base import FusionConfig
     from polymodal.text.tokenizer import SPECIALS, WordTokenizer
 
     torch.manual_seed(0)

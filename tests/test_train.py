@@ -78,7 +78,7 @@ def test_schedule_warms_up_then_decays():
 
 def test_refinement_trains_on_top_of_a_frozen_first_pass(tmp_path):
     import polymodal
-    from polymodal.tasks import load_task_config
+    from polymodal.train.tasks import load_task_config
 
     train_captioner(_config(tmp_path / "first", steps=30), progress=False)
     first = polymodal.load(tmp_path / "first" / "run")

@@ -8,9 +8,9 @@ import torch
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
 from polymodal.generate import GenerationConfig
 from polymodal.models.captioner import Captioner
-from polymodal.models.decoders import build_decoder
-from polymodal.models.encoders import build_encoder
-from polymodal.models.transformer import Attention, TransformerLM, attention_mask
+from polymodal.nn.decoders import build_decoder
+from polymodal.nn.encoders import build_encoder
+from polymodal.nn.transformer import Attention, TransformerLM, attention_mask
 from polymodal.registry import DECODERS, ENCODERS
 from polymodal.text.tokenizer import WordTokenizer
 
@@ -108,7 +108,7 @@ def test_transformer_captioner_beam_search_and_round_trip(tmp_path):
 
 
 def test_attention_after_a_prefix_equals_attention_over_the_concatenation():
-    from polymodal.models.transformer import attend_after_prefix
+    from polymodal.nn.transformer import attend_after_prefix
 
     torch.manual_seed(0)
     q = torch.randn(3, 2, 1, 4)

@@ -23,11 +23,11 @@ from polymodal.data.shapes_video import (
 )
 from polymodal.data.video import probe, read_frames, write_video
 from polymodal.errors import DataError
-from polymodal.keyframes import extract_keyframes, hit_rate
-from polymodal.models.fusion import FusionConfig
-from polymodal.models.video import MediaConfig
+from polymodal.eval.keyframes import extract_keyframes, hit_rate
 from polymodal.models.video_captioner import VideoCaptioner, VideoCaptionerConfig
 from polymodal.models.video_qa import VideoQA, VideoQAConfig
+from polymodal.nn.fusion.base import FusionConfig
+from polymodal.nn.media import MediaConfig
 from polymodal.text.tokenizer import WordTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from polymodal.errors import DataError, InputError
-from polymodal.viz import attention_heatmaps, caption_heatmaps, plot_training_curves, read_log_series
+from polymodal.eval.viz import attention_heatmaps, caption_heatmaps, plot_training_curves, read_log_series
 
 from .conftest import tiny_model
 

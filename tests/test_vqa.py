@@ -15,9 +15,10 @@ from polymodal.data.qa import QARecord, read_qa
 from polymodal.data.records import SkipReport
 from polymodal.data.shapes import write_shapes_world
 from polymodal.errors import DataError, InputError
-from polymodal.metrics_vqa import answer_scores, normalize_answer, vqa_accuracy, vqa_report
-from polymodal.models.fusion import FusionConfig
+from polymodal.eval.vqa_metrics import vqa_accuracy, vqa_report
 from polymodal.models.vqa import QuestionEncoderConfig, VQAModel, VQAModelConfig
+from polymodal.nn.fusion.base import FusionConfig
+from polymodal.text.answers import answer_scores, normalize_answer
 from polymodal.train.vqa import (
     PretrainConfig,
     QADataConfig,
@@ -223,7 +224,7 @@ def test_objects_are_the_regions_the_pretrained_centre_head_picks(trained):
 
     from polymodal.checkpoint import read_safetensors
     from polymodal.data.qa import collate_qa
-    from polymodal.train.vqa import HEADS_FILE
+    from polymodal.train.pretraining import HEADS_FILE
 
     cfg = dataclasses.replace(trained["cfg"], model=dataclasses.replace(trained["cfg"].model, objects=3))
     model, data = prepare_vqa(cfg, progress=False)

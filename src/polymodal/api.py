@@ -14,7 +14,6 @@ from torch import nn
 
 from .checkpoint import read_model_dir, resolve_model_dir
 from .errors import CheckpointError, ConfigError, InputError
-from .models import captioner, chat, dual_encoder, prefix_lm, refine, video_captioner, video_qa, vqa  # noqa: F401
 from .registry import MODELS
 
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ConfigError
+from .nn.state import State, StepFn, concat_states, reorder
 from .registry import Registry
 
-State = dict[str, torch.Tensor]
-StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State, "torch.Tensor | None"]]
 STRATEGIES = Registry("generation strategy")
 
 
@@ -71,11 +70,6 @@ class Hypothesis:
     tokens: list[int]
     score: float
     attention: torch.Tensor | None = field(default=None, repr=False)
-
-
-def reorder(state: State, rows: torch.Tensor, unchanged: frozenset[str] = frozenset()) -> State:
-    """Rows `rows` of every entry; entries named in `unchanged` are passed on as they are."""
-    return {k: v if k in unchanged else v.index_select(0, rows) for k, v in state.items()}
 
 
 def _banned_ngram_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
@@ -186,18 +180,6 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
         drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
         logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
     return logits
-
-
-def concat_states(old: State, new: State) -> State:
-    """Rows of `new` after the rows of `old`: states whose entries have the same shape but for the rows
-    (an LSTM's). Raises ValueError otherwise (a KV cache of another length needs the model's own join)."""
-    if old.keys() != new.keys():
-        raise ValueError(f"states with different entries cannot share a batch: {sorted(old)} vs {sorted(new)}")
-    for name, tensor in old.items():
-        if tensor.shape[1:] != new[name].shape[1:]:
-            raise ValueError(f"state entry {name!r}: rows of shape {tuple(tensor.shape[1:])} and "
-                             f"{tuple(new[name].shape[1:])} cannot share a batch")
-    return {name: torch.cat([tensor, new[name]]) for name, tensor in old.items()}
 
 
 class BeamBatch:

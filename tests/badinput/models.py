@@ -23,7 +23,7 @@ import polymodal
 from polymodal.checkpoint import save_model_dir
 from polymodal.config import TrainConfig
 from polymodal.errors import CheckpointError, ConfigError
-from polymodal.tasks import load_task_config
+from polymodal.train.tasks import load_task_config
 from polymodal.train.trainer import Trainer
 
 from ..conftest import tiny_model

@@ -1,0 +1,26 @@
+"""Data: readers for the standard formats, Shapes World, safe decoding, caches and clips.
+
+This file is the one place that fills `registry.DATASETS` (caption formats) and `registry.SAMPLERS`
+(how frames are picked from a video).
+
+Example:
+    >>> from polymodal.registry import DATASETS, SAMPLERS
+    >>> DATASETS.names(), SAMPLERS.names()
+    (['coco', 'csv', 'flickr', 'jsonl', 'karpathy'], ['fps', 'keyframes', 'uniform'])
+"""
+
+from ..registry import DATASETS, SAMPLERS
+from . import formats, line_formats, video
+
+DATASETS.fill({
+    "coco": formats.read_coco,
+    "karpathy": formats.read_karpathy,
+    "flickr": line_formats.read_flickr,
+    "jsonl": line_formats.read_jsonl,
+    "csv": line_formats.read_csv,
+})
+SAMPLERS.fill({
+    "uniform": video.sample_uniform,
+    "fps": video.sample_fps,
+    "keyframes": video.sample_keyframes,
+})

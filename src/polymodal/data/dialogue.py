@@ -278,7 +278,7 @@ def dialogue_report(turns: Sequence[Turn], predictions: Sequence[str]) -> dict[s
         >>> dialogue_report([Turn("q", "red", "open/colour"), Turn("q", "small", "follow/size")], ["red", "large"])
         {'accuracy': 0.5, 'turns': 2, 'accuracy/turn-1': 1.0, 'accuracy/follow-up': 0.0, 'accuracy/follow/size': 0.0, 'accuracy/open/colour': 1.0}
     """
-    from ..metrics_vqa import normalize_answer
+    from ..text.answers import normalize_answer
 
     hits: dict[str, list[bool]] = {}
     for turn, pred in zip(turns, predictions, strict=True):

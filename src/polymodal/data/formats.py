@@ -41,7 +41,6 @@ from .annotation_io import (
     clean_caption,
     read_json,
 )
-from .line_formats import read_csv, read_flickr, read_jsonl  # noqa: F401  (registers them)
 from .records import CaptionRecord, SkipReport
 
 
@@ -52,7 +51,6 @@ def _karpathy_hint(data: dict[str, Any]) -> str:
     return ""
 
 
-@DATASETS.register("coco")
 def read_coco(
     path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
     allow_outside_root: bool = False,
@@ -103,7 +101,6 @@ def read_coco(
     return out.finish(split)
 
 
-@DATASETS.register("karpathy")
 def read_karpathy(
     path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
     allow_outside_root: bool = False,

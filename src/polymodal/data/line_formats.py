@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..registry import DATASETS
 from .annotation_io import (
     Collector,
     PathLike,
@@ -48,7 +47,6 @@ def _flickr_split_list(path: Path, split: str) -> tuple[str, set[str]]:
     return (match.group(1).lower() if match else found.stem), names
 
 
-@DATASETS.register("flickr")
 def read_flickr(
     path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
     allow_outside_root: bool = False,
@@ -122,7 +120,6 @@ def _add_row(out: Collector, row: dict[str, Any], where: str) -> None:
         out.add(image.strip() if key in (None, "") else key, image.strip(), captions, row.get("split"), where)
 
 
-@DATASETS.register("jsonl")
 def read_jsonl(
     path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
     allow_outside_root: bool = False,
@@ -157,7 +154,6 @@ def read_jsonl(
     return out.finish(split)
 
 
-@DATASETS.register("csv")
 def read_csv(
     path: PathLike, images: PathLike | None = None, split: str | None = None, report: SkipReport | None = None,
     allow_outside_root: bool = False,

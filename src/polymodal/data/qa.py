@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError, InputError
-from ..metrics_vqa import answer_scores, normalize_answer
+from ..text.answers import answer_scores, normalize_answer
 from ..text.tokenizer import Tokenizer
 from .images import normalize
 from .records import ALLOW_OUTSIDE_HINT, ESCAPES_ROOT, SkipReport, resolve_image_path

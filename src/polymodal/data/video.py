@@ -21,10 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..registry import Registry
+from ..registry import SAMPLERS
 from .audio import MEDIA_HINT, _decode, _open
-
-SAMPLERS = Registry("frame sampler")
 
 
 @dataclass
@@ -109,14 +107,12 @@ def _pick_nearest(path: str | Path, targets: list[float], size: int | None) -> C
     return Clip(torch.from_numpy(np.stack(chosen)).permute(0, 3, 1, 2).contiguous(), times)
 
 
-@SAMPLERS.register("uniform")
 def sample_uniform(path: str | Path, n: int, size: int | None, fps: float | None = None) -> Clip:
     """n frames at the centres of n equal slices of the video."""
     duration = probe(path).duration
     return _pick_nearest(path, [(i + 0.5) * duration / n for i in range(n)], size)
 
 
-@SAMPLERS.register("fps")
 def sample_fps(path: str | Path, n: int, size: int | None, fps: float | None = None) -> Clip:
     """A frame every 1 / fps seconds from the start, at most n."""
     if not fps or fps <= 0:
@@ -126,7 +122,6 @@ def sample_fps(path: str | Path, n: int, size: int | None, fps: float | None = N
     return _pick_nearest(path, [i / fps for i in range(count)], size)
 
 
-@SAMPLERS.register("keyframes")
 def sample_keyframes(path: str | Path, n: int, size: int | None, fps: float | None = None) -> Clip:
     """The codec's key frames (I-frames), at most n of them, evenly thinned if there are more."""
     kept: list[tuple[float, np.ndarray]] = []

@@ -21,16 +21,14 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.images import images_to_batch
 from ..generate import BeamBatch, GenerationConfig, Hypothesis, State, StepFn, generate
-from ..registry import MODELS
+from ..nn.decoders import build_decoder
+from ..nn.encoders import build_encoder
 from ..text.tokenizer import Tokenizer
 from .base import SavedModel
-from .decoders import build_decoder
-from .encoders import build_encoder
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
 
 
-@MODELS.register("captioner")
 class Captioner(SavedModel, nn.Module):
     """encoder (B, 3, H, W) -> regions (B, N, C) -> decoder -> caption logits."""
 

@@ -31,15 +31,15 @@ from ..data.dialogue import ASSISTANT, USER, Message, context_ids
 from ..data.images import images_to_batch
 from ..errors import CheckpointError
 from ..generate import GenerationConfig, generate
-from ..registry import MODELS
+from ..nn.attention import AdditiveAttention
+from ..nn.encoders import build_encoder
+from ..nn.fusion.base import CrossAttentionBlock, pool
+from ..nn.question import QuestionEncoderConfig
+from ..nn.state import State
+from ..registry import QUESTION_ENCODERS
 from ..text.tokenizer import Tokenizer
-from .attention import AdditiveAttention
 from .base import SavedModel
-from .encoders import build_encoder
-from .fusion import CrossAttentionBlock, pool
-from .vqa import QUESTION_ENCODERS, ImageInput, QuestionEncoderConfig, RegionProjector
-
-State = dict[str, torch.Tensor]
+from .vqa import ImageInput, RegionProjector
 
 
 @dataclass
@@ -80,7 +80,6 @@ class DialogueDecoder(nn.Module):
         return logits, dict(state, h=h, c=c), alpha
 
 
-@MODELS.register("chat")
 class Assistant(SavedModel, nn.Module):
     """Image + dialogue history -> a generated answer. See the module docstring."""
 

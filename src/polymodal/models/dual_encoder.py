@@ -30,12 +30,11 @@ from ..checkpoint import (
 from ..config import EncoderConfig, from_dict
 from ..data.images import images_to_batch
 from ..errors import ConfigError, InputError
-from ..registry import MODELS
+from ..nn.encoders import build_encoder
+from ..nn.text_encoders import TextEncoderConfig, build_text_encoder
 from ..text.tokenizer import Tokenizer
 from .base import SavedModel, forget_initial_weights
 from .captioner import ImageInput
-from .encoders import build_encoder
-from .text_encoders import TextEncoderConfig, build_text_encoder
 
 
 @dataclass
@@ -148,7 +147,6 @@ class MeanPool(nn.Module):
         return regions.mean(1)
 
 
-@MODELS.register("dual_encoder")
 class DualEncoder(SavedModel, nn.Module):
     """Image tower + text tower projected into one normalized space; see the module docstring."""
 

@@ -40,14 +40,13 @@ from ..checkpoint import WEIGHTS_FILE, read_model_dir, read_safetensors, resolve
 from ..config import ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError
 from ..generate import GenerationConfig, Hypothesis, StepFn, generate
-from ..registry import MODELS
+from ..nn.decoders import State
+from ..nn.encoders import build_encoder
+from ..nn.gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
+from ..nn.transformer import TransformerLM, attention_mask, grid_positions
 from ..text.tokenizer import Tokenizer
 from .base import forget_initial_weights
 from .captioner import Captioner
-from .decoders import State
-from .encoders import build_encoder
-from .gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
-from .transformer import TransformerLM, attention_mask, grid_positions
 
 
 @dataclass
@@ -94,7 +93,6 @@ def _text_positions(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(1) - 1).clamp(min=0)
 
 
-@MODELS.register("prefix_lm")
 class PrefixLM(Captioner):
     """encoder -> projector -> visual tokens + text -> causal TransformerLM; the Captioner user API."""
 

@@ -23,9 +23,8 @@ from torch import nn
 
 from ..config import ModelConfig, from_dict
 from ..generate import GenerationConfig, Hypothesis, generate
-from ..registry import MODELS
+from ..nn.attention import AdditiveAttention
 from ..text.tokenizer import Tokenizer
-from .attention import AdditiveAttention
 from .base import forget_initial_weights
 from .captioner import Captioner
 
@@ -84,7 +83,6 @@ class DeliberationDecoder(nn.Module):
         return self.out(self.dropout(h)), dict(state, h=h, c=c), alpha
 
 
-@MODELS.register("refining_captioner")
 class RefiningCaptioner(Captioner):
     """A frozen first-pass Captioner (its encoder and decoder) plus a trainable deliberation pass."""
 

@@ -24,11 +24,10 @@ from torch import nn
 
 from ..config import DecoderConfig
 from ..generate import GenerationConfig, generate
-from ..registry import MODELS
+from ..nn.decoders import build_decoder
+from ..nn.media import MODALITIES, MediaConfig, MediaEncoder
 from ..text.tokenizer import Tokenizer
 from .base import SavedModel
-from .decoders import build_decoder
-from .video import MODALITIES, MediaConfig, MediaEncoder
 
 MODES = ("events", "summary")
 
@@ -69,7 +68,6 @@ def load_clip(path: str | Path, media: MediaConfig) -> dict[str, torch.Tensor]:
     return out
 
 
-@MODELS.register("video_captioner")
 class VideoCaptioner(SavedModel, nn.Module):
     """Captions and summarises clips, and finds when their events happen; see the module docstring."""
 

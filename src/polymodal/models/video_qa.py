@@ -22,13 +22,14 @@ from torch import nn
 
 from ..data.qa import encode_text
 from ..errors import CheckpointError, InputError
-from ..registry import MODELS
+from ..nn.fusion.base import FusionConfig, build_fusion
+from ..nn.media import MediaConfig, MediaEncoder
+from ..nn.question import QuestionEncoderConfig
+from ..registry import QUESTION_ENCODERS
 from ..text.tokenizer import Tokenizer
 from .base import SavedAnswerModel
-from .fusion import FusionConfig, build_fusion
-from .video import MediaConfig, MediaEncoder
 from .video_captioner import load_clip
-from .vqa import QUESTION_ENCODERS, QuestionEncoderConfig, soft_cross_entropy
+from .vqa import soft_cross_entropy
 
 
 @dataclass
@@ -39,7 +40,6 @@ class VideoQAConfig:
     dropout: float = 0.1
 
 
-@MODELS.register("video_qa")
 class VideoQA(SavedAnswerModel, nn.Module):
     """Answers questions about clips by picking from a fixed answer vocabulary."""
 

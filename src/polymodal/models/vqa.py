@@ -28,25 +28,14 @@ from ..config import EncoderConfig
 from ..data.images import images_to_batch
 from ..data.qa import encode_text
 from ..errors import CheckpointError, ConfigError, InputError
-from ..registry import MODELS, Registry
+from ..nn.encoders import build_encoder
+from ..nn.fusion.base import FusionConfig, build_fusion
+from ..nn.question import QuestionEncoderConfig
+from ..registry import QUESTION_ENCODERS
 from ..text.tokenizer import Tokenizer
 from .base import SavedAnswerModel
-from .encoders import build_encoder
-from .fusion import FusionConfig, build_fusion
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
-QUESTION_ENCODERS = Registry("question encoder")
-
-
-@dataclass
-class QuestionEncoderConfig:
-    name: str = "lstm"                # lstm (bidirectional) | transformer
-    embed_dim: int = 64
-    hidden_dim: int = 128             # output width (both LSTM directions together)
-    layers: int = 1
-    heads: int = 4                    # transformer only
-    max_len: int = 20                 # questions are truncated to this many words
-    dropout: float = 0.1
 
 
 @dataclass
@@ -59,56 +48,6 @@ class VQAModelConfig:
     dropout: float = 0.1
     objects: int = 0                  # > 0: fuse only the k regions most likely to hold an object's centre
                                       # (bottom-up attention); 0 = every region
-
-
-class LSTMQuestionEncoder(nn.Module):
-    """Word embedding + bidirectional LSTM; padding is packed away so it never changes the states."""
-
-    def __init__(self, cfg: QuestionEncoderConfig, vocab_size: int):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
-        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim // 2, num_layers=cfg.layers, batch_first=True,
-                            bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.out_dim = 2 * (cfg.hidden_dim // 2)
-
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = tokens != 0  # (B, T)
-        lengths = mask.sum(1).clamp_min(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.embed(tokens)), lengths, batch_first=True,
-                                                   enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
-        return out, mask  # (B, T, H), (B, T)
-
-
-class TransformerQuestionEncoder(nn.Module):
-    """Word + learned position embeddings and a small pre-norm transformer encoder."""
-
-    def __init__(self, cfg: QuestionEncoderConfig, vocab_size: int, max_positions: int = 512):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, cfg.hidden_dim, padding_idx=0)
-        self.position = nn.Embedding(max_positions, cfg.hidden_dim)
-        layer = nn.TransformerEncoderLayer(cfg.hidden_dim, cfg.heads, 2 * cfg.hidden_dim, cfg.dropout,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
-        self.out_dim = cfg.hidden_dim
-
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = tokens != 0
-        positions = torch.arange(tokens.shape[1], device=tokens.device).clamp_max(self.position.num_embeddings - 1)
-        x = self.embed(tokens) + self.position(positions)
-        return self.encoder(x, src_key_padding_mask=~mask), mask
-
-
-@QUESTION_ENCODERS.register("lstm")
-def lstm_question_encoder(cfg: QuestionEncoderConfig, vocab_size: int) -> nn.Module:
-    return LSTMQuestionEncoder(cfg, vocab_size)
-
-
-@QUESTION_ENCODERS.register("transformer")
-def transformer_question_encoder(cfg: QuestionEncoderConfig, vocab_size: int) -> nn.Module:
-    return TransformerQuestionEncoder(cfg, vocab_size)
 
 
 def grid_positions(n: int, device: torch.device, bands: int = 4) -> torch.Tensor:
@@ -148,7 +87,6 @@ class RegionProjector(nn.Module):
         return self.norm(self.proj(regions) + self.position(pos))
 
 
-@MODELS.register("vqa")
 class VQAModel(SavedAnswerModel, nn.Module):
     """Answers questions about images by picking from a fixed answer vocabulary."""
 

@@ -15,10 +15,8 @@ Example:
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import os
-import pkgutil
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,10 @@ from PIL import Image
 
 from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
+from ..eval.viz import (
+    attention_overlays,  # imported with the server, so the first heatmap request is not slow
+)
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
-from ..viz import attention_overlays  # imported with the server, so the first heatmap request is not slow
 from .schemas import CaptionOptions
 from .uploads import RequestError
 
@@ -97,14 +97,6 @@ def no_model_message(task: str) -> str:
 
 def load_models(dirs: Sequence[str | Path]) -> dict[str, Any]:
     """Load model directories with `polymodal.load`, named after their folders (made unique)."""
-    from .. import models as model_modules
-
-    # `load` knows the architectures whose modules are imported; the server serves any of them.
-    for module in pkgutil.iter_modules(model_modules.__path__):
-        try:
-            importlib.import_module(f"polymodal.models.{module.name}")
-        except ImportError:  # a module whose optional dependency is missing: its models cannot be served
-            pass
     from ..api import load
 
     models: dict[str, Any] = {}
@@ -227,7 +219,7 @@ class SearchIndex:
     """A retrieval index and the model that embeds its queries: `search(text or image, k)`.
 
     With an `encoder` (a dual encoder: `embed_texts`, `embed_images`), queries are embedded and the
-    index (`polymodal.retrieval.RetrievalIndex`: `items`, `kind`, `search(embeddings, k)`) is
+    index (`polymodal.eval.retrieval.RetrievalIndex`: `items`, `kind`, `search(embeddings, k)`) is
     searched with them. Without one, the index is asked directly: `index.search(query, k=k)`
     returning (item, score) pairs; tests and custom indexes plug in that way.
     """
@@ -296,11 +288,8 @@ def open_index(path: str | Path, models: ModelSet) -> SearchIndex:
     A loaded model with `embed_texts` whose weights match the index is used; otherwise the model
     directory recorded in the index is loaded.
     """
-    try:
-        retrieval = importlib.import_module("polymodal.retrieval")
-        importlib.import_module("polymodal.models.dual_encoder")  # registers the architecture for load()
-    except ImportError:
-        raise InputError(f"{path}: --index needs polymodal.retrieval, which this polymodal does not have") from None
+    from ..eval import retrieval
+
     index = retrieval.RetrievalIndex.load(path)
     encoders = [e.model for e in models.entries.values() if callable(getattr(e.model, "embed_texts", None))]
     encoder = next((m for m in encoders if retrieval.model_fingerprint(m) == index.fingerprint), None)

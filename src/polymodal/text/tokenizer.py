@@ -58,7 +58,6 @@ class Tokenizer:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
 
-@TOKENIZERS.register("word")
 class WordTokenizer(Tokenizer):
     """Lower-cased word vocabulary with `<pad> <bos> <eos> <unk>` at ids 0-3."""
 
@@ -104,7 +103,6 @@ class WordTokenizer(Tokenizer):
 
 
 
-@TOKENIZERS.register("bpe")
 class BPETokenizer(Tokenizer):
     """Byte-level BPE through Hugging Face `tokenizers`, with `<pad> <bos> <eos> <unk>` at ids 0-3.
 

@@ -1,0 +1,25 @@
+"""Training: the loop, its state, distributed helpers, shared pretraining, and one file per task.
+
+This file is the one place that fills `registry.TASKS` (the `task:` key of a YAML config).
+
+Example:
+    >>> from polymodal.registry import TASKS
+    >>> TASKS.names()
+    ['captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'video_caption', 'video_qa', 'vqa']
+"""
+
+from ..registry import TASKS
+from . import captioning, chat, contrastive, lm_pretrain, prefix_lm, refine, scst, video, vqa
+
+TASKS.fill({
+    "captioning": captioning.train_captioner,
+    "chat": chat.train_chat,
+    "contrastive": contrastive.train_contrastive,
+    "lm_pretrain": lm_pretrain.train_lm,
+    "prefix_lm": prefix_lm.train_prefix_lm,
+    "refine": refine.train_refiner,
+    "scst": scst.train_scst,
+    "video_caption": video.train_video_caption,
+    "video_qa": video.train_video_qa,
+    "vqa": vqa.train_vqa,
+})

@@ -23,7 +23,6 @@ from ..data.records import SkipReport
 from ..errors import ConfigError
 from ..generate import GenerationConfig
 from ..models.captioner import Captioner
-from ..registry import TASKS
 from ..text.tokenizer import WordTokenizer, split_words
 from .distributed import main_process_first
 from .trainer import Trainer
@@ -60,7 +59,7 @@ def decoded_metrics(model: Captioner, dataset: CaptionDataset | CachedCaptionDat
     CIDEr uses the simple (no-Java) tokenizer so that it is cheap enough for early stopping;
     reported results use `polymodal evaluate` with the PTB tokenizer.
     """
-    from ..metrics import caption_metrics
+    from ..eval.caption_metrics import caption_metrics
 
     records = dataset.records[:n_images]
     inputs = {k: v.to(model.device) for k, v in dataset.model_inputs(list(range(len(records)))).items()}
@@ -74,7 +73,6 @@ def decoded_metrics(model: Captioner, dataset: CaptionDataset | CachedCaptionDat
     return {"exact_match": hits / max(len(records), 1), "cider": cider}
 
 
-@TASKS.register("captioning")
 def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")

@@ -4,7 +4,7 @@ config -> Shapes World dialogues -> Assistant -> generic Trainer -> turn-1 / fol
 image side is the VQA task's: the same data config, region pretraining and feature bank.
 
 Example:
-    >>> from polymodal.tasks import load_task_config
+    >>> from polymodal.train.tasks import load_task_config
     >>> task, cfg = load_task_config("configs/chat.yaml", ["train.steps=100"])  # doctest: +SKIP
     >>> task(cfg)["test"]["accuracy/follow-up"]  # doctest: +SKIP
 """
@@ -27,9 +27,8 @@ from ..data.dialogue import ChatDataset, build_chat_tokenizer, collate_chat, dia
 from ..data.records import SkipReport
 from ..errors import ConfigError
 from ..models.chat import Assistant, ChatModelConfig
-from ..registry import TASKS
+from .pretraining import PretrainConfig, QADataConfig, build_bank, pretrain_region_encoder, shapes_dir
 from .trainer import Trainer
-from .vqa import PretrainConfig, QADataConfig, build_bank, pretrain_region_encoder, shapes_dir
 
 
 @dataclass
@@ -81,7 +80,6 @@ def evaluate_chat(model: Assistant, dataset: ChatDataset, batch_size: int = 256)
     return dialogue_report([dataset.turn(i) for i in range(len(dataset))], preds)
 
 
-@TASKS.register("chat")
 def train_chat(cfg: ChatExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train the assistant on Shapes World dialogues; scores the best model on the test splits."""
     model, sets = prepare_chat(cfg, progress)

@@ -6,7 +6,7 @@ model is scored on the test split and its image tower is exported as
 `{out_dir}/image_encoder.safetensors`, ready for `model.encoder.pretrained=...` in a captioner.
 
 Example:
-    >>> from polymodal.tasks import load_task_config
+    >>> from polymodal.train.tasks import load_task_config
     >>> task, cfg = load_task_config("configs/contrastive.yaml", ["train.steps=100"])  # doctest: +SKIP
     >>> task(cfg)["test"]["strict"]["t2i_r1"]  # doctest: +SKIP
 """
@@ -27,9 +27,8 @@ from tqdm import tqdm
 from ..config import DataConfig, TrainConfig
 from ..data.datasets import ImageStore, collate_captions, load_split
 from ..data.records import CaptionRecord, SkipReport
+from ..eval.retrieval import evaluate_retrieval
 from ..models.dual_encoder import DualEncoder, DualEncoderConfig
-from ..registry import TASKS
-from ..retrieval import evaluate_retrieval
 from ..text.perturb import CaptionPerturber
 from ..text.tokenizer import WordTokenizer
 from .similar_batches import SimilarCaptionOrder
@@ -109,7 +108,6 @@ def groups_with_text_lr(model: nn.Module, cfg: ContrastiveTrainConfig) -> list[d
     return out
 
 
-@TASKS.register("contrastive")
 def train_contrastive(cfg: ContrastiveExperimentConfig, progress: bool = True,
                       stop_at: int | None = None) -> dict[str, Any]:
     """Train a dual encoder as configured; the best model lands in `{train.out_dir}/model`."""

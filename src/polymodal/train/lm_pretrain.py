@@ -26,7 +26,6 @@ from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.datasets import load_split
 from ..data.records import CaptionRecord, SkipReport
 from ..models.prefix_lm import PrefixConfig, PrefixLM
-from ..registry import TASKS
 from ..text.tokenizer import Tokenizer, build_tokenizer
 from .trainer import Trainer
 
@@ -78,7 +77,6 @@ def text_validation(model: PrefixLM, dataset: CaptionTextDataset, batch_size: in
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-@TASKS.register("lm_pretrain")
 def train_lm(cfg: LMPretrainConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train the LM of a prefix_lm model on the training captions; the model lands in `{out_dir}/model`."""
     report = SkipReport(source="training data")

@@ -26,9 +26,8 @@ from ..config import DataConfig, DecoderConfig, ModelConfig, TrainConfig, from_d
 from ..data.datasets import load_split
 from ..data.records import SkipReport
 from ..errors import ConfigError
-from ..models.gpt2 import is_gpt2_folder, read_gpt2_config
 from ..models.prefix_lm import PrefixConfig, PrefixLM
-from ..registry import TASKS
+from ..nn.gpt2 import is_gpt2_folder, read_gpt2_config
 from ..text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .captioning import fit_captioner
 
@@ -68,7 +67,6 @@ def _lm_source(cfg: PrefixLMExperimentConfig) -> tuple[DecoderConfig, Tokenizer]
     return decoder, tokenizer
 
 
-@TASKS.register("prefix_lm")
 def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
                     stop_at: int | None = None) -> dict[str, Any]:
     """Train a PrefixLM as configured; the best model lands in `{train.out_dir}/model`."""

@@ -17,7 +17,6 @@ from ..data.records import SkipReport
 from ..errors import ConfigError
 from ..models.captioner import Captioner
 from ..models.refine import RefinerConfig, RefiningCaptioner
-from ..registry import TASKS
 from .captioning import fit_captioner
 
 
@@ -31,7 +30,6 @@ class RefineExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-@TASKS.register("refine")
 def train_refiner(cfg: RefineExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     if not cfg.init_from:
         raise ConfigError("refine: set init_from to the trained first-pass captioner's directory")

@@ -37,10 +37,8 @@ from ..config import DataConfig, TrainConfig
 from ..data.datasets import CaptionDataset, ImageDataset, collate_captions, load_split
 from ..data.records import SkipReport
 from ..errors import ConfigError
+from ..eval.caption_metrics import simple_tokenize
 from ..generate import GenerationConfig
-from ..metrics import simple_tokenize
-from ..models import prefix_lm, transformer  # noqa: F401  (register the transformer architectures)
-from ..registry import TASKS
 from .captioning import caption_validation
 from .trainer import Trainer
 
@@ -191,7 +189,6 @@ class SelfCritical(nn.Module):
                       "advantage_abs": advantage.abs().mean()}
 
 
-@TASKS.register("scst")
 def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Fine-tune the captioner in `init_from` with SCST; the best model (by CIDEr-D) lands in `{out_dir}/model`."""
     import dataclasses

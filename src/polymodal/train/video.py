@@ -30,16 +30,15 @@ from ..config import TrainConfig
 from ..data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, read_annotations
 from ..data.datasets import cache_root
 from ..data.shapes_video import write_shapes_video
+from ..eval.caption_metrics import caption_metrics
+from ..eval.vqa_metrics import vqa_accuracy
 from ..generate import GenerationConfig
-from ..metrics import caption_metrics
-from ..metrics_vqa import vqa_accuracy
-from ..models.video import MediaConfig
 from ..models.video_captioner import VideoCaptioner, VideoCaptionerConfig, pick_peaks
 from ..models.video_qa import VideoQA, VideoQAConfig
-from ..registry import TASKS
+from ..nn.media import MediaConfig
 from ..text.tokenizer import WordTokenizer
+from .pretraining import PretrainConfig, QADataConfig, pretrain_region_encoder
 from .trainer import Trainer
-from .vqa import PretrainConfig, QADataConfig, pretrain_region_encoder
 
 
 @dataclass
@@ -182,7 +181,6 @@ def _fit(model: Any, train_set: Any, val_set: Any, cfg: Any, progress: bool, sto
     return summary
 
 
-@TASKS.register("video_caption")
 def train_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = True,
                         stop_at: int | None = None) -> dict[str, Any]:
     """Train a video captioner; score the best one on the test clips; writes `{out_dir}/metrics.json`."""
@@ -236,7 +234,6 @@ def evaluate_video_qa(model: VideoQA, dataset: ClipQADataset, batch_size: int = 
     return {"questions": len(preds), **{k: sum(v) / len(v) for k, v in sorted(groups.items())}}
 
 
-@TASKS.register("video_qa")
 def train_video_qa(cfg: VideoQAExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train a video QA model; score the best one on the test clips; writes `{out_dir}/metrics.json`."""
     model, splits, bank = prepare_video_qa(cfg, progress)

@@ -1,0 +1,176 @@
+"""`polymodal train`, `caption`, `evaluate`, `data shapes` and `demo`: the captioning workflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .app import app, data_app
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/attention_lstm.yaml"),
+          overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.steps=500"),
+          quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+    """Train a model from a YAML config; resumes from the run's last checkpoint if there is one.
+
+    Under `torchrun --nproc_per_node=N -m polymodal train CONFIG` it trains with DistributedDataParallel.
+    """
+    from ..train import distributed
+    from ..train.tasks import load_task_config
+
+    task, cfg = load_task_config(config, overrides or [])
+    with distributed.session() as env:
+        summary = task(cfg, progress=not quiet)
+    if env.is_main:
+        typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def caption(model_dir: Path = typer.Argument(..., help="model directory (or a training run directory)"),
+            images: list[Path] = typer.Argument(..., help="image files"),
+            beam: int = typer.Option(3, help="beam size; 1 = greedy"),
+            nbest: int = typer.Option(1, help="captions per image (n-best from the beam)"),
+            as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of text"),
+            heatmaps: Path | None = typer.Option(
+                None, "--heatmaps", metavar="OUT_DIR",
+                help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
+            ) -> None:
+    """Caption images with a trained model."""
+    from ..api import load
+
+    model = load(model_dir)
+    strategy = "beam" if beam > 1 else "greedy"
+    used_dirs: set[Path] = set()
+    for path in images:
+        written: list[Path] = []
+        if heatmaps is not None:
+            from ..eval.viz import caption_heatmaps
+
+            folder = _unique_dir(heatmaps / path.stem, used_dirs)
+            results, written = caption_heatmaps(model, path, folder, strategy=strategy, beam_size=beam,
+                                                num_return_sequences=min(nbest, beam))
+        else:
+            results = model.caption_nbest([path], strategy=strategy, beam_size=beam,
+                                          num_return_sequences=min(nbest, beam))[0]
+        if as_json:
+            extra = {"heatmaps": [str(p) for p in written]} if heatmaps is not None else {}
+            typer.echo(json.dumps({"image": str(path), "captions": results, **extra}))
+        else:
+            typer.echo(f"{path}: {results[0]}" + "".join(f"\n    {c}" for c in results[1:]))
+            if written:
+                typer.echo(f"    heatmaps: {written[0].parent} ({len(written)} PNGs)")
+
+
+def _unique_dir(folder: Path, used: set[Path]) -> Path:
+    """Two images with the same stem (a/x.png, b/x.png) get x/ and x-2/, not one shared folder."""
+    candidate, n = folder, 1
+    while candidate in used:
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    used.add(candidate)
+    return candidate
+
+
+@app.command()
+def evaluate(
+    model_dir: Path | None = typer.Argument(None, help="model directory; omit when scoring --results"),
+    data: Path | None = typer.Option(None, help="annotation file; omit with --format shapes for the built-in "
+                                     "Shapes World"),
+    data_format: str | None = typer.Option(None, "--format", help="coco, karpathy, flickr, jsonl, csv or "
+                                           "shapes (default: coco with --data or --references, else shapes)"),
+    images: Path | None = typer.Option(None, help="image folder of --data (default: its folder)"),
+    split: str | None = typer.Option(None, help="split to evaluate (default: test with a model; "
+                                     "all references with --results)"),
+    beam: int = typer.Option(3, help="beam size"),
+    strategy: str | None = typer.Option(None, help="greedy or beam (default: beam if --beam > 1)"),
+    batch_size: int = typer.Option(32, help="images per generation batch"),
+    out: Path | None = typer.Option(None, help="output folder (default: MODEL_DIR/eval, or the results "
+                                    "file's folder)"),
+    results: Path | None = typer.Option(None, help="score this COCO results JSON instead of a model"),
+    references: Path | None = typer.Option(None, help="reference captions for --results (COCO captions JSON)"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Caption a split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), or score a results file."""
+    from ..checkpoint import write_json
+    from ..errors import InputError
+    from ..eval.captions import metrics_table
+
+    fmt = data_format or ("coco" if data is not None or references is not None else "shapes")
+    if results is not None:
+        if model_dir is not None:
+            raise InputError("pass either MODEL_DIR or --results, not both")
+        metrics, metrics_path = _evaluate_results(results, references, fmt, split, out)
+    elif model_dir is not None:
+        metrics, metrics_path = _evaluate_model(model_dir, data, fmt, images, split or "test", beam, strategy,
+                                                batch_size, out, progress=not quiet)
+    else:
+        raise InputError("nothing to evaluate: pass MODEL_DIR, "
+                         "or --results RESULTS.json --references CAPTIONS.json")
+    write_json(metrics_path, metrics)
+    typer.echo(metrics_table(metrics))
+    typer.echo(f"wrote {metrics_path}")
+
+
+def _evaluate_results(results: Path, references: Path | None, fmt: str, split: str | None,
+                      out: Path | None) -> tuple[dict, Path]:
+    from ..errors import InputError
+    from ..eval.captions import evaluate_results_file
+
+    if fmt == "shapes" and references is None:
+        from ..config import DataConfig
+        from ..data.datasets import shapes_folder
+
+        references = shapes_folder(DataConfig(format="shapes")) / "captions.json"
+    if references is None:
+        raise InputError("--results needs --references CAPTIONS.json (or --format shapes for Shapes World)")
+    if fmt not in ("coco", "shapes"):
+        raise InputError(f"--references must be a COCO captions file, got --format {fmt}")
+    _, metrics = evaluate_results_file(results, references, split=split)
+    name = results.stem.removeprefix("results_")
+    folder = out if out is not None else results.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return metrics, folder / f"metrics_{name}.json"
+
+
+def _evaluate_model(model_dir: Path, data: Path | None, fmt: str, images: Path | None, split: str, beam: int,
+                    strategy: str | None, batch_size: int, out: Path | None, progress: bool) -> tuple[dict, Path]:
+    from ..api import load
+    from ..config import DataConfig
+    from ..data.datasets import load_split
+    from ..eval.captions import evaluate_captioner, write_coco_results
+    from ..generate import GenerationConfig
+
+    if fmt == "shapes" and data is not None:  # a Shapes World folder on disk: its captions.json is COCO
+        fmt, data = "coco", (data / "captions.json" if data.is_dir() else data)
+    model = load(model_dir)
+    cfg = DataConfig(format=fmt, path=str(data) if data is not None else None,
+                     images=str(images) if images is not None else None)
+    records = load_split(cfg, split)
+    generation = GenerationConfig(strategy=strategy or ("beam" if beam > 1 else "greedy"), beam_size=beam,
+                                  max_len=model.cfg.decoder.max_len)
+    results, metrics = evaluate_captioner(model, records, generation, batch_size=batch_size, progress=progress)
+    folder = out if out is not None else model_dir / "eval"
+    write_coco_results(folder / f"results_{split}.json", results)
+    return metrics, folder / f"metrics_{split}.json"
+
+
+@data_app.command("shapes")
+def data_shapes(out: Path = typer.Option(..., help="output folder"),
+                n: int = typer.Option(5000, help="images in train+val+test (heldout comes on top)"),
+                seed: int = typer.Option(0), size: int = typer.Option(128, help="image size in pixels")) -> None:
+    """Write Shapes World to disk: images, COCO captions JSON, QA JSONL."""
+    from ..data.shapes import write_shapes_world
+
+    folder = write_shapes_world(out, n=n, seed=seed, image_size=size)
+    typer.echo(f"wrote Shapes World to {folder} (captions.json, qa.jsonl, images/)")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes its report")) -> None:
+    """The main job: Shapes World, a trained captioner, captions beside their references."""
+    from .demo import run_demo
+
+    run_demo(out)

@@ -1,0 +1,67 @@
+"""`polymodal serve` and `polymodal export` (registered on the main app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+
+
+@app.command()
+def serve(
+    model_dirs: list[Path] = typer.Argument(None, help="model directories: captioners, VQA, chat and dual "
+                                            "encoder models (default: the bundled Shapes World captioner)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; 127.0.0.1 keeps it on this machine"),
+    port: int = typer.Option(8000, help="TCP port"),
+    index: Path | None = typer.Option(None, "--index", help="retrieval index to search (from `polymodal index`)"),
+    max_batch: int = typer.Option(8, help="caption requests per forward pass; 1 = no dynamic batching"),
+    max_wait_ms: float = typer.Option(25.0, help="most a batch waits for requests already arriving"),
+    continuous: bool = typer.Option(False, help="continuous batching: beam search requests join a running "
+                                    "batch between steps (default: whole batches, faster on a CPU)"),
+    max_mb: float = typer.Option(10.0, "--max-mb", help="largest request body in MB"),
+    max_pixels: int = typer.Option(4096 * 4096, help="largest image (width x height) accepted"),
+    timeout: float = typer.Option(30.0, help="seconds before a request gives up (HTTP 504)"),
+    threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)"),
+) -> None:
+    """Serve the models as a REST API and a web page (open http://HOST:PORT/)."""
+    import torch
+    import uvicorn
+
+    from ..assets import bundled_model_dir
+    from ..serve import ServeConfig, create_app
+    from ..serve.uploads import Limits
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = ServeConfig(limits=Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels), max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, continuous=continuous, timeout_s=timeout)
+    web = create_app(model_dirs or [bundled_model_dir()], index=index, config=config)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: binding {host}: anyone who can reach this address can use the models", err=True)
+    typer.echo(f"polymodal: serving {', '.join(web.state.service.models.entries)} on http://{host}:{port}/ "
+               f"(API docs at /docs)")
+    uvicorn.run(web, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="captioner model directory"),
+    onnx: Path = typer.Option(..., "--onnx", metavar="OUT_DIR", help="output folder for the ONNX graphs"),
+    int8: bool = typer.Option(False, "--int8", help="also write dynamically int8-quantized graphs"),
+    check: list[Path] = typer.Option(None, "--check", help="images to caption with PyTorch and ONNX to compare"),
+) -> None:
+    """Export a captioner to ONNX: image encoder + one decoder step, state in/out as tensors."""
+    from ..api import load
+    from ..serve.export import OnnxCaptioner, export_onnx
+
+    model = load(model_dir)
+    out = export_onnx(model, onnx, int8=int8)
+    typer.echo(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    if check:
+        reference = [c[0] for c in model.caption_nbest(list(check), strategy="greedy")]
+        for variant in ([False, True] if int8 else [False]):
+            captions = OnnxCaptioner(out, int8=variant).caption(list(check))
+            same = sum(a == b for a, b in zip(reference, captions, strict=True))
+            typer.echo(f"{'int8' if variant else 'fp32'}: {same}/{len(check)} captions identical to PyTorch greedy")

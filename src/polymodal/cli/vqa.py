@@ -1,0 +1,120 @@
+"""`polymodal vqa`, `polymodal chat` and `polymodal ablate` commands (registered on the main app).
+
+Example:
+    $ polymodal vqa runs/vqa scene.png "what colour is the star?" --top
+    $ printf 'what is left of the square?\\nwhat size is it?\\n' | polymodal chat runs/chat scene.png
+    $ polymodal ablate fusion --seeds 3 --steps 600 --out docs/fusion.md
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..errors import InputError
+from .app import app
+
+QUIT = {"quit", "exit", ":q"}
+
+
+def _load(model_dir: Path, architecture: str) -> Any:
+    """Load a model directory and check that it is the kind the command needs."""
+    from ..api import load_expecting
+
+    return load_expecting(model_dir, architecture, f"train one with `polymodal train configs/{architecture}.yaml`")
+
+
+@app.command("vqa")
+def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory (or its training run directory)"),
+                image: Path = typer.Argument(..., help="image file"),
+                question: str = typer.Argument(..., help='the question, e.g. "what colour is the circle?"'),
+                top: bool = typer.Option(False, "--top", help="print the most likely answers with probabilities"),
+                k: int = typer.Option(3, help="how many answers --top prints")) -> None:
+    """Answer a question about an image."""
+    from ..data.images import load_image
+
+    model = _load(model_dir, "vqa")
+    picture = load_image(image)
+    if top:
+        for answer, prob in model.answer_topk(picture, question, k=max(k, 1))[0]:
+            typer.echo(f"{answer}\t{prob:.3f}")
+    else:
+        typer.echo(model.answer(picture, question)[0])
+
+
+@app.command("chat")
+def chat_command(model_dir: Path = typer.Argument(..., help="assistant model directory (or its run directory)"),
+                 image: Path = typer.Argument(..., help="the image to talk about"),
+                 beam: int = typer.Option(1, help="beam size; 1 = greedy")) -> None:
+    """Talk about an image: one question per line on stdin, until end of input or "quit".
+
+    The conversation so far is kept, so follow-ups such as "and what colour is it?" work.
+    """
+    from ..data.images import load_image
+
+    assistant = _load(model_dir, "chat")
+    picture = load_image(image)
+    interactive = sys.stdin.isatty()
+    generation = {"strategy": "beam", "beam_size": beam} if beam > 1 else {}
+    messages: list[dict[str, str]] = []
+    if interactive:
+        typer.echo(f"Talking about {image}. Ask a question; 'quit' or Ctrl-D ends.", err=True)
+    while True:
+        if interactive:
+            typer.echo("you> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.lower() in QUIT:
+            break
+        messages.append({"role": "user", "content": text})
+        try:
+            reply = assistant.chat(picture, messages, **generation)
+        except InputError as err:  # a bad line should not end the conversation
+            messages.pop()
+            typer.echo(f"error: {err}", err=True)
+            continue
+        messages.append({"role": "assistant", "content": reply})
+        typer.echo(f"assistant: {reply}")
+
+
+@app.command()
+def ablate(what: str = typer.Argument(..., help="what to ablate; only 'fusion' for now"),
+           overrides: list[str] = typer.Argument(None, help="dotted overrides of the base config, "
+                                                 "e.g. model.fusion.layers=1"),
+           config: Path = typer.Option(Path("configs/vqa.yaml"), help="base VQA config"),
+           seeds: int = typer.Option(3, help="seeds per variant"),
+           steps: int = typer.Option(600, help="training steps per run (the same for every variant)"),
+           variants: str | None = typer.Option(None, help="comma-separated fusion names (default: all)"),
+           out: Path = typer.Option(Path("docs/fusion.md"), help="markdown report; a .png and .json go beside it"),
+           threads: int = typer.Option(1, help="torch CPU threads per process; 1 is fastest on a busy machine"),
+           workers: int = typer.Option(1, help="processes training runs in parallel (e.g. one per core)"),
+           quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+    """Train every fusion variant with the same budget and seeds; write a table and a plot."""
+    import torch
+
+    from ..config import load_config
+    from ..train.ablation import run_fusion_ablation, setup_record, write_report
+    from ..train.vqa import VQAExperimentConfig
+
+    if what != "fusion":
+        raise InputError(f"cannot ablate {what!r}; the available ablation is 'fusion'")
+    if seeds < 1 or steps < 1:
+        raise InputError("--seeds and --steps must be at least 1")
+    torch.set_num_threads(max(threads, 1))
+    base = load_config(config, overrides or [], cls=VQAExperimentConfig)
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    started = time.time()
+    results = run_fusion_ablation(base, names, seeds=seeds, steps=steps, progress=not quiet and workers <= 1,
+                                  workers=workers, log=lambda msg: typer.echo(msg))
+    command = " ".join(["polymodal ablate fusion", *(overrides or []), f"--seeds {seeds}", f"--steps {steps}",
+                        *([f"--variants {variants}"] if variants else []), f"--workers {workers}", f"--out {out}"])
+    write_report(results, out, setup_record(base, command, seeds, steps, (time.time() - started) / 60, workers))
+    typer.echo(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.json')}")
