@@ -36,7 +36,7 @@ test-all: setup chromium
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench docs
 
 # Speed benchmarks (docs/benchmarks.md, plots in docs/), a few minutes each, one at a time. The long
 # experiments (bench/transfer.py, bench/caption_table.py) are run by hand; their commands are in docs/.

@@ -65,7 +65,8 @@ def render(readme: str) -> str:
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", re.S)
         if not pattern.search(readme):
             raise SystemExit(f"README.md: no <!-- {name}:begin --> / <!-- {name}:end --> markers")
-        readme = pattern.sub(lambda m: m.group(1) + build() + m.group(2), readme)
+        block = build()
+        readme = pattern.sub(lambda m, block=block: m.group(1) + block + m.group(2), readme)
     return readme
 
 
