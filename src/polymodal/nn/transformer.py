@@ -2,7 +2,7 @@
 
 Pre-norm blocks (LayerNorm -> attention -> residual, LayerNorm -> MLP -> residual) whose parameter
 names are GPT-2's (`h.0.attn.c_attn`, `ln_f`, `wte`, `wpe`), so a GPT-2 checkpoint maps onto
-`TransformerLM` by a short key map (models/gpt2.py). Attention is torch's
+`TransformerLM` by a short key map (nn/gpt2.py). Attention is torch's
 `scaled_dot_product_attention`, always with ONE mask: either `is_causal` alone (a full sequence
 without padding) or an explicit boolean mask from `attention_mask` (cache, padding), never both.
 

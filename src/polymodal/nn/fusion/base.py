@@ -19,7 +19,7 @@ Feature level (`level == "feature"`, output (B, out_dim), a classifier goes on t
     film             the `query` modality scales and shifts every region of the others (FiLM, Perez et al. 2018)
     cross_attention  `query` tokens attend to the regions of the others (nn.MultiheadAttention)
     relation         cross_attention + a relation network over pairs of question-selected regions (relation.py)
-    joint            one transformer over [CLS; every modality's tokens] ("merged attention", joint_fusion.py)
+    joint            one transformer over [CLS; every modality's tokens] ("merged attention", joint.py)
     recurrent        cross_attention, then an LSTM cell reads words and regions a glimpse at a time (recurrent.py)
     word_pairs       cross_attention + a relation network over pairs of words placed where they looked (word_pairs.py)
 
@@ -310,7 +310,7 @@ class CrossAttentionFusion(Fusion):
 
 
 class RelationFusion(CrossAttentionFusion):
-    """`cross_attention` plus a relation network over `slots` question-selected regions (models/relation.py):
+    """`cross_attention` plus a relation network over `slots` question-selected regions (relation.py):
     the attended question selects regions and conditions g on pairs of them, whose (x, y) g can compare.
 
     Example:
