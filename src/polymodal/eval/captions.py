@@ -27,6 +27,7 @@ from ..data.records import CaptionRecord, SkipReport
 from ..errors import DataError, InputError
 from ..generate import GenerationConfig
 from .caption_metrics import caption_metrics, load_references, load_results
+from .hallucination import ObjectTruth
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def _caption_cached(model: nn.Module, records: list[CaptionRecord], generation: 
 
 def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generation: GenerationConfig,
                        batch_size: int = 32, progress: bool = True, cider_only: bool = False,
-                       feature_cache: str | Path | None = None) -> tuple[dict[str, str], dict[str, float]]:
+                       feature_cache: str | Path | None = None,
+                       objects: ObjectTruth | None = None) -> tuple[dict[str, str], dict[str, float]]:
     """Caption every record's image and score the captions against the records' references.
 
     Args:
@@ -107,6 +109,8 @@ def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generatio
         progress: show tqdm bars.
         cider_only: score CIDEr-D only (no METEOR), for quick validation during training.
         feature_cache: a folder for the encoder feature cache (data/cache.py); None encodes every image.
+        objects: the objects in each image; adds whether the captions are true (CHAIR-i, object recall, ...:
+            eval/hallucination.py).
 
     Returns:
         (results, metrics): {record id: caption}, and the caption metrics plus "images" (captioned)
@@ -120,6 +124,8 @@ def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generatio
     results, report = caption_records(model, records, generation, batch_size, progress, feature_cache)
     references = {rec.id: rec.captions for rec in records if rec.id in results}
     metrics: dict[str, float] = dict(caption_metrics(results, references, cider_only=cider_only))
+    if objects is not None:
+        metrics.update(objects.score(results))
     metrics["images"] = len(results)
     metrics["skipped_images"] = report.count
     return results, metrics
@@ -147,13 +153,15 @@ def write_coco_results(path: str | Path, results: Mapping[str, str]) -> Path:
 
 
 def evaluate_results_file(results_path: str | Path, references: str | Path | Mapping[str, list[str]],
-                          split: str | None = None) -> tuple[dict[str, str], dict[str, float]]:
+                          split: str | None = None,
+                          objects: ObjectTruth | None = None) -> tuple[dict[str, str], dict[str, float]]:
     """Score a COCO results file made by any system against reference captions.
 
     Args:
         results_path: `[{"image_id", "caption"}]` JSON.
         references: a COCO captions file (image files are not needed), or {image id: [captions]}.
         split: with a references file, keep only its images of this split.
+        objects: the objects in each image; adds the hallucination metrics (eval/hallucination.py).
 
     Returns:
         (results, metrics): metrics include "images" (scored) and "reference_images" (available).
@@ -165,6 +173,8 @@ def evaluate_results_file(results_path: str | Path, references: str | Path | Map
         references = load_references(references, split=split)
     results = load_results(results_path, references)
     metrics: dict[str, float] = dict(caption_metrics(results, {key: references[key] for key in results}))
+    if objects is not None:
+        metrics.update(objects.score(results))
     metrics["images"] = len(results)
     metrics["reference_images"] = len(references)
     return results, metrics
