@@ -34,7 +34,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError, DataError, InputError, PolymodalError
 from . import engines, schemas
 from .batching import DynamicBatcher
-from .uploads import Limits, RequestError, decode_image, read_fields, validate, validation_message
+from .uploads import (
+    Limits,
+    LingeringClose,
+    RequestError,
+    decode_image,
+    read_fields,
+    validate,
+    validation_message,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("polymodal.serve")
@@ -306,7 +314,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _polymodal_error(request: Request, err: PolymodalError) -> JSONResponse:
         status = getattr(err, "status", None) or next((s for t, s in STATUS.items() if isinstance(err, t)), 500)
         message = scrub(str(err), request.app.state.private_roots)
-        # 408/413 may come with body bytes still unread: close the connection rather than drain them.
+        # 408/413 may come with body bytes still unread: close the connection (keep-alive would discard the
+        # rest without bound); LingeringClose first drains a bounded amount so the client reads this answer.
         headers = {"Connection": "close"} if status in (408, 413) else None
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -388,6 +397,7 @@ def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
         folders = [os.path.dirname(os.path.abspath(p)) for p in search.items]
         app.state.private_roots = sorted({*app.state.private_roots, os.path.commonpath(folders)}, key=len, reverse=True)
     _add_error_handlers(app)
+    app.add_middleware(LingeringClose, limits=cfg.limits)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -2,7 +2,10 @@
 
 Nothing here touches the disk: the body is read into memory chunk by chunk and refused with 413 as
 soon as it passes the limit (or at once when Content-Length says it will); multipart parts are
-kept in memory too (starlette would spill parts over 1 MB to a temporary file). Images are
+kept in memory too (starlette would spill parts over 1 MB to a temporary file). After such an early
+refusal `LingeringClose` reads and discards the rest of the body, up to `Limits.drain_bytes` and
+`Limits.drain_seconds`, before the connection closes, so that a client still sending reads the 413
+rather than a connection reset. Images are
 recognised by their first bytes, not by their name or declared type, then decoded by
 `data.images.load_image`, which checks the pixel count from the header and drops EXIF.
 
@@ -14,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..data.images import load_image
 from ..errors import DataError, InputError
@@ -53,13 +58,93 @@ class RequestError(InputError):
 
 @dataclass
 class Limits:
-    """What one request may send. `max_bytes` bounds the whole body, `max_pixels` each image."""
+    """What one request may send. `max_bytes` bounds the whole body, `max_pixels` each image.
+
+    `drain_bytes` and `drain_seconds` bound the lingering close after a refusal that leaves part of
+    the body unread (413 over `max_bytes`, 408 too slow): the server sends its answer, then reads and
+    discards what the client is still sending, at most `drain_bytes` (64 MB) for at most
+    `drain_seconds` (5 s), before it closes. A client that sends its whole body before reading
+    (httpx, requests) then reads the answer; closing with bytes unread would make the kernel reset
+    the connection and throw the answer away. Past either cap the connection is closed anyway.
+    `drain_bytes=0` turns the lingering off.
+    """
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    drain_bytes: int = 64 * 1024 * 1024
+    drain_seconds: float = 5.0
 
     def as_dict(self) -> dict[str, int]:
         return {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels}
+
+
+class LingeringClose:
+    """ASGI middleware: a response that closes the connection (`Connection: close`) while the request
+    body is still arriving is sent at once, but its end is held back while the rest of the body is read
+    and discarded, up to `limits.drain_bytes` and `limits.drain_seconds`; then the server closes.
+
+    This is nginx's lingering close (Go's net/http also reads some of an unread body and waits a
+    moment before closing, for the same reason): an early answer (a 413 from Content-Length, or once
+    a chunked body passes the limit) without keeping the body in memory, and without the connection
+    reset that closing on unread bytes causes. A body declared
+    larger than what is left to drain is not drained (it could not end cleanly), nor one whose client
+    waits for `100 Continue` and has sent nothing.
+    """
+
+    def __init__(self, app: ASGIApp, limits: Limits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limits.drain_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v.lower() for k, v in scope.get("headers", [])}
+        try:
+            declared: int | None = int(headers[b"content-length"])
+        except (KeyError, ValueError):
+            declared = None
+        received, messages, closing = 0, 0, False
+        done = not ((declared or 0) > 0 or b"chunked" in headers.get(b"transfer-encoding", b""))
+
+        async def counting_receive() -> Message:
+            nonlocal received, messages, done
+            message = await receive()
+            if message["type"] == "http.request":
+                received, messages = received + len(message.get("body", b"")), messages + 1
+                done = done or not message.get("more_body", False)
+            else:  # http.disconnect: nothing more will come
+                done = True
+            return message
+
+        async def lingering_send(message: Message) -> None:
+            nonlocal closing
+            if message["type"] == "http.response.start":
+                closing = any(k.lower() == b"connection" and b"close" in v.lower() for k, v in message.get("headers", []))
+            elif message["type"] == "http.response.body" and not message.get("more_body", False) and closing and not done:
+                await send({**message, "more_body": True})  # the whole answer goes out now
+                waits_for_continue = b"100-continue" in headers.get(b"expect", b"") and not messages
+                if not waits_for_continue and (declared is None or declared - received <= self.limits.drain_bytes):
+                    await self._drain(counting_receive)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}  # then the close
+            await send(message)
+
+        await self.app(scope, counting_receive, lingering_send)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop request body messages until the body ends or a cap is reached."""
+
+        async def discard() -> None:
+            drained = 0
+            while drained <= self.limits.drain_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                drained += len(message.get("body", b""))
+
+        try:
+            await asyncio.wait_for(discard(), self.limits.drain_seconds)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
