@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import uvicorn
+from playwright import sync_api
 
 from tests.conftest import tiny_model
 from tests.test_serve import tiny_retrieval
@@ -31,8 +33,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
-uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install -e .")
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium (`make chromium` or "
                 f"`apt-get install -y chromium`); playwright-downloaded browsers are not used", allow_module_level=True)
@@ -52,10 +52,7 @@ def _models(folder: Path) -> tuple[dict | list[str], Path | None]:
     model = tiny_model()
     with torch.no_grad():  # sharpen the untrained attention so that each word looks somewhere else
         model.decoder.attention.score.weight.mul_(60.0)
-    try:
-        encoder, index = tiny_retrieval(folder)
-    except pytest.skip.Exception:  # no retrieval module in this install: the page runs without search
-        return {"tiny-captioner": model}, None
+    encoder, index = tiny_retrieval(folder)
     return {"tiny-captioner": model, "tiny-dual-encoder": encoder}, index
 
 

@@ -205,7 +205,9 @@ def test_contrastive_task_trains_saves_and_exports(tmp_path):
 # ----------------------------------------------------------------------------- Hugging Face text tower
 @pytest.fixture
 def tiny_bert(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    """A tiny random BERT folder written here (the dev extra installs transformers; no MiniLM, no network)."""
+    import transformers  # here, not at the top: only the hf_bert tests pay for importing it
+
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "crimson"]
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "vocab.txt").write_text("\n".join(words) + "\n")

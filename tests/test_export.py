@@ -8,18 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+from polymodal.data.shapes import render, sample_scene
+from polymodal.errors import CheckpointError, InputError
+from polymodal.models.captioner import Captioner
+from polymodal.serve.export import OnnxCaptioner, export_onnx
 from tests.conftest import tiny_model
-
-pytest.importorskip("onnx", reason="ONNX export needs the export extra: pip install -e '.[export]'")
-ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra: pip install -e '.[export]'")
-
-from polymodal.data.shapes import render, sample_scene  # noqa: E402
-from polymodal.errors import CheckpointError, InputError  # noqa: E402
-from polymodal.models.captioner import Captioner  # noqa: E402
-from polymodal.serve.export import OnnxCaptioner, export_onnx  # noqa: E402
 
 
 def image_sensitive(decoder: str) -> Captioner:

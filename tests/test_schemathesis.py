@@ -8,20 +8,18 @@ rightly refused (docs/reliability.md lists the full `st run --checks all` result
 
 from __future__ import annotations
 
-import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
-
-schemathesis = pytest.importorskip("schemathesis", reason="pip install -e '.[dev]' installs schemathesis")
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from polymodal.serve import ServeConfig, create_app  # noqa: E402
-from polymodal.serve.uploads import Limits  # noqa: E402
+from polymodal.serve import ServeConfig, create_app
+from polymodal.serve.uploads import Limits
 
-from .conftest import tiny_model  # noqa: E402
+from .conftest import tiny_model
 
 APP = create_app({"tiny": tiny_model()}, config=ServeConfig(limits=Limits(max_bytes=2**20, max_pixels=512 * 512)))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from polymodal.config import DataConfig
 from polymodal.data.datasets import load_split
 from polymodal.errors import DataError
+from polymodal.serve import ServeConfig, create_app, engines
+from polymodal.serve.uploads import Limits
 from tests.badinput.images import GPS, quadrants, with_gps_exif
 from tests.conftest import tiny_model
 
@@ -102,12 +105,6 @@ def test_dataset_paths_escaping_the_root_are_refused_unless_allowed(tmp_path: Pa
 
 
 # ----------------------------------------------------------------------------- the server
-fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from polymodal.serve import ServeConfig, create_app, engines  # noqa: E402
-from polymodal.serve.uploads import Limits  # noqa: E402
-
 
 def gps_jpeg(size: tuple[int, int] = (96, 64)) -> bytes:
     buffer = io.BytesIO()

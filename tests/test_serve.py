@@ -16,16 +16,20 @@ from typing import Any
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from polymodal.config import EncoderConfig
+from polymodal.data.dialogue import ASSISTANT, USER
+from polymodal.eval import retrieval
+from polymodal.models import chat, dual_encoder, vqa
+from polymodal.nn.fusion.base import FusionConfig
+from polymodal.nn.text_encoders import TextEncoderConfig
+from polymodal.serve import ServeConfig, create_app
+from polymodal.serve.batching import DynamicBatcher
+from polymodal.serve.uploads import Limits
+from polymodal.text.tokenizer import SPECIALS, WordTokenizer
 from tests.conftest import tiny_model
-
-fastapi = pytest.importorskip("fastapi", reason="the server needs fastapi: pip install -e .")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from polymodal.serve import ServeConfig, create_app  # noqa: E402
-from polymodal.serve.batching import DynamicBatcher  # noqa: E402
-from polymodal.serve.uploads import Limits  # noqa: E402
 
 
 def png_bytes(size: tuple[int, int] = (48, 40), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -328,16 +332,10 @@ WORDS = "what colour is the circle square red blue green how many shapes".split(
 
 def tiny_retrieval(folder: Path) -> tuple[Any, Path]:
     """A tiny dual encoder and an image index of three coloured squares written under `folder`."""
-    dual = pytest.importorskip("polymodal.models.dual_encoder")
-    retrieval = pytest.importorskip("polymodal.eval.retrieval")
-    from polymodal.config import EncoderConfig
-    from polymodal.nn.text_encoders import TextEncoderConfig
-    from polymodal.text.tokenizer import SPECIALS, WordTokenizer
-
     torch.manual_seed(0)
-    cfg = dual.DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32, embed_dim=16,
+    cfg = dual_encoder.DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32, embed_dim=16,
                                  pooling="mean", text=TextEncoderConfig(name="lstm", width=16, layers=1, heads=2))
-    encoder = dual.DualEncoder(cfg, WordTokenizer([*SPECIALS, *WORDS])).eval()
+    encoder = dual_encoder.DualEncoder(cfg, WordTokenizer([*SPECIALS, *WORDS])).eval()
     (folder / "photos").mkdir(parents=True)
     for i, colour in enumerate([(230, 30, 30), (40, 90, 255), (30, 190, 50)]):
         Image.new("RGB", (40, 40), colour).save(folder / "photos" / f"{i}.png")
@@ -347,13 +345,6 @@ def tiny_retrieval(folder: Path) -> tuple[Any, Path]:
 
 def test_real_vqa_chat_and_retrieval_models(tmp_path: Path, captioner: Any) -> None:
     """The duck typing against the project's own models: VQA, chat assistant, dual encoder + index."""
-    vqa = pytest.importorskip("polymodal.models.vqa")
-    chat = pytest.importorskip("polymodal.models.chat")
-    from polymodal.config import EncoderConfig
-    from polymodal.data.dialogue import ASSISTANT, USER
-    from polymodal.nn.fusion.base import FusionConfig
-    from polymodal.text.tokenizer import SPECIALS, WordTokenizer
-
     torch.manual_seed(0)
     small = EncoderConfig(name="small_cnn", width=8)
     question = vqa.QuestionEncoderConfig(embed_dim=8, hidden_dim=16, max_len=12)

@@ -233,14 +233,39 @@ def test_objects_are_the_regions_the_pretrained_centre_head_picks(trained):
     batch = collate_qa([qa_dataset(model, data, "train", train=True)[i] for i in range(8)])
     batch.pop("index", None)
     regions = batch["image_features"] if "image_features" in batch else model.encoder(batch["images"])
-    tokens = model.image_tokens(regions)
-    assert tokens.shape == (8, 3, model.cfg.dim)
-    centre = model.objectness(regions).softmax(-1)[..., 1]
-    best = centre.argmax(1)
-    expected = model.image_proj(regions)[torch.arange(8), best] + centre.max(1).values[:, None] * model.object_embed
-    torch.testing.assert_close(tokens[:, 0], expected)  # the first token is the most likely centre
+    assert model.image_tokens(regions).shape == (8, 3, model.cfg.dim)  # which 3: test_object_tokens_by_hand
     logits, losses = model(batch)
     losses["loss"].backward()
     assert model.object_embed.grad is not None and logits.shape == (8, len(model.answers))
     with pytest.raises(Exception, match="does not work with fusion 'relation'"):
         VQAModel(dataclasses.replace(cfg.model, fusion=FusionConfig(name="relation")), model.tokenizer, model.answers)
+
+
+def test_object_tokens_by_hand():
+    """objects=2 on 4 regions with a hand-set centre head: the tokens are the 2 regions with the highest
+    centre probability, most likely first, each plus its probability times the object embedding."""
+    import math
+
+    from torch import nn
+
+    from polymodal.nn.encoders import build_encoder
+    from polymodal.text.tokenizer import SPECIALS, WordTokenizer
+
+    encoder = EncoderConfig(name="small_cnn", width=8)
+    c = build_encoder(encoder).out_dim
+    model = VQAModel(VQAModelConfig(encoder=encoder, image_size=32, dim=c, objects=2,
+                                    question=QuestionEncoderConfig(embed_dim=8, hidden_dim=16, max_len=8),
+                                    fusion=FusionConfig(name="film", dim=c, hidden=16)),
+                     WordTokenizer([*SPECIALS, "red"]), ["red", "blue"])
+    model.image_proj = nn.Identity()  # the projection has its own tests; here only the choice and the score
+    regions = torch.arange(4 * c, dtype=torch.float32).reshape(1, 4, c) / (4 * c)  # 4 distinct regions
+    regions[0, :, 0] = torch.tensor([0.0, 1.0, -1.0, 2.0])  # the centre logit of each region
+    with torch.no_grad():  # logits [no centre, centre] = [0, feature 0]: P(centre) = sigmoid(feature 0)
+        model.objectness.weight.zero_()
+        model.objectness.bias.zero_()
+        model.objectness.weight[1, 0] = 1.0
+        model.object_embed.fill_(10.0)
+        tokens = model.image_tokens(regions)
+    p3, p1 = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(-1.0))  # regions 3 then 1: not in index order
+    expected = torch.stack([regions[0, 3] + 10.0 * p3, regions[0, 1] + 10.0 * p1])[None]
+    torch.testing.assert_close(tokens, expected)
