@@ -45,7 +45,9 @@ def _objects(caption: str) -> list[tuple[str, str]]:
 
 
 def test_demo_writes_report_metrics_and_heatmaps(tmp_path):
-    from polymodal.cli.demo import run_demo
+    import re
+
+    from polymodal.cli.demo import SAMPLES, run_demo
 
     report = run_demo(tmp_path / "demo", n=100)
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
@@ -54,3 +56,14 @@ def test_demo_writes_report_metrics_and_heatmaps(tmp_path):
     assert report.exists() and "CIDEr-D" in report.read_text()
     grids = list((tmp_path / "demo" / "heatmaps").glob("*/grid.png"))
     assert len(grids) == 3
+    # The report can be moved or shared: every picture sits beside it, linked by a relative path.
+    moved = (tmp_path / "demo").rename(tmp_path / "shared")
+    text = (moved / report.name).read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len([link for link in links if link.startswith("images/")]) == SAMPLES
+    assert len([link for link in links if link.startswith("heatmaps/")]) == 3
+    for link in links:
+        assert not link.startswith(("/", "\\")) and ":" not in link, link
+        assert (moved / link).is_file(), link
+    assert str(tmp_path) not in text and str(bundled_model_dir()) not in text
+    assert not re.search(r"(^|[\s(`])/[A-Za-z]", text), text  # no absolute path anywhere in the report

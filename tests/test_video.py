@@ -199,6 +199,12 @@ def test_cli_shapes_video_keyframes_and_describe_errors(tmp_path, monkeypatch, c
     assert code == 2 and err.count("\n") == 1 and "cut.mp4" in err and "truncated" in err
     code, err = _cli(monkeypatch, capsys, "describe", str(video), "--model", str(tmp_path / "no_model"))
     assert code == 2 and err.startswith("error: ") and "no_model" in err
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "still.png")
+    code, err = _cli(monkeypatch, capsys, "describe", str(tmp_path / "still.png"))  # an image, not a video
+    assert code == 2 and err.count("\n") == 1 and "still.png" in err and "takes a video file" in err
+    assert "`polymodal caption" in err and "audio" not in err
 
 
 def test_modality_dropout_only_in_training():

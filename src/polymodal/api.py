@@ -1,13 +1,21 @@
 """The public Python API: `polymodal.load(dir)` rebuilds any saved model.
 
 Example:
+    >>> import tempfile
     >>> import polymodal
-    >>> model = polymodal.load("runs/attention_lstm")  # doctest: +SKIP
-    >>> model.caption(["a.png"], beam_size=3)  # doctest: +SKIP
+    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.data.shapes import Scene, ShapeObject, render
+    >>> model = polymodal.load(bundled_model_dir())  # any saved model folder, e.g. "runs/attention_lstm"
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64).save(f"{tmp.name}/a.png")
+    >>> model.caption([f"{tmp.name}/a.png"], beam_size=3)
+    ['there is a large red circle']
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from torch import nn
@@ -15,6 +23,8 @@ from torch import nn
 from .checkpoint import read_model_dir, resolve_model_dir
 from .errors import CheckpointError, ConfigError, InputError
 from .registry import MODELS
+
+Fix = str | Callable[[str], str]  # what to do instead; a function gets the architecture found
 
 
 def load(path: str | Path) -> nn.Module:
@@ -35,17 +45,40 @@ def load(path: str | Path) -> nn.Module:
         raise CheckpointError(str(err)) from None
 
 
-def load_expecting(path: str | Path, architecture: str, fix: str) -> nn.Module:
-    """`load`, then check the model is the kind a command needs; `fix` says how to get one.
+def load_expecting(path: str | Path, architecture: str | Collection[str], fix: Fix) -> nn.Module:
+    """`load`, after checking the model is a kind a command needs; `fix` says how to go on (see `check_architecture`).
 
     Example:
-        >>> load_expecting("runs/vqa", "vqa", "train one with `polymodal train configs/vqa.yaml`")  # doctest: +SKIP
+        >>> from polymodal.assets import bundled_model_dir
+        >>> load_expecting(bundled_model_dir(), "captioner", "train one").architecture
+        'captioner'
+        >>> fix = "train one with `polymodal train configs/vqa.yaml`"
+        >>> load_expecting(bundled_model_dir(), "vqa", fix)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        polymodal.errors.InputError: ...shapes_attention_lstm: is a captioner model, not a vqa model; train one ...
 
     Raises:
         InputError: the directory holds a model of another architecture.
     """
-    model = load(path)
-    if getattr(model, "architecture", None) != architecture:
-        raise InputError(f"{path}: is a {getattr(model, 'architecture', '?')} model, not a {architecture} "
-                         f"model; {fix}")
-    return model
+    check_architecture(path, architecture, fix)
+    return load(path)
+
+
+def check_architecture(path: str | Path, architecture: str | Collection[str], fix: Fix) -> str:
+    """The architecture of the model directory at `path`, read from config.json alone (no weights).
+
+    Args:
+        path: a model directory or a training run directory.
+        architecture: the architecture (or architectures) the caller can use.
+        fix: what to do instead, or a function of the architecture found that says it.
+
+    Raises:
+        CheckpointError: no model directory at `path`.
+        InputError: the directory holds a model of another architecture.
+    """
+    expected = (architecture,) if isinstance(architecture, str) else tuple(architecture)
+    found = str(read_model_dir(path)[0]["architecture"])
+    if found not in expected:
+        wanted = " or ".join(filter(None, [", ".join(expected[:-1]), expected[-1]]))
+        raise InputError(f"{path}: is a {found} model, not a {wanted} model; {fix(found) if callable(fix) else fix}")
+    return found

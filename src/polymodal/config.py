@@ -233,6 +233,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; pass a path to a YAML file (see configs/)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass a YAML config file, e.g. configs/attention_lstm.yaml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; pass a YAML config file, e.g. configs/attention_lstm.yaml") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from .app import app, data_app
+from .kinds import load_for
 
 
 @app.command()
@@ -39,9 +40,7 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
                 help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
             ) -> None:
     """Caption images with a trained model."""
-    from ..api import load
-
-    model = load(model_dir)
+    model = load_for("caption", model_dir)
     strategy = "beam" if beam > 1 else "greedy"
     used_dirs: set[Path] = set()
     for path in images:
@@ -137,7 +136,6 @@ def _evaluate_results(results: Path, references: Path | None, fmt: str, split: s
 
 def _evaluate_model(model_dir: Path, data: Path | None, fmt: str, images: Path | None, split: str, beam: int,
                     strategy: str | None, batch_size: int, out: Path | None, progress: bool) -> tuple[dict, Path]:
-    from ..api import load
     from ..config import DataConfig
     from ..data.datasets import load_split
     from ..eval.captions import evaluate_captioner, write_coco_results
@@ -145,7 +143,7 @@ def _evaluate_model(model_dir: Path, data: Path | None, fmt: str, images: Path |
 
     if fmt == "shapes" and data is not None:  # a Shapes World folder on disk: its captions.json is COCO
         fmt, data = "coco", (data / "captions.json" if data.is_dir() else data)
-    model = load(model_dir)
+    model = load_for("evaluate", model_dir)
     cfg = DataConfig(format=fmt, path=str(data) if data is not None else None,
                      images=str(images) if images is not None else None)
     records = load_split(cfg, split)
@@ -169,8 +167,12 @@ def data_shapes(out: Path = typer.Option(..., help="output folder"),
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes its report")) -> None:
+def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes its report"),
+         n: int = typer.Option(5000, help="Shapes World images in train+val+test (fewer: a quicker demo)")) -> None:
     """The main job: Shapes World, a trained captioner, captions beside their references."""
+    from ..errors import InputError
     from .demo import run_demo
 
-    run_demo(out)
+    if n < 30:
+        raise InputError("--n must be at least 30 (the test split is a tenth of it)")
+    run_demo(out, n=n)

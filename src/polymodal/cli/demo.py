@@ -2,12 +2,14 @@
 
 Writes Shapes World (once, into the cache), captions sample test images with beam search and n-best,
 evaluates the test and held-out-composition splits, draws attention heatmaps and a training curve,
-and writes a markdown report.
+and writes a markdown report. Every picture the report shows sits beside it (images/, heatmaps/) and is
+linked by a relative path, so the output folder can be moved, zipped or shared as it is.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ..data.datasets import load_split
 from ..eval.captions import evaluate_captioner, metrics_table
 from ..eval.viz import caption_heatmaps, plot_training_curves
 from ..generate import GenerationConfig
+from .app import out_folder
 
 SAMPLES = 6
 EVAL_IMAGES = 200  # per split: enough for stable metrics, small enough for a one-minute demo
@@ -27,7 +30,7 @@ EVAL_IMAGES = 200  # per split: enough for stable metrics, small enough for a on
 def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, n: int = 5000) -> Path:
     """Run the demo; returns the path of the markdown report."""
     started = time.time()
-    out = Path(out)
+    out = out_folder(Path(out))
     out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(model_dir) if model_dir else bundled_model_dir()
     model = load(model_dir)
@@ -36,13 +39,13 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
 
     test = load_split(data, "test")
     lines = ["# polymodal demo: the bundled captioner on Shapes World", "",
-             f"Model: `{model_dir}`. Decoding: beam search, beam 3.", "", "## Sample captions (test split)", ""]
+             f"Model: `{model_dir.name}`. Decoding: beam search, beam 3.", "", "## Sample captions (test split)", ""]
     print("\nsample test images, beam 3 n-best beside the references:")
     for rec in test[:SAMPLES]:
         nbest = model.caption_nbest([rec.image], strategy="beam", beam_size=3, num_return_sequences=3)[0]
         print(f"  {Path(rec.image).name}\n    model: {nbest[0]}   (n-best: {' | '.join(nbest[1:])})\n"
               f"    refs:  {rec.captions[0]} | {rec.captions[1]}")
-        lines += [f"![{rec.id}]({Path(rec.image).resolve()})", "",
+        lines += [f"![{rec.id}]({_beside(rec.image, out, 'images')})", "",
                   f"- **model**: {nbest[0]}", f"- n-best: {' / '.join(nbest[1:])}",
                   f"- references: {' / '.join(rec.captions[:3])}", ""]
 
@@ -64,16 +67,25 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
         for rec in test[:3]:
             folder = out / "heatmaps" / Path(rec.image).stem
             captions, _ = caption_heatmaps(model, rec.image, folder, strategy="beam", beam_size=3)
-            lines += [f"**{captions[0]}**", "", f"![heatmaps]({(folder / 'grid.png').resolve()})", ""]
+            grid = (folder / "grid.png").relative_to(out).as_posix()
+            lines += [f"**{captions[0]}**", "", f"![heatmaps]({grid})", ""]
     log = model_dir / "log.jsonl"
     if log.exists():
         plot_training_curves(log, out / "training_curves.png")
-        lines += ["## Training curves", "", f"![curves]({(out / 'training_curves.png').resolve()})", ""]
+        lines += ["## Training curves", "", "![curves](training_curves.png)", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"\nreport: {report.resolve()}\nheatmaps: {(out / 'heatmaps').resolve()}\n"
           f"metrics: {(out / 'metrics.json').resolve()}  ({time.time() - started:.0f} s)")
     return report
+
+
+def _beside(image: str | Path, out: Path, folder: str) -> str:
+    """Copy `image` into out/folder/ and return its link relative to the report (a POSIX path)."""
+    target = out / folder / Path(image).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image, target)
+    return target.relative_to(out).as_posix()
 
 
 if __name__ == "__main__":

@@ -12,23 +12,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from .app import app
-
-
-def _load_dual(model_dir: Path) -> Any:
-    """Load any saved model and check it is a dual encoder (imports stay lazy: a fast `--help`)."""
-    from ..api import load
-    from ..errors import InputError
-
-    model = load(model_dir)
-    if not hasattr(model, "encode_image") or not hasattr(model, "embed_texts"):
-        raise InputError(f"{model_dir}: a {getattr(model, 'architecture', 'model')}, not a dual encoder; "
-                         f"train one with `polymodal train configs/contrastive.yaml`")
-    return model
+from .kinds import load_for
 
 
 @app.command()
@@ -47,7 +35,7 @@ def index(model_dir: Path = typer.Argument(..., help="dual encoder model directo
 
     if (images_dir is None) == (captions is None):
         raise InputError("pass either IMAGES_DIR or --captions FILE")
-    model = _load_dual(model_dir)
+    model = load_for("index", model_dir)
     if captions is not None:
         idx = build_text_index(model, read_caption_file(captions), model_dir, source=str(captions))
         skipped = ""
@@ -77,7 +65,7 @@ def retrieve(index_dir: Path = typer.Argument(..., metavar="INDEX", help="index 
     source = model_dir or idx.info.get("model", {}).get("dir")
     if source is None:
         raise InputError(f"{index_dir}: the index does not name its model; pass --model MODEL_DIR")
-    model = _load_dual(Path(source))
+    model = load_for("retrieve", Path(source))
     idx.check_model(model, str(index_dir))
     emb = model.embed_images([image]) if image is not None else model.embed_texts([query])
     results = idx.search(emb, k)[0]
@@ -101,7 +89,7 @@ def zeroshot(model_dir: Path = typer.Argument(..., help="dual encoder model dire
     from ..eval.zero_shot import zero_shot_accuracy
 
     folder = data if data is not None else shapes_folder(DataConfig(format="shapes", n=10000))
-    result = zero_shot_accuracy(_load_dual(model_dir), folder, task, split, progress=True)
+    result = zero_shot_accuracy(load_for("zeroshot", model_dir), folder, task, split, progress=True)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -139,7 +127,7 @@ def retrieval_eval(model_dir: Path = typer.Argument(..., help="dual encoder mode
     records = load_split(cfg, split)
     # Shapes World knows every caption true of each image: score "true of the image" as well
     relevance = shapes_relevance(records, shapes_folder(cfg)) if data is None else None
-    model = _load_dual(model_dir)
+    model = load_for("retrieval-eval", model_dir)
     store = ImageStore(records, model.cfg.image_size, True)  # decoded once for both evaluations
     result = evaluate_retrieval(model, records, rewrite=paraphrase if paraphrased else None, relevance=relevance,
                                 store=store)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .app import app
+from .kinds import check_for, load_for
 
 
 @app.command()
@@ -33,6 +34,8 @@ def serve(
     from ..serve import ServeConfig, create_app
     from ..serve.uploads import Limits
 
+    for folder in model_dirs or []:
+        check_for("serve", folder)
     if threads:
         torch.set_num_threads(threads)
     config = ServeConfig(limits=Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels), max_batch=max_batch,
@@ -53,10 +56,9 @@ def export(
     check: list[Path] = typer.Option(None, "--check", help="images to caption with PyTorch and ONNX to compare"),
 ) -> None:
     """Export a captioner to ONNX: image encoder + one decoder step, state in/out as tensors."""
-    from ..api import load
     from ..serve.export import OnnxCaptioner, export_onnx
 
-    model = load(model_dir)
+    model = load_for("export", model_dir)
     out = export_onnx(model, onnx, int8=int8)
     typer.echo(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
     if check:

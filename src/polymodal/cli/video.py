@@ -18,16 +18,31 @@ from typing import Any
 import typer
 
 from ..errors import InputError
-from .app import app, data_app
+from .app import app, data_app, out_folder
+from .kinds import load_for
 
 TRAIN_HINT = "train one in minutes with `polymodal train configs/video_caption.yaml`"
 BUNDLED = "shapes_video_captioner"  # src/polymodal/assets/: trained by configs/video_caption.yaml
 
 
-def _load(model_dir: Path, architecture: str) -> Any:
-    from ..api import load_expecting
+IMAGE_INSTEAD = {  # command -> what to run on an image instead
+    "describe": "caption it with `polymodal caption MODEL_DIR {path}`",
+    "videoqa": 'ask about it with `polymodal vqa MODEL_DIR {path} "QUESTION"`',
+}
 
-    return load_expecting(model_dir, architecture, TRAIN_HINT)
+
+def _require_video(path: Path, command: str) -> None:
+    """A still image given as the video: say so, and which command takes images (PIL reads headers only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            still = getattr(picture, "n_frames", 1) == 1
+    except (OSError, UnidentifiedImageError):  # not an image (or missing): the video reader names the problem
+        return
+    if still:
+        raise InputError(f"{path}: is an image, and `polymodal {command}` takes a video file (mp4, mkv, webm, ...); "
+                         + IMAGE_INSTEAD[command].format(path=path))
 
 
 @data_app.command("shapes-video")
@@ -40,7 +55,7 @@ def data_shapes_video(out: Path = typer.Option(..., help="output folder"),
 
     if n < 3 or size < 16 or size % 2:
         raise InputError("--n must be at least 3 and --size an even number of at least 16")
-    folder = write_shapes_video(out, n=n, seed=seed, size=size, progress=not quiet)
+    folder = write_shapes_video(out_folder(out), n=n, seed=seed, size=size, progress=not quiet)
     typer.echo(f"wrote Shapes World video to {folder} (annotations.json, videos/)")
 
 
@@ -49,7 +64,7 @@ def _frame_features(model_dir: Path | None) -> Any:
 
     if model_dir is None:
         return pixel_features, 64
-    model = _load(model_dir, "video_captioner")
+    model = load_for("keyframes", model_dir)
     if "video" not in model.cfg.media.modalities:
         raise InputError(f"{model_dir}: this model has no frame encoder (audio only); leave out --model")
     return encoder_features(model.media.encoder, model.cfg.media.grid), model.cfg.media.image_size
@@ -93,7 +108,8 @@ def describe(video: Path = typer.Argument(..., help="video file (mp4, mkv, webm,
         model = ASSETS / BUNDLED
         if not (model / "config.json").is_file():
             raise InputError(f"{model}: bundled video captioner missing; pass --model DIR ({TRAIN_HINT})")
-    captioner = _load(model, "video_captioner")
+    _require_video(video, "describe")
+    captioner = load_for("describe", model)
     result = captioner.describe(video, beam_size=max(beam, 1))
     media = captioner.cfg.media
     features = encoder_features(captioner.media.encoder, media.grid) if "video" in media.modalities \
@@ -120,4 +136,5 @@ def videoqa(model_dir: Path = typer.Argument(..., help="video QA model directory
             video: Path = typer.Argument(..., help="video file"),
             question: str = typer.Argument(..., help='e.g. "what shape is heard off screen?"')) -> None:
     """Answer a question about a video (its frames and its sound)."""
-    typer.echo(_load(model_dir, "video_qa").answer(video, question))
+    _require_video(video, "videoqa")
+    typer.echo(load_for("videoqa", model_dir).answer(video, question))

@@ -11,21 +11,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from ..errors import InputError
 from .app import app
+from .kinds import load_for
 
 QUIT = {"quit", "exit", ":q"}
-
-
-def _load(model_dir: Path, architecture: str) -> Any:
-    """Load a model directory and check that it is the kind the command needs."""
-    from ..api import load_expecting
-
-    return load_expecting(model_dir, architecture, f"train one with `polymodal train configs/{architecture}.yaml`")
 
 
 @app.command("vqa")
@@ -37,7 +30,7 @@ def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory 
     """Answer a question about an image."""
     from ..data.images import load_image
 
-    model = _load(model_dir, "vqa")
+    model = load_for("vqa", model_dir)
     picture = load_image(image)
     if top:
         for answer, prob in model.answer_topk(picture, question, k=max(k, 1))[0]:
@@ -56,7 +49,7 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
     """
     from ..data.images import load_image
 
-    assistant = _load(model_dir, "chat")
+    assistant = load_for("chat", model_dir)
     picture = load_image(image)
     interactive = sys.stdin.isatty()
     generation = {"strategy": "beam", "beam_size": beam} if beam > 1 else {}
