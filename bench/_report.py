@@ -1,9 +1,8 @@
-"""Shared by the benchmarks: timing, peak memory, and writing one section of docs/benchmarks.md."""
+"""Shared by the benchmarks: timing, peak memory, and recording a run (its history file and its docs section)."""
 
 from __future__ import annotations
 
 import platform
-import re
 import resource
 import socket
 import subprocess
@@ -13,6 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # appended: bench/'s names must not shadow others
+    sys.path.append(str(Path(__file__).resolve().parent))
+import _history  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -64,7 +67,9 @@ def peak_rss_mb() -> float:
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+    """The CPU (and the GPU, where there is one), torch threads and version: the run's "machine"."""
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{platform.processor() or platform.machine()}{gpu}, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}")
 
 
@@ -105,13 +110,58 @@ def start_serve(args: list[str], env: dict[str, str] | None = None) -> tuple[sub
     proc.kill()
     raise RuntimeError("server did not start within 120 s")
 
-def write_section(name: str, markdown: str, path: Path = DOCS / "benchmarks.md") -> Path:
-    """Replace (or append) the section between `<!-- bench:name -->` markers, keeping the others."""
+
+def write_section(name: str, markdown: str, figures: dict[str, float] | None = None,
+                  described: dict[str, dict[str, str]] | None = None, series: str | None = None,
+                  command: str | None = None, path: Path = DOCS / "benchmarks.md") -> Path:
+    """Record this run in docs/results/bench_NAME.json, then redraw the page's sections and the README from them.
+
+    FIGURES are the run's headline numbers (what docs/readme_blocks.py reads); DESCRIBED says what each
+    is and how to print it ({"beam 3": {"what": "batched vs per-image", "format": ".1f", "unit": "x"}});
+    SERIES names the code measured when it differs from the earlier runs' (see bench/_history.py);
+    COMMAND is what reproduces the section (default: this script, with its --sections).
+
+    Example:
+        >>> write_section("decode", "## Decoding ...", {"beam 3": 3.1})  # doctest: +SKIP
+        PosixPath('.../docs/benchmarks.md')
+    """
+    run = {"date": today(), "machine": machine(), "load": load_average(), "figures": figures or {},
+           "markdown": markdown.strip(), "command": command_line()}
+    if series:
+        run["series"] = series
+    page = shown(path)
+    _history.append_run(name, run, command=command or bench_command(), page=page, figures=described)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure is measured side by side in one run; " \
         "regenerate with `make bench`.\n"
-    block = f"<!-- bench:{name} -->\n{markdown.strip()}\n<!-- /bench:{name} -->"
-    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    path.write_text(_history.render_page(text, page))
+    if path.resolve().is_relative_to(DOCS):
+        redraw_readme()
     return path
+
+
+def redraw_readme() -> None:
+    """Redraw the README's blocks from the results files (docs/readme_blocks.py) after a run is recorded.
+
+    A README sentence that the new figures no longer bear is reported here and fails the README check.
+    """
+    if str(DOCS) not in sys.path:
+        sys.path.append(str(DOCS))
+    import readme_blocks
+
+    try:
+        readme_blocks.main([])
+    except SystemExit as stop:  # a claim in docs/readme_tables.py no longer holds: say so, keep the run
+        print(stop)
+
+
+def command_line() -> str:
+    """This process's command line as the docs show it: `python bench/decode.py --sections kv_cache`."""
+    return " ".join(["python", shown(sys.argv[0]), *sys.argv[1:]])
+
+
+def bench_command() -> str:
+    """The command that reproduces a section: the script, with --sections when it picked some."""
+    args = sys.argv[1:]
+    picked = [a for i, a in enumerate(args) if a.startswith("--sections") or (i and args[i - 1] == "--sections")]
+    return " ".join(["python", shown(sys.argv[0]), *picked])

@@ -3,8 +3,9 @@
     python bench/caption_table.py --run seed=runs/seed_lstm --run attention=runs/attention_lstm \
         --run refine=runs/refine
 
-Writes docs/captioning.md (and prints the table). Training time and parameters come from each
-run's log.jsonl summary.
+Writes docs/results/captioning.json, then redraws docs/captioning.md and the README's captioning blocks
+from it (docs/readme_blocks.py). Steps and training time come from each run's log.jsonl summary, the
+parameters from the model; the notes of the file (figures measured by hand) are kept as they are.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
+import time
 from pathlib import Path
 
 from polymodal import load
@@ -21,6 +24,8 @@ from polymodal.eval.captions import evaluate_captioner
 from polymodal.generate import GenerationConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+RESULTS = DOCS / "results"
+PRETRAIN_RUN = "runs/lm_pretrain"  # the prefix LM's text-only pretraining (configs/lm_pretrain.yaml)
 DEFAULT_RUNS = {"seed (ResNet-18 + LSTM)": "runs/seed_lstm", "attention LSTM": "runs/attention_lstm",
                 "attention LSTM + refine": "runs/refine", "attention LSTM + SCST": "runs/attention_lstm_scst",
                 "transformer decoder": "runs/transformer", "transformer decoder + SCST": "runs/transformer_scst",
@@ -39,6 +44,37 @@ def run_summary(run: Path) -> dict:
     return {}
 
 
+def run_row(label: str, run: str, splits: dict[str, list]) -> dict:
+    """One captioner's results row: scores for each decoding and split, parameters, steps, training time."""
+    model = load(run)
+    summary = run_summary(Path(run))
+    row = {"label": label, "run": run, "steps": summary.get("step"),
+           "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+           "training_minutes": round(summary["seconds"] / 60, 1) if summary.get("seconds") else None, "scores": {}}
+    for decoding, kwargs in DECODINGS.items():
+        gen = GenerationConfig(max_len=model.cfg.decoder.max_len, **kwargs)
+        row["scores"][decoding] = {s: evaluate_captioner(model, recs, gen, progress=False)[1] for s, recs in splits.items()}
+        print(label, decoding, {s: round(m["cider"], 3) for s, m in row["scores"][decoding].items()}, flush=True)
+    return row
+
+
+def write_results(rows: list[dict], args: argparse.Namespace, splits: dict[str, list]) -> Path:
+    """docs/results/captioning.json, keeping what this script does not measure (the notes) from the last one."""
+    path = RESULTS / "captioning.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    pretrain = run_summary(Path(PRETRAIN_RUN)).get("step")
+    data = {"command": "python bench/caption_table.py " + " ".join(f"--run {shlex.quote(r)}" for r in args.run),
+            "source": f"bench/caption_table.py, {time.strftime('%Y-%m-%d', time.gmtime())}",
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "data": {"format": "shapes", "n": args.n, "seed": 0, "test_images": len(splits["test"]),
+                     "heldout_images": len(splits["heldout"]), "references": 5},
+            "lm_pretraining_steps": pretrain or old.get("lm_pretraining_steps"), "notes": old.get("notes", {}),
+            "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", action="append", help="label=RUN_DIR (default: the configs/ runs that exist)")
@@ -49,39 +85,12 @@ def main() -> None:
         raise SystemExit("no trained runs found; train with `polymodal train configs/attention_lstm.yaml` first")
     data = DataConfig(format="shapes", n=args.n, seed=0)
     splits = {s: load_split(data, s) for s in ("test", "heldout")}
-    rows = []
-    for item in args.run:
-        label, run = item.split("=", 1)
-        model = load(run)
-        summary = run_summary(Path(run))
-        params = sum(p.numel() for p in model.parameters())
-        for decoding, kwargs in DECODINGS.items():
-            gen = GenerationConfig(max_len=model.cfg.decoder.max_len, **kwargs)
-            scores = {s: evaluate_captioner(model, recs, gen, progress=False)[1] for s, recs in splits.items()}
-            rows.append((label, decoding, scores, params, summary.get("seconds")))
-            print(label, decoding, {s: round(m["cider"], 3) for s, m in scores.items()}, flush=True)
-    lines = ["| model | decoding | test BLEU-4 | test METEOR | test ROUGE-L | test CIDEr-D | heldout BLEU-4 | "
-             "heldout CIDEr-D | parameters | CPU training time |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, decoding, s, params, seconds in rows:
-        t, h = s["test"], s["heldout"]
-        minutes = f"{seconds / 60:.0f} min" if seconds else "-"
-        lines.append(f"| {label} | {decoding} | {t['bleu4']:.3f} | {t['meteor']:.3f} | {t['rouge_l']:.3f} | "
-                     f"**{t['cider']:.3f}** | {h['bleu4']:.3f} | {h['cider']:.3f} | {params / 1e6:.2f} M | "
-                     f"{minutes} |")
-    table = "\n".join(lines)
-    command = "python bench/caption_table.py " + " ".join(f"--run {shlex.quote(r)}" for r in args.run)
-    (DOCS / "captioning.md").write_text(
-        f"# Captioning results on Shapes World\n\n{len(splits['test'])} test images and "
-        f"{len(splits['heldout'])} held-out-composition images (Shapes World n={args.n}, seed 0), "
-        f"5 references each, scored by pycocoevalcap (PTB tokenizer; CIDEr-D on coco-caption's x10 scale).\n\n"
-        f"{table}\n\nTraining times are wall-clock on the 2-core reference machine while other training jobs shared "
-        f"it; alone, the attention LSTM trains at about 5 steps/s (1500 steps in about 5 minutes). Rows "
-        f"\"+ refine\" and \"+ SCST\" give the time of that second stage alone, on top of the row above. Steps: "
-        f"seed 800, attention LSTM and transformer decoder 1500, prefix LM 3000 (after 300 steps of text-only LM "
-        f"pretraining), refine 600, SCST 300; see [transformers.md](transformers.md) for the transformer models "
-        f"and SCST.\n\n"
-        f"Reproduce: `{command}`\n")
-    print(table)
+    rows = [run_row(*item.split("=", 1), splits) for item in args.run]
+    print(f"wrote {write_results(rows, args, splits)}")
+    sys.path.append(str(DOCS))
+    from readme_blocks import main as redraw  # README blocks and docs/captioning.md, from the results file
+
+    redraw([])
 
 
 if __name__ == "__main__":

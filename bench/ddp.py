@@ -78,7 +78,12 @@ at the end: a shared 2-core machine, where other jobs take cores from both sides
 Two DDP processes on two cores run at {ddp / base:.2f}x one single-threaded process (ideal 2x), and at
 {ddp / whole:.2f}x one process that uses both cores through intra-op threads. See docs/scaling.md for
 what this says about many GPUs.
-""")
+""", figures={"2 DDP processes vs 1 process, 1 thread": ddp / base, "2 DDP processes vs 1 process, 2 threads": ddp / whole},
+        series="best of 3 alternating",
+        described={"2 DDP processes vs 1 process, 1 thread": {"what": "samples/s, torchrun 2 processes (gloo) vs 1 "
+                                                              "process", "format": ".2f", "unit": "x"},
+                   "2 DDP processes vs 1 process, 2 threads": {"what": "samples/s, torchrun 2 processes vs 1 process "
+                                                               "on both cores", "format": ".2f", "unit": "x"}})
 
 
 if __name__ == "__main__":

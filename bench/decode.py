@@ -28,6 +28,11 @@ from polymodal.config import DataConfig  # noqa: E402
 from polymodal.data.datasets import ImageDataset, collate_captions, load_split  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
 
+# The code measured: bump when a change makes the runs before it incomparable (bench/_history.py).
+SERIES = "BeamBatch"
+COMMAND = "python bench/decode.py --sections {}"
+SPEED_UP = {"format": ".1f", "unit": "x"}
+
 
 def shapes_test_images(n: int, size: int) -> torch.Tensor:
     records = load_split(DataConfig(format="shapes"), "test")[:n]
@@ -68,7 +73,8 @@ per image, the batched run once for all {n} ({n} x beam rows in one step).
 {table}
 
 Greedy, batched: {greedy:.3f} s ({n / greedy:.0f} img/s). Peak RSS {peak_rss_mb():.0f} MB.
-""")
+""", figures={f"beam {b}": p / t for b, p, t, _ in rows}, series=SERIES, command=COMMAND.format("decode"),
+                  described={f"beam {b}": {"what": f"{n} images: batched vs per-image loop", **SPEED_UP} for b, *_ in rows})
 
 
 def decode_cost_section(args: argparse.Namespace) -> None:
@@ -118,7 +124,9 @@ Time is a fixed part (encoding the {n} images, setting up the beams) plus one de
 batch x beam rows per token: from 8 to 32 tokens each extra token costs
 {(by_length[32] - by_length[8]) / 24 * 1000:.2f} ms at beam 3. Beam 8 costs {by_beam[8] / by_beam[1]:.1f}x greedy,
 not 8x: the batch x beam rows of a step share one matrix product. Peak RSS {peak_rss_mb():.0f} MB.
-""")
+""", figures={"beam 8 vs greedy": by_beam[8] / by_beam[1],
+              "ms per extra token, beam 3": (by_length[32] - by_length[8]) / 24 * 1000},
+        command=COMMAND.format("decode_cost"))
 
 
 def plot_decode_cost(by_beam: dict[int, float], by_length: dict[int, float], n: int) -> None:
@@ -185,7 +193,9 @@ interleaved runs. Without the cache every step runs the LM over the whole sequen
 | decoding | full recomputation (tokens/s) | KV cache (tokens/s) | speed-up | same tokens |
 |---|---|---|---|---|
 {table}
-""")
+""", figures={label: r for label, _, _, r, _ in rows}, series=f"{SERIES}, {name.strip('`')}",
+        command=COMMAND.format("kv_cache"),
+        described={label: {"what": "tokens/s with vs without the KV cache", **SPEED_UP} for label, *_ in rows})
 
 
 def main() -> None:

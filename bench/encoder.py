@@ -3,7 +3,8 @@ options (channels_last, bf16 autocast, torch.compile) and a batch-size curve.
 
     python bench/encoder.py [--arch resnet18] [--size 224] [--batch 16] [--no-compile]
 
-Writes sections "encoder" and "compile_train" of docs/benchmarks.md and docs/bench_encoder_batch.png.
+Records sections "encoder" and "compile_train" (docs/results/bench_*.json, docs/benchmarks.md) and writes
+docs/bench_encoder_batch.png.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _history  # noqa: E402
 from _report import interleaved_best, load_average, machine, peak_rss_mb, save_plot, today, write_section  # noqa: E402
 
 from polymodal.config import EncoderConfig  # noqa: E402
 from polymodal.nn.encoders import build_encoder  # noqa: E402
 
 BATCHES = (1, 2, 4, 8, 16, 32)
+SPEED_UP = {"format": ".2f", "unit": "x"}
 
 
 def encoders(arch: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -99,6 +102,7 @@ def main() -> None:
     if not args.no_compile:
         training_compile()
     curve_rows = "\n".join(f"| {b} | {tv:.1f} | {pm:.1f} | {pm / tv:.2f}x |" for b, (tv, pm) in curve.items())
+    speed_ups = {name: base / t for name, t in times.items() if name != "torchvision eager"}
     compile_note = (f"`torch.compile` took {compile_s:.0f} s to compile (first call) on this machine."
                     if compile_s is not None else "`torch.compile` not measured (`--no-compile`).")
     write_section("encoder", f"""
@@ -123,7 +127,23 @@ Batch-size curve (best of 3; plot: [bench_encoder_batch.png](bench_encoder_batch
 | batch | torchvision images/s | polymodal images/s | ratio |
 |---|---|---|---|
 {curve_rows}
-""")
+""", figures=speed_ups, described={k: {"what": "images/s vs torchvision eager, same batch", **SPEED_UP} for k in speed_ups})
+
+
+def compile_notes() -> str:
+    """What was measured by hand about compiling (kept under "by_hand" in bench_compile_train.json)."""
+    hand = _history.load_history("compile_train").get("by_hand", {}).get("figures", {})
+    cold = hand.get("compiled first step, cold cache (s)")
+    notes = [f"The compiled first step includes compiling (less when torch's on-disk compile cache is warm from "
+             f"an earlier run{f': {cold:g} s cold on this machine' if cold else ''}). `train.compile` compiles only "
+             f"the image encoder, whose shapes are fixed."]
+    keys = ("whole captioner compiled: first step (s)", "whole captioner compiled: steps/s", "eager: steps/s")
+    if all(k in hand for k in keys):
+        first, rate, eager = (hand[k] for k in keys)
+        notes.append(f"Compiling the whole captioner was measured too (by hand, same machine): every new caption "
+                     f"length recompiles, {first:g} s for the first step and {rate:g} against {eager:g} steps/s "
+                     f"eager, so it is not offered.")
+    return "\n".join(notes)
 
 
 def training_compile(steps: int = 10) -> None:
@@ -170,11 +190,10 @@ trained, 64 px, attention LSTM, batch {cfg.train.batch_size}), {steps} steps aft
 | eager | {first[False]:.1f} s | {rates[False]:.2f} | 1.00x |
 | `train.compile: true` | {first[True]:.1f} s (compiling) | {rates[True]:.2f} | **{rates[True] / rates[False]:.2f}x** |
 
-The compiled first step includes compiling (less when torch's on-disk compile cache is warm from an
-earlier run: 11.8 s cold on this machine). `train.compile` compiles only the image encoder, whose shapes are fixed. Compiling the whole captioner
-was measured too (by hand, same machine): every new caption length recompiles, 215 s for the first step
-and 0.08 against 2.29 steps/s eager, so it is not offered.
-""")
+{compile_notes()}
+""", figures={"train.compile speed-up": rates[True] / rates[False], "compiled first step (s)": first[True]},
+        described={"train.compile speed-up": {"what": "training steps/s, image encoder compiled vs eager", **SPEED_UP},
+                   "compiled first step (s)": {"what": "first step with train.compile", "format": ".1f", "unit": " s"}})
 
 
 def plot(curve: dict[int, tuple[float, float]], args: argparse.Namespace) -> None:

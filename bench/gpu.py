@@ -98,7 +98,12 @@ captioner on {args.images} Shapes World test images in one batch.
 {decode_table}
 
 Peak host RSS {peak_rss_mb():.0f} MB; peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB.
-""")
+""", figures={**{f"training, {label}": rate / base for label, rate in train},
+              **{f"decoding, {label} (images/s)": rate for label, rate in decode}},
+        described={**{f"training, {label}": {"what": "training steps/s vs fp32", "format": ".2f", "unit": "x"}
+                      for label, _ in train},
+                   **{f"decoding, {label} (images/s)": {"what": f"{args.images} images, batched", "format": ".0f",
+                                                        "unit": " images/s"} for label, _ in decode}})
 
 
 if __name__ == "__main__":

@@ -209,7 +209,34 @@ Annotation loading is linear in the number of captions. The last row is COCO's s
 val2014 + restval: ~123k images, ~616k captions): it loads in seconds, without opening an image. The
 whole file is parsed at once (`json.loads`), so peak memory holds the parsed JSON once; images stay on
 disk and are decoded by DataLoader workers (`train.num_workers`) or read from the feature cache.
-""")
+""", figures=headline(img, data), described=described(img, data))
+
+
+def _keys(img: list[dict], data: list[dict]) -> tuple[str, str, str, str]:
+    """Figure names that say which points they compare: largest vs smallest image, the largest dataset."""
+    sizes, captions = f"{img[-1]['size']} vs {img[0]['size']} px", f"{data[-1]['captions'] // 1000}k captions"
+    return sizes, captions, f"read {captions} (s)", f"RSS growth, {captions} (MB)"
+
+
+def headline(img: list[dict], data: list[dict]) -> dict[str, float]:
+    """The figures the README reads (docs/results/bench_scaling.json)."""
+    sizes, captions, read, rss = _keys(img, data)
+    first, last, big = img[0], img[-1], data[-1]
+    return {read: big["read_s"], f"vocabulary, {captions} (s)": big["vocab_s"], rss: big["rss_growth_mb"],
+            f"pixels, {sizes}": (last["size"] / first["size"]) ** 2,
+            f"resnet18, {sizes}": last["resnet18_ms"] / first["resnet18_ms"],
+            f"train step, {sizes}": last["train_step_s"] / first["train_step_s"]}
+
+
+def described(img: list[dict], data: list[dict]) -> dict[str, dict[str, str]]:
+    sizes, captions, read, rss = _keys(img, data)
+    ratio = {"format": ".0f", "unit": "x"}
+    return {read: {"what": "COCO-style captions file: read", "format": ".1f", "unit": " s"},
+            f"vocabulary, {captions} (s)": {"what": "build the vocabulary", "format": ".1f", "unit": " s"},
+            rss: {"what": "memory growth while reading", "format": ".0f", "unit": " MB"},
+            f"pixels, {sizes}": {"what": "pixel count", **ratio},
+            f"resnet18, {sizes}": {"what": "resnet18 forward time per image", **ratio},
+            f"train step, {sizes}": {"what": "attention-LSTM training step", **ratio}}
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ from polymodal.data.shapes import render, sample_scene  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
 
 CLIENTS = (1, 8)
+SERIES = "BeamBatch"  # the code measured (with the model): bump when a change makes earlier runs incomparable
+SPEED_UP = {"format": ".2f", "unit": "x"}
+MS = {"format": ".0f", "unit": " ms"}
+DESCRIBED = {"throughput, whole batches": {"what": "8 clients: requests/s, whole batches vs batching off", **SPEED_UP},
+             "requests per CPU-second, whole batches": {"what": "8 clients: requests per server CPU-second, whole "
+                                                        "batches vs off", **SPEED_UP},
+             "throughput, continuous": {"what": "8 clients: requests/s, continuous batching vs off", **SPEED_UP},
+             "p50 latency, off (ms)": {"what": "8 clients: median latency, batching off", **MS},
+             "p50 latency, whole batches (ms)": {"what": "8 clients: median latency, whole batches", **MS}}
 
 
 def shapes_pngs(n: int) -> list[bytes]:
@@ -180,7 +189,17 @@ request either way, so the end-to-end gain stays below that ceiling. With whole 
 send one request after another, the model thread idles while the next batch arrives and is decoded
 (all 8 clients wait for the same batch); with continuous batching a client's next request joins the
 running batch, so the thread stays busy. With one client nothing is batched and nothing waits.
-""")
+""", figures=headline(ratio, med), series=f"{SERIES}, {shown(model)}", described=DESCRIBED,
+        command=f"python bench/serve.py --model {shown(model)}")
+
+
+
+def headline(ratio: dict, med: dict) -> dict[str, float]:
+    """The figures the README reads, at 8 clients (docs/results/bench_serve.json)."""
+    return {"throughput, whole batches": ratio["whole batches", 8, "rps"],
+            "requests per CPU-second, whole batches": ratio["whole batches", 8, "cpu_ms"],
+            "throughput, continuous": ratio["continuous", 8, "rps"],
+            "p50 latency, off (ms)": med["off", 8]["p50"], "p50 latency, whole batches (ms)": med["whole batches", 8]["p50"]}
 
 
 def model_busy(url: str) -> float:

@@ -138,7 +138,9 @@ def write_report(results: list[dict], args: argparse.Namespace, long: list[dict]
 
 Test CIDEr-D (greedy, PTB tokenizer, {args.test_images} test images) after {args.steps} steps of batch 32,
 seed {args.seed}; {machine()}. Regenerate with `python bench/transfer.py`.{extra}
-""", path=DOCS / "transfer.md")
+""", path=DOCS / "transfer.md", figures={f"{r['condition']}, {100 * r['fraction']:g}%": r["test_cider"] for r in results},
+        described={f"{r['condition']}, {100 * r['fraction']:g}%": {"what": "test CIDEr-D (greedy)", "format": ".3f",
+                                                                   "unit": ""} for r in results})
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
 """The README's generated blocks: each sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
 
-    python docs/readme_blocks.py          rewrite the blocks from the code and the results files
-    python docs/readme_blocks.py --check  exit 1 when the README disagrees (tests/test_layout.py runs this)
+    python docs/readme_blocks.py          rewrite the blocks (and the generated docs pages)
+    python docs/readme_blocks.py --check  exit 1 when a page disagrees (tests/test_layout.py runs this)
 
 "architecture" is the package tree, one line per module or package, read from their docstrings, so
-the README cannot describe a layout the code no longer has.
+the README cannot describe a layout the code no longer has. Every other block is a results table or
+sentence drawn from docs/results/*.json by docs/readme_tables.py. Two docs pages are generated as well:
+docs/captioning.md (from captioning.json) and the sections of docs/benchmarks.md (from each benchmark's
+history, bench/_history.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+
+import readme_tables as tables
+from readme_tables import _history  # bench/_history.py: every benchmark run, per benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "polymodal"
@@ -56,7 +62,10 @@ def architecture() -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"architecture": architecture}
+BLOCKS: dict[str, Callable[[], str]] = {
+    "quickstart": tables.quickstart, "captioning": tables.captioning, "caption_findings": tables.caption_findings,
+    "tasks": tables.tasks, "serving": tables.serving, "performance": tables.performance,
+    "architecture": architecture, "reliability": tables.reliability}
 
 
 def render(readme: str) -> str:
@@ -70,15 +79,28 @@ def render(readme: str) -> str:
     return readme
 
 
+def pages() -> dict[Path, Callable[[str], str]]:
+    """Each generated file and how to redraw it from its current text."""
+    out: dict[Path, Callable[[str], str]] = {README: render,
+                                             ROOT / "docs" / "captioning.md": lambda _: tables.captioning_page()}
+    for page in _history.pages():
+        out[ROOT / page] = lambda text, page=page: _history.render_page(text, page)
+    return out
+
+
 def main(argv: list[str]) -> int:
-    text = README.read_text(encoding="utf-8")
-    new = render(text)
-    if "--check" in argv:
-        if new != text:
-            print("README.md: generated blocks are stale; run python docs/readme_blocks.py")
-            return 1
-        return 0
-    README.write_text(new, encoding="utf-8")
+    """Redraw every generated page, or with --check only say which are stale (exit status 1)."""
+    stale = []
+    for path, draw in pages().items():
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        new = draw(text)
+        if new != text and "--check" in argv:
+            stale.append(str(path.relative_to(ROOT)))
+        elif new != text:
+            path.write_text(new, encoding="utf-8")
+    if stale:
+        print(f"{', '.join(stale)}: generated text is stale; run python docs/readme_blocks.py")
+        return 1
     return 0
 
 
