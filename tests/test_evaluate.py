@@ -115,3 +115,32 @@ def test_cli_evaluates_a_model_on_a_coco_split(tmp_path):
 def test_cli_without_model_or_results_is_a_one_line_error():
     run = _cli("evaluate")
     assert run.returncode == 2 and "nothing to evaluate" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_cli_scores_whether_named_objects_exist(tmp_path):
+    """--instances (COCO) adds CHAIR; a Shapes World folder is scored from its scenes with no option."""
+    references = _coco_dir(tmp_path, broken=False)
+    instances = tmp_path / "instances.json"
+    instances.write_text(json.dumps({"categories": [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}],
+                                     "annotations": [{"image_id": 1, "category_id": 18},
+                                                     {"image_id": 3, "category_id": 17}]}))
+    results = write_coco_results(tmp_path / "results_val.json", {"1": "a dog on a red square", "3": "two dogs"})
+    run = _cli("evaluate", "--results", str(results), "--references", str(references), "--instances", str(instances))
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "metrics_val.json").read_text())
+    assert metrics["chair_i"] == 0.5 and metrics["chair_s"] == 0.5 and "chair_i" in run.stdout
+
+    from polymodal.data.shapes import write_shapes_world
+
+    world = write_shapes_world(tmp_path / "world", n=30, seed=0, image_size=32, progress=False)
+    truth = {str(json.loads(line)["image_id"]): json.loads(line)
+             for line in (world / "scenes.jsonl").read_text().splitlines()}
+    key = next(iter(truth))
+    obj = truth[key]["objects"][0]
+    true_caption = f"a {obj['size']} {obj['colour']} {obj['shape']}"
+    results = write_coco_results(tmp_path / "shapes" / "results_all.json", {key: true_caption})
+    run = _cli("evaluate", "--results", str(results), "--references", str(world / "captions.json"))
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "shapes" / "metrics_all.json").read_text())
+    assert metrics["chair_i"] == 0.0 and metrics["binding_accuracy"] == 1.0
+    assert metrics["object_recall"] == pytest.approx(1 / len(truth[key]["objects"]))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .app import app, data_app
 from .kinds import load_for
+
+if TYPE_CHECKING:
+    from ..eval.hallucination import ObjectTruth
 
 
 @app.command()
@@ -90,9 +94,13 @@ def evaluate(
                                     "file's folder)"),
     results: Path | None = typer.Option(None, help="score this COCO results JSON instead of a model"),
     references: Path | None = typer.Option(None, help="reference captions for --results (COCO captions JSON)"),
+    instances: Path | None = typer.Option(None, help="COCO instances JSON (instances_*.json): also score whether "
+                                          "the objects a caption names are in the image (CHAIR); Shapes World "
+                                          "folders are scored from their scenes without it"),
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
-    """Caption a split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), or score a results file."""
+    """Caption a split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, and whether the named objects exist:
+    CHAIR-i / CHAIR-s, object recall), or score a results file."""
     from ..checkpoint import write_json
     from ..errors import InputError
     from ..eval.captions import metrics_table
@@ -101,10 +109,10 @@ def evaluate(
     if results is not None:
         if model_dir is not None:
             raise InputError("pass either MODEL_DIR or --results, not both")
-        metrics, metrics_path = _evaluate_results(results, references, fmt, split, out)
+        metrics, metrics_path = _evaluate_results(results, references, fmt, split, out, instances)
     elif model_dir is not None:
         metrics, metrics_path = _evaluate_model(model_dir, data, fmt, images, split or "test", beam, strategy,
-                                                batch_size, out, progress=not quiet)
+                                                batch_size, out, instances, progress=not quiet)
     else:
         raise InputError("nothing to evaluate: pass MODEL_DIR, "
                          "or --results RESULTS.json --references CAPTIONS.json")
@@ -113,8 +121,18 @@ def evaluate(
     typer.echo(f"wrote {metrics_path}")
 
 
+def _object_truth(annotations: Path | None, instances: Path | None) -> ObjectTruth | None:
+    """What the images hold: a COCO instances file, else the scenes of a Shapes World folder, else unknown."""
+    from ..eval.hallucination import ObjectTruth
+
+    if instances is not None:
+        return ObjectTruth.coco(instances)
+    scenes = annotations.parent / "scenes.jsonl" if annotations is not None else None
+    return ObjectTruth.shapes(scenes) if scenes is not None and scenes.is_file() else None
+
+
 def _evaluate_results(results: Path, references: Path | None, fmt: str, split: str | None,
-                      out: Path | None) -> tuple[dict, Path]:
+                      out: Path | None, instances: Path | None) -> tuple[dict, Path]:
     from ..errors import InputError
     from ..eval.captions import evaluate_results_file
 
@@ -127,7 +145,8 @@ def _evaluate_results(results: Path, references: Path | None, fmt: str, split: s
         raise InputError("--results needs --references CAPTIONS.json (or --format shapes for Shapes World)")
     if fmt not in ("coco", "shapes"):
         raise InputError(f"--references must be a COCO captions file, got --format {fmt}")
-    _, metrics = evaluate_results_file(results, references, split=split)
+    _, metrics = evaluate_results_file(results, references, split=split,
+                                       objects=_object_truth(references, instances))
     name = results.stem.removeprefix("results_")
     folder = out if out is not None else results.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,9 +154,10 @@ def _evaluate_results(results: Path, references: Path | None, fmt: str, split: s
 
 
 def _evaluate_model(model_dir: Path, data: Path | None, fmt: str, images: Path | None, split: str, beam: int,
-                    strategy: str | None, batch_size: int, out: Path | None, progress: bool) -> tuple[dict, Path]:
+                    strategy: str | None, batch_size: int, out: Path | None, instances: Path | None,
+                    progress: bool) -> tuple[dict, Path]:
     from ..config import DataConfig
-    from ..data.datasets import load_split
+    from ..data.datasets import load_split, shapes_folder
     from ..eval.captions import evaluate_captioner, write_coco_results
     from ..generate import GenerationConfig
 
@@ -149,7 +169,9 @@ def _evaluate_model(model_dir: Path, data: Path | None, fmt: str, images: Path |
     records = load_split(cfg, split)
     generation = GenerationConfig(strategy=strategy or ("beam" if beam > 1 else "greedy"), beam_size=beam,
                                   max_len=model.cfg.decoder.max_len)
-    results, metrics = evaluate_captioner(model, records, generation, batch_size=batch_size, progress=progress)
+    annotations = shapes_folder(cfg) / "captions.json" if fmt == "shapes" else data
+    results, metrics = evaluate_captioner(model, records, generation, batch_size=batch_size, progress=progress,
+                                          objects=_object_truth(annotations, instances))
     folder = out if out is not None else model_dir / "eval"
     write_coco_results(folder / f"results_{split}.json", results)
     return metrics, folder / f"metrics_{split}.json"
