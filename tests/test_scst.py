@@ -97,3 +97,27 @@ def test_scst_task_fine_tunes_a_saved_captioner(tmp_path):
     assert summary["step"] == 3 and summary["architecture"] == "captioner" and "final_reward" in summary
     tuned = load(tmp_path / "scst")
     assert type(tuned) is Captioner and tuned.cfg.decoder.name == "transformer"
+
+
+def test_truth_penalty_lowers_the_reward_of_hallucinated_and_missing_objects():
+    from polymodal.eval.hallucination import ObjectTruth, SceneObject, ShapesVocabulary
+    from polymodal.train.scst import TruthPenalty
+
+    truth = ObjectTruth({"a": [SceneObject("circle", {"colour": "red"}), SceneObject("star", {"colour": "blue"})]},
+                        ShapesVocabulary())
+    reward = TruthPenalty(lambda caps, idx: torch.full((len(caps),), 3.0), truth, ["a"],
+                          ScstConfig(hallucination_penalty=1.0, missing_penalty=0.25))
+    scores = reward(["a red circle and a blue star", "a red circle", "a green circle and a red square"], [0, 0, 0])
+    assert scores.tolist() == [3.0, 2.75, 3.0 - 2 * 1.0 - 2 * 0.25]
+    with pytest.raises(ConfigError, match="no objects known for image 'b'"):
+        TruthPenalty(lambda caps, idx: torch.zeros(len(caps)), truth, ["a", "b"], ScstConfig(hallucination_penalty=1))
+
+
+def test_truth_penalty_off_shapes_world_needs_an_instances_file(tmp_path):
+    from polymodal.config import DataConfig
+    from polymodal.train.scst import ScstExperimentConfig, _object_truth
+
+    cfg = ScstExperimentConfig(data=DataConfig(format="coco", path=str(tmp_path / "c.json")),
+                               scst=ScstConfig(hallucination_penalty=1.0))
+    with pytest.raises(ConfigError, match="needs scst.objects"):
+        _object_truth(cfg)

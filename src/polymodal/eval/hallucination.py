@@ -198,7 +198,8 @@ class CocoVocabulary:
 
 
 # ----------------------------------------------------------------------------- scoring
-def _match(mentions: list[SceneObject], truth: list[SceneObject], vocabulary: ObjectVocabulary) -> tuple[int, int]:
+def match_objects(mentions: list[SceneObject], truth: list[SceneObject],
+                  vocabulary: ObjectVocabulary) -> tuple[int, int]:
     """(hallucinated mentions, objects of the image that were named).
 
     With instances, each object of the image can be named once: mentions that state more attributes
@@ -237,7 +238,7 @@ def hallucination_metrics(captions: Mapping[str, str], truth: Mapping[str, list[
     bound = bindable = counted = 0
     for image_id in ids:
         mentions, objs = vocabulary.mentions(captions[image_id]), truth[image_id]
-        bad, hit = _match(mentions, objs, vocabulary)
+        bad, hit = match_objects(mentions, objs, vocabulary)
         size = len(mentions) if vocabulary.counts_instances else len({m.name for m in mentions})
         n_mentions, hallucinated, named, objects = n_mentions + size, hallucinated + bad, named + hit, objects + len(objs)
         kinds = {o.name for o in objs}
@@ -285,6 +286,13 @@ class ObjectTruth:
     def score(self, captions: Mapping[str, str]) -> dict[str, float]:
         return hallucination_metrics(captions, self.objects, self.vocabulary)
 
+    def errors(self, caption: str, image_id: str) -> tuple[int, int]:
+        """(objects named that are not in image `image_id`, objects of it left unnamed) for one caption."""
+        objects = self.objects[image_id]
+        bad, named = match_objects(self.vocabulary.mentions(caption), objects, self.vocabulary)
+        kinds = len(objects) if self.vocabulary.counts_instances else len({o.name for o in objects})
+        return bad, kinds - named
+
 
 # ----------------------------------------------------------------------------- ground truth
 def _read_json_lines(path: Path) -> list[dict]:
@@ -303,10 +311,12 @@ def read_shapes_objects(path: str | Path) -> dict[str, list[SceneObject]]:
 
     Example:
         >>> import tempfile, pathlib
-        >>> f = pathlib.Path(tempfile.mkdtemp()) / "scenes.jsonl"
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> f = pathlib.Path(tmp.name) / "scenes.jsonl"
         >>> _ = f.write_text('{"image_id": 7, "objects": [{"shape": "star", "colour": "red", "size": "small"}]}\\n')
         >>> read_shapes_objects(f)["7"][0].attributes["colour"]
         'red'
+        >>> tmp.cleanup()
     """
     path = Path(path)
     path = path / "scenes.jsonl" if path.is_dir() else path

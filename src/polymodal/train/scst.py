@@ -34,10 +34,11 @@ from torch import nn
 
 from ..api import load
 from ..config import DataConfig, TrainConfig
-from ..data.datasets import CaptionDataset, ImageDataset, collate_captions, load_split
+from ..data.datasets import CaptionDataset, ImageDataset, collate_captions, load_split, shapes_folder
 from ..data.records import SkipReport
 from ..errors import ConfigError
 from ..eval.caption_metrics import simple_tokenize
+from ..eval.hallucination import ObjectTruth
 from ..generate import GenerationConfig
 from .captioning import caption_validation
 from .trainer import Trainer
@@ -50,6 +51,11 @@ class ScstConfig:
     baseline: str = "greedy"         # greedy (Rennie et al.) | mean (of the other samples, Luo 2020)
     num_samples: int = 5             # captions sampled per image
     eval_images: int = 200           # validation images captioned greedily for CIDEr-D
+    # Truth: subtract this much reward per named object that is not in the image (and `missing_penalty` per
+    # object of the image left unnamed), read from the scenes of Shapes World or a COCO instances file.
+    hallucination_penalty: float = 0.0
+    missing_penalty: float = 0.0
+    objects: str = ""                # COCO instances JSON; empty = the Shapes World scenes of data.format=shapes
 
 
 @dataclass
@@ -115,6 +121,40 @@ class CiderD:
         return torch.tensor([self.score(c, i) for c, i in zip(captions, indices, strict=True)])
 
 
+class TruthPenalty:
+    """A reward minus a penalty per hallucinated object (and per object left out): SCST that learns to be true.
+
+    Example:
+        >>> from polymodal.eval.hallucination import ObjectTruth, SceneObject, ShapesVocabulary
+        >>> truth = ObjectTruth({"7": [SceneObject("circle", {"colour": "red"})]}, ShapesVocabulary())
+        >>> reward = TruthPenalty(lambda caps, idx: torch.ones(len(caps)), truth, ["7"],
+        ...                       ScstConfig(hallucination_penalty=0.5))
+        >>> reward(["a red circle", "a red circle and a blue star"], [0, 0]).tolist()
+        [1.0, 0.5]
+    """
+
+    def __init__(self, base: Reward, truth: ObjectTruth, image_ids: list[str], cfg: ScstConfig):
+        missing = [i for i in dict.fromkeys(image_ids) if i not in truth.objects]
+        if missing:
+            raise ConfigError(f"scst.hallucination_penalty: no objects known for image {missing[0]!r} "
+                              f"({len(missing)} images); check scst.objects")
+        self.base, self.truth, self.ids, self.cfg = base, truth, image_ids, cfg
+
+    def __call__(self, captions: list[str], indices: list[int]) -> torch.Tensor:
+        errors = torch.tensor([self.truth.errors(c, self.ids[i]) for c, i in zip(captions, indices, strict=True)],
+                              dtype=torch.float32).view(-1, 2)
+        return (self.base(captions, indices) - self.cfg.hallucination_penalty * errors[:, 0]
+                - self.cfg.missing_penalty * errors[:, 1])
+
+
+def _object_truth(cfg: ScstExperimentConfig) -> ObjectTruth:
+    if cfg.scst.objects:
+        return ObjectTruth.coco(cfg.scst.objects)
+    if cfg.data.format != "shapes":
+        raise ConfigError("scst.hallucination_penalty off Shapes World needs scst.objects: a COCO instances file")
+    return ObjectTruth.shapes(shapes_folder(cfg.data))
+
+
 class SelfCritical(nn.Module):
     """The SCST objective around a captioner, for the generic Trainer.
 
@@ -122,9 +162,18 @@ class SelfCritical(nn.Module):
     trainer's checkpoints and resume, and `train.encoder_lr` see exactly the captioner's parameters.
 
     Example:
-        >>> objective = SelfCritical(model, CiderD(references), ScstConfig(baseline="mean"))  # doctest: +SKIP
-        >>> _, terms = objective({"images": images, "record": indices})  # doctest: +SKIP
-        >>> terms["loss"].backward()  # doctest: +SKIP
+        >>> import polymodal
+        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.data.shapes import ShapesWorld
+        >>> model = polymodal.load(bundled_model_dir())  # SCST fine-tunes a trained captioner
+        >>> world = ShapesWorld(n=20, seed=0, image_size=64)
+        >>> references = [world.captions("train", i) for i in range(2)]
+        >>> images = model.preprocess([world.image("train", i) for i in range(2)])
+        >>> objective = SelfCritical(model, CiderD(references), ScstConfig(baseline="mean"))
+        >>> _, terms = objective({"images": images, "record": torch.tensor([0, 1])})  # record: reference rows
+        >>> terms["loss"].backward()
+        >>> sorted(terms)
+        ['advantage_abs', 'loss', 'reward', 'scst_loss']
     """
 
     def __init__(self, captioner: nn.Module, reward: Reward, cfg: ScstConfig):
@@ -203,7 +252,10 @@ def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | 
     val_set = CaptionDataset(load_split(cfg.data, cfg.data.val_split, report), captioner.tokenizer, size,
                              cfg.data.max_len, cfg.data.preload, report, progress)
     torch.manual_seed(cfg.seed)
-    objective = SelfCritical(captioner, CiderD([rec.captions for rec in train_set.records]), cfg.scst)
+    reward: Reward = CiderD([rec.captions for rec in train_set.records])
+    if cfg.scst.hallucination_penalty or cfg.scst.missing_penalty:
+        reward = TruthPenalty(reward, _object_truth(cfg), [rec.id for rec in train_set.records], cfg.scst)
+    objective = SelfCritical(captioner, reward, cfg.scst)
 
     def evaluate(_: nn.Module) -> dict[str, float]:
         return caption_validation(captioner, val_set, cfg.train.batch_size, cfg.train.eval_batches,
