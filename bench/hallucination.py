@@ -59,7 +59,8 @@ def main() -> None:
         label, run = item.split("=", 1)
         rows[label] = {"label": label, "run": run, **score(run, splits, truth), "date": time.strftime("%Y-%m-%d")}
         print(label, json.dumps(rows[label]["scores"]), flush=True)
-    out = {"command": "python bench/hallucination.py " + " ".join(f"--run {shlex.quote(r)}" for r in args.run),
+    every = [f"{row['label']}={row['run']}" for row in rows.values()]  # rows kept from earlier runs too
+    out = {"command": "python bench/hallucination.py " + " ".join(f"--run {shlex.quote(r)}" for r in every),
            "source": "bench/hallucination.py; rows keep the date they were measured", "machine": machine(),
            "data": {"format": "shapes", "n": args.n, "seed": 0, "decoding": "beam 3",
                     **{f"{s}_images": len(r) for s, r in splits.items()}},

@@ -64,6 +64,7 @@ def architecture() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "quickstart": tables.quickstart, "captioning": tables.captioning, "caption_findings": tables.caption_findings,
+    "truth": tables.truth,
     "tasks": tables.tasks, "serving": tables.serving, "performance": tables.performance,
     "architecture": architecture, "reliability": tables.reliability}
 

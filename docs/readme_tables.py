@@ -130,9 +130,9 @@ def caption_findings() -> str:
 - **Attention wins by a wide margin.** The seed design squeezes the image into one 128-d vector that
   only sets the LSTM's initial state; from scratch at 64 px it learns the caption templates and the
   object count but mostly guesses colours and shapes (CIDEr-D {cider(seed):.1f}). Spatial attention over an 8x8 grid
-  (CIDEr-D {cider(att):.1f}, BLEU-4 {att['scores']['beam 3']['test']['bleu4']:.2f}) names the objects correctly; \
+  (CIDEr-D {cider(att):.1f}, BLEU-4 {att['scores']['beam 3']['test']['bleu4']:.2f}) names most objects; \
 the heatmaps show each colour and shape word
-  attending to its object.
+  attending to its object (how many named objects are really there: the next table).
 - **Beam search helps** every model ({cider(att) - cider(att, 'greedy'):+.2f} CIDEr-D for the attention LSTM over \
 greedy).
 - **Refinement** (a deliberation pass that re-reads the image and the first draft) improves greedy
@@ -145,6 +145,26 @@ greedy).
 - During training the validation exact match (the greedy caption equals one of the 5 references word for
   word) of the attention LSTM reached {pct(notes['attention LSTM validation exact match']['value'], digits=0)}, token \
 accuracy {pct(notes['attention LSTM validation token accuracy']['value'], digits=0)}."""
+
+
+def truth() -> str:
+    """README "Are the captions true?": object hallucination per captioner, from hallucination.json."""
+    data = results("hallucination")
+    d = data["data"]
+    lines = ["| model | test CHAIR-i | test CHAIR-s | test exact objects | test binding | test CIDEr-D | "
+             "heldout CHAIR-i | heldout exact objects | heldout CIDEr-D | weights |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        t, h = row["scores"]["test"], row["scores"]["heldout"]
+        lines.append(f"| {row['label']} | **{pct(t['chair_i'])}** | {pct(t['chair_s'])} | {pct(t['exact_objects'])} | "
+                     f"{pct(t['binding_accuracy'])} | {t['cider']:.2f} | **{pct(h['chair_i'])}** | "
+                     f"{pct(h['exact_objects'])} | {h['cider']:.2f} | {row['weights_mb']:.1f} MB |")
+    return (f"CIDEr-D rewards template words even when the objects are wrong, so every captioner is also scored on "
+            f"whether the\nobjects it names exist (CHAIR-i: named objects that are not in the image; CHAIR-s: "
+            f"captions with any;\nexact objects: the caption names exactly the scene's objects; binding: colour and "
+            f"size attached to the right\nshape), {d['decoding']}, all {d['test_images']} test and "
+            f"{d['heldout_images']} held-out images, by `polymodal evaluate` (eval/hallucination.py).\n"
+            f"Reproduce: `{data['command']}`.\n\n" + "\n".join(lines))
 
 
 def captioning_page() -> str:
