@@ -4,8 +4,17 @@ Everything is written atomically (temp directory, fsync, rename), so a crash nev
 half-written model behind. Nothing is pickled: tensors go to safetensors, the rest to JSON.
 
 Example:
-    >>> save_model_dir("out/model", {"architecture": "captioner"}, model, tokenizer)  # doctest: +SKIP
-    >>> config, tokenizer = read_model_dir("out/model")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model, tokenizer = nn.Linear(2, 3), WordTokenizer.build(["a red circle"])
+    >>> folder = save_model_dir(f"{tmp.name}/model", {"architecture": "captioner"}, model, tokenizer)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['config.json', 'model.safetensors', 'tokenizer.json']
+    >>> config, tokenizer = read_model_dir(folder)
+    >>> config, len(tokenizer), sorted(read_safetensors(folder / WEIGHTS_FILE))
+    ({'architecture': 'captioner'}, 7, ['bias', 'weight'])
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

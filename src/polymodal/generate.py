@@ -15,9 +15,14 @@ as soon as its search ends (the rest decode on without them), and the server's c
 adds requests to a running batch.
 
 Example:
+    >>> table = torch.full((5, 5), -9.0)  # a toy decoder: next-token logits from the last token alone
+    >>> table[1, 3] = table[3, 4] = table[4, 2] = 0.0  # <bos>=1 -> 3 -> 4 -> <eos>=2
+    >>> def step(tokens, state):
+    ...     return table[tokens], state, None
     >>> cfg = GenerationConfig(strategy="beam", beam_size=3, max_len=20)
-    >>> hyps = generate(decoder.step, decoder.init_state(features), bos_id=1, eos_id=2, cfg=cfg)  # doctest: +SKIP
-    >>> hyps[0][0].tokens  # best caption of the first image, as token ids  # doctest: +SKIP
+    >>> hyps = generate(step, {"features": torch.zeros(2, 8)}, bos_id=1, eos_id=2, cfg=cfg)  # 2 inputs
+    >>> hyps[0][0].tokens  # best caption of the first input, as token ids (no <bos>, no <eos>)
+    [3, 4]
 """
 
 from __future__ import annotations
@@ -194,10 +199,20 @@ class BeamBatch:
     tokens, e.g. a KV cache).
 
     Example:
-        >>> beams = BeamBatch(decoder.step, bos_id=1, eos_id=2, cfg=GenerationConfig(beam_size=3))  # doctest: +SKIP
-        >>> beams.add(decoder.init_state(features), keys=["a", "b"])  # doctest: +SKIP
-        >>> while beams:  # doctest: +SKIP
-        ...     for key, hyps in beams.advance(): print(key, hyps[0].tokens)
+        >>> table = torch.full((5, 5), -9.0)  # a toy decoder: <bos>=1 -> 3 -> 4 -> <eos>=2
+        >>> table[1, 3] = table[3, 4] = table[4, 2] = 0.0
+        >>> def step(tokens, state):
+        ...     return table[tokens], state, None
+        >>> beams = BeamBatch(step, bos_id=1, eos_id=2, cfg=GenerationConfig(beam_size=3))
+        >>> beams.add({"features": torch.zeros(1, 8)}, keys=["a"])
+        >>> beams.advance()  # one step: nothing has ended yet
+        []
+        >>> beams.add({"features": torch.zeros(1, 8)}, keys=["b"])  # joins the running batch
+        >>> while beams:
+        ...     for key, hyps in beams.advance():
+        ...         print(key, hyps[0].tokens)
+        a [3, 4]
+        b [3, 4]
     """
 
     def __init__(self, step: StepFn, bos_id: int, eos_id: int, cfg: GenerationConfig,

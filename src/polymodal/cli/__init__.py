@@ -1,9 +1,10 @@
 """The `polymodal` command: one Typer app, one file per command group, all listed here.
 
 Example:
+    >>> import typer
     >>> from polymodal.cli import app
-    >>> sorted(c.name for c in app.registered_commands)[:3]
-    ['ablate', 'caption', 'chat']
+    >>> sorted(typer.main.get_command(app).commands)[:4]
+    ['ablate', 'caption', 'chat', 'data']
 """
 
 from . import captioning, retrieval, serve, video, vqa  # noqa: F401  (each adds its commands to `app`)

@@ -162,8 +162,16 @@ def load_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
     """Mono float32 waveform (S,) of `duration` seconds from `start` (default: to the end).
 
     Example:
-        >>> load_audio("clip.mp4", 16000, duration=4.0).shape  # doctest: +SKIP
-        torch.Size([64000])
+        >>> import tempfile
+        >>> from polymodal.data.video import write_video
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> frames = np.zeros((16, 32, 32, 3), np.uint8)  # 2 seconds at 8 fps
+        >>> path = write_video(f"{tmp.name}/clip.mp4", frames, fps=8, audio=tone(440, 2.0))
+        >>> load_audio(path, 16000, start=0.5, duration=1.0).shape
+        torch.Size([16000])
+        >>> load_audio(path, 8000, duration=4.0).shape  # past the end: zero-padded
+        torch.Size([32000])
+        >>> tmp.cleanup()
     """
     want = None if duration is None else int(round(duration * sample_rate))
     chunks, have = [], 0

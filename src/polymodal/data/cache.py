@@ -12,9 +12,19 @@ cache of the same images and encoder (its "slot"). Training (`data.feature_cache
 evaluation and indexing all go through `feature_cache()`.
 
 Example:
-    >>> cache = feature_cache(model.encoder, records, image_size=64)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from polymodal.config import EncoderConfig
+    >>> from polymodal.nn.encoders import build_encoder
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> Image.new("RGB", (40, 40), "red").save(f"{tmp.name}/a.png")
+    >>> records = [CaptionRecord("a", f"{tmp.name}/a.png", ["a red square"])]
+    >>> encoder = build_encoder(EncoderConfig(name="small_cnn", width=8))
+    >>> cache = feature_cache(encoder, records, image_size=32, root=tmp.name, progress=False)
+    >>> cache = feature_cache(encoder, records, image_size=32, root=tmp.name, progress=False)
     >>> cache.hit, cache.features.shape  # second call: memory-mapped, no image decoded
-    (True, (1000, 64, 256))
+    (True, (1, 16, 32))
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -183,9 +193,18 @@ def feature_cache(encoder: nn.Module, records: list[CaptionRecord], image_size: 
         A FeatureCache whose `records` are the images that decoded, in the given order.
 
     Example:
-        >>> cache = feature_cache(encoder, records, 64, root="/tmp/feats")  # doctest: +SKIP
-        >>> cache.hit, cache[0].shape  # doctest: +SKIP
-        (False, torch.Size([64, 256]))
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from polymodal.config import EncoderConfig
+        >>> from polymodal.nn.encoders import build_encoder
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (40, 40), "red").save(f"{tmp.name}/a.png")
+        >>> records = [CaptionRecord("a", f"{tmp.name}/a.png", ["a red square"])]
+        >>> encoder = build_encoder(EncoderConfig(name="small_cnn", width=8))
+        >>> cache = feature_cache(encoder, records, 32, root=f"{tmp.name}/feats", progress=False)
+        >>> cache.hit, cache[0].shape  # built now: 16 regions of 32 channels
+        (False, torch.Size([16, 32]))
+        >>> tmp.cleanup()
     """
     root = Path(root) if root is not None else cache_root() / "features"
     key, slot, components = cache_key(encoder, image_size, records)

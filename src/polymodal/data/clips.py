@@ -2,10 +2,15 @@
 -> log-mel) into a safetensors cache, and torch Datasets for video captioning and video QA.
 
 Example:
-    >>> clips = read_annotations("shapes_video")  # doctest: +SKIP
-    >>> bank = ClipBank.build(clips, "shapes_video", frames=16, size=64, mel=MelConfig(), encode=None)  # doctest: +SKIP
-    >>> bank.tensors["frames"].shape  # doctest: +SKIP
-    torch.Size([1200, 16, 3, 64, 64])
+    >>> import tempfile
+    >>> from polymodal.data.shapes_video import write_shapes_video
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = write_shapes_video(f"{tmp.name}/shapes_video", n=3, size=32, progress=False)
+    >>> clips = read_annotations(folder, split="train")
+    >>> bank = ClipBank.build(clips, folder, frames=4, size=32, mel=MelConfig(), encode=None, progress=False)
+    >>> bank.tensors["frames"].shape, bank.tensors["mel"].shape  # (clips, T, 3, S, S), (clips, mels, steps)
+    (torch.Size([1, 4, 3, 32, 32]), torch.Size([1, 40, 251]))
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -4,9 +4,18 @@ Images are decoded once into compact uint8 tensors when `preload` is on (small d
 per item. A bad image never stops training: it is skipped, counted and reported.
 
 Example:
-    >>> ds = CaptionDataset(records, tokenizer, image_size=64, max_len=24)  # doctest: +SKIP
-    >>> batch = collate_captions([ds[0], ds[1]])  # doctest: +SKIP
-    >>> batch["images"].shape, batch["tokens"].shape  # doctest: +SKIP
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> Image.new("RGB", (40, 30), "red").save(f"{tmp.name}/a.png")
+    >>> records = [CaptionRecord("a", f"{tmp.name}/a.png", ["a red square", "red"])]
+    >>> tokenizer = WordTokenizer.build(records[0].captions)
+    >>> ds = CaptionDataset(records, tokenizer, image_size=32, max_len=24, progress=False)
+    >>> batch = collate_captions([ds[0], ds[1]])  # one image, two captions: two pairs
+    >>> batch["images"].shape, batch["tokens"].tolist()
+    (torch.Size([2, 3, 32, 32]), [[1, 5, 4, 6, 2], [1, 4, 2, 0, 0]])
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -14,9 +14,17 @@ shape (whichever the opening did not reveal), "where is it?", "is it left of the
 "what is left of it?" and "is it small?" (yes/no). Every answer is true of the scene.
 
 Example:
-    >>> dialogues = read_dialogues("shapes", split="test")  # doctest: +SKIP
-    >>> [(t.question, t.answer) for t in dialogues[0].turns]  # doctest: +SKIP
-    [('what colour is the star?', 'red'), ('where is it?', 'in the top left')]
+    >>> import tempfile
+    >>> from polymodal.data.shapes import write_shapes_world
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=20, image_size=32, progress=False)
+    >>> dialogues = read_dialogues(folder, split="test")
+    >>> for turn in dialogues[0].turns:
+    ...     print(f"{turn.question:28} {turn.answer}")
+    what colour is the square?   orange
+    where is it?                 at the top
+    is that one large?           yes
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

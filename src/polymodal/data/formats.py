@@ -62,9 +62,18 @@ def read_coco(
     "split" per image (one file per split), so with a `split` they are kept whole.
 
     Example:
-        >>> records = read_coco("annotations/captions_val2014.json", images="val2014")  # doctest: +SKIP
-        >>> records[0].captions[:1]  # doctest: +SKIP
-        ['A man riding a wave on top of a surfboard.']
+        >>> import json, tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/1.jpg")
+        >>> coco = {"images": [{"id": 1, "file_name": "1.jpg"}],
+        ...         "annotations": [{"image_id": 1, "caption": "A black square. "},
+        ...                         {"image_id": 1, "caption": "dark"}]}
+        >>> _ = Path(tmp.name, "captions.json").write_text(json.dumps(coco))
+        >>> records = read_coco(f"{tmp.name}/captions.json")
+        >>> records[0].id, records[0].captions
+        ('1', ['A black square.', 'dark'])
+        >>> tmp.cleanup()
     """
     path = Path(path)
     data = read_json(path)
@@ -112,9 +121,20 @@ def read_karpathy(
     joined "tokens". `split="train"` also keeps Karpathy's "restval" images.
 
     Example:
-        >>> records = read_karpathy("dataset_coco.json", images="coco", split="test")  # doctest: +SKIP
-        >>> len(records)  # doctest: +SKIP
-        5000
+        >>> import json, tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for name in ("1.jpg", "2.jpg"):
+        ...     Image.new("RGB", (8, 8)).save(f"{tmp.name}/{name}")
+        >>> test = {"filename": "1.jpg", "cocoid": 1, "split": "test",
+        ...         "sentences": [{"raw": "a black square"}]}
+        >>> restval = {"filename": "2.jpg", "cocoid": 2, "split": "restval",
+        ...            "sentences": [{"tokens": ["a", "dark"]}]}  # no "raw": its tokens, joined
+        >>> _ = Path(tmp.name, "dataset_coco.json").write_text(json.dumps({"images": [test, restval]}))
+        >>> records = read_karpathy(f"{tmp.name}/dataset_coco.json", split="train")  # train + restval
+        >>> [(r.id, r.captions) for r in records]
+        [('2', ['a dark'])]
+        >>> tmp.cleanup()
     """
     path = Path(path)
     data = read_json(path)
@@ -173,10 +193,20 @@ def read_records(
         ConfigError: `format` is not a registered format.
 
     Example:
+        >>> import json, tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/1.jpg")
+        >>> coco = {"images": [{"id": 1, "file_name": "1.jpg"}],
+        ...         "annotations": [{"image_id": 1, "caption": "a black square"},
+        ...                         {"image_id": 7, "caption": "x"}]}
+        >>> _ = Path(tmp.name, "captions.json").write_text(json.dumps(coco))
         >>> report = SkipReport()
-        >>> records = read_records("coco", "captions_val2014.json", images="val2014", report=report)  # doctest: +SKIP
-        >>> print(report.summary())  # doctest: +SKIP
-        captions_val2014.json: no records skipped
+        >>> len(read_records("coco", f"{tmp.name}/captions.json", report=report))
+        1
+        >>> report.examples
+        ['captions.json annotation 1 (image_id 7): unknown image_id']
+        >>> tmp.cleanup()
     """
     reader: Callable[..., list[CaptionRecord]] = DATASETS.get(format)
     check_file(Path(path))

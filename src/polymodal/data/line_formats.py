@@ -3,7 +3,16 @@
 Registered in `DATASETS` as "flickr", "jsonl" and "csv"; the shared rules are in formats.py's docstring.
 
 Example:
-    >>> records = read_jsonl("captions.jsonl", images="images/")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> Path(tmp.name, "images").mkdir()
+    >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/images/a.jpg")
+    >>> _ = Path(tmp.name, "captions.jsonl").write_text('{"image": "a.jpg", "caption": "a dog"}\\n')
+    >>> records = read_jsonl(f"{tmp.name}/captions.jsonl", images=f"{tmp.name}/images")
+    >>> Path(records[0].image).relative_to(Path(tmp.name).resolve()).as_posix(), records[0].captions
+    ('images/a.jpg', ['a dog'])
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -60,10 +69,18 @@ def read_flickr(
     records get the split name found in the list's file name ("train", "dev", "test").
 
     Example:
-        >>> records = read_flickr("Flickr8k.token.txt", images="Flicker8k_Dataset",
-        ...                       split="Flickr_8k.trainImages.txt")  # doctest: +SKIP
-        >>> len(records), len(records[0].captions)  # doctest: +SKIP
-        (6000, 5)
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for name in ("a.jpg", "b.jpg"):
+        ...     Image.new("RGB", (8, 8)).save(f"{tmp.name}/{name}")
+        >>> _ = Path(tmp.name, "Flickr8k.token.txt").write_text(
+        ...     "a.jpg#0\\tA dog runs .\\na.jpg#1\\tA dog .\\nb.jpg#0\\tA cat .\\n")
+        >>> _ = Path(tmp.name, "Flickr_8k.trainImages.txt").write_text("a.jpg\\n")
+        >>> records = read_flickr(f"{tmp.name}/Flickr8k.token.txt", split="Flickr_8k.trainImages.txt")
+        >>> [(r.id, r.captions, r.split) for r in records]
+        [('a.jpg', ['A dog runs .', 'A dog .'], 'train')]
+        >>> tmp.cleanup()
     """
     path = Path(path)
     lines = split_lines(read_text(path))
@@ -130,9 +147,15 @@ def read_jsonl(
     merged; blank lines are ignored; a line that is not valid JSON is skipped and counted.
 
     Example:
-        >>> # captions.jsonl: {"image": "a.jpg", "caption": "a dog"}\\n{"image": "a.jpg", "caption": "a pet"}
-        >>> read_jsonl("captions.jsonl")[0].captions  # doctest: +SKIP
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/a.jpg")
+        >>> _ = Path(tmp.name, "captions.jsonl").write_text(
+        ...     '{"image": "a.jpg", "caption": "a dog"}\\n{"image": "a.jpg", "caption": "a pet"}\\n')
+        >>> read_jsonl(f"{tmp.name}/captions.jsonl")[0].captions
         ['a dog', 'a pet']
+        >>> tmp.cleanup()
     """
     path = Path(path)
     text = read_text(path)
@@ -164,9 +187,15 @@ def read_csv(
     same id are merged; quoted fields may hold commas and newlines.
 
     Example:
-        >>> # captions.csv: image,caption\\na.jpg,a dog\\na.jpg,"a dog, sleeping"
-        >>> read_csv("captions.csv")[0].captions  # doctest: +SKIP
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/a.jpg")
+        >>> csv_text = 'image,caption\\na.jpg,a dog\\na.jpg,"a dog, sleeping"\\n'
+        >>> _ = Path(tmp.name, "captions.csv").write_text(csv_text)
+        >>> read_csv(f"{tmp.name}/captions.csv")[0].captions
         ['a dog', 'a dog, sleeping']
+        >>> tmp.cleanup()
     """
     path = Path(path)
     text = read_text(path)

@@ -14,9 +14,14 @@ JSON, an image that is not on disk) are skipped and counted in a `SkipReport`; a
 `DataError` line naming the file and the fix.
 
 Example:
-    >>> records = read_qa("shapes/qa.jsonl", split="train")  # doctest: +SKIP
-    >>> records[0].question, records[0].answers  # doctest: +SKIP
-    ('what colour is the hexagon?', ['blue'])
+    >>> import tempfile
+    >>> from polymodal.data.shapes import write_shapes_world
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=20, image_size=32, progress=False)
+    >>> records = read_qa(folder / "qa.jsonl", split="train")
+    >>> records[0].question, records[0].answers, records[0].type
+    ('what colour is the hexagon?', ['blue'], 'colour')
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -144,8 +149,21 @@ def read_qa(path: str | Path, images: str | Path | None = None, split: str | Non
         DataError: the file is missing, not UTF-8, not JSON, has the wrong structure or no good record.
 
     Example:
-        >>> read_qa("my_vqa.jsonl", images="photos/")[0].answers  # doctest: +SKIP
-        ['two']
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Path(tmp.name, "photos").mkdir()
+        >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/photos/a.png")
+        >>> _ = Path(tmp.name, "my_vqa.jsonl").write_text(
+        ...     '{"image": "a.png", "question": "how many?", "answers": [{"answer": "two"}, "2"]}\\n'
+        ...     '{"image": "gone.png", "question": "how many?", "answer": "one"}\\n')
+        >>> report = SkipReport()
+        >>> records = read_qa(f"{tmp.name}/my_vqa.jsonl", images=f"{tmp.name}/photos", report=report)
+        >>> [r.answers for r in records]
+        [['two', '2']]
+        >>> dict(report.reasons)
+        {'image file not found': 1}
+        >>> tmp.cleanup()
     """
     path = Path(path)
     root = Path(images) if images is not None else path.parent
@@ -199,8 +217,10 @@ def encode_text(tokenizer: Tokenizer, text: Any, max_len: int, what: str = "ques
     """Token ids of a question or message: empty -> InputError, too long -> truncated, unknown -> <unk>.
 
     Example:
-        >>> encode_text(tok, "what colour is the zorblax?", max_len=20)  # doctest: +SKIP
-        [5, 9, 6, 4, 3]
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tok = WordTokenizer.build(["what colour is the circle?"])
+        >>> encode_text(tok, "what colour is the zorblax?", max_len=20)  # 3 = <unk>
+        [8, 5, 6, 7, 3]
     """
     if not isinstance(text, str):
         raise InputError(f"the {what} must be text, got {type(text).__name__}")
@@ -301,9 +321,18 @@ class ImageBank:
     are skipped and counted; `bank.index` maps each good path to its row.
 
     Example:
-        >>> bank = ImageBank(["a.png", "b.png"], image_size=64, encode=model.encoder)  # doctest: +SKIP
-        >>> bank[bank.index["a.png"]].shape  # doctest: +SKIP
-        torch.Size([64, 64])
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from polymodal.config import EncoderConfig
+        >>> from polymodal.nn.encoders import build_encoder
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> a, gone = f"{tmp.name}/a.png", f"{tmp.name}/gone.png"
+        >>> Image.new("RGB", (8, 8)).save(a)
+        >>> encoder = build_encoder(EncoderConfig(name="small_cnn", width=8))
+        >>> bank = ImageBank([a, a, gone], image_size=32, encode=encoder, progress=False)
+        >>> len(bank), bank[bank.index[a]].shape  # one distinct image loaded: its (regions, channels)
+        (1, torch.Size([16, 32]))
+        >>> tmp.cleanup()
     """
 
     def __init__(self, paths: Iterable[str], image_size: int, encode: Callable[[torch.Tensor], torch.Tensor] | None = None,

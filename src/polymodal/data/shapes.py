@@ -375,9 +375,11 @@ def write_shapes_world(out_dir: str | os.PathLike, n: int = 5000, seed: int = 0,
         ConfigError: `out_dir` holds something else.
 
     Example:
-        >>> root = write_shapes_world("/tmp/shapes", n=40, image_size=64, progress=False)  # doctest: +SKIP
-        >>> sorted(p.name for p in root.iterdir())  # doctest: +SKIP
-        ['captions.json', 'images', 'qa.jsonl', 'scenes.jsonl']
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> root = write_shapes_world(f"{tmp.name}/shapes", n=40, image_size=64, progress=False)
+        >>> sorted(p.name for p in root.iterdir()), len(list(root.glob("images/train/*.png")))
+        (['captions.json', 'images', 'qa.jsonl', 'scenes.jsonl'], 32)
+        >>> tmp.cleanup()
     """
     out = Path(out_dir)
     world = ShapesWorld(n, seed, image_size)

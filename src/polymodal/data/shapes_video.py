@@ -11,8 +11,8 @@ Example:
     >>> clip = sample_clip(random.Random(0))
     >>> clip.frames(64).shape, clip.soundtrack().shape
     ((32, 64, 64, 3), (64000,))
-    >>> clip.caption()  # doctest: +SKIP
-    'a red circle enters from the left, then a blue square disappears'
+    >>> clip.caption()
+    'a white square disappears, then a blue square appears, then an orange triangle enters from the top'
 """
 
 from __future__ import annotations
@@ -264,7 +264,12 @@ def write_shapes_video(out_dir: str | Path, n: int = 1200, seed: int = 0, size: 
     A complete folder with the same settings is reused as is.
 
     Example:
-        >>> folder = write_shapes_video("shapes_video", n=24)  # doctest: +SKIP
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = write_shapes_video(f"{tmp.name}/shapes_video", n=3, size=32, progress=False)
+        >>> sorted(p.name for p in folder.iterdir()), sorted(p.name for p in folder.glob("videos/*/*.mp4"))
+        (['annotations.json', 'videos'], ['test_00000.mp4', 'train_00000.mp4', 'val_00000.mp4'])
+        >>> tmp.cleanup()
     """
     from .video import write_video
 

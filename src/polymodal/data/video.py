@@ -5,9 +5,15 @@ the frames returned, not for the file. Every failure a user can cause (missing, 
 or frameless file) is one `DataError` line that names the file and the fix.
 
 Example:
-    >>> clip = read_frames("clip.mp4", n=16, size=64)  # doctest: +SKIP
-    >>> clip.frames.shape, clip.times[:2]  # doctest: +SKIP
-    (torch.Size([16, 3, 64, 64]), [0.125, 0.375])
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> frames = np.zeros((16, 32, 32, 3), np.uint8)
+    >>> frames[8:] = 255  # 2 seconds at 8 fps: black, then white
+    >>> path = write_video(f"{tmp.name}/clip.mp4", frames, fps=8)
+    >>> clip = read_frames(path, n=4, size=16)
+    >>> clip.frames.shape, clip.times, (clip.frames[:, 0, 0, 0] > 128).tolist()
+    (torch.Size([4, 3, 16, 16]), [0.25, 0.75, 1.25, 1.75], [False, False, True, True])
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -163,7 +169,14 @@ def write_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: int,
     H and W must be even (yuv420p). The file appears atomically (written beside it, then renamed).
 
     Example:
-        >>> write_video("a.mp4", np.zeros((8, 64, 64, 3), np.uint8), fps=8, audio=np.zeros(16000))  # doctest: +SKIP
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> frames, sound = np.zeros((8, 32, 32, 3), np.uint8), np.zeros(16000)  # 1 second
+        >>> path = write_video(f"{tmp.name}/a.mp4", frames, fps=8, audio=sound)
+        >>> info = probe(path)
+        >>> info.fps, info.width, info.height, info.has_audio
+        (8.0, 32, 32, True)
+        >>> tmp.cleanup()
     """
     import av
 

@@ -4,11 +4,21 @@ Results are written in the COCO results format (`[{"image_id", "caption"}]`), so
 re-scored later (`polymodal evaluate --results ...`) or sent to any COCO-style evaluation.
 
 Example:
-    >>> from polymodal.generate import GenerationConfig
-    >>> results, metrics = evaluate_captioner(model, records, GenerationConfig(beam_size=3))  # doctest: +SKIP
-    >>> write_coco_results("eval/results_test.json", results)  # doctest: +SKIP
-    >>> metrics["cider"], metrics["skipped_images"]  # doctest: +SKIP
-    (1.234, 0)
+    >>> import tempfile
+    >>> import polymodal
+    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.data.formats import read_records
+    >>> from polymodal.data.shapes import write_shapes_world
+    >>> model = polymodal.load(bundled_model_dir())  # the Shapes World captioner shipped in the package
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=20, image_size=64, progress=False)
+    >>> records = read_records("coco", folder / "captions.json", split="test")
+    >>> results, metrics = evaluate_captioner(model, records, GenerationConfig(beam_size=3), progress=False,
+    ...                                       cider_only=True)  # all metrics: drop cider_only (METEOR: ~10 s)
+    >>> path = write_coco_results(f"{tmp.name}/eval/results_test.json", results)
+    >>> len(results), sorted(metrics), metrics["skipped_images"]
+    (2, ['cider', 'images', 'skipped_images'], 0)
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -41,10 +51,20 @@ def caption_records(model: nn.Module, records: list[CaptionRecord], generation: 
     built on first use: evaluating several decoders or decoding settings encodes the images once.
 
     Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> import polymodal
+        >>> from polymodal.assets import bundled_model_dir
+        >>> model = polymodal.load(bundled_model_dir())
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (64, 64)).save(f"{tmp.name}/a.png")
+        >>> _ = Path(tmp.name, "b.png").write_bytes(b"not an image")
+        >>> records = [CaptionRecord(name, f"{tmp.name}/{name}.png", []) for name in ("a", "b")]
         >>> greedy = GenerationConfig(strategy="greedy")
-        >>> results, report = caption_records(model, records, greedy)  # doctest: +SKIP
-        >>> report.count  # images that could not be read  # doctest: +SKIP
-        0
+        >>> results, report = caption_records(model, records, greedy, progress=False)
+        >>> list(results), report.count  # b.png could not be read
+        (['a'], 1)
+        >>> tmp.cleanup()
     """
     if not records:
         raise InputError("no records to caption; check the data file and the split")
@@ -117,6 +137,8 @@ def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generatio
         and "skipped_images" (unreadable image files, left out of every metric).
 
     Example:
+        With `model` and `records` as in the module example; all metrics, so METEOR's ~10 s start:
+
         >>> results, metrics = evaluate_captioner(model, records, GenerationConfig(beam_size=3))  # doctest: +SKIP
         >>> sorted(metrics)  # doctest: +SKIP
         ['bleu1', 'bleu2', 'bleu3', 'bleu4', 'cider', 'images', 'meteor', 'rouge_l', 'skipped_images']
@@ -143,8 +165,13 @@ def write_coco_results(path: str | Path, results: Mapping[str, str]) -> Path:
     """Write {image id: caption} as a COCO results file, atomically.
 
     Example:
-        >>> write_coco_results("eval/results_test.json", {"42": "a red circle"})  # doctest: +SKIP
-        # eval/results_test.json: [{"image_id": 42, "caption": "a red circle"}]
+        >>> import json, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> results = {"42": "a red circle", "img_7": "a star"}
+        >>> path = write_coco_results(f"{tmp.name}/eval/results_test.json", results)
+        >>> json.loads(path.read_text())  # numeric ids become ints, as in COCO
+        [{'image_id': 42, 'caption': 'a red circle'}, {'image_id': 'img_7', 'caption': 'a star'}]
+        >>> tmp.cleanup()
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +194,11 @@ def evaluate_results_file(results_path: str | Path, references: str | Path | Map
         (results, metrics): metrics include "images" (scored) and "reference_images" (available).
 
     Example:
+        Every metric, so METEOR's ~10 s start; a results file scored against COCO's references:
+
         >>> _, metrics = evaluate_results_file("results.json", "captions_val2014.json")  # doctest: +SKIP
+        >>> metrics["images"] <= metrics["reference_images"]  # doctest: +SKIP
+        True
     """
     if not isinstance(references, Mapping):
         references = load_references(references, split=split)

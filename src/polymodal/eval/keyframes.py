@@ -10,10 +10,17 @@ least `min_gap` frames apart. Decoding is streamed twice: once to score (feature
 to fetch the k chosen frames at full size, so any length of video fits in memory.
 
 Example:
-    >>> frames = extract_keyframes("clip.mp4", k=5)  # doctest: +SKIP
-    >>> [round(f.time, 2) for f in frames]  # doctest: +SKIP
-    [0.5, 1.25, 2.0, 2.62, 3.25]
-    >>> save_keyframes(frames, "out/")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from polymodal.data.video import write_video
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> video = np.zeros((24, 32, 32, 3), np.uint8)  # 3 seconds at 8 fps: black, red, blue
+    >>> video[8:], video[16:] = [255, 0, 0], [0, 0, 255]
+    >>> frames = extract_keyframes(write_video(f"{tmp.name}/clip.mp4", video, fps=8), k=2)
+    >>> [(f.index, round(f.time, 2)) for f in frames]  # the two cuts
+    [(8, 1.0), (16, 2.0)]
+    >>> [p.name for p in save_keyframes(frames, f"{tmp.name}/out")]
+    ['keyframe_00_0001.00s.png', 'keyframe_01_0002.00s.png', 'contact_sheet.png', 'keyframes.json']
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

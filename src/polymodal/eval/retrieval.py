@@ -5,11 +5,34 @@ An index is a folder of two files, no pickle: `embeddings.safetensors` (N, E) un
 made them). Queries embedded by another model live in another space, so an index refuses them.
 
 Example:
-    >>> model = polymodal.load("runs/contrastive/model")  # doctest: +SKIP
-    >>> index, skipped = build_image_index(model, "photos/")  # doctest: +SKIP
-    >>> index.save("photos.index")  # doctest: +SKIP
-    >>> RetrievalIndex.load("photos.index").search(model.embed_texts("a red circle"), k=3)  # doctest: +SKIP
-    [[('photos/a.png', 0.61), ('photos/c.png', 0.44), ('photos/b.png', 0.12)]]
+    With an untrained tiny dual encoder (a trained one: `polymodal.load("runs/contrastive/model")`):
+
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from polymodal.config import EncoderConfig
+    >>> from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> cfg = DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32)
+    >>> model = DualEncoder(cfg, WordTokenizer.build(["a red circle"]))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> Path(tmp.name, "photos").mkdir()
+    >>> for name, colour in [("a.png", "red"), ("b.png", "blue")]:
+    ...     Image.new("RGB", (32, 32), colour).save(f"{tmp.name}/photos/{name}")
+    >>> _ = Path(tmp.name, "photos/c.png").write_text("not an image")
+    >>> index, skipped = build_image_index(model, f"{tmp.name}/photos", progress=False)
+    >>> len(index.items), skipped.count  # c.png could not be read
+    (2, 1)
+    >>> _ = index.save(f"{tmp.name}/photos.index")
+    >>> hits = RetrievalIndex.load(f"{tmp.name}/photos.index").search(model.embed_texts("a red circle"), k=3)
+    >>> sorted(Path(path).name for path, score in hits[0])  # (path, cosine) best first; untrained: any order
+    ['a.png', 'b.png']
+    >>> tmp.cleanup()
+
+    Search itself is a dot product of unit vectors:
+
+    >>> index = RetrievalIndex(torch.eye(3), ["a.png", "b.png", "c.png"], "image", fingerprint="demo")
+    >>> [(path, round(score, 2)) for path, score in index.search(torch.tensor([0.6, 0.8, 0.0]), k=2)[0]]
+    [('b.png', 0.8), ('a.png', 0.6)]
 """
 
 from __future__ import annotations
@@ -243,7 +266,16 @@ def shapes_relevance(records: list[CaptionRecord], shapes_dir: str | Path) -> to
     grammar can say of image i: the strictest fair notion of "this caption describes that image".
 
     Example:
-        >>> rel = shapes_relevance(load_split(DataConfig(n=10000), "test"), shapes_folder(...))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from polymodal.data.formats import read_records
+        >>> from polymodal.data.shapes import write_shapes_world
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=40, image_size=32, progress=False)
+        >>> records = read_records("coco", folder / "captions.json", split="test")
+        >>> rel = shapes_relevance(records, folder)
+        >>> rel.shape, rel.sum(1).tolist()  # 4 images x 20 captions; here only its own 5 fit each image
+        (torch.Size([4, 20]), [5, 5, 5, 5])
+        >>> tmp.cleanup()
     """
     from ..data import shapes_text
     from ..data.shapes import Scene
@@ -279,8 +311,22 @@ def evaluate_retrieval(model: nn.Module, records: list[CaptionRecord], batch_siz
     and "true_of_image": metrics under `relevance` (e.g. `shapes_relevance`) when it is given.
 
     Example:
-        >>> evaluate_retrieval(model, load_split(DataConfig(n=10000), "test"))["strict"]["t2i_r1"]  # doctest: +SKIP
-        72.88
+        >>> import tempfile
+        >>> from polymodal.config import EncoderConfig
+        >>> from polymodal.data.formats import read_records
+        >>> from polymodal.data.shapes import write_shapes_world
+        >>> from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=40, image_size=32, progress=False)
+        >>> records = read_records("coco", folder / "captions.json", split="test")
+        >>> cfg = DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32)
+        >>> model = DualEncoder(cfg, WordTokenizer.build([c for r in records for c in r.captions]))
+        >>> relevance = shapes_relevance(records, folder)
+        >>> out = evaluate_retrieval(model, records, progress=False, relevance=relevance)  # untrained model
+        >>> sorted(out), out["strict"]["images"], out["strict"]["texts"], "t2i_r1" in out["strict"]
+        (['strict', 'text_match', 'true_of_image'], 4.0, 20.0, True)
+        >>> tmp.cleanup()
     """
     model.eval()
     store = store if store is not None else ImageStore(records, model.cfg.image_size, True, progress=progress)
@@ -314,8 +360,21 @@ def hard_negative_accuracy(model: nn.Module, records: list[CaptionRecord], pertu
     `store`: the records' images already decoded (as `evaluate_retrieval` takes it).
 
     Example:
-        >>> hard_negative_accuracy(model, records, CaptionPerturber(WORD_GROUPS))  # doctest: +SKIP
-        {'swap': 83.0, 'swap_pairs': 3549, 'replace': 97.4, 'replace_pairs': 5000}
+        >>> import tempfile
+        >>> from polymodal.config import EncoderConfig
+        >>> from polymodal.data.formats import read_records
+        >>> from polymodal.data.shapes import WORD_GROUPS, write_shapes_world
+        >>> from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=40, image_size=32, progress=False)
+        >>> records = read_records("coco", folder / "captions.json", split="test")
+        >>> cfg = DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32)
+        >>> model = DualEncoder(cfg, WordTokenizer.build([c for r in records for c in r.captions]))
+        >>> out = hard_negative_accuracy(model, records, CaptionPerturber(WORD_GROUPS))  # untrained model
+        >>> sorted(out), out["swap_pairs"], out["replace_pairs"]  # accuracies in %, and pairs compared
+        (['replace', 'replace_pairs', 'swap', 'swap_pairs'], 15, 20)
+        >>> tmp.cleanup()
     """
     model.eval()
     store = store if store is not None else ImageStore(records, model.cfg.image_size, True, progress=False)

@@ -4,8 +4,13 @@ Everything draws with matplotlib's object-oriented API on the Agg canvas (`Figur
 through pyplot, so nothing needs a display and the caller's matplotlib backend is left alone.
 
 Example:
-    >>> caption, paths = caption_heatmaps(model, "shapes/test_000001.png", "heatmaps/")  # doctest: +SKIP
-    >>> plot_training_curves("runs/attention_lstm/log.jsonl", "docs/curves.png")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from polymodal.assets import bundled_model_dir
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> log = bundled_model_dir() / "log.jsonl"  # the training log of the bundled captioner
+    >>> plot_training_curves(log, f"{tmp.name}/curves.png").is_file()
+    True
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -95,10 +100,13 @@ def attention_heatmaps(image: Image.Image, words: list[str], attention: torch.Te
         Per-word PNGs have the size of the image's centre square.
 
     Example:
-        >>> hyp = model.generate(batch, GenerationConfig(return_attention=True))[0][0]  # doctest: +SKIP
-        >>> words = [model.tokenizer.decode([t]) for t in hyp.tokens]  # doctest: +SKIP
-        >>> attention_heatmaps(Image.open("a.png"), words, hyp.attention, "heatmaps/a")  # doctest: +SKIP
-        [PosixPath('heatmaps/a/00_a.png'), ..., PosixPath('heatmaps/a/grid.png')]
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> attention = torch.softmax(torch.randn(2, 16), -1)  # 2 words over a 4 x 4 grid
+        >>> paths = attention_heatmaps(Image.new("RGB", (80, 64)), ["a", "<unk>"], attention, f"{tmp.name}/a")
+        >>> [p.name for p in paths], Image.open(paths[0]).size
+        (['00_a.png', '01_unk.png', 'grid.png'], (64, 64))
+        >>> tmp.cleanup()
     """
     if len(words) != len(attention):
         raise ValueError(f"{len(words)} words but {len(attention)} rows of attention")
@@ -147,7 +155,18 @@ def caption_heatmaps(model: Any, image_path: str | Path, out_dir: str | Path,
         InputError: the model returns no attention (e.g. the seed LSTM has none).
 
     Example:
-        >>> captions, paths = caption_heatmaps(model, "a.png", "heatmaps/a", beam_size=3)  # doctest: +SKIP
+        >>> import tempfile
+        >>> import polymodal
+        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.data.shapes import Scene, ShapeObject, render
+        >>> model = polymodal.load(bundled_model_dir())  # an attention LSTM trained on Shapes World
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> scene = Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), background=(40, 40, 40))
+        >>> render(scene, 64).save(f"{tmp.name}/a.png")
+        >>> captions, paths = caption_heatmaps(model, f"{tmp.name}/a.png", f"{tmp.name}/out", beam_size=3)
+        >>> captions, [p.name for p in paths[:2]], paths[-1].name  # one PNG per word, then all in a grid
+        (['there is a large red circle'], ['00_there.png', '01_is.png'], 'grid.png')
+        >>> tmp.cleanup()
     """
     generation.setdefault("max_len", model.cfg.decoder.max_len)
     image = load_image(image_path)
@@ -171,8 +190,10 @@ def read_log_series(log_jsonl: str | Path) -> dict[str, tuple[list[int], list[fl
     "summary") are ignored.
 
     Example:
-        >>> read_log_series("runs/attention_lstm/log.jsonl")["loss"][1][:2]  # doctest: +SKIP
-        [4.61, 3.98]
+        >>> from polymodal.assets import bundled_model_dir
+        >>> steps, losses = read_log_series(bundled_model_dir() / "log.jsonl")["loss"]
+        >>> steps[:3], [round(loss, 2) for loss in losses[:2]]
+        ([25, 50, 75], [3.16, 1.96])
     """
     path = Path(log_jsonl)
     if not path.is_file():
@@ -216,8 +237,13 @@ def plot_training_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
     (e.g. grad_norm); only panels with data are drawn.
 
     Example:
-        >>> plot_training_curves("runs/attention_lstm/log.jsonl", "docs/curves.png")  # doctest: +SKIP
-        PosixPath('docs/curves.png')
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> log = Path(tmp.name, "log.jsonl")
+        >>> _ = log.write_text('{"step": 1, "loss": 2.0, "lr": 0.01}\\n{"step": 2, "loss": 1.5, "lr": 0.02}')
+        >>> plot_training_curves(log, Path(tmp.name, "curves.png")).name  # a loss and a learning-rate panel
+        'curves.png'
+        >>> tmp.cleanup()
     """
     series = read_log_series(log_jsonl)
     if not series:

@@ -4,6 +4,11 @@ OpenCLIP's recipe: each class is the normalized mean embedding of its prompts ("
 class name filled in), and an image takes the class whose embedding is nearest.
 
 Example:
+    A trained dual encoder (`polymodal train configs/contrastive.yaml` writes runs/contrastive):
+
+    >>> import polymodal
+    >>> from polymodal.config import DataConfig
+    >>> from polymodal.data.datasets import shapes_folder
     >>> model = polymodal.load("runs/contrastive/model")  # doctest: +SKIP
     >>> zero_shot_accuracy(model, shapes_folder(DataConfig(n=10000)), "colour")["accuracy"]  # doctest: +SKIP
     1.0
@@ -40,8 +45,15 @@ def zero_shot_classifier(embed_texts: Callable[[list[str]], torch.Tensor], class
     """OpenCLIP's prompt ensemble: (E, C), column c = the normalized mean of class c's template embeddings.
 
     Example:
-        >>> W = zero_shot_classifier(model.embed_texts, ["circle", "square"], ["a {}", "a {} shape"])  # doctest: +SKIP
-        >>> (model.embed_images(["a.png"]) @ W).argmax(-1)  # doctest: +SKIP
+        >>> words = ["a", "circle", "square", "shape"]
+        >>> def embed_texts(texts):  # a toy text tower: word counts as unit vectors; a model's embed_texts
+        ...     counts = torch.tensor([[float(t.split().count(w)) for w in words] for t in texts])
+        ...     return torch.nn.functional.normalize(counts, dim=-1)
+        >>> W = zero_shot_classifier(embed_texts, ["circle", "square"], ["a {}", "a {} shape"])
+        >>> W.shape  # (E, classes)
+        torch.Size([4, 2])
+        >>> (embed_texts(["square", "a circle"]) @ W).argmax(-1).tolist()  # with a model: embed_images @ W
+        [1, 0]
     """
     if not classnames or not templates:
         raise InputError("zero-shot needs at least one class name and one template")
@@ -67,8 +79,19 @@ def zero_shot_accuracy(model: nn.Module, shapes_dir: str | Path, task: str, spli
     """Classify the shape or the colour of one-object Shapes World images by prompts alone.
 
     Example:
-        >>> zero_shot_accuracy(model, shapes_folder(DataConfig(n=10000)), "shape")["accuracy"]  # doctest: +SKIP
-        0.97
+        >>> import tempfile
+        >>> from polymodal.config import EncoderConfig
+        >>> from polymodal.data.shapes import write_shapes_world
+        >>> from polymodal.models.dual_encoder import DualEncoder, DualEncoderConfig
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=40, image_size=32, progress=False)
+        >>> cfg = DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32)
+        >>> model = DualEncoder(cfg, WordTokenizer.build(["a large square shape"]))  # untrained
+        >>> result = zero_shot_accuracy(model, folder, "shape")
+        >>> result["task"], result["images"], round(result["chance"], 3)  # one one-object test image here
+        ('shape', 1, 0.167)
+        >>> tmp.cleanup()
     """
     from ..data.shapes import COLOURS, SHAPES
 

@@ -6,11 +6,27 @@ config.json "model" section (`config_cls`), keeps that config in `self.cfg` and 
 `config_dict` and `from_config`; everything else (atomic writes, weight loading, the errors) is here once.
 
 Example:
-    >>> @MODELS.register("my_model")  # doctest: +SKIP
-    ... class MyModel(SavedModel, nn.Module):
+    >>> import tempfile
+    >>> from dataclasses import dataclass
+    >>> from torch import nn
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> @dataclass
+    ... class MyConfig:
+    ...     width: int = 4
+    >>> class MyModel(SavedModel, nn.Module):  # with @MODELS.register("my_model"), polymodal.load finds it
     ...     architecture, config_cls = "my_model", MyConfig
-    >>> MyModel(MyConfig(), tokenizer).save_pretrained("out/model")  # doctest: +SKIP
-    >>> polymodal.load("out/model")  # doctest: +SKIP
+    ...     def __init__(self, cfg, tokenizer):
+    ...         super().__init__()
+    ...         self.cfg, self.tokenizer = cfg, tokenizer
+    ...         self.proj = nn.Linear(cfg.width, len(tokenizer))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> model = MyModel(MyConfig(width=8), WordTokenizer.build(["a red circle"]))
+    >>> folder = model.save_pretrained(f"{tmp.name}/model")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['config.json', 'model.safetensors', 'tokenizer.json']
+    >>> MyModel.from_pretrained(folder).proj
+    Linear(in_features=8, out_features=7, bias=True)
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

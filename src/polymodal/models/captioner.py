@@ -2,8 +2,12 @@
 
 Example:
     >>> import polymodal
-    >>> model = polymodal.load("runs/attention_lstm/model")  # doctest: +SKIP
-    >>> model.caption(["shapes/images/test/test_000001.png"])  # doctest: +SKIP
+    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.data.shapes import Scene, ShapeObject, render
+    >>> model = polymodal.load(bundled_model_dir())  # or a run of yours: "runs/attention_lstm"
+    >>> scene = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5),
+    ...                ShapeObject("square", "blue", "large", 0.7, 0.5)), background=(40, 40, 40))
+    >>> model.caption([render(scene, 64)])  # paths, bytes, PIL images or tensors
     ['a small red circle to the left of a large blue square']
 """
 
@@ -79,9 +83,17 @@ class Captioner(SavedModel, nn.Module):
         when its decoding states cannot join a running batch.
 
         Example:
-            >>> beams = model.beam_batch(GenerationConfig(beam_size=3))  # doctest: +SKIP
-            >>> beams.add(model.init_state(model.preprocess(["a.png"])), keys=["a.png"])  # doctest: +SKIP
-            >>> while beams: print(beams.advance())  # doctest: +SKIP
+            >>> import polymodal
+            >>> from polymodal.assets import bundled_model_dir
+            >>> from polymodal.data.shapes import Scene, ShapeObject, render
+            >>> model = polymodal.load(bundled_model_dir())
+            >>> image = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
+            >>> beams = model.beam_batch(GenerationConfig(beam_size=3))
+            >>> beams.add(model.init_state(model.preprocess([image])), keys=["a.png"])
+            >>> while beams:  # more inputs may join between steps with beams.add
+            ...     for key, hyps in beams.advance():
+            ...         print(key, model.tokenizer.decode(hyps[0].tokens))
+            a.png there is a large red circle
         """
         step, join = self._decoding()
         if join is None:

@@ -10,6 +10,8 @@ tensors), so the shared `generate` runs greedy or beam search over it. Follow-up
 is it?" are answered by attending to the earlier turn that named "it", grounded in the image.
 
 Example:
+    A trained assistant (`polymodal train configs/chat.yaml` writes runs/chat):
+
     >>> assistant = polymodal.load("runs/chat/model")  # doctest: +SKIP
     >>> assistant.chat("scene.png", [{"role": "user", "content": "what is left of the square?"},
     ...                              {"role": "assistant", "content": "a red circle"},
@@ -149,8 +151,18 @@ class Assistant(SavedModel, nn.Module):
             InputError: no messages, an empty message, an unknown role, or a last message not from the user.
 
         Example:
-            >>> assistant.chat("scene.png", [{"role": "user", "content": "what colour is the star?"}])  # doctest: +SKIP
-            'red'
+            >>> from PIL import Image
+            >>> from polymodal.data.dialogue import DialogueRecord, Turn, build_chat_tokenizer
+            >>> turn = Turn("what colour is it?", "red", "open/colour")
+            >>> tokenizer = build_chat_tokenizer([DialogueRecord("0", "a.png", [turn])])
+            >>> assistant = Assistant(ChatModelConfig(image_size=32), tokenizer)  # untrained: any words
+            >>> image = Image.new("RGB", (32, 32))
+            >>> reply = assistant.chat(image, [{"role": "user", "content": "what colour is it?"}])
+            >>> set(reply.split()) <= set(tokenizer.words)  # words of its vocabulary
+            True
+            >>> assistant.chat(image, [{"role": "assistant", "content": "red"}])
+            Traceback (most recent call last):
+            polymodal.errors.InputError: the last message must be the user's question
         """
         ids = context_ids(self.tokenizer, messages, self.cfg.context.max_len)
         images = images_to_batch(image, self.cfg.image_size, self.device)

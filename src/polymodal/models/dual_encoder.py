@@ -7,10 +7,18 @@ Trained with a symmetric InfoNCE loss (Radford et al. 2021, sec. 2.3) whose temp
 OpenCLIP's: `encode_image`, `encode_text`, `logit_scale`.
 
 Example:
-    >>> model = polymodal.load("runs/contrastive/model")  # doctest: +SKIP
-    >>> img = model.embed_images(["scene.png"])  # doctest: +SKIP
-    >>> txt = model.embed_texts(["a red circle above a blue square", "two green stars"])  # doctest: +SKIP
-    >>> (img @ txt.T).softmax(-1)  # doctest: +SKIP
+    A tiny untrained model (a trained one: `polymodal.load("runs/contrastive/model")`):
+
+    >>> from PIL import Image
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> texts = ["a red circle above a blue square", "two green stars"]
+    >>> cfg = DualEncoderConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32, embed_dim=16,
+    ...                         text=TextEncoderConfig(width=16, layers=1, heads=2))
+    >>> model = DualEncoder(cfg, WordTokenizer.build(texts))
+    >>> img = model.embed_images([Image.new("RGB", (40, 40), "red")])  # paths, bytes, PIL images or tensors
+    >>> txt = model.embed_texts(texts)
+    >>> img.shape, txt.shape, (img @ txt.T).softmax(-1).shape  # unit vectors: img @ txt.T are cosines
+    (torch.Size([1, 16]), torch.Size([2, 16]), torch.Size([1, 2]))
 """
 
 from __future__ import annotations
@@ -234,7 +242,10 @@ class DualEncoder(SavedModel, nn.Module):
         """Unit embeddings (N, E) of texts, on the CPU.
 
         Example:
-            >>> model.embed_texts(["a red circle", "a blue square"]).shape  # doctest: +SKIP
+            >>> from polymodal.text.tokenizer import WordTokenizer
+            >>> tokenizer = WordTokenizer.build(["a red circle", "a blue square"])
+            >>> model = DualEncoder(DualEncoderConfig(), tokenizer)  # untrained
+            >>> model.embed_texts(["a red circle", "a blue square"]).shape  # (texts, embed_dim)
             torch.Size([2, 128])
         """
         self.eval()
@@ -249,7 +260,17 @@ class DualEncoder(SavedModel, nn.Module):
         """Write the image tower's state dict as safetensors, for `model.encoder.pretrained=PATH`.
 
         Example:
-            >>> model.export_image_encoder("runs/contrastive/image_encoder.safetensors")  # doctest: +SKIP
+            >>> import tempfile
+            >>> from polymodal.nn.encoders import build_encoder
+            >>> from polymodal.text.tokenizer import WordTokenizer
+            >>> model = DualEncoder(DualEncoderConfig(), WordTokenizer.build(["a red circle"]))
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> path = model.export_image_encoder(f"{tmp.name}/image_encoder.safetensors")
+            >>> encoder = build_encoder(EncoderConfig(name="small_cnn", width=16, pretrained=str(path)))
+            >>> mine, exported = encoder.state_dict(), model.encoder.state_dict()
+            >>> all(torch.equal(mine[key], exported[key]) for key in exported)
+            True
+            >>> tmp.cleanup()
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,23 @@ later, `join_states`; only then). Each new token then costs one query against th
 pass over the whole sequence.
 
 Example:
+    A trained model (`polymodal train configs/prefix_lm.yaml` writes runs/prefix_lm):
+
     >>> model = polymodal.load("runs/prefix_lm")  # doctest: +SKIP
     >>> model.caption(["a.png"], beam_size=3)  # doctest: +SKIP
-    >>> model.generate(model.preprocess(["a.png"]), GenerationConfig(strategy="sample"))  # doctest: +SKIP
+    ['a small red circle to the left of a large blue square']
+
+    An untrained one, to see the decoding state (the KV cache above):
+
+    >>> from PIL import Image
+    >>> from polymodal.config import DecoderConfig, EncoderConfig
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8),
+    ...                   decoder=DecoderConfig(hidden_dim=32, num_layers=2, num_heads=4, max_len=8))
+    >>> model = PrefixLM(cfg, WordTokenizer.build(["a red circle", "a blue square"]))
+    >>> state = model.init_state(model.preprocess([Image.new("RGB", (32, 32))]))
+    >>> sorted(state), tuple(state["pk0"].shape), tuple(state["k0"].shape)  # (B, H, P, d), (B, H, T, d)
+    (['k0', 'k1', 'pk0', 'pk1', 'pos', 'pv0', 'pv1', 'v0', 'v1'], (1, 4, 4, 8), (1, 4, 0, 8))
 """
 
 from __future__ import annotations
@@ -238,8 +252,18 @@ class PrefixLM(Captioner):
         """Captions for normalized images (B, 3, S, S); per image, hypotheses best first.
 
         Example:
-            >>> hyps = model.generate(images, GenerationConfig(strategy="beam", beam_size=3))  # doctest: +SKIP
-            >>> model.tokenizer.decode(hyps[0][0].tokens)  # doctest: +SKIP
+            >>> from PIL import Image
+            >>> from polymodal.config import DecoderConfig, EncoderConfig
+            >>> from polymodal.text.tokenizer import WordTokenizer
+            >>> cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8),
+            ...                   decoder=DecoderConfig(hidden_dim=32, num_layers=2, num_heads=4, max_len=8))
+            >>> model = PrefixLM(cfg, WordTokenizer.build(["a red circle", "a blue square"]))  # untrained
+            >>> images = model.preprocess([Image.new("RGB", (32, 32))] * 2)
+            >>> sampling = GenerationConfig(strategy="sample", num_return_sequences=3, seed=0)
+            >>> hyps = model.generate(images, sampling)
+            >>> [len(per_image) for per_image in hyps]  # per image, its samples best first
+            [3, 3]
+            >>> caption = model.tokenizer.decode(hyps[0][0].tokens)
         """
         cfg = cfg or GenerationConfig(max_len=self.cfg.decoder.max_len)
         state = self.init_state(images, prompts, use_cache)

@@ -6,9 +6,23 @@ the image regions *and* to a bidirectional encoding of the first-pass draft (Xia
 produces, so it learns to fix that model's own mistakes.
 
 Example:
+    A trained model (`polymodal train configs/refine.yaml` writes runs/refine):
+
     >>> model = polymodal.load("runs/refine")  # doctest: +SKIP
-    >>> model.caption(["a.png"])            # draft, then rewrite  # doctest: +SKIP
-    >>> model.caption(["a.png"], refine=False)  # the first pass alone  # doctest: +SKIP
+    >>> model.caption(["a.png"])  # draft, then rewrite  # doctest: +SKIP
+    ['a small red circle to the left of a large blue square']
+
+    A second pass, untrained, over the bundled captioner as the first:
+
+    >>> import polymodal
+    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.data.shapes import Scene, ShapeObject, render
+    >>> model = RefiningCaptioner.from_captioner(polymodal.load(bundled_model_dir()), RefinerConfig())
+    >>> image = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
+    >>> model.caption([image], refine=False)  # the first pass alone
+    ['there is a large red circle']
+    >>> len(model.caption([image]))  # draft, then rewrite (untrained here: any words)
+    1
 """
 
 from __future__ import annotations

@@ -7,9 +7,16 @@ fusion by token concatenation) -> the one `generate` module.
 An event head scores every time step (B, T) for "an event starts here" (trained on the annotated times).
 
 Example:
-    >>> model = polymodal.load("runs/video_caption/model")  # doctest: +SKIP
-    >>> model.describe("clip.mp4")["summary"]  # doctest: +SKIP
-    'three events, an entrance, a collision and a sound off screen'
+    >>> import tempfile
+    >>> import polymodal
+    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.data.shapes_video import write_shapes_video
+    >>> model = polymodal.load(bundled_model_dir("shapes_video_captioner"))  # or a run: "runs/video_caption"
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> folder = write_shapes_video(f"{tmp.name}/shapes_video", n=3, size=64, progress=False)
+    >>> model.describe(folder / "videos/test/test_00000.mp4")["summary"]
+    'three events, an appearance, a colour change and an exit'
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -149,8 +156,17 @@ class VideoCaptioner(SavedModel, nn.Module):
         most likely event starts (peaks of the event head, at least 2 steps apart).
 
         Example:
-            >>> model.describe("clip.mp4")["events"][0]  # doctest: +SKIP
-            {'time': 0.62, 'event': 'a red circle enters from the left'}
+            >>> import tempfile
+            >>> import polymodal
+            >>> from polymodal.assets import bundled_model_dir
+            >>> from polymodal.data.shapes_video import write_shapes_video
+            >>> model = polymodal.load(bundled_model_dir("shapes_video_captioner"))
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> folder = write_shapes_video(f"{tmp.name}/shapes_video", n=3, size=64, progress=False)
+            >>> out = model.describe(folder / "videos/test/test_00000.mp4", beam_size=1)
+            >>> sorted(out), out["events"][0]
+            (['caption', 'event_probs', 'events', 'summary'], {'time': 0.62, 'event': 'a green star appears'})
+            >>> tmp.cleanup()
         """
         clip = load_clip(path, self.cfg.media)
         times = clip.pop("times")

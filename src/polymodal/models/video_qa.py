@@ -7,9 +7,29 @@ decision level (one classifier head per modality, then a vote); as in VQA, each 
 decision-level fusion also learns on its own.
 
 Example:
+    A trained model (`polymodal train configs/video_qa.yaml` writes runs/video_qa):
+
     >>> model = polymodal.load("runs/video_qa/model")  # doctest: +SKIP
     >>> model.answer("clip.mp4", "what shape is heard off screen?")  # doctest: +SKIP
     'star'
+
+    An untrained one on a 2-second clip with a tone for sound:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from polymodal.data.audio import tone
+    >>> from polymodal.data.video import write_video
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> frames = np.zeros((16, 32, 32, 3), np.uint8)
+    >>> path = write_video(f"{tmp.name}/clip.mp4", frames, fps=8, audio=tone(440, 2.0))
+    >>> questions = ["what shape is heard off screen?", "how many shapes appear?"]
+    >>> cfg = VideoQAConfig(media=MediaConfig(image_size=32, frames=4))
+    >>> model = VideoQA(cfg, WordTokenizer.build(questions), answers=["star", "two"])
+    >>> answers = model.answer(path, questions)  # one question gives a string, a list gives a list
+    >>> len(answers), set(answers) <= {"star", "two"}
+    (2, True)
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -8,9 +8,19 @@ Decision-level fusion variants bring their own per-modality classifier heads; ea
 trained on its own (the mean of their losses is added), as late fusion of separate classifiers is.
 
 Example:
+    A trained model (`polymodal train configs/vqa.yaml` writes runs/vqa):
+
     >>> model = polymodal.load("runs/vqa/model")  # doctest: +SKIP
-    >>> model.answer("shapes/images/test/test_000001.png", "what colour is the circle?")  # doctest: +SKIP
+    >>> model.answer("shapes/images/test/test_000000.png", "what colour is the circle?")  # doctest: +SKIP
     ['red']
+
+    An untrained one, built from its config:
+
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> tokenizer = WordTokenizer.build(["what colour is the circle?"])
+    >>> model = VQAModel(VQAModelConfig(image_size=32), tokenizer, answers=["red", "blue"])
+    >>> model.predict(Image.new("RGB", (32, 32)), "what colour is the circle?").shape  # (questions, answers)
+    torch.Size([1, 2])
 """
 
 from __future__ import annotations
@@ -188,8 +198,13 @@ class VQAModel(SavedAnswerModel, nn.Module):
             InputError: empty question, no words, or mismatched numbers of images and questions.
 
         Example:
-            >>> model.answer("scene.png", ["how many shapes are there?", "is there a red star?"])  # doctest: +SKIP
-            ['three', 'no']
+            >>> from polymodal.text.tokenizer import WordTokenizer
+            >>> questions = ["how many shapes are there?", "is there a red star?"]
+            >>> tokenizer = WordTokenizer.build(questions)
+            >>> model = VQAModel(VQAModelConfig(image_size=32), tokenizer, ["no", "yes", "three"])
+            >>> answers = model.answer(Image.new("RGB", (32, 32)), questions)  # untrained: any of its answers
+            >>> len(answers), set(answers) <= {"no", "yes", "three"}
+            (2, True)
         """
         return [self.answers[int(i)] for i in self.predict(images, questions).argmax(-1)]
 
@@ -197,8 +212,13 @@ class VQAModel(SavedAnswerModel, nn.Module):
         """The k most likely answers to each question with their probabilities, best first.
 
         Example:
-            >>> model.answer_topk("scene.png", "what colour is the star?", k=2)  # doctest: +SKIP
-            [[('red', 0.97), ('orange', 0.02)]]
+            >>> from polymodal.text.tokenizer import WordTokenizer
+            >>> question = "what colour is the star?"
+            >>> tokenizer = WordTokenizer.build([question])
+            >>> model = VQAModel(VQAModelConfig(image_size=32), tokenizer, ["red", "orange", "blue"])
+            >>> top = model.answer_topk(Image.new("RGB", (32, 32)), question, k=2)[0]  # untrained: any two
+            >>> len(top), top[0][1] >= top[1][1], {answer for answer, _ in top} <= {"red", "orange", "blue"}
+            (2, True, True)
         """
         probs = self.predict(images, questions)
         top = probs.topk(min(k, probs.shape[-1]), dim=-1)

@@ -6,11 +6,25 @@ as `Conv1D`, whose weight is (in, out): the transpose of `nn.Linear`'s (out, in)
 downloaded; the folder is a local copy the user points at.
 
 Example:
-    >>> dims = read_gpt2_config("gpt2-folder")  # doctest: +SKIP
+    A tiny GPT-2 folder, written here through the key map (a real one: GPT-2 small gives 148 tensors):
+
+    >>> import json, tempfile
+    >>> from safetensors.torch import save_file
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> theirs = TransformerLM(50, 32, 2, 4, 16, dropout=0.0).state_dict()
+    >>> save_file({hf: (theirs[ours].T if transposed else theirs[ours]).contiguous()
+    ...            for hf, (ours, transposed) in gpt2_key_map(2).items()}, f"{folder.name}/model.safetensors")
+    >>> config = {"model_type": "gpt2", "vocab_size": 50, "n_embd": 32, "n_layer": 2, "n_head": 4,
+    ...           "n_positions": 16}
+    >>> _ = Path(folder.name, "config.json").write_text(json.dumps(config))
+    >>> dims = read_gpt2_config(folder.name)
     >>> lm = TransformerLM(dims["vocab_size"], dims["hidden_dim"], dims["num_layers"], dims["num_heads"],
-    ...                    dims["max_positions"], dropout=0.0)  # doctest: +SKIP
-    >>> load_gpt2(lm, "gpt2-folder").loaded  # doctest: +SKIP
-    148
+    ...                    dims["max_positions"], dropout=0.0)
+    >>> load_gpt2(lm, folder.name).loaded  # 4 + 12 per block
+    28
+    >>> torch.equal(lm.state_dict()["h.1.mlp.c_fc.weight"], theirs["h.1.mlp.c_fc.weight"])
+    True
+    >>> folder.cleanup()
 """
 
 from __future__ import annotations

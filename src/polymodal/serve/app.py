@@ -4,8 +4,9 @@ Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve; GET /v1/models, /v
 /healthz; OpenAPI docs at /docs. Any `PolymodalError` becomes a 4xx JSON `{"error": "..."}`.
 
 Example:
-    >>> app = create_app(["runs/attention_lstm/model"])  # doctest: +SKIP
-    >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    >>> from polymodal.assets import bundled_model_dir
+    >>> app = create_app([bundled_model_dir()])  # model folders, e.g. "runs/attention_lstm/model"
+    >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # a server  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -370,10 +371,20 @@ def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
         config: limits, batching and timeout settings.
 
     Example:
+        >>> import io
         >>> from fastapi.testclient import TestClient
-        >>> with TestClient(create_app({"tiny": captioner})) as client:  # doctest: +SKIP
-        ...     client.post("/v1/caption", files={"image": open("a.png", "rb")}).json()["captions"]
-        [{'text': 'a red circle', 'score': -0.12}]
+        >>> import polymodal
+        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.data.shapes import Scene, ShapeObject, render
+        >>> png = io.BytesIO()
+        >>> scene = Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), background=(40, 40, 40))
+        >>> render(scene, 64).save(png, "PNG")
+        >>> app = create_app({"tiny": polymodal.load(bundled_model_dir())})
+        >>> with TestClient(app) as client:  # in-process, no server
+        ...     upload = {"image": ("a.png", png.getvalue(), "image/png")}
+        ...     reply = client.post("/v1/caption", files=upload).json()
+        >>> reply["model"], reply["captions"][0]["text"], reply["words"][:3]
+        ('tiny', 'there is a large red circle', ['there', 'is', 'a'])
     """
     cfg = config or ServeConfig()
     model_set = engines.ModelSet(models if isinstance(models, dict) else engines.load_models(models))

@@ -7,9 +7,10 @@ Captioning runs through the dynamic batcher as (preprocessed image tensor, decod
 VQA and chat are single calls in the same model thread.
 
 Example:
-    >>> models = ModelSet(load_models(["runs/attention_lstm/model"]))  # doctest: +SKIP
-    >>> models.pick("caption").name  # doctest: +SKIP
-    'attention_lstm'
+    >>> from polymodal.assets import bundled_model_dir
+    >>> models = ModelSet(load_models([bundled_model_dir()]))  # model folders, e.g. "runs/attention_lstm"
+    >>> models.pick("caption").name  # named after its folder
+    'shapes_attention_lstm'
 """
 
 from __future__ import annotations

@@ -13,9 +13,13 @@ the same captions as PyTorch. `int8=True` also writes dynamically quantized grap
 quantized on the fly; the trade-off is measured in bench/export.py).
 
 Example:
-    >>> out = export_onnx("runs/attention_lstm/model", "exported/", int8=True)  # doctest: +SKIP
-    >>> OnnxCaptioner("exported/", int8=True).caption(["a.png"])  # doctest: +SKIP
-    ['a small red circle to the left of a blue square']
+    The bundled captioner (or a run such as "runs/attention_lstm"); exporting takes seconds (torch.onnx.export
+    traces both graphs), so this example is not run in the tests:
+
+    >>> from polymodal.assets import bundled_model_dir
+    >>> out = export_onnx(bundled_model_dir(), "exported/", int8=True)  # doctest: +SKIP
+    >>> OnnxCaptioner(out, int8=True).caption(["a.png"])  # doctest: +SKIP
+    ['a small red circle to the left of a large blue square']
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def export_onnx(model: str | Path | nn.Module, out_dir: str | Path, int8: bool =
         InputError: the model is not an encoder + step-decoder captioner, or onnx is not installed.
 
     Example:
-        >>> export_onnx("runs/attention_lstm/model", "exported/")  # doctest: +SKIP
+        >>> export_onnx("runs/attention_lstm/model", "exported/")  # takes seconds  # doctest: +SKIP
         PosixPath('exported')
     """
     _require("onnx")
@@ -177,9 +181,9 @@ class OnnxCaptioner:
     """Greedy captioning with onnxruntime from an `export_onnx` folder (no PyTorch model needed).
 
     Example:
-        >>> captioner = OnnxCaptioner("exported/")  # doctest: +SKIP
+        >>> captioner = OnnxCaptioner("exported/")  # a folder written by export_onnx  # doctest: +SKIP
         >>> captioner.caption(["a.png", "b.png"])  # doctest: +SKIP
-        ['a red circle', 'two squares']
+        ['a large red circle', 'a small blue square']
     """
 
     def __init__(self, folder: str | Path, int8: bool = False, threads: int | None = None):

@@ -13,8 +13,12 @@ the output file (text outside them, such as an interpretation, is kept); the raw
 JSON file and a bar plot to a PNG beside it.
 
 Example:
-    >>> results = run_fusion_ablation(load_config("configs/vqa.yaml", cls=VQAExperimentConfig),
-    ...                               ["concat_linear", "cross_attention"], seeds=1, steps=50)  # doctest: +SKIP
+    >>> from polymodal.config import load_config
+    >>> base = load_config(None, ["data.n=1000"], cls=VQAExperimentConfig)  # or "configs/vqa.yaml"
+    >>> variants = ["concat_linear", "cross_attention"]
+    >>> results = run_fusion_ablation(base, variants, seeds=1, steps=50)  # trains each  # doctest: +SKIP
+    >>> [(r["variant"], r["seed"]) for r in results]  # doctest: +SKIP
+    [('concat_linear', 0), ('cross_attention', 0)]
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Example:
     >>> from polymodal.config import load_config
-    >>> cfg = load_config("configs/attention_lstm.yaml", ["train.steps=50"])  # doctest: +SKIP
-    >>> summary = train_captioner(cfg)  # doctest: +SKIP
+    >>> cfg = load_config(None, ["train.steps=50", "train.out_dir=runs/attention_lstm"])  # or a YAML file
+    >>> cfg.model.decoder.name, cfg.train.steps
+    ('attention_lstm', 50)
+    >>> summary = train_captioner(cfg)  # trains; the best model: runs/attention_lstm/model  # doctest: +SKIP
 """
 
 from __future__ import annotations

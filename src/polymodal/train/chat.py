@@ -6,7 +6,7 @@ image side is the VQA task's: the same data config, region pretraining and featu
 Example:
     >>> from polymodal.train.tasks import load_task_config
     >>> task, cfg = load_task_config("configs/chat.yaml", ["train.steps=100"])  # doctest: +SKIP
-    >>> task(cfg)["test"]["accuracy/follow-up"]  # doctest: +SKIP
+    >>> task(cfg)["test"]["accuracy/follow-up"]  # trains for minutes  # doctest: +SKIP
 """
 
 from __future__ import annotations

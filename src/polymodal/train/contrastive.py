@@ -7,8 +7,10 @@ model is scored on the test split and its image tower is exported as
 
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> task, cfg = load_task_config("configs/contrastive.yaml", ["train.steps=100"])  # doctest: +SKIP
-    >>> task(cfg)["test"]["strict"]["t2i_r1"]  # doctest: +SKIP
+    >>> task, cfg = load_task_config(None, ["task=contrastive", "train.steps=100"])  # or a YAML file
+    >>> task is train_contrastive
+    True
+    >>> task(cfg)["test"]["strict"]["t2i_r1"]  # trains for minutes  # doctest: +SKIP
 """
 
 from __future__ import annotations

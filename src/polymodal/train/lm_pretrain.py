@@ -7,8 +7,11 @@ The result is a `prefix_lm` model directory whose vision side is untrained; task
     polymodal train configs/prefix_lm.yaml       # init_lm_from: runs/lm_pretrain
 
 Example:
-    >>> task, cfg = load_task_config("configs/lm_pretrain.yaml", ["train.steps=20"])  # doctest: +SKIP
-    >>> task(cfg)["best"]  # validation loss (nats per token)  # doctest: +SKIP
+    >>> from polymodal.train.tasks import load_task_config
+    >>> task, cfg = load_task_config(None, ["task=lm_pretrain", "train.steps=20"])  # or a YAML file
+    >>> task is train_lm
+    True
+    >>> task(cfg)["best"]  # trains; the best validation loss (nats per token)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ polymodal tokenizer.json with the same vocabulary). `freeze_lm` trains only the 
     polymodal train configs/prefix_lm.yaml [init_lm_from=runs/lm_pretrain]
 
 Example:
-    >>> task, cfg = load_task_config("configs/prefix_lm.yaml", ["train.steps=20"])  # doctest: +SKIP
-    >>> task(cfg)["best"]  # doctest: +SKIP
+    >>> from polymodal.train.tasks import load_task_config
+    >>> task, cfg = load_task_config(None, ["task=prefix_lm", "init_lm_from=runs/lm_pretrain"])
+    >>> task is train_prefix_lm, cfg.init_lm_from
+    (True, 'runs/lm_pretrain')
+    >>> task(cfg)["best"]  # trains  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -6,8 +6,16 @@ shape and size of the object under each grid cell, like the object/attribute det
 "bottom-up" VQA features; the result is cached, keyed by every setting that changes it.
 
 Example:
-    >>> data = QADataConfig(format="vqa", path="questions.jsonl")
-    >>> train = load_qa_split(data, "train")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> Image.new("RGB", (8, 8)).save(f"{tmp.name}/a.png")
+    >>> _ = Path(tmp.name, "questions.jsonl").write_text(
+    ...     '{"image": "a.png", "question": "what colour is it?", "answer": "black", "split": "train"}\\n')
+    >>> data = QADataConfig(format="vqa", path=f"{tmp.name}/questions.jsonl")
+    >>> [(r.question, r.answers) for r in load_qa_split(data, "train")]
+    [('what colour is it?', ['black'])]
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 attribute: the dataclass its YAML config is validated against.
 
 Example:
-    >>> task, cfg = load_task_config("configs/attention_lstm.yaml", ["train.steps=10"])  # doctest: +SKIP
-    >>> task(cfg)  # doctest: +SKIP
+    >>> task, cfg = load_task_config(None, ["task=vqa", "train.steps=10"])  # or "configs/vqa.yaml", [...]
+    >>> task.__name__, type(cfg).__name__, cfg.train.steps
+    ('train_vqa', 'VQAExperimentConfig', 10)
+    >>> summary = task(cfg)  # trains (and writes Shapes World on first use)  # doctest: +SKIP
 """
 
 from __future__ import annotations

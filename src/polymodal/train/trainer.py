@@ -10,9 +10,14 @@ A model plugs in through `forward(batch) -> (output, {"loss": ..., other named t
 `save_model(folder)` writes its files into an existing folder (the trainer makes writes atomic).
 
 Example:
-    >>> trainer = Trainer(model, train_set, TrainConfig(steps=100), collate=collate_captions,
+    A `Captioner` on a `CaptionDataset` (what train/captioning.py does, with validation on top):
+
+    >>> from polymodal.data.datasets import collate_captions
+    >>> cfg = TrainConfig(steps=100, out_dir="runs/mine")  # the best model lands in runs/mine/model
+    >>> trainer = Trainer(model, train_set, cfg, collate=collate_captions,
     ...                   save_model=model.write_files)  # doctest: +SKIP
-    >>> trainer.fit()  # doctest: +SKIP
+    >>> trainer.fit()["step"]  # trains  # doctest: +SKIP
+    100
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ pretrained (`pretrain.steps`, train/pretraining.py).
 
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> task, cfg = load_task_config("configs/vqa.yaml", ["train.steps=100"])  # doctest: +SKIP
-    >>> task(cfg)["test"]["accuracy"]  # doctest: +SKIP
+    >>> task, cfg = load_task_config(None, ["task=vqa", "train.steps=100"])  # or "configs/vqa.yaml"
+    >>> task is train_vqa
+    True
+    >>> task(cfg)["test"]["accuracy"]  # trains for minutes  # doctest: +SKIP
 """
 
 from __future__ import annotations
