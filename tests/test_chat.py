@@ -157,3 +157,23 @@ def test_round_trip_and_cli_chat(assistant, world, tmp_path, monkeypatch, capsys
     out = capsys.readouterr().out.strip().splitlines()
     assert exit_info.value.code in (0, None)
     assert out == [f"assistant: {first}", f"assistant: {second}"]  # history kept, blank lines skipped, quit ends
+
+
+def test_answers_never_exceed_max_answer_len_and_defaults_validate_on_accuracy():
+    """An untrained assistant never says <eos>: it must still stop at max_answer_len words; the chat task's
+    default config keeps the model by a metric chat validation computes."""
+    from PIL import Image
+
+    from polymodal.data.dialogue import DialogueRecord, Turn, build_chat_tokenizer
+    from polymodal.models.chat import Assistant, ChatModelConfig
+    from polymodal.train.chat import ChatExperimentConfig
+
+    tokenizer = build_chat_tokenizer([DialogueRecord("0", "a.png", [Turn("what colour is it?", "red", "open/colour")])])
+    torch.manual_seed(0)
+    assistant = Assistant(ChatModelConfig(image_size=32, max_answer_len=3), tokenizer)
+    eos = tokenizer.eos_id
+    with torch.no_grad():
+        assistant.decoder.out.bias[eos] = -1e4  # never ends by itself
+    reply = assistant.chat(Image.new("RGB", (32, 32)), [{"role": "user", "content": "what colour is it?"}])
+    assert len(reply.split()) == 3
+    assert ChatExperimentConfig().train.early_stop_metric == "val_accuracy"

@@ -136,7 +136,8 @@ class Assistant(SavedModel, nn.Module):
         cfg = cfg or GenerationConfig(strategy="greedy", max_len=self.cfg.max_answer_len + 1)
         hyps = generate(self.decoder.step, self.init_state(regions, tokens), self.tokenizer.bos_id,
                         self.tokenizer.eos_id, cfg, suppress_ids=self.never)
-        return [self.tokenizer.decode(h[0].tokens) for h in hyps]
+        # max_len leaves room for <eos>; a model that never says it still answers max_answer_len words at most
+        return [self.tokenizer.decode(h[0].tokens[: self.cfg.max_answer_len]) for h in hyps]
 
     def chat(self, image: ImageInput, messages: list[Message], **generation: Any) -> str:
         """The assistant's reply to the last user message, given the whole conversation.

@@ -38,7 +38,8 @@ class ChatExperimentConfig:
     model: ChatModelConfig = field(default_factory=ChatModelConfig)
     data: QADataConfig = field(default_factory=QADataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/chat"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/chat",
+                                                                         early_stop_metric="val_accuracy"))
 
 
 def prepare_chat(cfg: ChatExperimentConfig, progress: bool = True) -> tuple[Assistant, dict[str, ChatDataset]]:
