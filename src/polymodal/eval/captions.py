@@ -137,11 +137,22 @@ def evaluate_captioner(model: nn.Module, records: list[CaptionRecord], generatio
         and "skipped_images" (unreadable image files, left out of every metric).
 
     Example:
-        With `model` and `records` as in the module example; all metrics, so METEOR's ~10 s start:
+        CIDEr-D only (quick; the module example scores every metric), and whether the named objects exist:
 
-        >>> results, metrics = evaluate_captioner(model, records, GenerationConfig(beam_size=3))  # doctest: +SKIP
-        >>> sorted(metrics)  # doctest: +SKIP
-        ['bleu1', 'bleu2', 'bleu3', 'bleu4', 'cider', 'images', 'meteor', 'rouge_l', 'skipped_images']
+        >>> import tempfile
+        >>> import polymodal
+        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.data.formats import read_records
+        >>> from polymodal.data.shapes import write_shapes_world
+        >>> from polymodal.eval.hallucination import ObjectTruth
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = write_shapes_world(f"{tmp.name}/shapes", n=30, image_size=64, progress=False)
+        >>> records = read_records("coco", folder / "captions.json", split="test")
+        >>> _, metrics = evaluate_captioner(polymodal.load(bundled_model_dir()), records, GenerationConfig(),
+        ...                                 progress=False, cider_only=True, objects=ObjectTruth.shapes(folder))
+        >>> sorted(metrics)[:4], metrics["images"]
+        (['binding_accuracy', 'captions', 'chair_i', 'chair_s'], 3)
+        >>> tmp.cleanup()
     """
     results, report = caption_records(model, records, generation, batch_size, progress, feature_cache)
     references = {rec.id: rec.captions for rec in records if rec.id in results}
@@ -180,8 +191,8 @@ def write_coco_results(path: str | Path, results: Mapping[str, str]) -> Path:
 
 
 def evaluate_results_file(results_path: str | Path, references: str | Path | Mapping[str, list[str]],
-                          split: str | None = None,
-                          objects: ObjectTruth | None = None) -> tuple[dict[str, str], dict[str, float]]:
+                          split: str | None = None, objects: ObjectTruth | None = None,
+                          cider_only: bool = False) -> tuple[dict[str, str], dict[str, float]]:
     """Score a COCO results file made by any system against reference captions.
 
     Args:
@@ -189,21 +200,26 @@ def evaluate_results_file(results_path: str | Path, references: str | Path | Map
         references: a COCO captions file (image files are not needed), or {image id: [captions]}.
         split: with a references file, keep only its images of this split.
         objects: the objects in each image; adds the hallucination metrics (eval/hallucination.py).
+        cider_only: score CIDEr-D only (no METEOR and its ~10 s Java start).
 
     Returns:
         (results, metrics): metrics include "images" (scored) and "reference_images" (available).
 
     Example:
-        Every metric, so METEOR's ~10 s start; a results file scored against COCO's references:
-
-        >>> _, metrics = evaluate_results_file("results.json", "captions_val2014.json")  # doctest: +SKIP
-        >>> metrics["images"] <= metrics["reference_images"]  # doctest: +SKIP
-        True
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = write_coco_results(f"{tmp.name}/results.json", {"1": "a red circle", "2": "a blue star"})
+        >>> references = {"1": ["a red circle", "a small red circle"], "2": ["a green star"], "3": ["a square"]}
+        >>> _, metrics = evaluate_results_file(path, references, cider_only=True)
+        >>> metrics["images"], metrics["reference_images"], metrics["cider"] > 0
+        (2, 3, True)
+        >>> tmp.cleanup()
     """
     if not isinstance(references, Mapping):
         references = load_references(references, split=split)
     results = load_results(results_path, references)
-    metrics: dict[str, float] = dict(caption_metrics(results, {key: references[key] for key in results}))
+    metrics: dict[str, float] = dict(caption_metrics(results, {key: references[key] for key in results},
+                                                     cider_only=cider_only))
     if objects is not None:
         metrics.update(objects.score(results))
     metrics["images"] = len(results)

@@ -10,8 +10,11 @@ tensors), so the shared `generate` runs greedy or beam search over it. Follow-up
 is it?" are answered by attending to the earlier turn that named "it", grounded in the image.
 
 Example:
-    A trained assistant (`polymodal train configs/chat.yaml` writes runs/chat):
+    A trained assistant (`polymodal train configs/chat.yaml` writes runs/chat); replies are at most
+    `max_answer_len` words:
 
+    >>> ChatModelConfig().max_answer_len
+    8
     >>> assistant = polymodal.load("runs/chat/model")  # doctest: +SKIP
     >>> assistant.chat("scene.png", [{"role": "user", "content": "what is left of the square?"},
     ...                              {"role": "assistant", "content": "a red circle"},

@@ -120,8 +120,13 @@ def export_onnx(model: str | Path | nn.Module, out_dir: str | Path, int8: bool =
         InputError: the model is not an encoder + step-decoder captioner, or onnx is not installed.
 
     Example:
-        >>> export_onnx("runs/attention_lstm/model", "exported/")  # takes seconds  # doctest: +SKIP
-        PosixPath('exported')
+        >>> import tempfile
+        >>> from polymodal.assets import bundled_model_dir
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> out = export_onnx(bundled_model_dir(), f"{tmp.name}/exported")  # a few seconds: traces two graphs
+        >>> sorted(p.name for p in out.glob("*.onnx"))
+        ['decoder_step.onnx', 'encoder.onnx']
+        >>> tmp.cleanup()
     """
     _require("onnx")
     if not isinstance(model, nn.Module):
@@ -181,9 +186,16 @@ class OnnxCaptioner:
     """Greedy captioning with onnxruntime from an `export_onnx` folder (no PyTorch model needed).
 
     Example:
-        >>> captioner = OnnxCaptioner("exported/")  # a folder written by export_onnx  # doctest: +SKIP
-        >>> captioner.caption(["a.png", "b.png"])  # doctest: +SKIP
-        ['a large red circle', 'a small blue square']
+        >>> import tempfile
+        >>> import polymodal
+        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.data.shapes import ShapesWorld
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> image = ShapesWorld(n=20, seed=0, image_size=64).image("test", 0)
+        >>> captioner = OnnxCaptioner(export_onnx(bundled_model_dir(), f"{tmp.name}/exported"))
+        >>> captioner.caption([image]) == polymodal.load(bundled_model_dir()).caption([image], beam_size=1)
+        True
+        >>> tmp.cleanup()
     """
 
     def __init__(self, folder: str | Path, int8: bool = False, threads: int | None = None):
