@@ -164,7 +164,24 @@ def truth() -> str:
             f"captions with any;\nexact objects: the caption names exactly the scene's objects; binding: colour and "
             f"size attached to the right\nshape), {d['decoding']}, all {d['test_images']} test and "
             f"{d['heldout_images']} held-out images, by `polymodal evaluate` (eval/hallucination.py).\n"
-            f"Reproduce: `{data['command']}`.\n\n" + "\n".join(lines))
+            f"Reproduce: `{data['command']}`.\n\n" + "\n".join(lines) + "\n\n" + _truth_targets(data["rows"]))
+
+
+TRUTH_TARGETS = {("test", "chair_i"): 0.02, ("heldout", "chair_i"): 0.05, ("test", "exact_objects"): 0.90}
+TRUTH_NAMES = {"chair_i": "CHAIR-i", "exact_objects": "exact objects"}
+
+
+def _truth_targets(rows: list[dict[str, Any]]) -> str:
+    """Where the best captioner stands against the targets (lower CHAIR-i, higher exact objects)."""
+    parts = []
+    for (split, key), target in TRUTH_TARGETS.items():
+        lower = key == "chair_i"
+        best = (min if lower else max)(rows, key=lambda r: r["scores"][split][key])
+        value = best["scores"][split][key]
+        met = value <= target if lower else value >= target
+        parts.append(f"{split} {TRUTH_NAMES[key]} {'<=' if lower else '>='} {pct(target, digits=0)}: best "
+                     f"{pct(value)} ({best['label']}, {'met' if met else 'not met'})")
+    return "Targets: " + "; ".join(parts) + "."
 
 
 def captioning_page() -> str:
