@@ -57,10 +57,22 @@ class SceneObject:
                                                if keys is None or k in keys)
 
 
+@dataclass(frozen=True)
+class Span:
+    """Words `start:end` of a caption name `obj` (`count` of them: "two red stars"); `end - 1` is its noun."""
+
+    start: int
+    end: int
+    obj: SceneObject
+    count: int = 1
+
+
 class ObjectVocabulary(Protocol):
     counts_instances: bool  # True: "a circle and a circle" names two circles; False: a caption's set of kinds
     identity: tuple[str, ...]  # the attributes that make an object another object (a red circle is not a
                                # blue one); the others (size) are details that binding_accuracy checks
+
+    def spans(self, tokens: list[str]) -> list[Span]: ...
 
     def mentions(self, caption: str) -> list[SceneObject]: ...
 
@@ -99,8 +111,9 @@ class ShapesVocabulary:
         groups = attributes or {"colour": tuple(COLOURS), "size": tuple(SIZES)}
         self.attribute_of = {value: name for name, values in groups.items() for value in values}
 
-    def mentions(self, caption: str) -> list[SceneObject]:
-        tokens, out = words(caption), []
+    def spans(self, tokens: list[str]) -> list[Span]:
+        """The object phrases of lower-case caption words, e.g. "a small red circle" -> words 1:4."""
+        out = []
         for i, token in enumerate(tokens):
             shape = singular(token)
             if shape not in self.shapes:
@@ -110,8 +123,11 @@ class ShapesVocabulary:
                 attributes[self.attribute_of[tokens[j]]] = tokens[j]
                 j -= 1
             repeat = NUMBER_WORDS.get(tokens[j], 1) if j >= 0 and token != shape else 1
-            out += [SceneObject(shape, attributes)] * repeat
+            out.append(Span(j + 1, i + 1, SceneObject(shape, attributes), repeat))
         return out
+
+    def mentions(self, caption: str) -> list[SceneObject]:
+        return [s.obj for s in self.spans(words(caption)) for _ in range(s.count)]
 
     def stated_count(self, caption: str) -> int | None:
         """The number in "three shapes" / "two objects", if the caption states one."""
@@ -178,20 +194,24 @@ class CocoVocabulary:
                 self.phrases[tuple(form.split())] = category
         self.longest = max(len(p) for p in self.phrases)
 
-    def mentions(self, caption: str) -> list[SceneObject]:
-        tokens = [_IRREGULAR.get(t, singular(t)) for t in words(caption)]
-        found: dict[str, SceneObject] = {}
-        i = 0
+    def spans(self, tokens: list[str]) -> list[Span]:
+        """Every category phrase of lower-case caption words, longest first ("hot dog" before "dog")."""
+        tokens = [_IRREGULAR.get(t, singular(t)) for t in tokens]
+        out, i = [], 0
         while i < len(tokens):
             for n in range(min(self.longest, len(tokens) - i), 0, -1):
                 category = self.phrases.get(tuple(tokens[i: i + n]))
                 if category:
-                    found.setdefault(category, SceneObject(category))
+                    out.append(Span(i, i + n, SceneObject(category)))
                     i += n
                     break
             else:
                 i += 1
-        return list(found.values())
+        return out
+
+    def mentions(self, caption: str) -> list[SceneObject]:
+        found = {s.obj.name: s.obj for s in reversed(self.spans(words(caption)))}  # first mention kept
+        return list(reversed(found.values()))
 
     def stated_count(self, caption: str) -> int | None:
         return None

@@ -217,14 +217,15 @@ async def caption(request: Request) -> schemas.CaptionResponse:
         generation = engines.generation_config(entry, opts)
         image, item = await asyncio.to_thread(svc.decode_for_caption, entry, data, name)
     result, batch = await svc.timed(svc.batcher.submit(engines.caption_key(entry, generation), item))
-    view = heatmaps = note = None
+    view = heatmaps = note = objects = None
     if opts.heatmaps and result["attention"] is not None:
         view, heatmaps = await asyncio.to_thread(engines.render_heatmaps, image, result["attention"])
+        objects = engines.object_markers(entry, result["words"], result["attention"])
     elif opts.heatmaps:
         note = f"model {entry.name!r} has no attention, so there are no heatmaps"
     return schemas.CaptionResponse(
         model=entry.name, captions=[{"text": t, "score": s} for t, s in result["captions"]], words=result["words"],
-        heatmaps=heatmaps, view=view, note=note, width=image.width, height=image.height, batch_size=batch,
+        heatmaps=heatmaps, view=view, objects=objects, note=note, width=image.width, height=image.height, batch_size=batch,
         elapsed_ms=_ms(start))
 
 

@@ -28,6 +28,8 @@ from PIL import Image
 
 from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
+from ..eval.grounding import locate_objects, vocabulary_for
+from ..eval.hallucination import ObjectVocabulary
 from ..eval.viz import (
     attention_overlays,  # imported with the server, so the first heatmap request is not slow
 )
@@ -47,6 +49,7 @@ class LoadedModel:
     name: str
     model: Any
     attention: bool | None = None  # does generate() return attention maps? probed at startup
+    objects: ObjectVocabulary | None = None  # reads the object phrases of its captions (set with attention)
 
     @property
     def tasks(self) -> list[str]:
@@ -74,6 +77,7 @@ class ModelSet:
         for entry in self.entries.values():
             if "caption" in entry.tasks and entry.batched:
                 entry.attention = _probe_attention(entry.model)
+                entry.objects = vocabulary_for(getattr(entry.model.tokenizer, "words", [])) if entry.attention else None
 
     def pick(self, task: str, name: str | None = None) -> LoadedModel:
         """The named model (which must serve `task`), or the first loaded one that does; else 404."""
@@ -203,6 +207,13 @@ def png_base64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def object_markers(entry: LoadedModel, words: list[str], attention: torch.Tensor | None) -> list[dict[str, Any]] | None:
+    """Where the model found each object its caption names (eval/grounding.py); None without attention."""
+    if attention is None or entry.objects is None:
+        return None
+    return locate_objects(words, attention, entry.objects)
 
 
 def render_heatmaps(image: Image.Image, attention: torch.Tensor) -> tuple[str, list[str]]:

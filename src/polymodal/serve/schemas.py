@@ -60,12 +60,22 @@ class Caption(BaseModel):
     score: float | None = Field(None, description="length-normalised log-probability (higher is better)")
 
 
+class ObjectMarker(BaseModel):
+    phrase: str = Field(description="the object phrase, e.g. 'small red circle'")
+    start: int = Field(description="index of its first word in `words`")
+    end: int = Field(description="index after its last word (its noun is end - 1)")
+    x: float = Field(description="the attention peak of its noun, 0 (left) .. 1 (right) of the view")
+    y: float = Field(description="the attention peak of its noun, 0 (top) .. 1 (bottom) of the view")
+
+
 class CaptionResponse(BaseModel):
     model: str
     captions: list[Caption]
     words: list[str] = Field(default_factory=list, description="the best caption's words (one heatmap each)")
     heatmaps: list[str] | None = Field(None, description="base64 PNG per word: the attention over the image")
     view: str | None = Field(None, description="base64 PNG of the square the model saw (heatmaps are drawn on it)")
+    objects: list[ObjectMarker] | None = Field(None, description="with heatmaps: each object the caption names and "
+                                               "where the model looked when it named it, to check it")
     note: str | None = None
     width: int
     height: int

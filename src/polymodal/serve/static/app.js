@@ -169,6 +169,7 @@ async function caption() {
   state.busy = true;
   $("drop").classList.add("loading");
   stopPlay();
+  renderMarks([]);  // the old image's markers would point at nothing
   const form = new FormData();
   form.append("image", state.image, state.name);
   form.append("strategy", $("strategy").value);
@@ -190,6 +191,7 @@ async function caption() {
 }
 
 function showCaptionText(text, placeholder) {
+  renderMarks([]);
   const p = $("caption");
   p.textContent = text;
   p.classList.toggle("placeholder", !!placeholder);
@@ -200,6 +202,9 @@ function showCaptionText(text, placeholder) {
 function renderCaption(result) {
   state.heatmaps = result.heatmaps || [];
   state.words = result.words;
+  const objects = result.objects || [];
+  const numberAfter = new Map(objects.map((o, k) => [o.end - 1, k + 1]));  // noun index -> marker number
+  renderMarks(objects);
   const p = $("caption");
   p.classList.remove("placeholder");
   if (state.heatmaps.length) {
@@ -209,9 +214,11 @@ function renderCaption(result) {
       span.addEventListener("focus", () => showHeat(i));
       span.addEventListener("mouseleave", hideHeat);
       span.addEventListener("blur", hideHeat);
-      return [span, " "];
+      const n = numberAfter.get(i);
+      return n ? [span, el("sup", { class: "obj", text: String(n) }), " "] : [span, " "];
     }));
-    $("hint").textContent = "Hover or tap a word to see where the model looked.";
+    $("hint").textContent = "Hover or tap a word to see where the model looked." +
+      (objects.length ? " Numbered markers: where it looked when it named each object; check they sit on it." : "");
   } else {
     p.textContent = result.captions[0].text;
     $("hint").textContent = result.note || "";
@@ -226,6 +233,13 @@ function renderCaption(result) {
       el("span", { class: "bar" }, Object.assign(el("i"), { style: `width:${(100 * scores[i] / top).toFixed(0)}%` })))));
   const batch = result.batch_size > 1 ? ` · batch of ${result.batch_size}` : "";
   $("meta").textContent = `${result.model} · ${Math.round(result.elapsed_ms)} ms${batch}`;
+}
+
+function renderMarks(objects) {
+  $("marks").replaceChildren(...objects.map((o, k) => el("span", {
+    class: "mark", text: String(k + 1), title: o.phrase,
+    style: `left:${(100 * o.x).toFixed(1)}%;top:${(100 * o.y).toFixed(1)}%`,
+  })));
 }
 
 function showHeat(i) {
