@@ -254,3 +254,28 @@ def test_rows_joining_a_running_beam_batch_match_each_row_alone():
     for i in range(4):
         assert [h.tokens for h in ended[i]] == [h.tokens for h in alone[i]]
         assert [h.score for h in ended[i]] == pytest.approx([h.score for h in alone[i]], abs=1e-9)
+
+
+def test_attention_maps_over_the_visual_tokens_explain_without_changing_the_output():
+    """return_attention gives one distribution over the visual tokens per generated token, computed by hand
+    from the first layer's query and keys for the first step, and the same tokens as without it."""
+    model = _model()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.double)
+    for cfg in (GenerationConfig(strategy="greedy", max_len=6, min_len=6),
+                GenerationConfig(strategy="beam", beam_size=3, max_len=6)):
+        plain = model.generate(images, cfg)
+        explained = model.generate(images, GenerationConfig(**{**cfg.__dict__, "return_attention": True}))
+        assert [h[0].tokens for h in plain] == [h[0].tokens for h in explained]
+        for per in explained:
+            att = per[0].attention
+            assert att.shape == (len(per[0].tokens) + (len(per[0].tokens) < 6), 4)  # 8x8 regions -> 2x2 tokens
+            assert torch.allclose(att.sum(-1), torch.ones(att.shape[0], dtype=att.dtype), atol=1e-5)
+    assert all(b.attn.query is None and not b.attn.keep_query for b in model.lm.h)  # nothing kept afterwards
+    # By hand, the first step of one image with a one-layer model: softmax(q k^T / sqrt(d)) over the visual keys.
+    one = _model(layers=1)
+    state = one.init_state(images[:1])
+    one.lm.h[0].attn.keep_query = True
+    _, _, att = one.step(torch.tensor([one.tokenizer.bos_id]), state)
+    q, k = one.lm.h[0].attn.query[:, :, -1:], state["pk0"]
+    expected = (q @ k.transpose(-1, -2) / (k.shape[-1] ** 0.5)).softmax(-1).mean(1)[:, 0]
+    assert torch.allclose(att.double(), expected, atol=1e-6)

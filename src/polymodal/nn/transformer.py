@@ -84,6 +84,8 @@ class Attention(nn.Module):
         if dim % heads:
             raise ConfigError(f"hidden_dim {dim} is not divisible by num_heads {heads}")
         self.heads, self.dropout, self.cross = heads, dropout, cross
+        # Explanations read where the newest query looked (the prefix LM's heatmaps); off in training.
+        self.keep_query, self.query = False, None
         if cross:
             self.q_proj, self.kv_proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
         else:
@@ -114,6 +116,8 @@ class Attention(nn.Module):
             q, k, v = (self._heads(t) for t in self.c_attn(x).chunk(3, dim=-1))
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if self.keep_query:
+            self.query = q  # (B, H, T, d)
         if prefix is not None:
             out = attend_after_prefix(q, prefix, mask, (k, v))
         else:
@@ -204,10 +208,12 @@ class TransformerLM(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
                 cache: State | None = None, memory: list[KV] | None = None,
-                prefix: list[KV] | None = None) -> tuple[torch.Tensor, State]:
+                prefix: list[KV] | None = None, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """Embeddings (B, T, D) -> final hidden states (B, T, D) and the cache with these T positions added.
 
         `prefix`: per layer, cached keys/values before `cache` (see `attend_after_prefix`); not in the result.
+        `positions` is unused: GPT-2's positions are learned and added by `embed` (a rotary LM, nn/llama.py,
+        takes them here, so callers pass them to either).
         """
         x = self.drop(x)
         new_cache: State = {}
