@@ -30,9 +30,16 @@ Fix = str | Callable[[str], str]  # what to do instead; a function gets the arch
 def load(path: str | Path) -> nn.Module:
     """Load a model directory (config.json + tokenizer.json + model.safetensors) of any architecture.
 
+    A folder of pretrained CLIP weights (Hugging Face `CLIPModel` or OpenCLIP layout) loads as a
+    dual encoder (models/clip_folder.py, docs/pretrained.md).
+
     Raises:
         CheckpointError: the directory is missing, incomplete, corrupt or mixes files of different saves.
     """
+    from .models.clip_folder import clip_layout, load_clip_folder
+
+    if clip_layout(path) is not None:
+        return load_clip_folder(path)
     folder = resolve_model_dir(path)
     config, _ = read_model_dir(folder)
     name = config["architecture"]
@@ -76,8 +83,10 @@ def check_architecture(path: str | Path, architecture: str | Collection[str], fi
         CheckpointError: no model directory at `path`.
         InputError: the directory holds a model of another architecture.
     """
+    from .models.clip_folder import clip_layout
+
     expected = (architecture,) if isinstance(architecture, str) else tuple(architecture)
-    found = str(read_model_dir(path)[0]["architecture"])
+    found = "dual_encoder" if clip_layout(path) is not None else str(read_model_dir(path)[0]["architecture"])
     if found not in expected:
         wanted = " or ".join(filter(None, [", ".join(expected[:-1]), expected[-1]]))
         raise InputError(f"{path}: is a {found} model, not a {wanted} model; {fix(found) if callable(fix) else fix}")

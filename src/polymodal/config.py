@@ -59,7 +59,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "shapes"            # a key of registry.DATASETS
+    format: str = "shapes"            # a key of registry.DATASETS or registry.STREAMS
     path: str | None = None           # annotation file (or Shapes World folder written to disk)
     images: str | None = None         # image root for the annotation file; default: its folder
     train_split: str = "train"
@@ -74,6 +74,12 @@ class DataConfig:
     allow_outside_root: bool = False  # accept image paths that leave the image folder ("../x.jpg")
     feature_cache: bool = False       # frozen encoder: compute features once into a memory-mapped cache
     feature_cache_dir: str | None = None  # where caches live; default $POLYMODAL_CACHE/features
+    # Streaming formats (webdataset, parquet; data/streams.py): data.path is a shard pattern or folder
+    image_column: str = "image"       # parquet: the column of encoded image bytes
+    caption_column: str = "caption"   # parquet: the column of captions (a string or a list of strings)
+    val_path: str | None = None       # shards the validation/test samples come from; default data.path
+    val_samples: int = 256            # samples taken from them (written once to the cache folder)
+    vocab_samples: int = 100_000      # the word vocabulary is built from the captions of this many samples
 
 
 @dataclass

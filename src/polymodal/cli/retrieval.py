@@ -1,6 +1,7 @@
 """`polymodal index`, `retrieve`, `zeroshot` and `retrieval-eval` (registered on the main app).
 
     polymodal index runs/contrastive/model shapes/images/test --out test.index
+    polymodal index photos/ --model clip-vit-base-patch32/ --out photos.index   # pretrained CLIP weights
     polymodal retrieve test.index "a red circle above a blue square" -k 5
     polymodal index runs/contrastive/model --captions captions.json --out captions.index
     polymodal retrieve captions.index --image scene.png -k 3
@@ -20,9 +21,12 @@ from .kinds import load_for
 
 
 @app.command()
-def index(model_dir: Path = typer.Argument(..., help="dual encoder model directory"),
+def index(model_dir: Path = typer.Argument(..., help="dual encoder model directory or CLIP folder (or, with "
+                                          "--model, the folder of images)"),
           images_dir: Path | None = typer.Argument(None, help="folder of images (searched recursively)"),
           out: Path = typer.Option(..., "--out", help="index folder to write"),
+          model_option: Path | None = typer.Option(None, "--model", help="the model (a dual encoder or a CLIP folder, "
+                                            "docs/pretrained.md); then the first argument is the images folder"),
           captions: Path | None = typer.Option(None, help="index captions instead: .txt (one a line), "
                                                "JSON list or COCO captions JSON"),
           batch_size: int = typer.Option(128, help="images per batch"),
@@ -33,6 +37,10 @@ def index(model_dir: Path = typer.Argument(..., help="dual encoder model directo
     from ..errors import InputError
     from ..eval.retrieval import build_image_index, build_text_index, read_caption_file
 
+    if model_option is not None:
+        if images_dir is not None or captions is not None:
+            raise InputError("with --model MODEL pass only IMAGES_DIR: polymodal index IMAGES_DIR --model MODEL")
+        model_dir, images_dir = model_option, model_dir
     if (images_dir is None) == (captions is None):
         raise InputError("pass either IMAGES_DIR or --captions FILE")
     model = load_for("index", model_dir)
@@ -77,7 +85,7 @@ def retrieve(index_dir: Path = typer.Argument(..., metavar="INDEX", help="index 
 
 
 @app.command()
-def zeroshot(model_dir: Path = typer.Argument(..., help="dual encoder model directory"),
+def zeroshot(model_dir: Path = typer.Argument(..., help="dual encoder model directory or CLIP folder"),
              task: str = typer.Option("shape", help="shape or colour"),
              data: Path | None = typer.Option(None, help="Shapes World folder (default: the n=10000 one, "
                                               "written on first use)"),

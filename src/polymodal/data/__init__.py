@@ -1,16 +1,17 @@
 """Data: readers for the standard formats, Shapes World, safe decoding, caches and clips.
 
-This file is the one place that fills `registry.DATASETS` (caption formats) and `registry.SAMPLERS`
-(how frames are picked from a video).
+This file is the one place that fills `registry.DATASETS` (caption formats), `registry.STREAMS`
+(sharded formats read as a stream, for sets too big for memory) and `registry.SAMPLERS` (how frames
+are picked from a video).
 
 Example:
-    >>> from polymodal.registry import DATASETS, SAMPLERS
-    >>> DATASETS.names(), SAMPLERS.names()
-    (['coco', 'csv', 'flickr', 'jsonl', 'karpathy'], ['fps', 'keyframes', 'uniform'])
+    >>> from polymodal.registry import DATASETS, SAMPLERS, STREAMS
+    >>> DATASETS.names(), STREAMS.names(), SAMPLERS.names()
+    (['coco', 'csv', 'flickr', 'jsonl', 'karpathy'], ['parquet', 'webdataset'], ['fps', 'keyframes', 'uniform'])
 """
 
-from ..registry import DATASETS, SAMPLERS
-from . import formats, line_formats, video
+from ..registry import DATASETS, SAMPLERS, STREAMS
+from . import formats, line_formats, stream_formats, video
 
 DATASETS.fill({
     "coco": formats.read_coco,
@@ -18,6 +19,10 @@ DATASETS.fill({
     "flickr": line_formats.read_flickr,
     "jsonl": line_formats.read_jsonl,
     "csv": line_formats.read_csv,
+})
+STREAMS.fill({
+    "webdataset": stream_formats.WebDatasetStream,
+    "parquet": stream_formats.ParquetStream,
 })
 SAMPLERS.fill({
     "uniform": video.sample_uniform,

@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..config import DataConfig
-from ..errors import DataError
-from ..registry import DATASETS
+from ..errors import ConfigError, DataError
+from ..registry import DATASETS, STREAMS
 from ..text.tokenizer import Tokenizer
 from .images import image_to_uint8, load_image, normalize
 from .records import CaptionRecord, SkipReport
@@ -151,6 +151,13 @@ def load_split(cfg: DataConfig, split: str | None, report: SkipReport | None = N
 
     if cfg.format == "shapes":
         return read_records("coco", shapes_folder(cfg) / "captions.json", split=split, report=report)
+    if cfg.format in STREAMS:  # validation / test: a few samples of the shards, written to the cache once
+        from .streams import stream_split
+
+        if split == cfg.train_split:
+            raise ConfigError(f"data.format={cfg.format} streams its training split; only the captioning and "
+                              "contrastive tasks read a stream (see docs/scaling.md)")
+        return stream_split(cfg, split, report, cache_root() / "streams")
     if not cfg.path:
         raise DataError(f"data.format={cfg.format}: set data.path to the annotation file")
     DATASETS.get(cfg.format)  # unknown format -> did-you-mean

@@ -38,6 +38,7 @@ from ..checkpoint import (
 from ..config import EncoderConfig, from_dict
 from ..data.images import images_to_batch
 from ..errors import ConfigError, InputError
+from ..nn.clip import CLIPVisionConfig, CLIPVisionTower
 from ..nn.encoders import build_encoder
 from ..nn.text_encoders import TextEncoderConfig, build_text_encoder
 from ..text.tokenizer import Tokenizer
@@ -63,12 +64,14 @@ class DualEncoderConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_size: int = 48
     embed_dim: int = 128              # width of the shared space
-    pooling: str = "attention"        # attention (CLIP's AttentionPool2d) | mean
+    pooling: str = "attention"        # attention (CLIP's AttentionPool2d) | mean | cls (first token: a ViT's class token)
     pool_heads: int = 4
     text_mlp: int = 0                 # hidden width of an MLP text head (0 = linear); helps a frozen text tower
     init_temperature: float = 0.07    # CLIP's initial temperature; logit_scale = log(1 / T)
     max_logit_scale: float = 100.0    # OpenCLIP clamps exp(logit_scale) here so training stays stable
     loss: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
+    proj_bias: bool = True            # False for CLIP's bias-free projections
+    vit: CLIPVisionConfig | None = None  # a CLIP vision transformer instead of `encoder` (docs/pretrained.md)
 
 
 class ContrastiveLoss(nn.Module):
@@ -155,6 +158,11 @@ class MeanPool(nn.Module):
         return regions.mean(1)
 
 
+class ClassTokenPool(nn.Module):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0]  # (B, C): the class token a ViT puts first
+
+
 class DualEncoder(SavedModel, nn.Module):
     """Image tower + text tower projected into one normalized space; see the module docstring."""
 
@@ -162,16 +170,17 @@ class DualEncoder(SavedModel, nn.Module):
 
     def __init__(self, cfg: DualEncoderConfig, tokenizer: Tokenizer | None, saved_dir: Path | None = None):
         super().__init__()
-        if cfg.pooling not in ("attention", "mean"):
-            raise ConfigError(f"model.pooling={cfg.pooling!r}: use attention or mean")
+        if cfg.pooling not in ("attention", "mean", "cls"):
+            raise ConfigError(f"model.pooling={cfg.pooling!r}: use attention, mean or cls")
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.encoder = build_encoder(cfg.encoder)
+        self.encoder = CLIPVisionTower(cfg.vit) if cfg.vit is not None else build_encoder(cfg.encoder)
         c = self.encoder.out_dim
-        self.pool = AttentionPool(c, self._regions(), cfg.pool_heads) if cfg.pooling == "attention" else MeanPool()
-        self.image_proj = nn.Linear(c, cfg.embed_dim)
+        self.pool = (AttentionPool(c, self._regions(), cfg.pool_heads) if cfg.pooling == "attention"
+                     else ClassTokenPool() if cfg.pooling == "cls" else MeanPool())
+        self.image_proj = nn.Linear(c, cfg.embed_dim, bias=cfg.proj_bias)
         self.text = build_text_encoder(cfg.text, tokenizer, saved_dir)
         d = self.text.out_dim
-        self.text_proj = nn.Linear(d, cfg.embed_dim) if not cfg.text_mlp else nn.Sequential(
+        self.text_proj = nn.Linear(d, cfg.embed_dim, bias=cfg.proj_bias) if not cfg.text_mlp else nn.Sequential(
             nn.Linear(d, cfg.text_mlp), nn.GELU(), nn.Linear(cfg.text_mlp, cfg.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.loss = ContrastiveLoss(cfg.loss)

@@ -1,12 +1,13 @@
 """Decoder-only image-prefix LM (LLaVA / nanoVLM style): visual tokens prepended to the text of a causal LM.
 
-    images (B, 3, S, S) -> encoder regions (B, N, C)                      any ENCODERS entry
+    images (B, 3, S, S) -> encoder regions (B, N, C)                      any ENCODERS entry (hf_vision: ViT/SigLIP)
       -> projector: pixel shuffle (N -> N / s^2 tokens), MLP            (B, P, D)  visual tokens
-    [visual tokens][<bos> w1 ... wn] -> TransformerLM (causal)          logits on the text only
+    [visual tokens][<bos> w1 ... wn] -> TransformerLM or LlamaLM        logits on the text only
 
-Text positions (GPT-2's learned `wpe`) count from 0 after the image, and the image carries fixed 2D
-positions of its own. So an LM pretrained on captions alone (task `lm_pretrain`), or a GPT-2 folder,
-sees its text at exactly the positions it was trained on: "LM first, then connect vision".
+Text positions (GPT-2's learned `wpe`, or a Llama LM's rotary ones) count from 0 after the image, and
+the image carries fixed 2D positions of its own (for a rotary LM its tokens sit at -P..-1). So an LM
+pretrained on captions alone (task `lm_pretrain`), or a GPT-2 / SmolLM2 folder, sees its text at
+exactly the positions it was trained on: "LM first, then connect vision" (docs/pretrained.md).
 
 Generation keeps a KV cache in the decoding state, plain batch-first tensors that the shared
 generate.py (greedy, beam, sampling) reorders like any other state: per layer the prefix's
@@ -234,6 +235,7 @@ class PrefixLM(Captioner):
         maps = []
         for i, block in enumerate(self.lm.h):
             keys = state[f"pk{i}"]
+            keys = keys.repeat_interleave(block.attn.query.shape[1] // keys.shape[1], 1)  # grouped-query (Llama)
             visual = keys.gather(2, rows.expand(-1, keys.shape[1], -1, keys.shape[3]))  # (B, H, P, d)
             scores = block.attn.query[:, :, -1:] @ visual.transpose(-1, -2) / math.sqrt(keys.shape[3])
             maps.append(scores.softmax(-1).mean(1)[:, 0])  # (B, P)

@@ -6,11 +6,11 @@ the building-block registries declared in `polymodal.registry`.
 Example:
     >>> from polymodal.registry import FUSION, ENCODERS
     >>> "gated" in FUSION, ENCODERS.names()
-    (True, ['resnet18', 'resnet34', 'resnet50', 'small_cnn', 'vit_tiny'])
+    (True, ['hf_vision', 'resnet18', 'resnet34', 'resnet50', 'small_cnn', 'vit_tiny'])
 """
 
 from ..registry import DECODERS, ENCODERS, FUSION, QUESTION_ENCODERS, TEMPORAL, TEXT_ENCODERS
-from . import decoders, encoders, media, question, text_encoders, transformer
+from . import clip, decoders, encoders, hf_vision, media, question, text_encoders, transformer
 from .fusion import base, joint, recurrent, votes, word_pairs
 
 ENCODERS.fill({
@@ -19,6 +19,7 @@ ENCODERS.fill({
     "resnet34": encoders.resnet34,
     "resnet50": encoders.resnet50,
     "vit_tiny": transformer.vit_tiny,
+    "hf_vision": hf_vision.hf_vision,  # a ViT / SigLIP folder (model.encoder.pretrained)
 })
 DECODERS.fill({
     "seed_lstm": decoders.seed_lstm,
@@ -29,6 +30,7 @@ TEXT_ENCODERS.fill({
     "transformer": text_encoders.TransformerTower,
     "lstm": text_encoders.LSTMTower,
     "hf_bert": text_encoders.HFBertTower,
+    "clip_text": clip.clip_text,
 })
 QUESTION_ENCODERS.fill({
     "lstm": question.lstm_question_encoder,

@@ -39,7 +39,7 @@ _CACHE_LIMIT = 500_000       # frozen hf_bert: most distinct captions whose pool
 
 @dataclass
 class TextEncoderConfig:
-    name: str = "transformer"         # transformer | lstm | hf_bert
+    name: str = "transformer"         # transformer | lstm | hf_bert | clip_text (nn/clip.py)
     width: int = 128                  # word towers: embedding / hidden width (= out_dim)
     layers: int = 2
     heads: int = 4                    # transformer only
@@ -47,6 +47,7 @@ class TextEncoderConfig:
     dropout: float = 0.1
     path: str | None = None           # hf_bert: a local HF model folder, or an installed package that ships one
     freeze: bool = True               # hf_bert: keep the pretrained weights fixed (then outputs are cached)
+    act: str = "quick_gelu"           # clip_text: quick_gelu (OpenAI's weights) | gelu (most OpenCLIP weights)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

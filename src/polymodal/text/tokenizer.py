@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..registry import TOKENIZERS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -184,6 +184,9 @@ def build_tokenizer(kind: str, captions: Iterable[str], min_count: int = 1, max_
         7
     """
     TOKENIZERS.get(kind)  # unknown kind -> ConfigError with a did-you-mean
+    if kind == "hf":
+        raise ConfigError("model.tokenizer=hf is a pretrained LM's own tokenizer: it comes with init_lm_from "
+                          "(a folder with its tokenizer.json) and is never trained; use word or bpe")
     if kind == "bpe":
         return BPETokenizer.build(captions, vocab_size=bpe_vocab_size)
     return WordTokenizer.build(captions, min_count=min_count, max_size=max_vocab)

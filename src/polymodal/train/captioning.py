@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Sized
 from typing import Any
 
 import torch
@@ -22,9 +23,11 @@ from ..config import ExperimentConfig
 from ..data.cache import CachedCaptionDataset, feature_cache
 from ..data.datasets import CaptionDataset, collate_captions, load_split
 from ..data.records import SkipReport
+from ..data.streams import open_stream
 from ..errors import ConfigError
 from ..generate import GenerationConfig
 from ..models.captioner import Captioner
+from ..registry import STREAMS
 from ..text.tokenizer import WordTokenizer, split_words
 from .distributed import main_process_first
 from .trainer import Trainer
@@ -78,10 +81,14 @@ def decoded_metrics(model: Captioner, dataset: CaptionDataset | CachedCaptionDat
 def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")
-    with main_process_first():  # under torchrun, rank 0 writes Shapes World before the others read it
-        train_records = load_split(cfg.data, cfg.data.train_split, report)
-    tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions),
-                                    min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    if cfg.data.format in STREAMS:  # shards: the vocabulary from the first captions; the images stream later
+        train_records: list = []
+        captions = open_stream(cfg.data, 1).captions(cfg.data.vocab_samples)
+    else:
+        with main_process_first():  # under torchrun, rank 0 writes Shapes World before the others read it
+            train_records = load_split(cfg.data, cfg.data.train_split, report)
+        captions = (c for r in train_records for c in r.captions)
+    tokenizer = WordTokenizer.build(captions, min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
     torch.manual_seed(cfg.seed)
     model = Captioner(cfg.model, tokenizer)
     return fit_captioner(model, cfg, train_records, report, progress, stop_at)
@@ -92,7 +99,13 @@ def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipR
     """Build train/val datasets for `model` and run the Trainer; shared by every captioning task."""
     with main_process_first():
         val_records = load_split(cfg.data, cfg.data.val_split, report)
-    if cfg.data.feature_cache:
+    if cfg.data.format in STREAMS:
+        if cfg.data.feature_cache:
+            raise ConfigError(f"data.feature_cache needs an indexed dataset, not the stream data.format={cfg.data.format}")
+        train_set = open_stream(cfg.data, model.cfg.image_size, model.tokenizer, report=report, seed=cfg.seed)
+        val_set = CaptionDataset(val_records, model.tokenizer, model.cfg.image_size, cfg.data.max_len, True, report,
+                                 progress)
+    elif cfg.data.feature_cache:
         train_set, val_set = cached_datasets(model, cfg, train_records, val_records, report, progress)
     else:
         size, max_len, tokenizer = model.cfg.image_size, cfg.data.max_len, model.tokenizer
@@ -107,7 +120,8 @@ def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipR
     trainer = Trainer(model, train_set, cfg.train, collate=collate_captions, save_model=model.write_files,
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
-    summary.update(vocab_size=len(model.tokenizer), train_pairs=len(train_set), skipped_records=report.count,
+    summary.update(vocab_size=len(model.tokenizer), train_pairs=len(train_set) if isinstance(train_set, Sized) else None,
+                   skipped_records=report.count,
                    parameters=sum(p.numel() for p in model.parameters()),
                    trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     return summary

@@ -29,8 +29,11 @@ from tqdm import tqdm
 from ..config import DataConfig, TrainConfig
 from ..data.datasets import ImageStore, collate_captions, load_split
 from ..data.records import CaptionRecord, SkipReport
+from ..data.streams import open_stream
+from ..errors import ConfigError
 from ..eval.retrieval import evaluate_retrieval
 from ..models.dual_encoder import DualEncoder, DualEncoderConfig
+from ..registry import STREAMS
 from ..text.perturb import CaptionPerturber
 from ..text.tokenizer import WordTokenizer
 from .similar_batches import SimilarCaptionOrder
@@ -114,9 +117,13 @@ def train_contrastive(cfg: ContrastiveExperimentConfig, progress: bool = True,
                       stop_at: int | None = None) -> dict[str, Any]:
     """Train a dual encoder as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")
-    train_records = load_split(cfg.data, cfg.data.train_split, report)
-    tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions),
-                                    min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    if cfg.data.format in STREAMS:  # shards: the vocabulary from the first captions; the images stream later
+        train_records: list[CaptionRecord] = []
+        captions = open_stream(cfg.data, 1).captions(cfg.data.vocab_samples)
+    else:
+        train_records = load_split(cfg.data, cfg.data.train_split, report)
+        captions = (c for r in train_records for c in r.captions)
+    tokenizer = WordTokenizer.build(captions, min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
     torch.manual_seed(cfg.seed)
     model = DualEncoder(cfg.model, tokenizer if cfg.model.text.name != "hf_bert" else None)
     return fit_dual_encoder(model, cfg, train_records, report, progress, stop_at)
@@ -127,7 +134,9 @@ def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train
     """Run the Trainer on `model`, then score the best model on the test split and export its image tower."""
     val_records = load_split(cfg.data, cfg.data.val_split, report)
     size = cfg.model.image_size
-    train_set = PairDataset(train_records, size, cfg.data.preload, report, progress)
+    streamed = cfg.data.format in STREAMS
+    train_set = (open_stream(cfg.data, size, report=report, seed=cfg.seed) if streamed
+                 else PairDataset(train_records, size, cfg.data.preload, report, progress))
     val_store = ImageStore(val_records, size, True, report, progress)
     if report.count:
         tqdm.write(report.summary())
@@ -140,6 +149,8 @@ def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train
     loss = cfg.model.loss
     perturb = CaptionPerturber(loss.negative_words, loss.negative_swap) if loss.negative_words else None
     order = None
+    if cfg.train.similar_batches > 0 and streamed:
+        raise ConfigError(f"train.similar_batches needs the whole caption list, not the stream data.format={cfg.data.format}")
     if cfg.train.similar_batches > 0:
         order = SimilarCaptionOrder([train_set.records[i].captions[j] for i, j in train_set.pairs],
                                     [i for i, _ in train_set.pairs], cfg.train.similar_batches,
@@ -156,7 +167,7 @@ def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train
     test_records = load_split(cfg.data, "test", report)
     summary["test"] = evaluate_retrieval(best, test_records, cfg.train.batch_size, progress=progress)
     summary["image_encoder"] = str(best.export_image_encoder(Path(cfg.train.out_dir) / "image_encoder.safetensors"))
-    summary.update(train_pairs=len(train_set), skipped_records=report.count,
+    summary.update(train_pairs=None if streamed else len(train_set), skipped_records=report.count,
                    parameters=sum(p.numel() for p in model.parameters()),
                    trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     return summary

@@ -1,8 +1,10 @@
 """Task `prefix_lm`: train the decoder-only image-prefix LM on image-caption pairs.
 
 `init_lm_from` starts the LM from a text-only `lm_pretrain` run (its tokenizer and LM sizes come
-along) or from a local GPT-2-format Hugging Face folder (sizes from its config.json; it needs a
-polymodal tokenizer.json with the same vocabulary). `freeze_lm` trains only the vision side.
+along) or from a local GPT-2 or Llama-family (SmolLM2) Hugging Face folder (architecture from its
+config.json's `model_type`, tokens from its own tokenizer.json, text/hf_tokenizer.py). `freeze_lm`
+trains only the vision side; `model.encoder: {name: hf_vision, pretrained: FOLDER}` takes a ViT /
+SigLIP tower as the image encoder (docs/pretrained.md).
 
     polymodal train configs/prefix_lm.yaml [init_lm_from=runs/lm_pretrain]
 
@@ -17,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ from ..data.records import SkipReport
 from ..errors import ConfigError
 from ..models.prefix_lm import PrefixConfig, PrefixLM
 from ..nn.gpt2 import is_gpt2_folder, read_gpt2_config
+from ..nn.llama import LlamaDims, is_llama_folder, read_llama_config
+from ..text.hf_tokenizer import HFTokenizer
 from ..text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .captioning import fit_captioner
 
@@ -39,7 +44,7 @@ from .captioning import fit_captioner
 class PrefixLMExperimentConfig:
     task: str = "prefix_lm"
     seed: int = 0
-    init_lm_from: str = ""           # an lm_pretrain / prefix_lm model or run dir, or a GPT-2-format HF folder
+    init_lm_from: str = ""           # an lm_pretrain / prefix_lm model or run dir, or a GPT-2 / Llama HF folder
     freeze_lm: bool = False          # train only the encoder and the projector (LLaVA stage 1)
     model: ModelConfig = field(default_factory=ModelConfig)
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
@@ -47,27 +52,48 @@ class PrefixLMExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _lm_source(cfg: PrefixLMExperimentConfig) -> tuple[DecoderConfig, Tokenizer]:
-    """The decoder sizes and the tokenizer dictated by `init_lm_from` (the caller's config is not touched)."""
+def _folder_tokenizer(source: Path, vocab_size: int) -> Tokenizer:
+    """The tokenizer.json beside a Hugging Face LM's weights, checked against its vocabulary size: the LM's
+    own (a Hugging Face tokenizer, SmolLM2's) or a polymodal one with the same vocabulary."""
+    file = source / TOKENIZER_FILE
+    if not file.is_file():
+        raise ConfigError(f"{file}: missing; a Hugging Face LM folder needs its tokenizer.json (the LM's own, or "
+                          f"a polymodal one with the same vocabulary)")
+    try:
+        foreign = "type" not in json.loads(file.read_text(encoding="utf-8"))  # HF's has "model", ours "type"
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{file}: unreadable ({type(err).__name__}: {err})") from None
+    tokenizer = HFTokenizer.from_file(file) if foreign else load_tokenizer(file)
+    if vocab_size != len(tokenizer):
+        raise ConfigError(f"{source}: tokenizer.json and config.json disagree on the vocabulary size")
+    return tokenizer
+
+
+def _lm_source(cfg: PrefixLMExperimentConfig) -> tuple[DecoderConfig, Tokenizer, LlamaDims | None]:
+    """The decoder sizes, the tokenizer and (a Llama-family LM) its architecture dictated by `init_lm_from`.
+
+    The caller's config is not touched.
+    """
     source, decoder = Path(cfg.init_lm_from), copy.deepcopy(cfg.model.decoder)
+    if is_llama_folder(source):
+        llama = read_llama_config(source)
+        decoder.hidden_dim, decoder.num_layers = llama.hidden_dim, llama.num_layers
+        decoder.num_heads, decoder.max_positions = llama.num_heads, llama.max_positions
+        return decoder, _folder_tokenizer(source, llama.vocab_size), llama
     if is_gpt2_folder(source):
-        if not (source / TOKENIZER_FILE).is_file():
-            raise ConfigError(f"{source}: a GPT-2 folder needs a polymodal tokenizer.json with the same vocabulary "
-                              f"(<pad> <bos> <eos> <unk> at ids 0-3)")
-        tokenizer = load_tokenizer(source / TOKENIZER_FILE)
         dims = read_gpt2_config(source)
-        if dims.pop("vocab_size") != len(tokenizer):
-            raise ConfigError(f"{source}: tokenizer.json and config.json disagree on the vocabulary size")
+        tokenizer = _folder_tokenizer(source, dims.pop("vocab_size"))
         for key, value in dims.items():
             setattr(decoder, key, value)
-        return decoder, tokenizer
+        return decoder, tokenizer, None
     config, tokenizer = read_model_dir(source)
     if tokenizer is None:
         raise ConfigError(f"{source}: no tokenizer.json; init_lm_from needs the LM's tokenizer")
     saved = from_dict(DecoderConfig, config["model"]["decoder"], f"{source}/config.json:model.decoder")
     for key in ("hidden_dim", "num_layers", "num_heads", "max_positions"):
         setattr(decoder, key, getattr(saved, key))
-    return decoder, tokenizer
+    llama = config.get("prefix", {}).get("lm")
+    return decoder, tokenizer, from_dict(LlamaDims, llama, f"{source}/config.json:prefix.lm") if llama else None
 
 
 def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
@@ -75,14 +101,14 @@ def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
     """Train a PrefixLM as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")
     train_records = load_split(cfg.data, cfg.data.train_split, report)
-    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg, prefix_cfg = copy.deepcopy(cfg.model), copy.deepcopy(cfg.prefix)
     if cfg.init_lm_from:
-        model_cfg.decoder, tokenizer = _lm_source(cfg)
+        model_cfg.decoder, tokenizer, prefix_cfg.lm = _lm_source(cfg)
     else:
         tokenizer = build_tokenizer(model_cfg.tokenizer, (c for r in train_records for c in r.captions),
                                     cfg.data.min_count, cfg.data.max_vocab, model_cfg.bpe_vocab_size)
     torch.manual_seed(cfg.seed)
-    model = PrefixLM(model_cfg, tokenizer, cfg.prefix)
+    model = PrefixLM(model_cfg, tokenizer, prefix_cfg)
     if cfg.init_lm_from:
         loaded = model.load_lm(cfg.init_lm_from)
         tqdm.write(f"LM initialised from {cfg.init_lm_from}: {getattr(loaded, 'loaded', loaded)} tensors")

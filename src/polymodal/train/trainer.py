@@ -22,21 +22,22 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
 from ..checkpoint import atomic_directory, load_weights, recover_directory
 from ..config import TrainConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError
 from . import distributed
 from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
@@ -180,8 +181,10 @@ class Trainer:
                 self._writer.add_scalar(key, value, self.step)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _loader(self) -> DataLoader:
+    def _loader(self) -> Iterable[dict[str, torch.Tensor]]:
         """One DataLoader for the whole run (so workers can persist); its sampler moves to the epoch."""
+        if isinstance(self.dataset, IterableDataset):
+            return self._stream_loader()
         if self._data is None:
             size, batch = len(self.dataset), self.cfg.batch_size
             sampler = (distributed.DistributedBatchSampler(size, batch, self.seed, self.env, order=self.epoch_order)
@@ -195,6 +198,24 @@ class Trainer:
                                     pin_memory=self.device.type == "cuda", generator=generator)
         self._data.batch_sampler.set_epoch(self.epoch, self.position)
         return self._data
+
+    def _stream_loader(self) -> Iterator[dict[str, torch.Tensor]]:
+        """A streamed dataset (data/streams.py) shards itself over ranks and workers; an epoch is one pass
+        over this rank's shards (ranks may wrap at different steps: steps, not epochs, keep DDP in step).
+        A resumed run re-reads the epoch's first `position` batches to skip them exactly."""
+        self.dataset.set_epoch(self.epoch)
+        workers = self.cfg.num_workers
+        if self._data is None or not self.cfg.persistent_workers:  # persistent workers keep their epoch
+            self._data = DataLoader(self.dataset, batch_size=self.cfg.batch_size, collate_fn=self.collate,
+                                    num_workers=workers, persistent_workers=self.cfg.persistent_workers and workers > 0,
+                                    pin_memory=self.device.type == "cuda")
+        batches = 0
+        for batch in itertools.islice(self._data, self.position, None):
+            batches += 1
+            yield batch
+        if not batches and not self.position:
+            raise DataError(f"{getattr(self.dataset, 'path', 'stream')}: rank {self.env.rank} read no batch in a "
+                            "whole epoch (fewer shards than ranks, or every sample bad); see the skip report")
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         for group in self.optimizer.param_groups:
