@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import read_safetensors
 from ..errors import CheckpointError
+from .hf_folder import read_weights
 from .transformer import TransformerLM
 
 # Inside block i: GPT-2 name -> (our name, transpose?). Our names are GPT-2's, so only Conv1D transposes.
@@ -116,12 +116,7 @@ def load_gpt2(lm: TransformerLM, path: str | Path, strict: bool = True) -> GPT2L
     Accepts both GPT2Model keys (`h.0...`) and GPT2LMHeadModel keys (`transformer.h.0...`).
     """
     folder = Path(path)
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        other = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.safetensors.index.json")]
-        hint = f" (found {other[0]}: convert it to a single model.safetensors)" if other else ""
-        raise CheckpointError(f"{weights}: missing{hint}; only safetensors weights are read, never pickles")
-    state = {k.removeprefix("transformer."): v for k, v in read_safetensors(weights).items()}
+    state = {k.removeprefix("transformer."): v for k, v in read_weights(folder).items()}
     mapping, own = gpt2_key_map(len(lm.h)), lm.state_dict()
     report, converted = GPT2LoadReport(), {}
     for key, tensor in state.items():

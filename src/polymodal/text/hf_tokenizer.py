@@ -21,17 +21,17 @@ Example:
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .tokenizer import Tokenizer
+from .tokenizer import HFBackedTokenizer
 
 
-class HFTokenizer(Tokenizer):
+class HFTokenizer(HFBackedTokenizer):
     """Any `tokenizers.Tokenizer` whose ids 0-2 are special tokens (pad, bos, eos); see the module doc."""
+
+    kind = "hf"
 
     def __init__(self, hf: Any, source: str = "tokenizer"):
         special = {i for i, token in hf.get_added_tokens_decoder().items() if token.special}
@@ -52,34 +52,3 @@ class HFTokenizer(Tokenizer):
         except Exception as err:  # noqa: BLE001 - the Rust side raises a plain Exception on bad files
             raise CheckpointError(f"{path}: not a Hugging Face tokenizer ({err})") from None
         return cls(hf, str(path))
-
-    def __len__(self) -> int:
-        return self.hf.get_vocab_size()
-
-    def encode(self, text: str, max_len: int | None = None) -> list[int]:
-        """Token ids without <bos>/<eos>, as the LM's tokenizer splits the text (no lower-casing)."""
-        ids = self.hf.encode(text, add_special_tokens=False).ids
-        return ids[:max_len] if max_len is not None else ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        kept = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id) and 0 <= i < len(self):
-                kept.append(i)
-        return self.hf.decode(kept, skip_special_tokens=True).strip()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "hf", "hf": json.loads(self.hf.to_str())}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HFTokenizer:
-        from tokenizers import Tokenizer as HF
-
-        try:
-            hf = HF.from_str(json.dumps(data["hf"]))
-        except Exception as err:  # noqa: BLE001 - see from_file
-            raise CheckpointError(f"HF tokenizer: the embedded tokenizer does not load ({err})") from None
-        return cls(hf)

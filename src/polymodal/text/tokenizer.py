@@ -102,8 +102,46 @@ class WordTokenizer(Tokenizer):
         return cls(list(data["words"]))
 
 
+class HFBackedTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers.Tokenizer` (`self.hf`) with pad, bos, eos at ids 0-2, stored whole inside our
+    tokenizer.json as `{"type": kind, "hf": <its JSON>}`; subclasses check the vocabulary in `__init__`."""
 
-class BPETokenizer(Tokenizer):
+    kind = ""
+    hf: Any
+
+    def __len__(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str, max_len: int | None = None) -> list[int]:
+        """Token ids without <bos>/<eos>."""
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return ids[:max_len] if max_len is not None else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id) and 0 <= i < len(self):
+                kept.append(i)
+        return self.hf.decode(kept, skip_special_tokens=True).strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "hf": json.loads(self.hf.to_str())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HFBackedTokenizer:
+        from tokenizers import Tokenizer as HF
+
+        try:
+            hf = HF.from_str(json.dumps(data["hf"]))
+        except Exception as err:  # noqa: BLE001 - the Rust side raises a plain Exception on bad JSON
+            raise CheckpointError(f"{cls.kind} tokenizer: the embedded HF tokenizer does not load ({err})") from None
+        return cls(hf)
+
+
+class BPETokenizer(HFBackedTokenizer):
     """Byte-level BPE through Hugging Face `tokenizers`, with `<pad> <bos> <eos> <unk>` at ids 0-3.
 
     Text is NFKC-normalized and lower-cased (as the word vocabulary does), then split GPT-2 style
@@ -117,6 +155,8 @@ class BPETokenizer(Tokenizer):
         >>> tok.decode(tok.encode("a purple cube")) == "a purple cube"  # unseen words: byte pieces
         True
     """
+
+    kind = "bpe"
 
     def __init__(self, hf: Any):
         ids = [hf.token_to_id(s) for s in SPECIALS]
@@ -143,36 +183,6 @@ class BPETokenizer(Tokenizer):
         hf.train_from_iterator(list(captions), trainer)
         return cls(hf)
 
-    def __len__(self) -> int:
-        return self.hf.get_vocab_size()
-
-    def encode(self, text: str, max_len: int | None = None) -> list[int]:
-        """Sub-word ids without <bos>/<eos>."""
-        ids = self.hf.encode(text, add_special_tokens=False).ids
-        return ids[:max_len] if max_len is not None else ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        kept = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id) and 0 <= i < len(self):
-                kept.append(i)
-        return self.hf.decode(kept, skip_special_tokens=True).strip()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "bpe", "hf": json.loads(self.hf.to_str())}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            hf = HFTokenizer.from_str(json.dumps(data["hf"]))
-        except Exception as err:  # noqa: BLE001 - the Rust side raises a plain Exception on bad JSON
-            raise CheckpointError(f"BPE tokenizer: the embedded HF tokenizer does not load ({err})") from None
-        return cls(hf)
 
 
 def build_tokenizer(kind: str, captions: Iterable[str], min_count: int = 1, max_vocab: int = 10000,
