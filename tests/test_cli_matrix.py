@@ -219,6 +219,8 @@ RECIPES: dict[str, Recipe] = {
     "demo": Recipe(lambda p, i: _s("--out", p, "--n", 30), ("valid", "empty_dir", "junk_dir"), takes_model=False),
     "data shapes": Recipe(lambda p, i: _s("--out", p, "--n", 6, "--size", 16), ("valid", "empty_dir"),
                           takes_model=False),
+    "data outside": Recipe(lambda p, i: _s("--out", p, "--n", 10, "--size", 16, "--quiet"), ("valid", "empty_dir"),
+                           takes_model=False),
     "data shapes-video": Recipe(lambda p, i: _s("--out", p, "--n", 3, "--size", 16, "--quiet"),
                                 ("valid", "empty_dir", "junk_dir"), takes_model=False),
 }

@@ -198,3 +198,16 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="where the demo writes 
     if n < 30:
         raise InputError("--n must be at least 30 (the test split is a tenth of it)")
     run_demo(out, n=n)
+
+
+@data_app.command("outside")
+def data_outside(out: Path = typer.Option(..., help="output folder"),
+                 n: int = typer.Option(3000, help="images in train+val+test (80/10/10)"),
+                 seed: int = typer.Option(0), size: int = typer.Option(64, help="image size in pixels"),
+                 quiet: bool = typer.Option(False, help="no progress bar")) -> None:
+    """Write the outside test bed (not Shapes World): images, COCO + Karpathy captions, VQA-style qa.jsonl."""
+    from ..data.outside import write_outside
+    from .app import out_folder
+
+    folder = write_outside(out_folder(out), n=n, seed=seed, image_size=size, progress=not quiet)
+    typer.echo(f"wrote the outside test bed to {folder} (captions.json, dataset_karpathy.json, qa.jsonl, images/)")

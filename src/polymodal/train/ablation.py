@@ -44,6 +44,7 @@ from ..data.qa import QARecord, encode_images
 from ..models.vqa import VQAModel
 from ..registry import FUSION
 from ..text.tokenizer import split_words
+from .answer_pretraining import choose_pretraining
 from .pretraining import pretrain_region_encoder
 from .vqa import (
     VQAData,
@@ -161,7 +162,7 @@ def run_fusion_ablation(base: VQAExperimentConfig, variants: list[str] | None = 
             for v, seed in jobs:
                 report(run_one(base, data, model_cfg, v, seed, Path(tmp) / f"{v}-{seed}", progress))
         else:
-            if base.pretrain.steps:  # pretrain the encoder once (it is cached) before the workers start
+            if choose_pretraining(base.pretrain, base.data.format) == "regions":  # once (cached), before the workers
                 pretrain_region_encoder(base.model.encoder, base.model.image_size, base.data, base.pretrain,
                                         base.seed, progress)
             context = multiprocessing.get_context("spawn")  # fork is unsafe once torch threads exist

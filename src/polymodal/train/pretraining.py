@@ -64,7 +64,8 @@ class QADataConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 0                    # scene-attribute pretraining of the encoder (Shapes World); 0 = off
+    steps: int = 0                    # encoder pretraining steps; 0 = off
+    kind: str = "auto"                # auto (regions on Shapes World, answers elsewhere) | regions | answers
     batch_size: int = 32
     lr: float = 3e-3
 
@@ -175,7 +176,8 @@ def pretrain_region_encoder(enc_cfg: EncoderConfig, image_size: int, data: QADat
     if data.format != "shapes":
         raise ConfigError("pretrain.steps > 0 needs data.format=shapes (it learns from Shapes World scenes); "
                           "set pretrain.steps=0 or model.encoder.pretrained to a weight file")
-    settings = {"encoder": dataclasses.asdict(enc_cfg), "image_size": image_size, "pretrain": dataclasses.asdict(pre),
+    pre_key = {k: v for k, v in dataclasses.asdict(pre).items() if k != "kind"}  # kind only picks this function
+    settings = {"encoder": dataclasses.asdict(enc_cfg), "image_size": image_size, "pretrain": pre_key,
                 "data": [data.path, data.n, data.seed, data.render_size], "seed": seed, "version": 1}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / "region-encoders" / f"{enc_cfg.name}-{key}"

@@ -31,9 +31,11 @@ from ..checkpoint import write_json
 from ..config import TrainConfig
 from ..data.qa import ImageBank, QADataset, QARecord, build_answer_vocab, collate_qa
 from ..data.records import SkipReport
+from ..errors import DataError
 from ..eval.vqa_metrics import vqa_report
 from ..models.vqa import VQAModel, VQAModelConfig
 from ..text.tokenizer import WordTokenizer
+from .answer_pretraining import PRETRAINING_NOTES, choose_pretraining, pretrain_answer_encoder
 from .pretraining import (
     PretrainConfig,
     QADataConfig,
@@ -66,23 +68,31 @@ class VQAData:
     tokenizer: WordTokenizer
     answers: list[str]
     report: SkipReport
+    pretraining: str | None = None  # how the encoder was pretrained: "regions", "answers" or None
 
 
 def prepare_vqa(cfg: VQAExperimentConfig, progress: bool = True) -> tuple[VQAModel, VQAData]:
     """Read the data, build the vocabularies and the model (pretraining its encoder if configured)."""
     cfg = copy.deepcopy(cfg)  # the encoder weight path is filled in below; the caller's config stays as is
     report = SkipReport(source="question data")
-    names = list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split, *cfg.data.test_splits]))
-    splits = {s: load_qa_split(cfg.data, s, report) for s in names}
+    splits = load_splits(cfg.data, report)
+    names = list(splits)
     tokenizer = WordTokenizer.build((r.question for r in splits[cfg.data.train_split]),
                                     min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
     answers = build_answer_vocab(splits[cfg.data.train_split], cfg.data.max_answers, cfg.data.answer_min_count)
-    if cfg.pretrain.steps:
+    kind = choose_pretraining(cfg.pretrain, cfg.data.format)
+    if kind is not None:
+        tqdm.write(f"encoder pretraining: {PRETRAINING_NOTES[kind].format(steps=cfg.pretrain.steps)}")
+    if kind == "regions":
         cfg.model.encoder.pretrained = str(pretrain_region_encoder(cfg.model.encoder, cfg.model.image_size, cfg.data,
                                                                    cfg.pretrain, cfg.seed, progress))
+    elif kind == "answers":
+        cfg.model.encoder.pretrained = str(pretrain_answer_encoder(
+            cfg.model.encoder, cfg.model.image_size, splits[cfg.data.train_split], tokenizer, answers, cfg.data,
+            cfg.pretrain, cfg.seed, progress, cfg.model.question.max_len))
     torch.manual_seed(cfg.seed)
     model = VQAModel(cfg.model, tokenizer, answers)
-    if model.objectness is not None and cfg.pretrain.steps:
+    if model.objectness is not None and kind == "regions":
         load_centre_head(model.objectness, cfg.model.encoder.pretrained)  # picks objects as pretrained to
         model.objectness.requires_grad_(not cfg.model.encoder.freeze)
     bank = build_bank([r.image for recs in splits.values() for r in recs], cfg.model.encoder, model.encoder,
@@ -90,7 +100,23 @@ def prepare_vqa(cfg: VQAExperimentConfig, progress: bool = True) -> tuple[VQAMod
     rows = {}
     for s in names:
         splits[s], rows[s] = bank.keep(splits[s])
-    return model, VQAData(splits, rows, bank, tokenizer, answers, report)
+    return model, VQAData(splits, rows, bank, tokenizer, answers, report, kind)
+
+
+def load_splits(data: QADataConfig, report: SkipReport) -> dict[str, list[QARecord]]:
+    """Question records per split; off Shapes World a test split that the file lacks (e.g. "heldout",
+    which only Shapes World has) is left out with a note, instead of stopping the run."""
+    splits = {s: load_qa_split(data, s, report) for s in dict.fromkeys([data.train_split, data.val_split])}
+    for s in dict.fromkeys(data.test_splits):
+        if s in splits:
+            continue
+        try:
+            splits[s] = load_qa_split(data, s, report)
+        except DataError:
+            if data.format == "shapes":
+                raise
+            tqdm.write(f"data: no {s!r} questions in {data.path}; that test split is left out")
+    return splits
 
 
 def qa_dataset(model: VQAModel, data: VQAData, split: str, train: bool = False, bank: Any = None,
@@ -140,6 +166,7 @@ def fit_vqa(model: VQAModel, data: VQAData, cfg: VQAExperimentConfig, progress: 
                       run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
     summary.update(train_questions=len(train_set), answers=len(data.answers), skipped_records=data.report.count,
+                   encoder_pretraining=data.pretraining,
                    trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     return summary
 
@@ -151,7 +178,7 @@ def train_vqa(cfg: VQAExperimentConfig, progress: bool = True, stop_at: int | No
     if stop_at is not None and summary.get("stopped_at"):
         return summary
     best = VQAModel.from_pretrained(Path(cfg.train.out_dir) / "model")
-    for split in cfg.data.test_splits:
+    for split in (s for s in cfg.data.test_splits if s in data.splits):
         summary[split] = evaluate_vqa(best, qa_dataset(best, data, split))
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
     return summary
