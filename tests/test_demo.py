@@ -53,7 +53,8 @@ def test_demo_writes_report_metrics_and_heatmaps(tmp_path):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert set(metrics) == {"test", "heldout"}
     assert metrics["test"]["cider"] > 1.0 and metrics["test"]["bleu4"] > 0.2
-    assert report.exists() and "CIDEr-D" in report.read_text()
+    assert report.exists() and "CIDEr-D" in report.read_text() and "CHAIR-i" in report.read_text()
+    assert 0 <= metrics["test"]["chair_i"] < metrics["heldout"]["chair_i"]  # held-out compositions: more invented
     grids = list((tmp_path / "demo" / "heatmaps").glob("*/grid.png"))
     assert len(grids) == 3
     # The report can be moved or shared: every picture sits beside it, linked by a relative path.

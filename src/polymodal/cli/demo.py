@@ -17,8 +17,9 @@ from ..api import load
 from ..assets import bundled_model_dir
 from ..checkpoint import write_json
 from ..config import DataConfig
-from ..data.datasets import load_split
+from ..data.datasets import load_split, shapes_folder
 from ..eval.captions import evaluate_captioner, metrics_table
+from ..eval.hallucination import ObjectTruth
 from ..eval.viz import caption_heatmaps, plot_training_curves
 from ..generate import GenerationConfig
 from .app import out_folder
@@ -50,17 +51,21 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
                   f"- references: {' / '.join(rec.captions[:3])}", ""]
 
     generation = GenerationConfig(strategy="beam", beam_size=3, max_len=model.cfg.decoder.max_len)
+    truth = ObjectTruth.shapes(shapes_folder(data))  # are the named objects in the picture?
     all_metrics = {}
     for split in ("test", "heldout"):
         records = (test if split == "test" else load_split(data, split))[:EVAL_IMAGES]
-        results, metrics = evaluate_captioner(model, records, generation, progress=False)
+        results, metrics = evaluate_captioner(model, records, generation, progress=False, objects=truth)
         all_metrics[split] = metrics
         write_json(out / f"results_{split}.json", [{"image_id": k, "caption": v} for k, v in results.items()])
         print(f"\n{split} split ({len(results)} images):\n{metrics_table(metrics)}")
     write_json(out / "metrics.json", all_metrics)
-    lines += [f"## Metrics (beam 3, first {EVAL_IMAGES} images of each split)", "", "| split | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {m['bleu4']:.3f} | {m['meteor']:.3f} | {m['rouge_l']:.3f} | {m['cider']:.3f} |"
-              for s, m in all_metrics.items()]
+    lines += [f"## Metrics (beam 3, first {EVAL_IMAGES} images of each split)", "",
+              "CHAIR-i: named objects that are not in the image; exact objects: captions that name exactly the "
+              "scene's objects.", "",
+              "| split | BLEU-4 | METEOR | ROUGE-L | CIDEr-D | CHAIR-i | exact objects |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {s} | {m['bleu4']:.3f} | {m['meteor']:.3f} | {m['rouge_l']:.3f} | {m['cider']:.3f} | "
+              f"{m['chair_i']:.1%} | {m['exact_objects']:.1%} |" for s, m in all_metrics.items()]
 
     lines += ["", "## Where the model looks", "", "One panel per generated word (attention over the image).", ""]
     if model.cfg.decoder.name == "attention_lstm":
