@@ -25,12 +25,12 @@ transpose=False)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
 from ..errors import CheckpointError
+from .hf_folder import LoadReport
 
 
 class Source(NamedTuple):
@@ -40,21 +40,7 @@ class Source(NamedTuple):
     transpose: bool = False
 
 
-@dataclass
-class CLIPLoadReport:
-    """What a conversion did: tensors filled, and the keys that did not match (empty when it succeeded)."""
-
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-
-    def problems(self) -> str:
-        """One line naming the first keys of each kind of problem ('' when there is none)."""
-        return "; ".join(f"{name} {values[:3]} ({len(values)})" for name, values in
-                         (("missing", self.missing), ("unexpected", self.unexpected),
-                          ("shape mismatch", self.mismatched)) if values)
+CLIPLoadReport = LoadReport
 
 
 # Inside one block: our name -> their suffixes (HF, OpenCLIP). HF splits q/k/v; OpenCLIP fuses them.

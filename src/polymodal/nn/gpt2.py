@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
-from .hf_folder import read_weights
+from .hf_folder import LoadReport, read_weights
 from .transformer import TransformerLM
 
 # Inside block i: GPT-2 name -> (our name, transpose?). Our names are GPT-2's, so only Conv1D transposes.
@@ -58,15 +57,7 @@ _EXPECTED = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "sca
              "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "tie_word_embeddings": True}
 
 
-@dataclass
-class GPT2LoadReport:
-    """What `load_gpt2` did: tensors loaded, and the keys that did not match (empty when it succeeded)."""
-
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+GPT2LoadReport = LoadReport  # the name prefix_lm's load_lm reports under
 
 
 def gpt2_key_map(num_layers: int) -> dict[str, tuple[str, bool]]:

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,24 @@ from torch import nn
 
 from ..checkpoint import read_safetensors
 from ..errors import CheckpointError
+
+
+@dataclass
+class LoadReport:
+    """What a conversion from a foreign folder did: tensors filled, and the keys that did not match (all empty
+    when it succeeded); every key map (GPT-2, CLIP, Llama) reports with it."""
+
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def problems(self) -> str:
+        """One line naming the first keys of each kind of problem ('' when there is none)."""
+        return "; ".join(f"{name} {values[:3]} ({len(values)})" for name, values in
+                         (("missing", self.missing), ("unexpected", self.unexpected),
+                          ("shape mismatch", self.mismatched)) if values)
 
 
 def read_config(path: str | Path, name: str = "config.json") -> tuple[Path, dict[str, Any]]:
