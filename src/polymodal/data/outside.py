@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from .folders import write_dataset_folder
 
 SYMBOLS = ("ring", "cross", "arrow", "crescent", "k", "7")
 NAMES = {"k": "letter k", "7": "digit seven"}  # how captions name a symbol; the answer is the key
@@ -269,25 +268,8 @@ def write_outside(out_dir: str | os.PathLike, n: int = 3000, seed: int = 0, imag
     if n < 10:
         raise ConfigError(f"n={n}: the outside dataset needs at least 10 images (a tenth each for val and test)")
     info = {"generator": "polymodal.data.outside", "version": VERSION, "n": n, "seed": seed, "image_size": image_size}
-    try:
-        if json.loads((out / "captions.json").read_text(encoding="utf-8")).get("info") == info:
-            return out
-    except (OSError, ValueError, AttributeError):
-        pass
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not an outside dataset with n={n}, seed={seed}, "
-                          f"image_size={image_size}; choose another output folder or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        _write(tmp, n, seed, image_size, info, progress)
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_dataset_folder(out, info, lambda root: _write(root, n, seed, image_size, info, progress),
+                                "an outside dataset")
 
 
 __all__ = ["Item", "make_item", "render", "captions", "questions", "write_outside"]

@@ -21,8 +21,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from polymodal.data import shapes_text
+from polymodal.data.folders import write_dataset_folder
 from polymodal.data.records import CaptionRecord
 from polymodal.errors import ConfigError
 
@@ -317,17 +316,6 @@ def _file_name(split: str, i: int) -> str:
     return f"images/{split}/{split}_{i:06d}.png"
 
 
-def _is_complete(out: Path, info: dict) -> bool:
-    """True when `out` is a finished Shapes World written with exactly these parameters."""
-    try:
-        if not all((out / f).is_file() for f in ("captions.json", "qa.jsonl", "scenes.jsonl")):
-            return False
-        with open(out / "captions.json", encoding="utf-8") as f:
-            return json.load(f).get("info") == json.loads(json.dumps(info))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _write(world: ShapesWorld, root: Path, progress: bool) -> None:
     images, annotations = [], []
     with open(root / "qa.jsonl", "w", encoding="utf-8") as qa_f, \
@@ -375,34 +363,13 @@ def write_shapes_world(out_dir: str | os.PathLike, n: int = 5000, seed: int = 0,
         ConfigError: `out_dir` holds something else.
 
     Example:
+        >>> import tempfile
         >>> tmp = tempfile.TemporaryDirectory()
         >>> root = write_shapes_world(f"{tmp.name}/shapes", n=40, image_size=64, progress=False)
         >>> sorted(p.name for p in root.iterdir()), len(list(root.glob("images/train/*.png")))
         (['captions.json', 'images', 'qa.jsonl', 'scenes.jsonl'], 32)
         >>> tmp.cleanup()
     """
-    out = Path(out_dir)
     world = ShapesWorld(n, seed, image_size)
-    info = world.info()
-    if _is_complete(out, info):
-        return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not a Shapes World with n={n}, seed={seed}, "
-                          f"image_size={image_size}; choose another output folder or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is meant to be shared
-        _write(world, tmp, progress)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); os.replace will not overwrite a directory on every OS
-        os.replace(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _is_complete(out, info):  # another process finished the same world first
-            return out
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_dataset_folder(out_dir, world.info(), lambda root: _write(world, root, progress), "a Shapes World",
+                                files=("captions.json", "qa.jsonl", "scenes.jsonl"))
