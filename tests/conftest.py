@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
+from polymodal.errors import CheckpointError
+from polymodal.generate import GenerationConfig
 from polymodal.models.captioner import Captioner
 from polymodal.text.tokenizer import WordTokenizer
 
@@ -48,3 +50,24 @@ def tiny_model(decoder: str = "attention_lstm", seed: int = 0, size: int = 32) -
 @pytest.fixture
 def tiny_captioner() -> Captioner:
     return tiny_model()
+
+
+def one_line_error(call) -> str:
+    """The message of the CheckpointError `call()` raises, checked to be one line (what the CLI prints)."""
+    with pytest.raises(CheckpointError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def assert_cache_matches_recompute(model, images: torch.Tensor) -> None:
+    """Cached generation gives exactly the tokens and scores of full recomputation (greedy, beam, sampling)."""
+    for cfg in (GenerationConfig(strategy="greedy", max_len=10, min_len=10),
+                GenerationConfig(strategy="beam", beam_size=3, max_len=10, num_return_sequences=3),
+                GenerationConfig(strategy="sample", num_return_sequences=2, max_len=10, seed=3)):
+        cached = model.generate(images, cfg)
+        full = model.generate(images, cfg, use_cache=False)
+        assert [[h.tokens for h in per] for per in cached] == [[h.tokens for h in per] for per in full], cfg
+        assert all(abs(a.score - b.score) < 1e-9 for pa, pb in zip(cached, full, strict=True)
+                   for a, b in zip(pa, pb, strict=True))

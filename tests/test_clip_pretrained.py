@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 import polymodal
 from polymodal.data.images import IMAGENET_MEAN, IMAGENET_STD
-from polymodal.errors import CheckpointError
 from polymodal.models.clip_folder import clip_layout, load_clip_folder
 from polymodal.nn.clip import CLIP_MEAN, CLIP_STD, toy_clip_tokenizer
 from polymodal.nn.clip_keys import hf_key_map, openclip_key_map
+
+from .conftest import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,14 +161,6 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return target
 
 
-def _one_line(call) -> str:
-    with pytest.raises(CheckpointError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message
-    return message
-
-
 def test_missing_extra_and_misshapen_keys_name_file_and_key(hf_folder, tmp_path):
     folder = _copy(hf_folder[0], tmp_path)
     weights = folder / "model.safetensors"
@@ -176,38 +169,38 @@ def test_missing_extra_and_misshapen_keys_name_file_and_key(hf_folder, tmp_path)
     del state["text_model.final_layer_norm.bias"]
     state["text_model.extra.weight"] = torch.zeros(2)
     save_file(state, str(weights))
-    message = _one_line(lambda: load_clip_folder(folder))
+    message = one_line_error(lambda: load_clip_folder(folder))
     assert str(weights) in message and "missing ['text_model.final_layer_norm.bias']" in message
     assert "unexpected ['text_model.extra.weight']" in message
     good["visual_projection.weight"] = torch.zeros(16, 8)
     save_file(good, str(weights))
-    message = _one_line(lambda: load_clip_folder(folder))
+    message = one_line_error(lambda: load_clip_folder(folder))
     assert "shape mismatch ['visual_projection.weight (16, 8) -> image_proj.weight (16, 32)']" in message
 
 
 def test_not_a_clip_folder_and_broken_configs(hf_folder, tmp_path):
     (tmp_path / "empty").mkdir()
-    message = _one_line(lambda: load_clip_folder(tmp_path / "empty"))
+    message = one_line_error(lambda: load_clip_folder(tmp_path / "empty"))
     assert "not a CLIP checkpoint folder" in message
     folder = _copy(hf_folder[0], tmp_path)
     config = json.loads((folder / "config.json").read_text())
     del config["vision_config"]["patch_size"]
     (folder / "config.json").write_text(json.dumps(config))
-    assert "vision_config lacks patch_size" in _one_line(lambda: load_clip_folder(folder))
+    assert "vision_config lacks patch_size" in one_line_error(lambda: load_clip_folder(folder))
     for name in ("vocab.json", "merges.txt"):
         (folder / name).unlink()
     config["vision_config"]["patch_size"] = 8
     (folder / "config.json").write_text(json.dumps(config))
-    assert "no CLIP tokenizer" in _one_line(lambda: load_clip_folder(folder))
+    assert "no CLIP tokenizer" in one_line_error(lambda: load_clip_folder(folder))
 
 
 def test_openclip_config_with_unsupported_options_is_refused(tmp_path):
     cfg = {"embed_dim": 16, "vision_cfg": {"layers": [3, 4, 6, 3], "width": 64}, "text_cfg": {}}
     (tmp_path / "RN50.json").write_text(json.dumps(cfg))
-    assert "ResNet image tower" in _one_line(lambda: load_clip_folder(tmp_path))
+    assert "ResNet image tower" in one_line_error(lambda: load_clip_folder(tmp_path))
     cfg["vision_cfg"] = {"attentional_pool": True}
     (tmp_path / "RN50.json").write_text(json.dumps(cfg))
-    assert "vision_cfg.attentional_pool=True is not supported" in _one_line(lambda: load_clip_folder(tmp_path))
+    assert "vision_cfg.attentional_pool=True is not supported" in one_line_error(lambda: load_clip_folder(tmp_path))
 
 
 def test_cli_index_retrieve_with_a_clip_folder(hf_folder, tmp_path):

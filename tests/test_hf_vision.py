@@ -13,14 +13,13 @@ from safetensors.torch import load_file, save_file
 import polymodal
 from polymodal.config import EncoderConfig, ModelConfig, load_config
 from polymodal.data.images import IMAGENET_MEAN, IMAGENET_STD
-from polymodal.errors import CheckpointError
 from polymodal.models.prefix_lm import PrefixConfig, PrefixLM
 from polymodal.nn.encoders import build_encoder
 from polymodal.nn.hf_vision import HFVisionEncoder, read_vision_config
 from polymodal.nn.llama import LlamaLM, read_llama_config
 from polymodal.text.hf_tokenizer import HFTokenizer
 
-from .conftest import CAPTIONS
+from .conftest import CAPTIONS, one_line_error
 from .test_llama import write_llama
 
 transformers = pytest.importorskip("transformers")
@@ -76,13 +75,6 @@ def test_frozen_and_fine_tuned_towers(tmp_path):
     assert trainable and all(name.startswith(("stages.2.", "stages.3.")) for name in trainable)  # last block + norm
 
 
-def _error(call) -> str:
-    with pytest.raises(CheckpointError) as info:
-        call()
-    assert "\n" not in str(info.value)
-    return str(info.value)
-
-
 def test_bad_tower_folders_are_one_line_errors(tmp_path):
     folder = tmp_path / "vit"
     write_tower(folder, "vit")
@@ -90,17 +82,17 @@ def test_bad_tower_folders_are_one_line_errors(tmp_path):
     tensors = load_file(str(weights))
     build = lambda: HFVisionEncoder(EncoderConfig(name="hf_vision", pretrained=str(folder)))  # noqa: E731
 
-    assert "config.json: not found" in _error(lambda: read_vision_config(tmp_path / "nowhere"))
+    assert "config.json: not found" in one_line_error(lambda: read_vision_config(tmp_path / "nowhere"))
     save_file({k: v for k, v in tensors.items() if k != "encoder.layer.1.output.dense.bias"}, str(weights))
-    message = _error(build)
+    message = one_line_error(build)
     assert str(weights) in message and "missing ['encoder.layer.1.output.dense.bias']" in message
     save_file({**tensors, "encoder.layer.7.output.dense.bias": torch.zeros(32)}, str(weights))
-    assert "unexpected ['encoder.layer.7.output.dense.bias']" in _error(build)
+    assert "unexpected ['encoder.layer.7.output.dense.bias']" in one_line_error(build)
     save_file({**tensors, "layernorm.weight": torch.ones(33)}, str(weights))
-    assert "shape mismatch ['layernorm.weight (33,) vs (32,)']" in _error(build)
+    assert "shape mismatch ['layernorm.weight (33,) vs (32,)']" in one_line_error(build)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
-    assert "model_type='bert' is not a vision tower" in _error(build)
+    assert "model_type='bert' is not a vision tower" in one_line_error(build)
 
 
 # ---- the nanoVLM recipe ---------------------------------------------------------------------------
@@ -175,5 +167,5 @@ def test_a_vocabulary_without_specials_at_0_to_2_is_refused(tmp_path):
 
     hf = Tokenizer(models.WordLevel({"!": 0, "a": 1, "b": 2, "<|endoftext|>": 3}, unk_token="<|endoftext|>"))
     hf.save(str(tmp_path / "tokenizer.json"))
-    message = _error(lambda: HFTokenizer.from_file(tmp_path / "tokenizer.json"))
+    message = one_line_error(lambda: HFTokenizer.from_file(tmp_path / "tokenizer.json"))
     assert "ids 0-2 must be special tokens" in message and "pad='!'" in message

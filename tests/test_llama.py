@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
-from polymodal.errors import CheckpointError, ConfigError
+from polymodal.errors import ConfigError
 from polymodal.generate import GenerationConfig
 from polymodal.models.prefix_lm import PrefixConfig, PrefixLM
 from polymodal.nn.llama import LlamaLM, is_llama_folder, load_llama, read_llama_config
 from polymodal.text.tokenizer import WordTokenizer
 
-from .conftest import CAPTIONS
+from .conftest import CAPTIONS, assert_cache_matches_recompute, one_line_error
 
 transformers = pytest.importorskip("transformers")
 
@@ -83,14 +83,7 @@ def test_prefix_lm_with_llama_cached_generation_gives_the_uncached_tokens(tmp_pa
     write_llama(tmp_path / "llama", vocab=len(tokenizer), tie=False)  # tied random weights repeat one token
     model = _prefix_llama(tmp_path / "llama", tokenizer, torch.double)
     images = torch.randn(2, 3, 32, 32, dtype=torch.double)
-    for cfg in (GenerationConfig(strategy="greedy", max_len=10, min_len=10),
-                GenerationConfig(strategy="beam", beam_size=3, max_len=10, num_return_sequences=3),
-                GenerationConfig(strategy="sample", num_return_sequences=2, max_len=10, seed=3)):
-        cached = model.generate(images, cfg)
-        full = model.generate(images, cfg, use_cache=False)
-        assert [[h.tokens for h in per] for per in cached] == [[h.tokens for h in per] for per in full], cfg
-        assert all(abs(a.score - b.score) < 1e-9 for pa, pb in zip(cached, full, strict=True)
-                   for a, b in zip(pa, pb, strict=True))
+    assert_cache_matches_recompute(model, images)
     tokens = model.generate(images, GenerationConfig(strategy="greedy", max_len=10, min_len=10))[0][0].tokens
     assert len(set(tokens)) > 2  # a real check, not one repeated token
     prompts = [[5], [6, 7, 8]]  # left-padded prompts: the padding is masked, rotary positions skip it
@@ -132,14 +125,6 @@ def test_rows_joining_a_running_beam_batch_match_each_row_alone(tmp_path):
 
 
 # ---- folders that do not fit: one line naming the file and the key ------------------------------
-def _error(call) -> str:
-    with pytest.raises(CheckpointError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 def test_bad_llama_folders_are_one_line_errors(tmp_path):
     folder = tmp_path / "llama"
     write_llama(folder)
@@ -147,35 +132,35 @@ def test_bad_llama_folders_are_one_line_errors(tmp_path):
     weights = folder / "model.safetensors"
     tensors = load_file(str(weights))
 
-    assert "config.json: not found" in _error(lambda: read_llama_config(tmp_path / "nowhere"))
+    assert "config.json: not found" in one_line_error(lambda: read_llama_config(tmp_path / "nowhere"))
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    assert "not a Llama-family model" in _error(lambda: read_llama_config(gpt2))
+    assert "not a Llama-family model" in one_line_error(lambda: read_llama_config(gpt2))
 
     save_file({k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"}, str(weights))
-    message = _error(lambda: load_llama(LlamaLM(dims), folder))
+    message = one_line_error(lambda: load_llama(LlamaLM(dims), folder))
     assert str(weights) in message and "missing ['model.layers.1.mlp.up_proj.weight']" in message
 
     save_file({**tensors, "model.layers.2.mlp.up_proj.weight": torch.zeros(64, 32)}, str(weights))
-    assert "unexpected ['model.layers.2.mlp.up_proj.weight']" in _error(lambda: load_llama(LlamaLM(dims), folder))
+    assert "unexpected ['model.layers.2.mlp.up_proj.weight']" in one_line_error(lambda: load_llama(LlamaLM(dims), folder))
 
     save_file({**tensors, "model.norm.weight": torch.ones(31)}, str(weights))
-    message = _error(lambda: load_llama(LlamaLM(dims), folder))
+    message = one_line_error(lambda: load_llama(LlamaLM(dims), folder))
     assert "shape mismatch ['model.norm.weight (31,) vs (32,)']" in message
 
     save_file({**tensors, "lm_head.weight": torch.zeros(64, 32)}, str(weights))  # config.json says tied
-    assert "lm_head.weight differs" in _error(lambda: load_llama(LlamaLM(dims), folder))
+    assert "lm_head.weight differs" in one_line_error(lambda: load_llama(LlamaLM(dims), folder))
     save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()}, str(weights))
     assert load_llama(LlamaLM(dims), folder) == 20  # a stored copy of the tied embedding is fine
 
     weights.unlink()
     (folder / "pytorch_model.bin").write_bytes(b"not read")
-    assert "found pytorch_model.bin" in _error(lambda: load_llama(LlamaLM(dims), folder))
+    assert "found pytorch_model.bin" in one_line_error(lambda: load_llama(LlamaLM(dims), folder))
 
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "rope_scaling": {"rope_type": "linear", "factor": 2}}))
-    assert "rope_scaling" in _error(lambda: read_llama_config(folder))
+    assert "rope_scaling" in one_line_error(lambda: read_llama_config(folder))
 
 
 def test_a_llama_folder_needs_a_llama_prefix_lm(tmp_path):

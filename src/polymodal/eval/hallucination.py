@@ -218,6 +218,11 @@ class CocoVocabulary:
 
 
 # ----------------------------------------------------------------------------- scoring
+def count_objects(objects: list[SceneObject], vocabulary: ObjectVocabulary) -> int:
+    """How many objects a list holds as the vocabulary counts them: instances, or distinct kinds."""
+    return len(objects) if vocabulary.counts_instances else len({o.name for o in objects})
+
+
 def match_objects(mentions: list[SceneObject], truth: list[SceneObject],
                   vocabulary: ObjectVocabulary) -> tuple[int, int]:
     """(hallucinated mentions, objects of the image that were named).
@@ -226,9 +231,8 @@ def match_objects(mentions: list[SceneObject], truth: list[SceneObject],
     are matched first, so "a red circle" takes the red circle before "a circle" takes any circle.
     """
     if not vocabulary.counts_instances:
-        kinds = {o.name for o in truth}
-        named = {m.name for m in mentions}
-        return len(named - kinds), len({o.name for o in truth} & named)
+        kinds, named = {o.name for o in truth}, {m.name for m in mentions}
+        return len(named - kinds), len(kinds & named)
     left = list(truth)
     hallucinated = 0
     for mention in sorted(mentions, key=lambda m: -len(m.attributes)):
@@ -259,11 +263,12 @@ def hallucination_metrics(captions: Mapping[str, str], truth: Mapping[str, list[
     for image_id in ids:
         mentions, objs = vocabulary.mentions(captions[image_id]), truth[image_id]
         bad, hit = match_objects(mentions, objs, vocabulary)
-        size = len(mentions) if vocabulary.counts_instances else len({m.name for m in mentions})
-        n_mentions, hallucinated, named, objects = n_mentions + size, hallucinated + bad, named + hit, objects + len(objs)
+        total = count_objects(objs, vocabulary)
+        n_mentions, hallucinated = n_mentions + count_objects(mentions, vocabulary), hallucinated + bad
+        named, objects = named + hit, objects + total
         kinds = {o.name for o in objs}
         with_any += bad > 0
-        exact += bad == 0 and hit == (len(objs) if vocabulary.counts_instances else len(kinds))
+        exact += bad == 0 and hit == total
         for m in mentions:
             if m.name in kinds and m.attributes:
                 bindable += 1
@@ -272,8 +277,7 @@ def hallucination_metrics(captions: Mapping[str, str], truth: Mapping[str, list[
         counted += (stated if stated is not None else len(mentions)) == len(objs)
     n = max(len(ids), 1)
     out = {"chair_i": hallucinated / max(n_mentions, 1), "chair_s": with_any / n,
-           "object_recall": named / max(objects if vocabulary.counts_instances else
-                                        sum(len({o.name for o in truth[i]}) for i in ids), 1),
+           "object_recall": named / max(objects, 1),
            "exact_objects": exact / n, "mentions": n_mentions, "captions": len(ids)}
     if vocabulary.counts_instances:
         out |= {"binding_accuracy": bound / max(bindable, 1), "count_accuracy": counted / n}
@@ -310,8 +314,7 @@ class ObjectTruth:
         """(objects named that are not in image `image_id`, objects of it left unnamed) for one caption."""
         objects = self.objects[image_id]
         bad, named = match_objects(self.vocabulary.mentions(caption), objects, self.vocabulary)
-        kinds = len(objects) if self.vocabulary.counts_instances else len({o.name for o in objects})
-        return bad, kinds - named
+        return bad, count_objects(objects, self.vocabulary) - named
 
 
 # ----------------------------------------------------------------------------- ground truth

@@ -229,12 +229,11 @@ class PrefixLM(Captioner):
         over layers puts 90% of the named objects' markers on the object, the last layer alone 46%)."""
         if not self.lm.h[0].attn.keep_query:
             return None
-        keys = state["pk0"]  # (B, H, prefix, d): [padding][visual][prompt]
         start = (~state["valid"]).sum(1) if "valid" in state else torch.zeros_like(state["pos"])
-        rows = (start[:, None] + torch.arange(int(state["nvis"].max()), device=keys.device))[:, None, :, None]
+        rows = (start[:, None] + torch.arange(int(state["nvis"].max()), device=start.device))[:, None, :, None]
         maps = []
         for i, block in enumerate(self.lm.h):
-            keys = state[f"pk{i}"]
+            keys = state[f"pk{i}"]  # (B, H, prefix, d): [padding][visual][prompt]
             keys = keys.repeat_interleave(block.attn.query.shape[1] // keys.shape[1], 1)  # grouped-query (Llama)
             visual = keys.gather(2, rows.expand(-1, keys.shape[1], -1, keys.shape[3]))  # (B, H, P, d)
             scores = block.attn.query[:, :, -1:] @ visual.transpose(-1, -2) / math.sqrt(keys.shape[3])
