@@ -38,6 +38,7 @@ from ..nn.llama import LlamaDims, is_llama_folder, read_llama_config
 from ..text.hf_tokenizer import HFTokenizer
 from ..text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .captioning import fit_captioner
+from .pretraining import PretrainConfig, QADataConfig, pretrain_region_encoder
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PrefixLMExperimentConfig:
     freeze_lm: bool = False          # train only the encoder and the projector (LLaVA stage 1)
     model: ModelConfig = field(default_factory=ModelConfig)
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # steps > 0: start from a region encoder
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -96,6 +98,22 @@ def _lm_source(cfg: PrefixLMExperimentConfig) -> tuple[DecoderConfig, Tokenizer,
     return decoder, tokenizer, from_dict(LlamaDims, llama, f"{source}/config.json:prefix.lm") if llama else None
 
 
+def _pretrain_encoder(cfg: PrefixLMExperimentConfig, model_cfg: ModelConfig, progress: bool) -> None:
+    """Start the image encoder from one pretrained to name the colour, shape and size under each grid cell
+    (train/pretraining.py): features that keep attributes apart, so unseen colour-shape pairs are named right."""
+    if cfg.pretrain.steps <= 0 or model_cfg.encoder.pretrained:
+        return
+    if cfg.data.format != "shapes":
+        tqdm.write("encoder pretraining: skipped (region pretraining learns from Shapes World scenes; "
+                   "the encoder trains with the captions)")
+        return
+    data = QADataConfig(format="shapes", path=cfg.data.path, n=cfg.data.n, seed=cfg.data.seed,
+                        render_size=cfg.data.render_size, train_split=cfg.data.train_split)
+    tqdm.write(f"encoder pretraining: {cfg.pretrain.steps} steps naming the object under each grid cell")
+    model_cfg.encoder.pretrained = str(pretrain_region_encoder(model_cfg.encoder, model_cfg.image_size, data,
+                                                               cfg.pretrain, cfg.seed, progress))
+
+
 def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
                     stop_at: int | None = None) -> dict[str, Any]:
     """Train a PrefixLM as configured; the best model lands in `{train.out_dir}/model`."""
@@ -107,6 +125,7 @@ def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
     else:
         tokenizer = build_tokenizer(model_cfg.tokenizer, (c for r in train_records for c in r.captions),
                                     cfg.data.min_count, cfg.data.max_vocab, model_cfg.bpe_vocab_size)
+    _pretrain_encoder(cfg, model_cfg, progress)
     torch.manual_seed(cfg.seed)
     model = PrefixLM(model_cfg, tokenizer, prefix_cfg)
     if cfg.init_lm_from:
