@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import best_time, interleaved_best, machine, peak_rss_mb, save_plot, shown, write_section  # noqa: E402
 
 from polymodal import load  # noqa: E402
-from polymodal.assets import bundled_model_dir  # noqa: E402
+from polymodal.assets import ATTENTION_LSTM, bundled_model_dir  # noqa: E402
 from polymodal.config import DataConfig  # noqa: E402
 from polymodal.data.datasets import ImageDataset, collate_captions, load_split  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
@@ -40,7 +40,7 @@ def shapes_test_images(n: int, size: int) -> torch.Tensor:
 
 
 def decode_section(args: argparse.Namespace) -> None:
-    model = load(args.model or bundled_model_dir()).eval()
+    model = load(args.model or bundled_model_dir(ATTENTION_LSTM)).eval()
     images = shapes_test_images(args.images, model.cfg.image_size)
 
     rows = []
@@ -79,7 +79,7 @@ Greedy, batched: {greedy:.3f} s ({n / greedy:.0f} img/s). Peak RSS {peak_rss_mb(
 
 def decode_cost_section(args: argparse.Namespace) -> None:
     """Batched beam search cost as the caption length and the beam grow (min_len = max_len fixes the length)."""
-    model = load(args.model or bundled_model_dir()).eval()
+    model = load(args.model or bundled_model_dir(ATTENTION_LSTM)).eval()
     n = min(args.images, 16)
     images = shapes_test_images(n, model.cfg.image_size)
     threads = torch.get_num_threads()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import best_time, machine, shown, write_section  # noqa: E402
 
 from polymodal import load  # noqa: E402
-from polymodal.assets import bundled_model_dir  # noqa: E402
+from polymodal.assets import ATTENTION_LSTM, bundled_model_dir  # noqa: E402
 from polymodal.config import DataConfig  # noqa: E402
 from polymodal.data.datasets import load_split  # noqa: E402
 from polymodal.eval.caption_metrics import caption_metrics  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model_dir = args.model or bundled_model_dir()
+    model_dir = args.model or bundled_model_dir(ATTENTION_LSTM)
     model = load(model_dir).eval()
     records = load_split(DataConfig(format="shapes"), "test")[: args.images]
     references = {r.id: r.captions for r in records}

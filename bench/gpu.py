@@ -22,7 +22,7 @@ from cache import steps_per_second  # noqa: E402
 from decode import shapes_test_images  # noqa: E402
 
 from polymodal import load  # noqa: E402
-from polymodal.assets import bundled_model_dir  # noqa: E402
+from polymodal.assets import ATTENTION_LSTM, bundled_model_dir  # noqa: E402
 from polymodal.config import load_config  # noqa: E402
 from polymodal.data.datasets import CaptionDataset, load_split  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
@@ -51,7 +51,7 @@ def training_rows(args: argparse.Namespace) -> list[tuple[str, float]]:
 
 
 def decode_rows(args: argparse.Namespace) -> list[tuple[str, float]]:
-    model = load(bundled_model_dir()).eval().cuda()
+    model = load(bundled_model_dir(ATTENTION_LSTM)).eval().cuda()
     images = shapes_test_images(args.images, model.cfg.image_size).cuda()
     rows = []
     for label, cfg in (("greedy", GenerationConfig(strategy="greedy", max_len=model.cfg.decoder.max_len)),

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import best_time, machine, shown, start_serve, write_section  # noqa: E402
 
 from polymodal import load as load_model  # noqa: E402
-from polymodal.assets import bundled_model_dir  # noqa: E402
+from polymodal.assets import ATTENTION_LSTM, bundled_model_dir  # noqa: E402
 from polymodal.data.shapes import render, sample_scene  # noqa: E402
 from polymodal.generate import GenerationConfig  # noqa: E402
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="back-to-back rounds; medians are reported")
     parser.add_argument("--max-wait-ms", type=float, default=25, help="the batching server's --max-wait-ms")
     args = parser.parse_args()
-    model = str(args.model or bundled_model_dir())
+    model = str(args.model or bundled_model_dir(ATTENTION_LSTM))
     pngs = shapes_pngs(32)
     bodies, ctype = multipart_bodies(pngs)
     servers = {label: start_server(model, options, args.threads, args.max_wait_ms) for label, options in SETTINGS.items()}

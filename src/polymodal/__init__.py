@@ -6,7 +6,7 @@ Example:
     >>> from polymodal.data.shapes import Scene, ShapeObject, render
     >>> model = polymodal.load(bundled_model_dir())  # any saved model folder, e.g. "runs/attention_lstm"
     >>> model.caption([render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)])
-    ['there is a large red circle']
+    ['a large red circle']
 """
 
 from .api import load

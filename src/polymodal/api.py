@@ -9,7 +9,7 @@ Example:
     >>> tmp = tempfile.TemporaryDirectory()
     >>> render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64).save(f"{tmp.name}/a.png")
     >>> model.caption([f"{tmp.name}/a.png"], beam_size=3)
-    ['there is a large red circle']
+    ['a large red circle']
     >>> tmp.cleanup()
 """
 
@@ -57,12 +57,12 @@ def load_expecting(path: str | Path, architecture: str | Collection[str], fix: F
 
     Example:
         >>> from polymodal.assets import bundled_model_dir
-        >>> load_expecting(bundled_model_dir(), "captioner", "train one").architecture
-        'captioner'
+        >>> load_expecting(bundled_model_dir(), "prefix_lm", "train one").architecture
+        'prefix_lm'
         >>> fix = "train one with `polymodal train configs/vqa.yaml`"
         >>> load_expecting(bundled_model_dir(), "vqa", fix)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        polymodal.errors.InputError: ...shapes_attention_lstm: is a captioner model, not a vqa model; train one ...
+        polymodal.errors.InputError: ...shapes_prefix_lm: is a prefix_lm model, not a vqa model; train one ...
 
     Raises:
         InputError: the directory holds a model of another architecture.

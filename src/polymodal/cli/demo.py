@@ -18,6 +18,7 @@ from ..assets import bundled_model_dir
 from ..checkpoint import write_json
 from ..config import DataConfig
 from ..data.datasets import load_split, shapes_folder
+from ..errors import InputError
 from ..eval.captions import evaluate_captioner, metrics_table
 from ..eval.hallucination import ObjectTruth
 from ..eval.viz import caption_heatmaps, plot_training_curves
@@ -68,12 +69,15 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
               f"{m['chair_i']:.1%} | {m['exact_objects']:.1%} |" for s, m in all_metrics.items()]
 
     lines += ["", "## Where the model looks", "", "One panel per generated word (attention over the image).", ""]
-    if model.cfg.decoder.name == "attention_lstm":
-        for rec in test[:3]:
-            folder = out / "heatmaps" / Path(rec.image).stem
+    for rec in test[:3]:
+        folder = out / "heatmaps" / Path(rec.image).stem
+        try:
             captions, _ = caption_heatmaps(model, rec.image, folder, strategy="beam", beam_size=3)
-            grid = (folder / "grid.png").relative_to(out).as_posix()
-            lines += [f"**{captions[0]}**", "", f"![heatmaps]({grid})", ""]
+        except InputError as err:  # a model without attention (the seed LSTM): say so instead of drawing
+            lines += [f"Not drawn: {err}", ""]
+            break
+        grid = (folder / "grid.png").relative_to(out).as_posix()
+        lines += [f"**{captions[0]}**", "", f"![heatmaps]({grid})", ""]
     log = model_dir / "log.jsonl"
     if log.exists():
         plot_training_curves(log, out / "training_curves.png")

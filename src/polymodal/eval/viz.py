@@ -5,9 +5,9 @@ through pyplot, so nothing needs a display and the caller's matplotlib backend i
 
 Example:
     >>> import tempfile
-    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> log = bundled_model_dir() / "log.jsonl"  # the training log of the bundled captioner
+    >>> log = bundled_model_dir(ATTENTION_LSTM) / "log.jsonl"  # the training log of the bundled captioner
     >>> plot_training_curves(log, f"{tmp.name}/curves.png").is_file()
     True
     >>> tmp.cleanup()
@@ -157,9 +157,9 @@ def caption_heatmaps(model: Any, image_path: str | Path, out_dir: str | Path,
     Example:
         >>> import tempfile
         >>> import polymodal
-        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
         >>> from polymodal.data.shapes import Scene, ShapeObject, render
-        >>> model = polymodal.load(bundled_model_dir())  # an attention LSTM trained on Shapes World
+        >>> model = polymodal.load(bundled_model_dir(ATTENTION_LSTM))  # an attention LSTM trained on Shapes World
         >>> tmp = tempfile.TemporaryDirectory()
         >>> scene = Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), background=(40, 40, 40))
         >>> render(scene, 64).save(f"{tmp.name}/a.png")
@@ -190,8 +190,8 @@ def read_log_series(log_jsonl: str | Path) -> dict[str, tuple[list[int], list[fl
     "summary") are ignored.
 
     Example:
-        >>> from polymodal.assets import bundled_model_dir
-        >>> steps, losses = read_log_series(bundled_model_dir() / "log.jsonl")["loss"]
+        >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
+        >>> steps, losses = read_log_series(bundled_model_dir(ATTENTION_LSTM) / "log.jsonl")["loss"]
         >>> steps[:3], [round(loss, 2) for loss in losses[:2]]
         ([25, 50, 75], [3.16, 1.96])
     """

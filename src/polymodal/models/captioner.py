@@ -2,9 +2,9 @@
 
 Example:
     >>> import polymodal
-    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
     >>> from polymodal.data.shapes import Scene, ShapeObject, render
-    >>> model = polymodal.load(bundled_model_dir())  # or a run of yours: "runs/attention_lstm"
+    >>> model = polymodal.load(bundled_model_dir(ATTENTION_LSTM))  # or a run of yours: "runs/attention_lstm"
     >>> scene = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5),
     ...                ShapeObject("square", "blue", "large", 0.7, 0.5)), background=(40, 40, 40))
     >>> model.caption([render(scene, 64)])  # paths, bytes, PIL images or tensors
@@ -84,9 +84,9 @@ class Captioner(SavedModel, nn.Module):
 
         Example:
             >>> import polymodal
-            >>> from polymodal.assets import bundled_model_dir
+            >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
             >>> from polymodal.data.shapes import Scene, ShapeObject, render
-            >>> model = polymodal.load(bundled_model_dir())
+            >>> model = polymodal.load(bundled_model_dir(ATTENTION_LSTM))
             >>> image = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
             >>> beams = model.beam_batch(GenerationConfig(beam_size=3))
             >>> beams.add(model.init_state(model.preprocess([image])), keys=["a.png"])

@@ -15,9 +15,9 @@ Example:
     A second pass, untrained, over the bundled captioner as the first:
 
     >>> import polymodal
-    >>> from polymodal.assets import bundled_model_dir
+    >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
     >>> from polymodal.data.shapes import Scene, ShapeObject, render
-    >>> model = RefiningCaptioner.from_captioner(polymodal.load(bundled_model_dir()), RefinerConfig())
+    >>> model = RefiningCaptioner.from_captioner(polymodal.load(bundled_model_dir(ATTENTION_LSTM)), RefinerConfig())
     >>> image = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
     >>> model.caption([image], refine=False)  # the first pass alone
     ['there is a large red circle']

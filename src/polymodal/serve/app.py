@@ -385,7 +385,7 @@ def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
         ...     upload = {"image": ("a.png", png.getvalue(), "image/png")}
         ...     reply = client.post("/v1/caption", files=upload).json()
         >>> reply["model"], reply["captions"][0]["text"], reply["words"][:3]
-        ('tiny', 'there is a large red circle', ['there', 'is', 'a'])
+        ('tiny', 'a large red circle', ['a', 'large', 'red'])
     """
     cfg = config or ServeConfig()
     model_set = engines.ModelSet(models if isinstance(models, dict) else engines.load_models(models))

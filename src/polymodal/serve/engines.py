@@ -10,7 +10,7 @@ Example:
     >>> from polymodal.assets import bundled_model_dir
     >>> models = ModelSet(load_models([bundled_model_dir()]))  # model folders, e.g. "runs/attention_lstm"
     >>> models.pick("caption").name  # named after its folder
-    'shapes_attention_lstm'
+    'shapes_prefix_lm'
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Example:
     The bundled captioner (or a run such as "runs/attention_lstm"); exporting takes seconds (torch.onnx.export
     traces both graphs), so this example is not run in the tests:
 
-    >>> from polymodal.assets import bundled_model_dir
-    >>> out = export_onnx(bundled_model_dir(), "exported/", int8=True)  # doctest: +SKIP
+    >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
+    >>> out = export_onnx(bundled_model_dir(ATTENTION_LSTM), "exported/", int8=True)  # doctest: +SKIP
     >>> OnnxCaptioner(out, int8=True).caption(["a.png"])  # doctest: +SKIP
     ['a small red circle to the left of a large blue square']
 """
@@ -121,9 +121,9 @@ def export_onnx(model: str | Path | nn.Module, out_dir: str | Path, int8: bool =
 
     Example:
         >>> import tempfile
-        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
         >>> tmp = tempfile.TemporaryDirectory()
-        >>> out = export_onnx(bundled_model_dir(), f"{tmp.name}/exported")  # a few seconds: traces two graphs
+        >>> out = export_onnx(bundled_model_dir(ATTENTION_LSTM), f"{tmp.name}/exported")  # a few seconds: traces two graphs
         >>> sorted(p.name for p in out.glob("*.onnx"))
         ['decoder_step.onnx', 'encoder.onnx']
         >>> tmp.cleanup()
@@ -188,12 +188,12 @@ class OnnxCaptioner:
     Example:
         >>> import tempfile
         >>> import polymodal
-        >>> from polymodal.assets import bundled_model_dir
+        >>> from polymodal.assets import ATTENTION_LSTM, bundled_model_dir
         >>> from polymodal.data.shapes import ShapesWorld
         >>> tmp = tempfile.TemporaryDirectory()
         >>> image = ShapesWorld(n=20, seed=0, image_size=64).image("test", 0)
-        >>> captioner = OnnxCaptioner(export_onnx(bundled_model_dir(), f"{tmp.name}/exported"))
-        >>> captioner.caption([image]) == polymodal.load(bundled_model_dir()).caption([image], beam_size=1)
+        >>> captioner = OnnxCaptioner(export_onnx(bundled_model_dir(ATTENTION_LSTM), f"{tmp.name}/exported"))
+        >>> captioner.caption([image]) == polymodal.load(bundled_model_dir(ATTENTION_LSTM)).caption([image], beam_size=1)
         True
         >>> tmp.cleanup()
     """
