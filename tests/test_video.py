@@ -210,7 +210,46 @@ def test_cli_shapes_video_keyframes_and_describe_errors(tmp_path, monkeypatch, c
 def test_modality_dropout_only_in_training():
     tok = WordTokenizer.build(["a red circle appears"])
     model = VideoCaptioner(VideoCaptionerConfig(media=_media(), modality_dropout=0.5), tok)
-    tokens = {"video": torch.zeros(200, 8, 32), "audio": torch.zeros(200, 8, 32)}
-    keep = model.train().modality_mask(tokens, 200, torch.device("cpu"))
+    keep = model.train().media.modality_mask(200, torch.device("cpu"), 0.5)
     assert 50 < int((keep == 0).sum()) < 150 and bool((keep.sum(1) >= 1).all())  # never both dropped
-    assert bool((model.eval().modality_mask(tokens, 200, torch.device("cpu")) == 1).all())
+    assert bool((model.eval().media.modality_mask(200, torch.device("cpu"), 0.5) == 1).all())
+
+
+def test_one_checkpoint_describes_video_with_sound_silent_video_and_sound_alone(tiny_world, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """A missing-token model with space-time region tokens: every input kind works from one saved checkpoint,
+    the result names what it read, and the CLI takes a wav."""
+    folder, clips, bank = tiny_world
+    tok = WordTokenizer.build([c["caption"] for c in clips] + [c["summary"] for c in clips])
+    torch.manual_seed(0)
+    media = _media()
+    media.temporal, media.missing_token = "space_time", True
+    cfg = VideoCaptionerConfig(media=media, modality_dropout=0.5,
+                               decoder=DecoderConfig(embed_dim=16, hidden_dim=32, attention_dim=16, dropout=0.0,
+                                                     max_len=40))
+    model = VideoCaptioner(cfg, tok)
+    data = ClipCaptionDataset(clips[:4], bank, tok, 40)
+    batch = data.collate([data[i] for i in range(len(data))])
+    first, last = _overfit(model, batch)
+    assert last < 0.8 * first
+    model.eval()
+    with torch.no_grad():  # a lacking modality is the learned missing token, not whatever the batch held
+        silent = {k: v for k, v in batch.items() if k != "mel"}
+        assert torch.equal(model.media(silent)["audio"][0, 0], model.media.missing[1])
+        assert not torch.allclose(model(silent)[0], model(batch)[0])
+    model.save_pretrained(tmp_path / "vc")
+    import polymodal
+    from polymodal.data.audio import write_wav
+
+    loaded = polymodal.load(tmp_path / "vc")
+    sound = load_audio(folder / clips[0]["video"], 16000)
+    frames = np.stack([f.permute(1, 2, 0).numpy() for f in read_frames(folder / clips[0]["video"], 16, 32).frames])
+    inputs = {"video + audio": (folder / clips[0]["video"], ["video", "audio"]),
+              "silent": (write_video(tmp_path / "silent.mp4", frames, fps=4), ["video"]),
+              "wav": (write_wav(tmp_path / "sound.wav", sound, 16000), ["audio"])}
+    for name, (path, used) in inputs.items():
+        out = loaded.describe(path, beam_size=1)
+        assert out["modalities"] == used, name
+        assert isinstance(out["caption"], str) and len(out["event_probs"]) == 8, name
+    code, err = _cli(monkeypatch, capsys, "describe", str(tmp_path / "sound.wav"), "--model", str(tmp_path / "vc"))
+    assert code == 0, err

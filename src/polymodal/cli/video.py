@@ -92,14 +92,14 @@ def keyframes(video: Path = typer.Argument(..., help="video file"),
 
 
 @app.command()
-def describe(video: Path = typer.Argument(..., help="video file (mp4, mkv, webm, ...)"),
+def describe(video: Path = typer.Argument(..., help="video or sound file (mp4, mkv, webm, wav, ...)"),
              model: Path | None = typer.Option(None, help="video captioner directory (default: the bundled "
                                                f"Shapes World video captioner); {TRAIN_HINT}"),
              k: int = typer.Option(5, "-k", "--k", help="key frames to list"),
              out: Path | None = typer.Option(None, help="also save the key frames and a contact sheet here"),
              beam: int = typer.Option(3, help="beam size; 1 = greedy"),
              as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Summarise a video: one-sentence summary, timestamped events and key frames."""
+    """Summarise a video (or a silent video, or a sound file): summary, timestamped events and key frames."""
     from ..eval.keyframes import encoder_features, extract_keyframes, pixel_features, save_keyframes
 
     if model is None:
@@ -114,20 +114,22 @@ def describe(video: Path = typer.Argument(..., help="video file (mp4, mkv, webm,
     media = captioner.cfg.media
     features = encoder_features(captioner.media.encoder, media.grid) if "video" in media.modalities \
         else pixel_features
-    frames = extract_keyframes(video, k, features, size=media.image_size)
+    frames = extract_keyframes(video, k, features, size=media.image_size) if "video" in result["modalities"] else []
     result["keyframes"] = [round(f.time, 2) for f in frames]
-    if out is not None:
+    if out is not None and frames:
         save_keyframes(frames, out)
     if as_json:
         result.pop("event_probs", None)
         typer.echo(json.dumps({"video": str(video), **result}))
         return
+    typer.echo(f"read: {' + '.join(result['modalities'])}")
     typer.echo(f"summary: {result['summary']}")
     typer.echo("events:")
     for e in result["events"]:
         typer.echo(f"  {e['time']:6.2f} s  {e['event']}")
-    typer.echo("key frames: " + ", ".join(f"{t:.2f} s" for t in result["keyframes"]))
-    if out is not None:
+    if frames:
+        typer.echo("key frames: " + ", ".join(f"{t:.2f} s" for t in result["keyframes"]))
+    if out is not None and frames:
         typer.echo(f"key frames and contact sheet saved in {out}")
 
 

@@ -49,6 +49,25 @@ class Clip:
     times: list[float]
 
 
+def media_tracks(path: str | Path) -> set[str]:
+    """Which of "video" and "audio" a file holds (a silent video: {"video"}; a wav: {"audio"}), decoding nothing.
+
+    Example:
+        >>> import tempfile
+        >>> from polymodal.data.audio import tone, write_wav
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> media_tracks(write_wav(f"{tmp.name}/a.wav", tone(440, 0.5), 16000))
+        {'audio'}
+        >>> tmp.cleanup()
+    """
+    container = _open(path)
+    try:
+        return {kind for kind, streams in (("video", container.streams.video), ("audio", container.streams.audio))
+                if streams}
+    finally:
+        container.close()
+
+
 def probe(path: str | Path) -> VideoInfo:
     """Duration, frame rate, size and whether there is sound, without decoding any frame."""
     container = _open(path)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
+from ..errors import InputError
 from ..generate import GenerationConfig, generate
 from ..nn.decoders import build_decoder
 from ..nn.media import MODALITIES, MediaConfig, MediaEncoder
@@ -52,20 +53,28 @@ class VideoCaptionerConfig:
 
 
 def load_clip(path: str | Path, media: MediaConfig) -> dict[str, torch.Tensor]:
-    """A video (or audio) file -> an unbatched model input {"frames": (T, 3, S, S), "mel": (M, L), "times"}."""
+    """A video or sound file -> an unbatched model input {"frames": (T, 3, S, S), "mel": (M, L), "times"}.
+
+    Only the tracks the file has and the model uses are read: a silent video gives no "mel", a sound file
+    (wav, mp3, ...) no "frames"; the model stands in for what is missing (`MediaEncoder.forward`).
+    """
     from ..data.audio import fit_length, load_audio, log_mel
     from ..data.images import normalize
-    from ..data.video import probe, read_frames
+    from ..data.video import media_tracks, probe, read_frames
 
+    tracks = media_tracks(path)
+    use = [m for m in media.modalities if m in tracks]
+    if not use:
+        raise InputError(f"{path}: has no {' or '.join(media.modalities)} track, which this model reads; "
+                         f"pass a video or sound file")
     out: dict[str, Any] = {}
     duration = None
-    if "video" in media.modalities:
-        info = probe(path)
-        duration = info.duration
+    if "video" in use:
+        duration = probe(path).duration
         clip = read_frames(path, media.frames, media.image_size)
         out["frames"] = normalize(clip.frames.float() / 255.0)
         out["times"] = torch.tensor(clip.times)
-    if "audio" in media.modalities:
+    if "audio" in use:
         wave = load_audio(path, media.mel.sample_rate, duration=duration)
         samples = int(round((duration or len(wave) / media.mel.sample_rate) * media.mel.sample_rate))
         out["mel"] = log_mel(fit_length(wave, samples), media.mel)
@@ -73,6 +82,11 @@ def load_clip(path: str | Path, media: MediaConfig) -> dict[str, torch.Tensor]:
             seconds = samples / media.mel.sample_rate
             out["times"] = (torch.arange(media.frames) + 0.5) * seconds / media.frames
     return out
+
+
+def used_modalities(clip: dict[str, torch.Tensor]) -> list[str]:
+    """The modalities a `load_clip` result carries, e.g. ["video"] for a silent video."""
+    return [name for name, key in (("video", "frames"), ("audio", "mel")) if key in clip]
 
 
 class VideoCaptioner(SavedModel, nn.Module):
@@ -93,19 +107,9 @@ class VideoCaptioner(SavedModel, nn.Module):
     def memory(self, tokens: dict[str, torch.Tensor], mode: torch.Tensor) -> torch.Tensor:
         """Mode token + every modality's tokens (each with its modality embedding): (B, 1 + N, D)."""
         parts = [self.mode_embed(mode)[:, None]]
-        keep = self.modality_mask(tokens, mode.shape[0], mode.device)
-        for m, (name, x) in enumerate(tokens.items()):
-            parts.append(x * keep[:, m, None, None] + self.modality_embed.weight[MODALITIES.index(name)])
+        for name, x in tokens.items():
+            parts.append(x + self.modality_embed.weight[MODALITIES.index(name)])
         return torch.cat(parts, dim=1)
-
-    def modality_mask(self, tokens: dict[str, torch.Tensor], b: int, device: torch.device) -> torch.Tensor:
-        """(B, M) 1 = keep; in training, with `modality_dropout`, one random modality of some clips is 0."""
-        keep = torch.ones(b, len(tokens), device=device)
-        if self.training and self.cfg.modality_dropout > 0 and len(tokens) > 1:
-            drop = torch.rand(b, device=device) < self.cfg.modality_dropout
-            which = torch.randint(len(tokens), (b,), device=device)
-            keep[drop, which[drop]] = 0.0
-        return keep
 
     def event_logits(self, tokens: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
         return self.event_head(self.media.time_tokens(tokens, steps)).squeeze(-1)  # (B, steps)
@@ -113,7 +117,7 @@ class VideoCaptioner(SavedModel, nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: media ("frame_features"/"frames", "mel"), "mode" (B,), "tokens" (B, L) = <bos> words <eos>,
         optional "event_targets" (B, T) in {0, 1}. Returns caption logits and named losses."""
-        tokens = self.media(batch)
+        tokens = self.media(batch, self.cfg.modality_dropout)
         words = batch["tokens"]
         logits, aux = self.decoder(self.memory(tokens, batch["mode"]), words[:, :-1])
         losses = {"caption_loss": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
@@ -134,7 +138,7 @@ class VideoCaptioner(SavedModel, nn.Module):
                       generation: GenerationConfig | None = None) -> list[str]:
         """Best caption (mode "events") or summary (mode "summary") of every clip in a batch."""
         self.eval()
-        tokens = self.media(batch)
+        tokens = self.media(batch, self.cfg.modality_dropout)
         b = next(iter(tokens.values())).shape[0]
         memory = self.memory(tokens, torch.full((b,), MODES.index(mode), dtype=torch.long, device=self.device))
         cfg = generation or GenerationConfig(strategy="beam", beam_size=3, max_len=self.cfg.decoder.max_len)
@@ -147,10 +151,10 @@ class VideoCaptioner(SavedModel, nn.Module):
     def event_probs(self, batch: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
         """Probability (B, steps) that an event starts at each time step."""
         self.eval()
-        return self.event_logits(self.media(batch), steps).sigmoid()
+        return self.event_logits(self.media(batch, self.cfg.modality_dropout), steps).sigmoid()
 
     def describe(self, path: str | Path, beam_size: int = 3) -> dict[str, Any]:
-        """Summary, events with start times, for one video file.
+        """Summary, events with start times, and the modalities used, for one video or sound file.
 
         Each clause of the event caption ("..., then ...") is paired, in time order, with one of the
         most likely event starts (peaks of the event head, at least 2 steps apart).
@@ -165,11 +169,11 @@ class VideoCaptioner(SavedModel, nn.Module):
             >>> folder = write_shapes_video(f"{tmp.name}/shapes_video", n=3, size=64, progress=False)
             >>> out = model.describe(folder / "videos/test/test_00000.mp4", beam_size=1)
             >>> sorted(out), out["events"][0]
-            (['caption', 'event_probs', 'events', 'summary'], {'time': 0.62, 'event': 'a green star appears'})
+            (['caption', 'event_probs', 'events', 'modalities', 'summary'], {'time': 0.62, 'event': 'a green star appears'})
             >>> tmp.cleanup()
         """
         clip = load_clip(path, self.cfg.media)
-        times = clip.pop("times")
+        times, used = clip.pop("times"), used_modalities(clip)
         batch = {k: v[None].to(self.device) for k, v in clip.items()}
         gen = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
                                max_len=self.cfg.decoder.max_len)
@@ -178,7 +182,7 @@ class VideoCaptioner(SavedModel, nn.Module):
         clauses = [c.strip() for c in caption.split(", then ") if c.strip()]
         probs = self.event_probs(batch, len(times))[0].cpu()
         peaks = pick_peaks(probs, len(clauses), min_gap=2)
-        return {"summary": summary, "caption": caption,
+        return {"summary": summary, "caption": caption, "modalities": used,
                 "events": [{"time": round(float(times[i]), 2), "event": c}
                            for i, c in zip(sorted(peaks), clauses, strict=False)],
                 "event_probs": [round(float(p), 3) for p in probs]}

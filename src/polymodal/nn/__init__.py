@@ -10,7 +10,7 @@ Example:
 """
 
 from ..registry import DECODERS, ENCODERS, FUSION, QUESTION_ENCODERS, TEMPORAL, TEXT_ENCODERS
-from . import clip, decoders, encoders, hf_vision, media, question, text_encoders, transformer
+from . import clip, decoders, encoders, hf_vision, media, question, space_time, text_encoders, transformer
 from .fusion import base, joint, recurrent, votes, word_pairs
 
 ENCODERS.fill({
@@ -39,6 +39,7 @@ QUESTION_ENCODERS.fill({
 TEMPORAL.fill({
     "transformer": media.temporal_transformer,
     "attention_pool": media.attention_pool,
+    "space_time": space_time.space_time_transformer,
 })
 # Each variant class is its own builder: cls(cfg, dims, num_classes).
 FUSION.fill({

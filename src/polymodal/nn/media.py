@@ -4,7 +4,9 @@ frames (B, T, 3, H, W) -> the image encoder (any `registry.ENCODERS` entry) per 
 pooled to a grid (B, T, R, C) -> [features, change since the previous frame] (with `frame_diff`)
 -> LayerNorm + Linear -> (B, T, D) + time position -> temporal model
 (`TEMPORAL` registry: a transformer over frames, or attention pooling that adds a learned summary
-token) -> video tokens (B, T', D).
+token) -> video tokens (B, T', D). With `temporal: space_time` (nn/space_time.py) the grid is not
+flattened into one token per frame: every region is a token with its 2D position, attended across time
+and space, so the tokens say where things are and which way they move; each frame's regions are then pooled by attention -> (B, T, D).
 
 log-mel (B, M, L) -> 3 strided conv blocks -> frequency x channels flattened per time step (pitch
 stays in the features) -> Linear -> pooled to `tokens` time steps -> audio tokens (B, A, D).
@@ -29,10 +31,10 @@ from torch import nn
 
 from ..config import EncoderConfig
 from ..data.audio import MelConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..registry import TEMPORAL
 from .encoders import build_encoder
-from .transformer import _sincos
+from .transformer import _sincos, sincos_2d
 
 MODALITIES = ("video", "audio")
 
@@ -46,13 +48,15 @@ class MediaConfig:
     grid: int = 4                     # per-frame regions pooled to grid x grid before projection
     frame_diff: bool = False          # each frame token also sees how its features changed since the last frame
     dim: int = 128                    # token width of every modality
-    temporal: str = "transformer"     # a key of TEMPORAL: transformer | attention_pool
+    temporal: str = "transformer"     # a key of TEMPORAL: transformer | attention_pool | space_time (region tokens)
     temporal_layers: int = 1
     heads: int = 4
     audio_width: int = 16             # audio CNN channels: width -> 2 width -> 4 width
     audio_tokens: int = 16            # audio time steps after pooling
     mel: MelConfig = field(default_factory=MelConfig)
     dropout: float = 0.1
+    missing_token: bool = False       # a modality a clip lacks (or dropout removed) is a learned "missing" token,
+                                      # not zeros: one model then serves video + sound, silent video, sound alone
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modalities if m not in MODALITIES]
@@ -134,13 +138,18 @@ class MediaEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.modalities = tuple(cfg.modalities)
+        self.per_region = False
         if "video" in self.modalities:
             self.encoder = build_encoder(cfg.encoder)
-            feat = self.encoder.out_dim * cfg.grid * cfg.grid * (2 if cfg.frame_diff else 1)
-            self.frame_proj = nn.Sequential(nn.LayerNorm(feat), nn.Linear(feat, cfg.dim), nn.Dropout(cfg.dropout))
             self.temporal = TEMPORAL.build(cfg.temporal, cfg)
+            self.per_region = getattr(self.temporal, "per_region", False)  # a token per region, not per frame
+            regions = 1 if self.per_region else cfg.grid * cfg.grid
+            feat = self.encoder.out_dim * regions * (2 if cfg.frame_diff else 1)
+            self.frame_proj = nn.Sequential(nn.LayerNorm(feat), nn.Linear(feat, cfg.dim), nn.Dropout(cfg.dropout))
         if "audio" in self.modalities:
             self.audio = AudioEncoder(cfg)
+        if cfg.missing_token:
+            self.missing = nn.Parameter(torch.zeros(len(self.modalities), cfg.dim))
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalised frames (B, T, 3, H, W) -> per-frame regions (B, T, grid * grid, C)."""
@@ -153,28 +162,67 @@ class MediaEncoder(nn.Module):
 
     def encode_video(self, features: torch.Tensor) -> torch.Tensor:
         """Per-frame regions (B, T, R, C) -> video tokens (B, T', D)."""
-        x = features.flatten(2).float()  # (B, T, R * C)
+        x = features.float() if self.per_region else features.flatten(2).float()[:, :, None]  # (B, T, R | 1, C')
         if self.cfg.frame_diff:  # what changed is what an event is about: give it to the projection directly
             x = torch.cat([x, x - torch.cat([x[:, :1], x[:, :-1]], dim=1)], dim=-1)
-        x = self.frame_proj(x)  # (B, T, D)
-        return self.temporal(x + time_positions(x.shape[1], x.shape[-1], x.device))
+        b, t, r, _ = x.shape
+        x = self.frame_proj(x) + time_positions(t, self.cfg.dim, x.device)[:, None]  # (B, T, R | 1, D)
+        if not self.per_region:
+            return self.temporal(x[:, :, 0])
+        side = int(r ** 0.5)
+        x = x + sincos_2d(side, side, self.cfg.dim, x.device)  # where in the frame each region is
+        return self.temporal(x)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """batch: "frame_features" (B, T, R, C) or "frames" (B, T, 3, H, W) normalised; "mel" (B, M, L)."""
-        out = {}
-        if "video" in self.modalities:
+    def token_count(self, modality: str) -> int:
+        """How many tokens `modality` contributes per clip (what a stand-in for a missing one must match)."""
+        if modality == "audio":
+            return self.cfg.audio_tokens
+        return self.cfg.frames + (self.cfg.temporal == "attention_pool")
+
+    def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """Video tokens -> one token per frame (B, T, D): a summary token dropped."""
+        return video[:, 1:] if self.cfg.temporal == "attention_pool" else video
+
+    def forward(self, batch: dict[str, torch.Tensor], dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """batch: "frame_features" (B, T, R, C) or "frames" (B, T, 3, H, W) normalised; "mel" (B, M, L).
+
+        Every configured modality comes back. One the batch lacks (a silent video has no "mel", a sound file
+        no frames) and, in training, one that `dropout` removes from a clip (the chance a clip loses one
+        random modality) are stood in for by the missing token (`missing_token`) or zeros.
+        """
+        found = {}
+        if "video" in self.modalities and ("frame_features" in batch or "frames" in batch):
             feats = batch["frame_features"] if "frame_features" in batch else self.frame_features(batch["frames"])
-            out["video"] = self.encode_video(feats)
-        if "audio" in self.modalities:
-            out["audio"] = self.audio(batch["mel"].float())
+            found["video"] = self.encode_video(feats)
+        if "audio" in self.modalities and "mel" in batch:
+            found["audio"] = self.audio(batch["mel"].float())
+        if not found:
+            raise InputError(f"the clip has none of the modalities the model uses ({', '.join(self.modalities)})")
+        ref = next(iter(found.values()))
+        keep = self.modality_mask(len(ref), ref.device, dropout)
+        out = {}
+        for m, name in enumerate(self.modalities):
+            missing = self.missing[m] if self.cfg.missing_token else ref.new_zeros(self.cfg.dim)
+            x = found.get(name)
+            out[name] = (missing.expand(len(ref), self.token_count(name), -1) if x is None
+                         else x * keep[:, m, None, None] + missing * (1 - keep[:, m, None, None]))
         return out
+
+    def modality_mask(self, b: int, device: torch.device, dropout: float) -> torch.Tensor:
+        """(B, M) 1 = keep; in training, with `dropout`, one random modality of some clips is 0."""
+        keep = torch.ones(b, len(self.modalities), device=device)
+        if self.training and dropout > 0 and len(self.modalities) > 1:
+            drop = torch.rand(b, device=device) < dropout
+            which = torch.randint(len(self.modalities), (b,), device=device)
+            keep[drop, which[drop]] = 0.0
+        return keep
 
     def time_tokens(self, tokens: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
         """The modalities' tokens resampled to `steps` time steps and summed: (B, steps, D), for event times."""
         parts = []
         for name, x in tokens.items():
-            if name == "video" and self.cfg.temporal == "attention_pool":
-                x = x[:, 1:]  # drop the summary token: the rest is one token per frame
+            if name == "video":
+                x = self.frame_tokens(x)
             parts.append(F.interpolate(x.transpose(1, 2), size=steps, mode="linear",
                                        align_corners=False).transpose(1, 2))
         return sum(parts)

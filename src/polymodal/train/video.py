@@ -6,6 +6,8 @@ model -> the generic Trainer -> scores of the best model on the test clips in `{
 
 video_caption: BLEU-1..4, METEOR, ROUGE-L, CIDEr of event captions and of summaries, and the event-time
 hit rate (an annotated event start with a predicted start within `tolerance` seconds).
+Under "structured": the events read back out of the generated captions, matched with the annotated
+ones and scored (precision / recall, sides, summary kinds, time error; see eval/video_events.py).
 video_qa: accuracy overall, per question type, and on audio-only vs visual questions.
 
 Example:
@@ -31,6 +33,7 @@ from ..data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, read_annot
 from ..data.datasets import cache_root
 from ..data.shapes_video import write_shapes_video
 from ..eval.caption_metrics import caption_metrics
+from ..eval.video_events import score_events
 from ..eval.vqa_metrics import vqa_accuracy
 from ..generate import GenerationConfig
 from ..models.video_captioner import VideoCaptioner, VideoCaptionerConfig, pick_peaks
@@ -120,21 +123,32 @@ def prepare_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = Tr
     return model, splits, bank
 
 
+INPUT_KEYS = {"frames": "video", "frame_features": "video", "mel": "audio"}  # batch key -> its modality
+
+
 @torch.inference_mode()
 def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: ClipBank, tolerance: float = 0.25,
-                            beam_size: int = 3, batch_size: int = 50) -> dict[str, Any]:
-    """Caption metrics of event captions and summaries, and the event-time hit rate, on `clips`."""
+                            beam_size: int = 3, batch_size: int = 50,
+                            inputs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Caption metrics of event captions and summaries, the event-time hit rate, and under "structured" the
+    events read back out of the captions and scored (`eval.video_events.score_events`), on `clips`.
+
+    `inputs` keeps only some modalities of each clip (("video",): the clips as silent videos; ("audio",):
+    their sound alone), to score one checkpoint on every kind of input it accepts."""
     gen = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
                            max_len=model.cfg.decoder.max_len)
     out: dict[str, Any] = {"clips": len(clips)}
     hits = even_hits = total = 0
     examples = []
+    generated: dict[str, dict[str, str]] = {}
+    picked_times: dict[str, list[float]] = {}
     for mode, key in (("events", "caption"), ("summary", "summary")):
         results = {}
         for i in range(0, len(clips), batch_size):
             chunk = clips[i:i + batch_size]
             rows = [bank.row[c["id"]] for c in chunk]
-            batch = {k: v.to(model.device) for k, v in bank.inputs(rows).items()}
+            batch = {k: v.to(model.device) for k, v in bank.inputs(rows).items()
+                     if inputs is None or INPUT_KEYS[k] in inputs}
             for c, text in zip(chunk, model.caption_batch(batch, mode, gen), strict=True):
                 results[c["id"]] = text
             if mode == "events":  # event times: the k most likely starts, k = annotated events
@@ -143,16 +157,19 @@ def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: Clip
                 for c, p, t in zip(chunk, probs, times, strict=True):
                     k = len(c["events"])
                     picked = t[pick_peaks(p, k)]
+                    picked_times[c["id"]] = picked.tolist()
                     even = t[((torch.arange(k) + 0.5) * len(t) / k).long()]  # baseline: k evenly spaced times
                     for e in c["events"]:
                         hits += int(bool(((picked - e["time"]).abs() <= tolerance).any()))
                         even_hits += int(bool(((even - e["time"]).abs() <= tolerance).any()))
                         total += 1
         out[mode] = caption_metrics(results, {c["id"]: [c[key]] for c in clips})
+        generated[mode] = results
         examples += [{"id": c["id"], "mode": mode, "reference": c[key], "generated": results[c["id"]]}
                      for c in clips[:3]]
     out["event_time_hit_rate"] = hits / max(total, 1)
     out["event_time_hit_rate_evenly_spaced"] = even_hits / max(total, 1)
+    out["structured"] = score_events(generated["events"], clips, generated["summary"], picked_times)
     out["examples"] = examples
     model.train()
     return out
@@ -193,6 +210,9 @@ def train_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = True
         return summary
     best = VideoCaptioner.from_pretrained(Path(cfg.train.out_dir) / "model")
     summary["test"] = evaluate_video_captions(best, splits[d.test_split], bank, d.tolerance)
+    if best.cfg.media.missing_token and len(best.cfg.media.modalities) > 1:  # one checkpoint, each input alone
+        summary["test_by_input"] = {m: evaluate_video_captions(best, splits[d.test_split], bank, d.tolerance,
+                                                               inputs=(m,)) for m in best.cfg.media.modalities}
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
     return summary
 
