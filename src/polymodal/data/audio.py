@@ -111,6 +111,9 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
                chunk_seconds: float = 10.0) -> Iterator[torch.Tensor]:
     """Stream the first audio track as mono float32 chunks (about `chunk_seconds` each) at `sample_rate`.
 
+    Any stored rate (8 kHz, 22.05 kHz, 44.1 kHz, 48 kHz, ...) is resampled to `sample_rate`, and the
+    channels are averaged (the same sound on both stereo channels keeps its amplitude).
+
     Raises:
         DataError: missing or unreadable file, no audio track, or data corrupt mid-stream.
     """
@@ -123,7 +126,9 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
         stream = container.streams.audio[0]
         if start > 0:
             container.seek(int(start / stream.time_base), stream=stream, any_frame=False, backward=True)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # keep the channels and average them here: FFmpeg's own stereo -> mono downmix adds them at -3 dB,
+        # which leaves the same sound on both channels 1.41 times louder (and past 1.0 when at full scale)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         pending: list[np.ndarray] = []
         have, skip = 0, None
         target = max(int(chunk_seconds * sample_rate), 1)
@@ -132,7 +137,7 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
                 t0 = float(frame.pts * stream.time_base) if frame.pts is not None else 0.0
                 skip = max(int(round((start - t0) * sample_rate)), 0)
             for out in resampler.resample(frame):
-                arr = out.to_ndarray().reshape(-1)
+                arr = out.to_ndarray().mean(axis=0)  # (channels, samples) -> (samples,)
                 if skip:
                     arr, skip = arr[skip:], max(skip - len(arr), 0)
                 pending.append(arr)
@@ -141,7 +146,7 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
                 yield torch.from_numpy(np.concatenate(pending))
                 pending, have = [], 0
         for out in resampler.resample(None):
-            pending.append(out.to_ndarray().reshape(-1))
+            pending.append(out.to_ndarray().mean(axis=0))
         if pending:
             yield torch.from_numpy(np.concatenate(pending))
     finally:
@@ -159,7 +164,13 @@ def _decode(container, stream, path: str | Path) -> Iterator:
 
 def load_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
                duration: float | None = None) -> torch.Tensor:
-    """Mono float32 waveform (S,) of `duration` seconds from `start` (default: to the end).
+    """Mono float32 waveform (S,) of `duration` seconds from `start` (default: to the end), at `sample_rate`.
+
+    A file with an audio track but no samples (e.g. a wav of zero length) is an error, not an empty
+    tensor: nothing downstream can use zero samples. Ask for `duration` to get a fixed length.
+
+    Raises:
+        DataError: missing, unreadable or truncated file, no audio track, or no samples in it.
 
     Example:
         >>> import tempfile
@@ -181,7 +192,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
         if want is not None and have >= want:
             break
     if not chunks:
-        raise DataError(f"{path}: the audio track is empty; {MEDIA_HINT}")
+        raise DataError(f"{path}: the audio track is empty (no samples); {MEDIA_HINT}")
     wave = torch.cat(chunks)
     if want is not None:
         wave = torch.nn.functional.pad(wave[:want], (0, max(want - len(wave), 0)))

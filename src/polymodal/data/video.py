@@ -1,8 +1,13 @@
 """Video files: probe, sample frames (uniform, fps, codec key frames) and write mp4 with sound, via PyAV.
 
 Frames are decoded as a stream and only the chosen ones are kept, so a long file costs memory for
-the frames returned, not for the file. Every failure a user can cause (missing, truncated, corrupt
-or frameless file) is one `DataError` line that names the file and the fix.
+the frames returned, not for the file; a sample time more than `SEEK_SECONDS` ahead is reached by
+seeking to the key frame before it, so a two-hour film costs about n short decodes, not two hours of
+decoding. Samples go by timestamps, so variable frame rate video is sampled evenly in time. Frames
+come out upright (a phone video's display-matrix rotation is applied) and any stored size, 1 x 1
+included, is resized to `size`. Videos longer than `MAX_SECONDS` are refused with the command
+that cuts them. Every failure a user can cause (missing, truncated, corrupt, too long or frameless
+file) is one `DataError` line that names the file and the fix.
 
 Example:
     >>> import tempfile
@@ -26,9 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ..registry import SAMPLERS
-from .audio import MEDIA_HINT, _decode, _open
+from .audio import _decode, _open
+
+MAX_SECONDS = 3 * 3600.0  # longest video `read_frames` samples (a feature film); cut longer ones first
+SEEK_SECONDS = 2.0        # a sample further ahead than this is reached by seeking, not by decoding up to it
+NO_VIDEO = "has no video track; pass a video file (mp4, mkv, webm, avi, ...)"
+NO_FRAMES = ("the video track is empty or truncated; re-encode it (e.g. `ffmpeg -i IN OUT.mp4`) "
+             "or replace the file")
 
 
 @dataclass
@@ -72,9 +83,7 @@ def probe(path: str | Path) -> VideoInfo:
     """Duration, frame rate, size and whether there is sound, without decoding any frame."""
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise DataError(f"{path}: has no video track; pass a video file (mp4, mkv, webm, avi, ...)")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         duration = None
         if stream.duration is not None:
             duration = float(stream.duration * stream.time_base)
@@ -90,46 +99,73 @@ def probe(path: str | Path) -> VideoInfo:
         container.close()
 
 
+def _video_stream(container, path: str | Path):
+    if not container.streams.video:
+        raise DataError(f"{path}: {NO_VIDEO}")
+    return container.streams.video[0]
+
+
+def _seconds(frame, stream) -> float:
+    return float(frame.pts * stream.time_base) if frame.pts is not None else float(frame.time or 0.0)
+
+
+def _rgb(frame, size: int | None) -> np.ndarray:
+    """A decoded frame as HxWx3 uint8 RGB (size x size if `size`), turned upright by its display rotation."""
+    img = frame.to_ndarray(format="rgb24", **({"width": size, "height": size} if size else {}))
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4  # counterclockwise degrees (-90: a phone held upright)
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+
+
 def iter_frames(path: str | Path, size: int | None = None, keyframes_only: bool = False
                 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Stream (time in seconds, HxWx3 uint8 RGB frame) pairs; `size` resizes to size x size."""
+    """Stream (time in seconds, HxWx3 uint8 RGB upright frame) pairs; `size` resizes to size x size."""
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise DataError(f"{path}: has no video track; pass a video file (mp4, mkv, webm, avi, ...)")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
         for frame in _decode(container, stream, path):
-            t = float(frame.pts * stream.time_base) if frame.pts is not None else float(frame.time or 0.0)
-            kwargs = {"width": size, "height": size} if size else {}
-            yield t, frame.to_ndarray(format="rgb24", **kwargs)
+            yield _seconds(frame, stream), _rgb(frame, size)
     finally:
         container.close()
 
 
 def _pick_nearest(path: str | Path, targets: list[float], size: int | None) -> Clip:
-    """One streamed pass: for each target time the decoded frame nearest to it (only those are kept)."""
-    chosen: list[np.ndarray] = []
-    times: list[float] = []
-    prev: tuple[float, np.ndarray] | None = None
-    j = 0
-    for t, img in iter_frames(path, size):
-        while j < len(targets) and t >= targets[j]:
-            best = prev if prev is not None and targets[j] - prev[0] < t - targets[j] else (t, img)
-            times.append(best[0])
-            chosen.append(best[1])
-            j += 1
-        if j == len(targets):
-            break
-        prev = (t, img)
-    if prev is None and not chosen:
-        raise DataError(f"{path}: no video frame could be decoded; the file is empty or truncated; {MEDIA_HINT}")
-    while j < len(targets) and prev is not None:  # targets past the last frame get the last frame
-        times.append(prev[0])
-        chosen.append(prev[1])
-        j += 1
-    return Clip(torch.from_numpy(np.stack(chosen)).permute(0, 3, 1, 2).contiguous(), times)
+    """For each target time (ascending) the decoded frame nearest to it; only those are converted and kept.
+
+    A target more than `SEEK_SECONDS` past the current frame is reached by one seek to the key frame
+    before it (at most one per target, so a file that cannot seek is still read, by decoding on).
+    """
+    import av
+
+    picked: list[tuple[float, np.ndarray]] = []
+    prev = None  # (time, frame) of the last decoded frame
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        frames, sought, j = _decode(container, stream, path), -1, 0
+        while j < len(targets) and (frame := next(frames, None)) is not None:
+            t = _seconds(frame, stream)
+            if targets[j] - t > SEEK_SECONDS and sought < j:
+                sought = j
+                try:  # to the key frame at or before the target; a file that cannot seek is decoded on
+                    container.seek(int(targets[j] / stream.time_base), stream=stream, backward=True)
+                    frames = _decode(container, stream, path)
+                except av.error.FFmpegError:
+                    pass
+            while j < len(targets) and t >= targets[j]:
+                best = prev if prev is not None and targets[j] - prev[0] < t - targets[j] else (t, frame)
+                picked.append((best[0], _rgb(best[1], size)))
+                j += 1
+            prev = (t, frame)
+        if prev is None:
+            raise DataError(f"{path}: no video frame could be decoded; {NO_FRAMES}")
+        if j < len(targets):  # targets past the last frame get the last frame
+            picked += [(prev[0], _rgb(prev[1], size))] * (len(targets) - j)
+    finally:
+        container.close()
+    stacked = np.stack([img for _, img in picked])
+    return Clip(torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), [t for t, _ in picked])
 
 
 def sample_uniform(path: str | Path, n: int, size: int | None, fps: float | None = None) -> Clip:
@@ -157,7 +193,7 @@ def sample_keyframes(path: str | Path, n: int, size: int | None, fps: float | No
         if len(kept) > 2 * n:  # thin as we go: memory stays O(n) for any length
             kept, stride = kept[::2], stride * 2
     if not kept:
-        raise DataError(f"{path}: no key frame could be decoded; the file is empty or truncated; {MEDIA_HINT}")
+        raise DataError(f"{path}: no key frame could be decoded; {NO_FRAMES}")
     pick = np.linspace(0, len(kept) - 1, min(n, len(kept))).round().astype(int)
     frames = np.stack([kept[i][1] for i in pick])
     return Clip(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), [kept[i][0] for i in pick])
@@ -175,9 +211,17 @@ def read_frames(path: str | Path, n: int = 16, size: int | None = 64, sampling: 
         fps: frames per second for "fps" sampling.
 
     Raises:
-        DataError: missing, truncated, corrupt or frameless file.
+        DataError: missing, truncated, corrupt or frameless file, or one longer than `MAX_SECONDS`.
+        InputError: n < 1.
     """
+    if n < 1:
+        raise InputError(f"{path}: n (frames to sample) must be at least 1, got {n}")
     sampler: Callable[..., Clip] = SAMPLERS.get(sampling)
+    duration = probe(path).duration
+    if duration > MAX_SECONDS:
+        raise DataError(f"{path}: the video is {duration / 60:.0f} minutes long, over the {MAX_SECONDS / 60:.0f}-minute "
+                        f"limit (polymodal.data.video.MAX_SECONDS); cut it first, e.g. "
+                        f"`ffmpeg -i {Path(path).name} -t {MAX_SECONDS:.0f} -c copy part.mp4`")
     return sampler(path, n, size, fps)
 
 
