@@ -76,7 +76,8 @@ def test_save_load_round_trip_is_exact(stats, tmp_path):
 
 def test_a_checkpoint_without_stats_gives_none_and_a_broken_file_one_line(tmp_path):
     assert FeatureStats.load(tmp_path) is None
-    assert FeatureStats.load(bundled_model_dir()) is None  # saved before OOD scoring existed
+    assert FeatureStats.load(bundled_model_dir("shapes_video_captioner")) is None  # saved before OOD scoring
+    assert FeatureStats.load(bundled_model_dir()).threshold > 0  # the bundled captioner ships its statistics
     (tmp_path / FILE).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError) as info:
         FeatureStats.load(tmp_path)
@@ -114,3 +115,51 @@ def test_auroc_on_known_inputs():
     assert auroc(torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 2.0])) == pytest.approx((0.5 + 0.5 + 1 + 3) / 6)
     with pytest.raises(ConfigError):
         auroc([], [1.0])
+
+
+# ----------------------------------------------------------------------------- wired in: CLI, API, training
+def _noise_and_scene(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from polymodal.data.shapes import Scene, ShapeObject, render
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "noise.png")
+    render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64).save(tmp_path / "scene.png")
+    return tmp_path / "noise.png", tmp_path / "scene.png"
+
+
+def test_bundled_captioner_flags_noise_in_the_api_and_the_cli(tmp_path, monkeypatch, capsys):
+    from fastapi.testclient import TestClient
+
+    from polymodal.assets import bundled_model_dir
+    from polymodal.cli import main
+    from polymodal.serve.app import create_app
+
+    noise, scene = _noise_and_scene(tmp_path)
+    with TestClient(create_app([bundled_model_dir()])) as client:
+        replies = [client.post("/v1/caption", files={"image": (p.name, p.read_bytes(), "image/png")}).json()
+                   for p in (noise, scene)]
+    assert [r["in_distribution"] for r in replies] == [False, True]
+    assert replies[0]["ood_score"] > replies[1]["ood_score"]
+    monkeypatch.setattr("sys.argv", ["polymodal", "caption", str(bundled_model_dir()), str(noise), str(scene)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert stop.value.code in (0, None)
+    assert err.count("warning:") == 1 and "noise.png" in err and "scene.png" not in err
+
+
+def test_a_model_saved_without_statistics_still_captions_and_says_so_once(tmp_path, monkeypatch, capsys):
+    from polymodal.cli import main
+
+    from .conftest import tiny_model
+
+    tiny_model().save_pretrained(tmp_path / "m")
+    noise, scene = _noise_and_scene(tmp_path)
+    monkeypatch.setattr("sys.argv", ["polymodal", "caption", str(tmp_path / "m"), str(noise), str(scene)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    captured = capsys.readouterr()
+    assert stop.value.code in (0, None) and captured.out.count(".png:") == 2
+    assert captured.err.count("no out-of-distribution statistics") == 1

@@ -31,11 +31,13 @@ def load(path: str | Path) -> nn.Module:
     """Load a model directory (config.json + tokenizer.json + model.safetensors) of any architecture.
 
     A folder of pretrained CLIP weights (Hugging Face `CLIPModel` or OpenCLIP layout) loads as a
-    dual encoder (models/clip_folder.py, docs/pretrained.md).
+    dual encoder (models/clip_folder.py, docs/pretrained.md). Out-of-distribution statistics saved with the
+    model (`ood_stats.safetensors`, eval/ood.py) come along as `model.ood_stats` (None when there are none).
 
     Raises:
         CheckpointError: the directory is missing, incomplete, corrupt or mixes files of different saves.
     """
+    from .eval.ood import FeatureStats
     from .models.clip_folder import clip_layout, load_clip_folder
 
     if clip_layout(path) is not None:
@@ -47,9 +49,11 @@ def load(path: str | Path) -> nn.Module:
         raise CheckpointError(f"{folder}/config.json: unknown architecture {name!r}; "
                               f"this polymodal knows {MODELS.names()}")
     try:
-        return MODELS.get(name).from_pretrained(folder)
+        model = MODELS.get(name).from_pretrained(folder)
     except ConfigError as err:  # a bad config.json is a broken checkpoint, whatever section it is in
         raise CheckpointError(str(err)) from None
+    model.ood_stats = FeatureStats.load(folder)  # None: saved without them, so inputs are not checked
+    return model
 
 
 def load_expecting(path: str | Path, architecture: str | Collection[str], fix: Fix) -> nn.Module:

@@ -44,10 +44,16 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
                 help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
             ) -> None:
     """Caption images with a trained model."""
+    from ..eval.ood import check_images
+
     model = load_for("caption", model_dir)
     strategy = "beam" if beam > 1 else "greedy"
     used_dirs: set[Path] = set()
     for path in images:
+        check = (check_images(model, [path]) or [{}])[0]
+        if check.get("in_distribution") is False:
+            typer.echo(f"warning: {path}: unlike the images {model_dir} was trained on (out-of-distribution score "
+                       f"{check['ood_score']:.1f} > {model.ood_stats.threshold:.1f}); the caption is a guess", err=True)
         written: list[Path] = []
         if heatmaps is not None:
             from ..eval.viz import caption_heatmaps
@@ -60,11 +66,14 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
                                           num_return_sequences=min(nbest, beam))[0]
         if as_json:
             extra = {"heatmaps": [str(p) for p in written]} if heatmaps is not None else {}
-            typer.echo(json.dumps({"image": str(path), "captions": results, **extra}))
+            typer.echo(json.dumps({"image": str(path), "captions": results, **check, **extra}))
         else:
             typer.echo(f"{path}: {results[0]}" + "".join(f"\n    {c}" for c in results[1:]))
             if written:
                 typer.echo(f"    heatmaps: {written[0].parent} ({len(written)} PNGs)")
+    if getattr(model, "ood_stats", None) is None:  # said once, after the captions
+        typer.echo(f"note: {model_dir} has no out-of-distribution statistics (saved before them), so the images "
+                   f"were not checked against its training data", err=True)
 
 
 def _unique_dir(folder: Path, used: set[Path]) -> Path:

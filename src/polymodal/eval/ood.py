@@ -238,3 +238,35 @@ def auroc(in_scores: torch.Tensor | Sequence[float], out_scores: torch.Tensor | 
 
 
 __all__ = ["FILE", "FeatureStats", "auroc", "ledoit_wolf_shrinkage", "pooled_image_features"]
+
+
+def check_images(model: torch.nn.Module, images: Sequence[Any]) -> list[dict[str, Any]] | None:
+    """Per image {"in_distribution": bool, "ood_score": float} against the statistics saved with `model`
+    (`polymodal.load` attaches them as `model.ood_stats`); None when the checkpoint has none.
+
+    Example:
+        >>> from PIL import Image
+        >>> from polymodal.config import EncoderConfig, ModelConfig
+        >>> from polymodal.models.captioner import Captioner
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> model = Captioner(ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8)),
+        ...                   WordTokenizer.build(["a red circle"]))
+        >>> check_images(model, [Image.new("RGB", (32, 32))]) is None  # no statistics saved with it
+        True
+        >>> model.ood_stats = FeatureStats(torch.zeros(32), torch.eye(32), threshold=1e6)  # 32 encoder channels
+        >>> check_images(model, [Image.new("RGB", (32, 32))])[0]["in_distribution"]
+        True
+    """
+    stats = getattr(model, "ood_stats", None)
+    if stats is None:
+        return None
+    scores = stats.score(pooled_image_features(model, images))
+    return [{"in_distribution": bool(s <= stats.threshold), "ood_score": round(float(s), 3)} for s in scores]
+
+
+def fit_model_stats(model: torch.nn.Module, train_images: Sequence[Any], calibration_images: Sequence[Any],
+                    quantile: float = 0.98, limit: int = 2000) -> FeatureStats:
+    """Statistics of a trained model's own features: fit on (up to `limit`) training images, threshold on
+    held-out in-distribution ones; save them beside its weights with `.save(model_dir)`."""
+    return FeatureStats.fit(pooled_image_features(model, list(train_images)[:limit]),
+                            pooled_image_features(model, list(calibration_images)[:limit]), quantile)

@@ -33,6 +33,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, DataError, InputError, PolymodalError
+from ..eval.ood import check_images
 from . import engines, schemas
 from .batching import DynamicBatcher
 from .uploads import (
@@ -223,7 +224,8 @@ async def caption(request: Request) -> schemas.CaptionResponse:
         objects = engines.object_markers(entry, result["words"], result["attention"])
     elif opts.heatmaps:
         note = f"model {entry.name!r} has no attention, so there are no heatmaps"
-    return schemas.CaptionResponse(
+    check = (await svc.in_model_thread(check_images, entry.model, [image]) or [{}])[0]  # is it like the training data?
+    return schemas.CaptionResponse(**check,
         model=entry.name, captions=[{"text": t, "score": s} for t, s in result["captions"]], words=result["words"],
         heatmaps=heatmaps, view=view, objects=objects, note=note, width=image.width, height=image.height, batch_size=batch,
         elapsed_ms=_ms(start))

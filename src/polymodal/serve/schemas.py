@@ -77,6 +77,10 @@ class CaptionResponse(BaseModel):
     objects: list[ObjectMarker] | None = Field(None, description="with heatmaps: each object the caption names and "
                                                "where the model looked when it named it, to check it")
     note: str | None = None
+    in_distribution: bool | None = Field(None, description="False: the image is unlike the model's training data, "
+                                         "so the caption is a guess; null: the model has no statistics to tell")
+    ood_score: float | None = Field(None, description="out-of-distribution score (Mahalanobis distance of the "
+                                    "image's features; above the model's threshold = out of distribution)")
     width: int
     height: int
     batch_size: int = Field(1, description="how many requests shared this forward pass (dynamic batching)")

@@ -224,6 +224,11 @@ function renderCaption(result) {
     $("hint").textContent = result.note || "";
   }
   $("play").hidden = !state.heatmaps.length;
+  const ood = $("ood-notice");  // the image is unlike the training data: say so instead of presenting a fact
+  ood.hidden = result.in_distribution !== false;
+  ood.textContent = ood.hidden ? "" : "This image is unlike anything the model was trained on " +
+    `(out-of-distribution score ${result.ood_score.toFixed(1)}), so the caption below is a guess, not a description.`;
+  p.classList.toggle("doubtful", !ood.hidden);
   const scores = result.captions.map((c) => (c.score === null ? 0 : Math.exp(c.score)));
   const top = Math.max(...scores, 1e-9);
   $("nbest-list").replaceChildren(...(result.captions.length > 1 ? result.captions : []).map((c, i) =>
