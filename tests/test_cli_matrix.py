@@ -211,6 +211,7 @@ RECIPES: dict[str, Recipe] = {
     "export": Recipe(lambda m, i: _s(m, "--onnx", i.out), ("captioner",)),
     # uvicorn.run is stubbed below: `serve` checks its models and builds the app, then returns instead of serving
     "serve": Recipe(lambda m, i: _s(m, "--port", 0), (*CAPTIONERS, "dual_encoder", "vqa", "chat")),
+    "models": Recipe(lambda m, i: _s(m), tuple(KINDS)),
     "train": Recipe(lambda p, i: _s(p, "--quiet"), ("valid",), takes_model=False),
     "ablate": Recipe(lambda p, i: _s("fusion", "--config", p, "--seeds", 1, "--steps", 1, "--variants", "film",
                                      "--out", i.out / "fusion.md", "--quiet", "data.n=40", "data.render_size=32",

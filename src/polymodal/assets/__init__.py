@@ -1,14 +1,18 @@
-"""Models shipped inside the package (trained on Shapes World; see README for the commands)."""
+"""Models shipped inside the package (trained on Shapes World; each folder's card.json says how and how well)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent
 BUNDLED_CAPTIONER = "shapes_prefix_lm"  # the truest captioner (README "Are the captions true?"), 3.6 MB
 ATTENTION_LSTM = "shapes_attention_lstm"  # the encoder-decoder captioner: ONNX export, refinement, word heatmaps
+SERVED = (BUNDLED_CAPTIONER,)  # what `polymodal serve` loads when given no model: one per capability of the page
+CARD_FILE = "card.json"  # beside a model's weights: what it does, what it was trained on, its figures
 
 
 def bundled_model_dir(name: str = BUNDLED_CAPTIONER) -> Path:
@@ -23,3 +27,22 @@ def bundled_model_dir(name: str = BUNDLED_CAPTIONER) -> Path:
         raise CheckpointError(f"{folder}: bundled model missing; reinstall polymodal or train one with "
                               f"`polymodal train configs/prefix_lm.yaml`")
     return folder
+
+
+def bundled_names() -> list[str]:
+    """Every model folder shipped in the package, e.g. ['shapes_attention_lstm', 'shapes_prefix_lm', ...]."""
+    return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """A model folder's card.json ({} when it has none or it is unreadable: a card only describes).
+
+    Example:
+        >>> read_card(bundled_model_dir())["capability"]
+        'caption'
+    """
+    try:
+        card = json.loads((Path(folder) / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}

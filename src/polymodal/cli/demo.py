@@ -85,7 +85,8 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"\nreport: {report.resolve()}\nheatmaps: {(out / 'heatmaps').resolve()}\n"
-          f"metrics: {(out / 'metrics.json').resolve()}  ({time.time() - started:.0f} s)")
+          f"metrics: {(out / 'metrics.json').resolve()}  ({time.time() - started:.0f} s)\n"
+          f"the web page with every bundled model: polymodal serve   (then open http://127.0.0.1:8000/)")
     return report
 
 

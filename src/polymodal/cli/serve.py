@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from ..errors import CheckpointError, PolymodalError
 
 from .app import app
 from .kinds import check_for, load_for
@@ -13,7 +16,7 @@ from .kinds import check_for, load_for
 @app.command()
 def serve(
     model_dirs: list[Path] = typer.Argument(None, help="model directories: captioners, VQA, chat and dual "
-                                            "encoder models (default: the bundled Shapes World captioner)"),
+                                            "encoder models (default: every bundled model, `polymodal models`)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; 127.0.0.1 keeps it on this machine"),
     port: int = typer.Option(8000, help="TCP port"),
     index: Path | None = typer.Option(None, "--index", help="retrieval index to search (from `polymodal index`)"),
@@ -30,7 +33,6 @@ def serve(
     import torch
     import uvicorn
 
-    from ..assets import bundled_model_dir
     from ..serve import ServeConfig, create_app
     from ..serve.uploads import Limits
 
@@ -40,12 +42,54 @@ def serve(
         torch.set_num_threads(threads)
     config = ServeConfig(limits=Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels), max_batch=max_batch,
                          max_wait_ms=max_wait_ms, continuous=continuous, timeout_s=timeout)
-    web = create_app(model_dirs or [bundled_model_dir()], index=index, config=config)
+    web = create_app(model_dirs or load_bundled(), index=index, config=config)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: binding {host}: anyone who can reach this address can use the models", err=True)
     typer.echo(f"polymodal: serving {', '.join(web.state.service.models.entries)} on http://{host}:{port}/ "
                f"(API docs at /docs)")
     uvicorn.run(web, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+
+
+def load_bundled() -> dict[str, Any]:
+    """The bundled models the page serves, loaded; one that is missing or broken (a damaged install) is left
+    out with one warning naming the capability that is off and why, and the rest are served."""
+    from ..api import load
+    from ..assets import ASSETS, SERVED, read_card
+
+    models = {}
+    for name in SERVED:
+        try:
+            models[name] = load(ASSETS / name).eval()
+        except PolymodalError as err:
+            capability = read_card(ASSETS / name).get("capability", name)
+            typer.echo(f"warning: {capability} is off: the bundled model {name} did not load ({err}); "
+                       f"reinstall polymodal or pass a model directory", err=True)
+    if not models:
+        raise CheckpointError(f"{ASSETS}: no bundled model loads; reinstall polymodal or pass model directories")
+    return models
+
+
+@app.command()
+def models(model_dirs: list[Path] = typer.Argument(None, help="model directories (default: the bundled ones)"),
+           ) -> None:
+    """List models: kind, size, what they were trained on and their headline figures (from card.json)."""
+    from ..assets import ASSETS, bundled_names, read_card
+    from ..checkpoint import read_model_dir, resolve_model_dir
+
+    folders = model_dirs or [ASSETS / name for name in bundled_names()]
+    total = 0
+    for given in folders:
+        folder = resolve_model_dir(given)
+        kind = read_model_dir(folder)[0]["architecture"]
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        total += size
+        card = read_card(folder)
+        typer.echo(f"{given}  [{kind}, {size / 2**20:.1f} MB]" + (f"  {card['capability']}" if "capability" in card
+                                                                   else ""))
+        typer.echo(f"    trained on: {card.get('trained_on', 'not recorded (no card.json beside the weights)')}")
+        for label, value in card.get("figures", {}).items():
+            typer.echo(f"    {label}: {value}")
+    typer.echo(f"{len(folders)} model(s), {total / 2**20:.1f} MB in all")
 
 
 @app.command()
