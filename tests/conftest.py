@@ -71,3 +71,21 @@ def assert_cache_matches_recompute(model, images: torch.Tensor) -> None:
         assert [[h.tokens for h in per] for per in cached] == [[h.tokens for h in per] for per in full], cfg
         assert all(abs(a.score - b.score) < 1e-9 for pa, pb in zip(cached, full, strict=True)
                    for a, b in zip(pa, pb, strict=True))
+
+
+def polymodal_cli(monkeypatch, capsys, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    """Run `polymodal ARGS` in this process (a subprocess costs seconds of imports): status, stdout, stderr."""
+    import io
+    import sys
+
+    from polymodal.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["polymodal", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -6,20 +6,10 @@ from __future__ import annotations
 import pytest
 
 from polymodal.assets import ASSETS, SERVED, bundled_names, read_card
-from polymodal.cli import main
+
+from .conftest import polymodal_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["polymodal", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_every_bundled_model_has_a_card_and_all_stay_under_30_mb():
@@ -34,7 +24,7 @@ def test_every_bundled_model_has_a_card_and_all_stay_under_30_mb():
 
 
 def test_models_lists_kind_size_training_data_and_figures(monkeypatch, capsys):
-    code, out, err = _run(monkeypatch, capsys, "models")
+    code, out, err = polymodal_cli(monkeypatch, capsys, "models")
     assert code == 0, err
     assert "[prefix_lm, 3." in out and "trained on: Shapes World" in out and "CHAIR-i" in out
     assert out.strip().splitlines()[-1].endswith("MB in all")
@@ -45,12 +35,12 @@ def test_serve_without_models_serves_the_bundled_ones_and_survives_a_broken_one(
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app.state.service.models.entries))
-    code, out, err = _run(monkeypatch, capsys, "serve", "--port", "0")
+    code, out, err = polymodal_cli(monkeypatch, capsys, "serve", "--port", "0")
     assert code == 0, err
     assert set(served) == set(SERVED)
     served.clear()
     monkeypatch.setattr("polymodal.assets.SERVED", (*SERVED, "shapes_missing_model"))
-    code, out, err = _run(monkeypatch, capsys, "serve", "--port", "0")
+    code, out, err = polymodal_cli(monkeypatch, capsys, "serve", "--port", "0")
     assert code == 0 and set(served) == set(SERVED), err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "shapes_missing_model" in warnings[0] and "is off" in warnings[0]

@@ -30,6 +30,8 @@ from polymodal.nn.fusion.base import FusionConfig
 from polymodal.nn.media import MediaConfig
 from polymodal.text.tokenizer import WordTokenizer
 
+from .conftest import polymodal_cli
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -171,16 +173,8 @@ def test_video_qa_learns_with_feature_and_decision_fusion(tiny_world, fusion):
 
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the `polymodal` command in this process (a subprocess costs seconds of imports): status, stderr."""
-    from polymodal.cli import main
-
-    monkeypatch.setattr("sys.argv", ["polymodal", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = polymodal_cli(monkeypatch, capsys, *args)
+    return code, err
 
 
 def test_cli_shapes_video_keyframes_and_describe_errors(tmp_path, monkeypatch, capsys):

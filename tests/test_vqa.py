@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from collections import Counter, defaultdict
 
 import pytest
@@ -28,6 +26,8 @@ from polymodal.train.vqa import (
     qa_dataset,
     train_vqa,
 )
+
+from .conftest import polymodal_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,28 +186,17 @@ def test_bad_questions_are_handled_clearly(trained):
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] and sum(p for _, p in top) <= 1.0 + 1e-6
 
 
-def _cli(monkeypatch, capsys, *args: str, stdin: str = "") -> tuple[int, str, str]:
-    from polymodal.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["polymodal", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
 def test_cli_vqa(trained, monkeypatch, capsys):
     run_dir = trained["root"] / "run"
     image = str(sorted((trained["world"] / "images" / "test").glob("*.png"))[0])
-    code, out, _ = _cli(monkeypatch, capsys, "vqa", str(run_dir), image, "how many shapes are there?")
+    code, out, _ = polymodal_cli(monkeypatch, capsys, "vqa", str(run_dir), image, "how many shapes are there?")
     assert code == 0 and out.strip() == trained["model"].answer(image, "how many shapes are there?")[0]
-    code, out, _ = _cli(monkeypatch, capsys, "vqa", str(run_dir), image, "how many shapes are there?", "--top")
+    code, out, _ = polymodal_cli(monkeypatch, capsys, "vqa", str(run_dir), image, "how many shapes are there?", "--top")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 3 and all(float(line.split("\t")[1]) <= 1 for line in lines)
-    code, _, err = _cli(monkeypatch, capsys, "vqa", str(run_dir), image, "  ")
+    code, _, err = polymodal_cli(monkeypatch, capsys, "vqa", str(run_dir), image, "  ")
     assert code == 2 and err.strip().startswith("error: empty question") and len(err.strip().splitlines()) == 1
-    code, _, err = _cli(monkeypatch, capsys, "ablate", "everything")
+    code, _, err = polymodal_cli(monkeypatch, capsys, "ablate", "everything")
     assert code == 2 and "the available ablation is 'fusion'" in err
 
 
