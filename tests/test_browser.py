@@ -15,14 +15,17 @@ import io
 import os
 import random
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import uvicorn
+from PIL import Image
 from playwright import sync_api
 
 from tests.conftest import tiny_model
@@ -52,8 +55,31 @@ def _models(folder: Path) -> tuple[dict | list[str], Path | None]:
     model = tiny_model()
     with torch.no_grad():  # sharpen the untrained attention so that each word looks somewhere else
         model.decoder.attention.score.weight.mul_(60.0)
+    model.ood_stats = _scene_stats(model)
     encoder, index = tiny_retrieval(folder)
     return {"tiny-captioner": model, "tiny-dual-encoder": encoder}, index
+
+
+def _noise_png(path: Path) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _scene_stats(model: torch.nn.Module) -> object:
+    """OOD statistics of the untrained captioner on Shapes World scenes, with the threshold between the page's
+    scene and its noise image: what a trained model's statistics do, made certain for this test."""
+    from polymodal.data.shapes import render, sample_scene
+    from polymodal.eval.ood import FeatureStats, pooled_image_features
+
+    scenes = [render(sample_scene(random.Random(100 + i), min_objects=1, max_objects=4), size=128) for i in range(60)]
+    features = pooled_image_features(model, scenes)
+    stats = FeatureStats.fit(features[:40], features[40:])
+    scene = render(sample_scene(random.Random(3), min_objects=2, max_objects=3), size=128)
+    with tempfile.TemporaryDirectory() as tmp:
+        scene_score, noise_score = stats.score(pooled_image_features(model, [scene, _noise_png(Path(tmp) / "n.png")]))
+    assert noise_score > scene_score
+    stats.threshold = float(scene_score + noise_score) / 2
+    return stats
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +140,7 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
             words = page.locator("#caption .word")
             assert words.count() >= 2
             caption = page.inner_text("#caption").strip()
-            assert caption and "No caption" not in caption
+            assert caption and "No caption" not in caption and page.is_hidden("#ood-notice")
             # Each object the caption names has a numbered marker on the image, numbered as in the caption.
             marks = page.locator("#marks .mark")
             assert 0 < marks.count() == page.locator("#caption sup.obj").count()
@@ -162,6 +188,14 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
                 page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
                 assert page.locator("#caption .word").count() >= 2
 
+            # An image unlike the training data: a notice says the caption is a guess (OOD statistics).
+            if "tiny-captioner" in page.inner_text("#models"):
+                done = page.evaluate("document.body.dataset.captions")
+                page.set_input_files("#file", str(_noise_png(tmp_path / "noise.png")))
+                page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
+                page.wait_for_selector("#ood-notice", state="visible")
+                assert "unlike anything the model was trained on" in page.inner_text("#ood-notice")
+
             # A zip named .png: the page shows the server's clear message, and keeps working.
             fake = tmp_path / "holiday.png"
             fake.write_bytes(b"PK\x03\x04" + bytes(200))
@@ -170,6 +204,7 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
             assert "not an image (a ZIP archive)" in page.inner_text("#toast")
             page.set_input_files("#file", str(shapes_png))
             page.wait_for_selector("#caption .word", timeout=30_000)
+            page.wait_for_selector("#ood-notice", state="hidden")
             assert not errors, f"JavaScript errors: {errors}"
         finally:
             browser.close()
