@@ -27,16 +27,23 @@ def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory 
                 question: str = typer.Argument(..., help='the question, e.g. "what colour is the circle?"'),
                 top: bool = typer.Option(False, "--top", help="print the most likely answers with probabilities"),
                 k: int = typer.Option(3, help="how many answers --top prints")) -> None:
-    """Answer a question about an image."""
+    """Answer a question about an image; below the model's confidence threshold the answer says it is not sure."""
     from ..data.images import load_image
+    from ..eval.ood import check_images
 
     model = load_for("vqa", model_dir)
     picture = load_image(image)
+    answers = model.answer_topk(picture, question, k=max(k, 1))[0]  # calibrated probabilities, best first
+    check = (check_images(model, [picture]) or [{}])[0]
+    if check.get("in_distribution") is False:
+        typer.echo(f"warning: {image}: unlike the images {model_dir} was trained on (out-of-distribution score "
+                   f"{check['ood_score']:.1f} > {model.ood_stats.threshold:.1f}); the answer is a guess", err=True)
     if top:
-        for answer, prob in model.answer_topk(picture, question, k=max(k, 1))[0]:
+        for answer, prob in answers:
             typer.echo(f"{answer}\t{prob:.3f}")
     else:
-        typer.echo(model.answer(picture, question)[0])
+        best, prob = answers[0]
+        typer.echo(best if model.confident(prob) else f"not sure (p={prob:.2f}): {best}")
 
 
 @app.command("chat")

@@ -7,6 +7,10 @@ question -> embedding + BiLSTM / transformer -> "text" (B, T, D)
 Decision-level fusion variants bring their own per-modality classifier heads; each head is also
 trained on its own (the mean of their losses is added), as late fusion of separate classifiers is.
 
+Probabilities are calibrated: softmax(logits / temperature), with the temperature that training fits on
+the validation split (saved in config.json's "calibration"; 1 for older saves). An answer below
+`cfg.confidence` is "not sure" (`confident`); docs/calibration.md.
+
 Example:
     A trained model (`polymodal train configs/vqa.yaml` writes runs/vqa):
 
@@ -58,6 +62,13 @@ class VQAModelConfig:
     dropout: float = 0.1
     objects: int = 0                  # > 0: fuse only the k regions most likely to hold an object's centre
                                       # (bottom-up attention); 0 = every region
+    confidence: float = 0.5           # an answer whose calibrated probability is below this is flagged "not sure"
+                                      # (the CLI says so, the API returns "confident": false); docs/calibration.md
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ConfigError(f"model.confidence must be a probability in [0, 1] (got {self.confidence}); "
+                              f"e.g. model.confidence=0.5")
 
 
 def grid_positions(n: int, device: torch.device, bands: int = 4) -> torch.Tensor:
@@ -107,6 +118,9 @@ class VQAModel(SavedAnswerModel, nn.Module):
         if not answers:
             raise CheckpointError("a VQA model needs a non-empty answer vocabulary")
         self.cfg, self.tokenizer, self.answers = cfg, tokenizer, list(answers)
+        # Temperature scaling (eval/calibration.py): logits / T before the softmax. Training fits T on the
+        # validation split and saves it in config.json's "calibration" section; 1.0 = uncalibrated.
+        self.temperature = 1.0
         self.encoder = build_encoder(cfg.encoder)
         self.image_proj = RegionProjector(self.encoder.out_dim, cfg.dim)
         # Objectness of each region (C -> [no centre, centre]); the region pretraining's head when there is one.
@@ -159,7 +173,38 @@ class VQAModel(SavedAnswerModel, nn.Module):
             losses["loss"] = sum(losses.values())
         return logits, losses
 
+    # ---- save / load: the fitted temperature rides in config.json ------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {**super().config_dict(), "calibration": {"temperature": self.temperature}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer | None, source: str = "config.json") -> Any:
+        """As SavedAnswerModel's, plus the temperature; a model saved before calibration gets T = 1."""
+        model = super().from_config(config, tokenizer, source)
+        calibration = config.get("calibration") or {}
+        t = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise CheckpointError(f"{source}: 'calibration.temperature' must be a positive number (got {t!r}); "
+                                  f"remove the 'calibration' section to answer uncalibrated, or re-train")
+        model.temperature = float(t)
+        return model
+
     # ---- inference ---------------------------------------------------------------------------
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Paths, bytes, PIL images or tensors -> one normalised batch (B, 3, S, S) (also for eval/ood.py)."""
+        return images_to_batch(images, self.cfg.image_size, self.device)
+
+    def confident(self, probability: float) -> bool:
+        """Whether an answer given with this (calibrated) probability is above `cfg.confidence`.
+
+        Example:
+            >>> from polymodal.text.tokenizer import WordTokenizer
+            >>> model = VQAModel(VQAModelConfig(image_size=32, confidence=0.5), WordTokenizer.build(["q"]), ["a"])
+            >>> model.confident(0.31), model.confident(0.8)
+            (False, True)
+        """
+        return probability >= self.cfg.confidence
+
     def _pairs(self, images: Any, questions: Any) -> tuple[list[Any], list[str]]:
         imgs = list(images) if isinstance(images, (list, tuple)) else [images]
         qs = [questions] if isinstance(questions, str) else list(questions)
@@ -176,16 +221,15 @@ class VQAModel(SavedAnswerModel, nn.Module):
 
     @torch.inference_mode()
     def predict(self, images: Any, questions: Any) -> torch.Tensor:
-        """Answer probabilities (B, A) for images and questions (see `answer`)."""
+        """Calibrated answer probabilities (B, A), softmax(logits / temperature), for images and questions."""
         self.eval()
         imgs, qs = self._pairs(images, questions)
         ids = [encode_text(self.tokenizer, q, self.cfg.question.max_len) for q in qs]
         tokens = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
         for r, row in enumerate(ids):
             tokens[r, : len(row)] = torch.tensor(row)
-        batch = {"images": images_to_batch(imgs, self.cfg.image_size, self.device), "tokens": tokens.to(self.device)}
-        logits, _ = self(batch)
-        return logits.float().softmax(-1)
+        logits, _ = self({"images": self.preprocess(imgs), "tokens": tokens.to(self.device)})
+        return (logits.float() / self.temperature).softmax(-1)
 
     def answer(self, images: Any, questions: Any) -> list[str]:
         """The best answer to each question.
@@ -209,7 +253,7 @@ class VQAModel(SavedAnswerModel, nn.Module):
         return [self.answers[int(i)] for i in self.predict(images, questions).argmax(-1)]
 
     def answer_topk(self, images: Any, questions: Any, k: int = 3) -> list[list[tuple[str, float]]]:
-        """The k most likely answers to each question with their probabilities, best first.
+        """The k most likely answers to each question with their calibrated probabilities, best first.
 
         Example:
             >>> from polymodal.text.tokenizer import WordTokenizer

@@ -244,15 +244,21 @@ async def vqa(request: Request) -> schemas.VQAResponse:
             raise
         entry = svc.models.pick("chat")  # a chat model answers single questions too
     image = require(image)
+    check: dict[str, Any] = {}
     if "vqa" not in entry.tasks:
         reply = await svc.in_model_thread(entry.model.chat, image, [{"role": "user", "content": opts.question}])
         answers = [{"answer": reply, "score": None}]
     elif callable(getattr(entry.model, "answer_topk", None)):
         top = await svc.in_model_thread(entry.model.answer_topk, image, opts.question, opts.k)
         answers = [{"answer": a, "score": s} for a, s in top[0]]
+        sure = getattr(entry.model, "confident", None)  # calibrated probability above the model's threshold?
+        check = {"probability": top[0][0][1], "confident": sure(top[0][0][1]) if callable(sure) else None}
     else:
         answers = [{"answer": (await svc.in_model_thread(entry.model.answer, image, opts.question))[0]}]
-    return schemas.VQAResponse(model=entry.name, question=opts.question, answers=answers, elapsed_ms=_ms(start))
+    if "vqa" in entry.tasks:  # is the image like the training data?
+        check.update((await svc.in_model_thread(check_images, entry.model, [image]) or [{}])[0])
+    return schemas.VQAResponse(**check, model=entry.name, question=opts.question, answers=answers,
+                               elapsed_ms=_ms(start))
 
 
 @router.post("/v1/chat", response_model=schemas.ChatResponse, responses=ERRORS, tags=["questions"],

@@ -108,6 +108,14 @@ class VQAResponse(BaseModel):
     model: str
     question: str
     answers: list[Answer]
+    probability: float | None = Field(None, description="the best answer's calibrated probability (temperature-"
+                                      "scaled, docs/calibration.md); null for a chat model's reply")
+    confident: bool | None = Field(None, description="False: the probability is below the model's confidence "
+                                   "threshold, so the model is not sure; null: the model gives no probability")
+    in_distribution: bool | None = Field(None, description="False: the image is unlike the model's training data, "
+                                         "so the answer is a guess; null: the model has no statistics to tell")
+    ood_score: float | None = Field(None, description="out-of-distribution score (Mahalanobis distance of the "
+                                    "image's features; above the model's threshold = out of distribution)")
     elapsed_ms: float
 
 

@@ -3,6 +3,10 @@
 config -> question records (Shapes World qa.jsonl or any VQA-style JSON/JSONL) -> tokenizer and answer
 vocabulary -> VQAModel -> generic Trainer -> test/heldout accuracy per question type.
 
+At the end the best model is calibrated: a temperature fitted on the validation split's logits (saved in
+its config.json; ECE before and after on every split in metrics.json's "calibration"), and
+out-of-distribution statistics of its image features saved beside it (eval/ood.py). docs/calibration.md.
+
 With a frozen image encoder (`model.encoder.freeze: true`), every image is encoded once and the
 model trains on the cached region features, which makes CPU training fast. The encoder can first be
 pretrained (`pretrain.steps`, train/pretraining.py).
@@ -31,8 +35,10 @@ from ..checkpoint import write_json
 from ..config import TrainConfig
 from ..data.qa import ImageBank, QADataset, QARecord, build_answer_vocab, collate_qa
 from ..data.records import SkipReport
-from ..errors import DataError
-from ..eval.vqa_metrics import vqa_report
+from ..errors import DataError, PolymodalError
+from ..eval.calibration import confidence_split, ece, fit_temperature, reliability_table
+from ..eval.ood import FeatureStats, fit_model_stats
+from ..eval.vqa_metrics import vqa_accuracy, vqa_report
 from ..models.vqa import VQAModel, VQAModelConfig
 from ..text.tokenizer import WordTokenizer
 from .answer_pretraining import PRETRAINING_NOTES, choose_pretraining, pretrain_answer_encoder
@@ -147,6 +153,65 @@ def predict_answers(model: VQAModel, dataset: QADataset, batch_size: int = 256) 
     return preds, total / max(rows, 1)
 
 
+@torch.inference_mode()
+def collect_logits(model: VQAModel, dataset: QADataset,
+                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Raw (unscaled) logits (N, A), soft answer targets (N, A) and the dataset index of each row."""
+    was_training = model.training
+    model.eval()
+    logits, targets, index = [torch.zeros(0, len(model.answers))], [torch.zeros(0, len(model.answers))], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_qa):
+        if "tokens" not in batch:
+            continue
+        index += batch.pop("index").tolist()
+        targets.append(batch.pop("targets").float())
+        logits.append(model({k: v.to(model.device) for k, v in batch.items()})[0].float().cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(targets), index
+
+
+def calibration_report(model: VQAModel, dataset: QADataset, bins: int = 15) -> dict[str, Any]:
+    """ECE of the best answer's probability before and after the model's temperature, the share of answers
+    below its confidence threshold and the accuracy of each group, and the reliability table after scaling."""
+    logits, _, index = collect_logits(model, dataset)
+    if not index:
+        return {"questions": 0}
+    correct = [vqa_accuracy(model.answers[a], dataset.records[i].answers)
+               for a, i in zip(logits.argmax(-1).tolist(), index, strict=True)]
+    before = logits.softmax(-1).max(-1).values
+    after = (logits / model.temperature).softmax(-1).max(-1).values
+    return {"questions": len(index), "ece_before": ece(before, correct, bins), "ece_after": ece(after, correct, bins),
+            **confidence_split(after, correct, model.cfg.confidence),
+            "reliability_before": reliability_table(before, correct, bins),
+            "reliability": reliability_table(after, correct, bins)}
+
+
+def calibrate_vqa(model: VQAModel, data: VQAData, cfg: VQAExperimentConfig) -> dict[str, Any]:
+    """Fit `model.temperature` on the validation split (NLL of the best-scored answer), then report calibration
+    on the validation and every test split."""
+    logits, targets, _ = collect_logits(model, qa_dataset(model, data, cfg.data.val_split))
+    known = targets.sum(-1) > 0  # questions whose answers are all outside the vocabulary have no label
+    model.temperature = fit_temperature(logits[known], targets[known].argmax(-1)) if bool(known.any()) else 1.0
+    report: dict[str, Any] = {"temperature": round(model.temperature, 4), "confidence_threshold": model.cfg.confidence}
+    for split in dict.fromkeys([cfg.data.val_split, *cfg.data.test_splits]):
+        if split in data.splits:
+            report[split] = calibration_report(model, qa_dataset(model, data, split))
+    return report
+
+
+def fit_vqa_ood(model: VQAModel, data: VQAData, cfg: VQAExperimentConfig) -> FeatureStats | None:
+    """OOD statistics of the model's pooled image features: fit on training images, threshold on validation
+    images (eval/ood.py); None, with a note, when the images cannot give them."""
+    def images(split: str) -> list[str]:
+        return list(dict.fromkeys(r.image for r in data.splits.get(split, [])))
+
+    try:
+        return fit_model_stats(model, images(cfg.data.train_split), images(cfg.data.val_split))
+    except PolymodalError as err:
+        tqdm.write(f"note: no out-of-distribution statistics saved ({err})")
+        return None
+
+
 def evaluate_vqa(model: VQAModel, dataset: QADataset, batch_size: int = 256) -> dict[str, float]:
     """VQA accuracy overall and per question type, and the loss."""
     preds, loss = predict_answers(model, dataset, batch_size)
@@ -172,12 +237,26 @@ def fit_vqa(model: VQAModel, data: VQAData, cfg: VQAExperimentConfig, progress: 
 
 
 def train_vqa(cfg: VQAExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-    """Train a VQA model, then score the best one on every test split; writes `{out_dir}/metrics.json`."""
+    """Train a VQA model, calibrate the best one (temperature, OOD statistics, both saved with it), then score
+    it on every test split; writes `{out_dir}/metrics.json`."""
     model, data = prepare_vqa(cfg, progress)
     summary = fit_vqa(model, data, cfg, progress, stop_at=stop_at)
     if stop_at is not None and summary.get("stopped_at"):
         return summary
-    best = VQAModel.from_pretrained(Path(cfg.train.out_dir) / "model")
+    return finish_vqa(data, cfg, summary)
+
+
+def finish_vqa(data: VQAData, cfg: VQAExperimentConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """The end of a run: calibrate the best model in `{out_dir}/model` (temperature, OOD statistics, both saved
+    with it), score it on every test split and write `{out_dir}/metrics.json` (`summary` plus all of that)."""
+    model_dir = Path(cfg.train.out_dir) / "model"
+    best = VQAModel.from_pretrained(model_dir)
+    summary["calibration"] = calibrate_vqa(best, data, cfg)
+    best.save_pretrained(model_dir)  # now with its temperature
+    stats = fit_vqa_ood(best, data, cfg)
+    if stats is not None:
+        stats.save(model_dir)
+        summary["ood_threshold"] = round(stats.threshold, 4)
     for split in (s for s in cfg.data.test_splits if s in data.splits):
         summary[split] = evaluate_vqa(best, qa_dataset(best, data, split))
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
