@@ -44,3 +44,23 @@ def test_serve_without_models_serves_the_bundled_ones_and_survives_a_broken_one(
     assert code == 0 and set(served) == set(SERVED), err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "shapes_missing_model" in warnings[0] and "is off" in warnings[0]
+
+
+def test_the_page_capabilities_work_right_after_install():
+    """What a newcomer gets from `polymodal serve`: a true caption and a right answer about one scene."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from polymodal.cli.serve import load_bundled
+    from polymodal.data.shapes import Scene, ShapeObject, render
+    from polymodal.serve.app import create_app
+
+    png = io.BytesIO()
+    render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64).save(png, "PNG")
+    upload = {"image": ("scene.png", png.getvalue(), "image/png")}
+    with TestClient(create_app(load_bundled())) as client:
+        caption = client.post("/v1/caption", files=upload).json()
+        answer = client.post("/v1/vqa", files=upload, data={"question": "what colour is the circle?"}).json()
+    assert "red circle" in caption["captions"][0]["text"] and caption["in_distribution"] is True
+    assert answer["answers"][0]["answer"] == "red" and answer["in_distribution"] is True
