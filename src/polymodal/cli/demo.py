@@ -26,6 +26,7 @@ from ..generate import GenerationConfig
 from .app import out_folder
 
 SAMPLES = 6
+QUESTION = "how many shapes are there?"
 EVAL_IMAGES = 200  # per split: enough for stable metrics, small enough for a one-minute demo
 
 
@@ -43,13 +44,17 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     lines = ["# polymodal demo: the bundled captioner on Shapes World", "",
              f"Model: `{model_dir.name}`. Decoding: beam search, beam 3.", "", "## Sample captions (test split)", ""]
     print("\nsample test images, beam 3 n-best beside the references:")
+    vqa = load(bundled_model_dir("shapes_vqa"))  # the page's other capability: questions about the image
     for rec in test[:SAMPLES]:
         nbest = model.caption_nbest([rec.image], strategy="beam", beam_size=3, num_return_sequences=3)[0]
         print(f"  {Path(rec.image).name}\n    model: {nbest[0]}   (n-best: {' | '.join(nbest[1:])})\n"
               f"    refs:  {rec.captions[0]} | {rec.captions[1]}")
+        answer, p = vqa.answer_topk(rec.image, QUESTION, 1)[0][0]
+        print(f"    asked {QUESTION!r}: {answer} (p={p:.2f})")
         lines += [f"![{rec.id}]({_beside(rec.image, out, 'images')})", "",
                   f"- **model**: {nbest[0]}", f"- n-best: {' / '.join(nbest[1:])}",
-                  f"- references: {' / '.join(rec.captions[:3])}", ""]
+                  f"- references: {' / '.join(rec.captions[:3])}",
+                  f"- asked the bundled VQA model \"{QUESTION}\": **{answer}** (p={p:.2f})", ""]
 
     generation = GenerationConfig(strategy="beam", beam_size=3, max_len=model.cfg.decoder.max_len)
     truth = ObjectTruth.shapes(shapes_folder(data))  # are the named objects in the picture?

@@ -8,7 +8,6 @@ from typing import Any
 import typer
 
 from ..errors import CheckpointError, PolymodalError
-
 from .app import app
 from .kinds import check_for, load_for
 
