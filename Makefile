@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench clean chromium
+.PHONY: setup demo test test-all lint bench clean chromium speech
 
 setup: $(STAMP)
 
@@ -29,10 +29,21 @@ chromium:
 		echo "chromium: apt-get failed; tests/test_browser.py will skip"; \
 	else echo "chromium: /usr/bin/chromium missing (sudo apt-get install -y chromium); tests/test_browser.py will skip"; fi
 
-test: setup chromium
+# Spoken Shapes World synthesizes with Debian's espeak-ng (sox beside it for looking at audio). This target
+# never fails: without espeak-ng, the speech tests (tests/test_speech_data.py) skip and say why.
+speech:
+	@if command -v espeak-ng >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing espeak-ng and sox for the speech tests (apt-get)"; \
+		apt-get install -y -qq espeak-ng sox >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq espeak-ng sox >/dev/null 2>&1; } || \
+		echo "espeak-ng: apt-get failed; the speech tests will skip"; \
+	else echo "espeak-ng: missing (sudo apt-get install -y espeak-ng sox); the speech tests will skip"; fi
+
+test: setup chromium speech
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: setup chromium
+test-all: setup chromium speech
 	$(PY) -m pytest -q
 
 lint: setup
