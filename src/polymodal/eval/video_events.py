@@ -10,6 +10,7 @@ one-to-one, in any order, with the clip's annotated events:
                                             cannot be read counts as a wrong prediction
     full_precision / full_recall / full_f1  the same on the whole event: side, new colour, other object too
     side_accuracy (side_events)             matched entrances and exits with the right side / matched ones
+    side_recall                             annotated entrances and exits matched and with the right side
     recall/<kind>                           recall per kind of annotated event
     exact_clip_rate                         clips whose caption names every event right, in order, no more
     summary_kind_accuracy                   summaries naming the clip's kinds of event (as a multiset)
@@ -225,7 +226,9 @@ class EventTally:
         for name, hits in (("", self.matched), ("full_", self.full_matched)):
             p, r = _ratio(hits, self.predicted), _ratio(hits, self.events)
             out.update({f"{name}precision": p, f"{name}recall": r, f"{name}f1": _ratio(2 * p * r, p + r)})
+        annotated_sides = self.per_kind["enters"] + self.per_kind["exits"]
         out.update(side_accuracy=_ratio(self.sides_right, self.sides), side_events=self.sides,
+                   side_recall=_ratio(self.sides_right, annotated_sides),
                    exact_clip_rate=_ratio(self.exact, self.clips))
         out.update({f"recall/{k}": _ratio(self.per_kind_matched[k], self.per_kind[k])
                     for k in KINDS if self.per_kind[k]})
