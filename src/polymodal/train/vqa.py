@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import write_json
+from ..checkpoint import read_model_dir, write_json
 from ..config import TrainConfig
 from ..data.qa import ImageBank, QADataset, QARecord, build_answer_vocab, collate_qa
 from ..data.records import SkipReport
@@ -251,7 +251,9 @@ def finish_vqa(data: VQAData, cfg: VQAExperimentConfig, summary: dict[str, Any])
     with it), score it on every test split and write `{out_dir}/metrics.json` (`summary` plus all of that)."""
     model_dir = Path(cfg.train.out_dir) / "model"
     best = VQAModel.from_pretrained(model_dir)
+    started = read_model_dir(model_dir)[0]["model"]["encoder"].get("pretrained")  # loading forgets it; keep it
     summary["calibration"] = calibrate_vqa(best, data, cfg)
+    best.cfg.encoder.pretrained = started
     best.save_pretrained(model_dir)  # now with its temperature
     stats = fit_vqa_ood(best, data, cfg)
     if stats is not None:
