@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
+from ..text.answers import plain_words
 
 SPELLINGS = {"color": "colour", "colors": "colours", "gray": "grey", "center": "centre"}
-_PUNCT = re.compile(r"[^\w\s']")
 
 
 def normalize_transcript(text: str) -> str:
@@ -40,8 +39,7 @@ def normalize_transcript(text: str) -> str:
         >>> normalize_transcript("What  COLOR is the circle?")
         'what colour is the circle'
     """
-    words = _PUNCT.sub(" ", text.lower()).split()
-    return " ".join(SPELLINGS.get(w, w) for w in words)
+    return " ".join(SPELLINGS.get(w, w) for w in plain_words(text))
 
 
 def _pairs(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:

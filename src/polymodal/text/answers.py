@@ -19,6 +19,16 @@ _ARTICLES = {"a", "an", "the"}
 _PUNCT = re.compile(r"[^\w\s']")
 
 
+def plain_words(text: str) -> list[str]:
+    """Lower-case words with punctuation dropped (apostrophes kept): what every text comparison starts from.
+
+    Example:
+        >>> plain_words("It's a RED, red circle!")
+        ["it's", 'a', 'red', 'red', 'circle']
+    """
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
 def normalize_answer(answer: str) -> str:
     """Lower-case, drop punctuation and articles, write numbers as digits, squeeze spaces.
 
@@ -26,8 +36,7 @@ def normalize_answer(answer: str) -> str:
         >>> normalize_answer("  The Two red Circles! ")
         '2 red circles'
     """
-    words = _PUNCT.sub(" ", answer.lower()).split()
-    return " ".join(_NUMBERS.get(w, w) for w in words if w not in _ARTICLES)
+    return " ".join(_NUMBERS.get(w, w) for w in plain_words(answer) if w not in _ARTICLES)
 
 
 def answer_scores(references: Sequence[str]) -> dict[str, float]:
