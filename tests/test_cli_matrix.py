@@ -110,15 +110,22 @@ def _video_qa() -> torch.nn.Module:
     return VideoQA(cfg, WordTokenizer([*SPECIALS, *WORDS]), ANSWERS)
 
 
+def _asr() -> torch.nn.Module:
+    from polymodal.models.asr import ASRConfig, SpeechRecognizer
+
+    return SpeechRecognizer(ASRConfig(n_mels=40, channels=4, dim=8, hidden=8, layers=1), ["red", "circle"])
+
+
 KINDS: dict[str, Callable[[], torch.nn.Module]] = {
-    "captioner": _captioner, "refining_captioner": _refining, "prefix_lm": _prefix_lm,
+    "asr": _asr, "captioner": _captioner, "refining_captioner": _refining, "prefix_lm": _prefix_lm,
     "dual_encoder": _dual_encoder, "vqa": _vqa, "chat": _chat, "video_captioner": _video_captioner,
     "video_qa": _video_qa,
 }
 NOT_MODELS = ("empty_dir", "junk_dir", "junk_file")  # no model: an empty folder, one with a random file, that file
 CAPTIONERS = ("captioner", "refining_captioner", "prefix_lm")
 FITS = {**dict.fromkeys(CAPTIONERS, "polymodal caption"), "dual_encoder": "polymodal index", "vqa": "polymodal vqa",
-        "chat": "polymodal chat", "video_captioner": "polymodal describe", "video_qa": "polymodal videoqa"}
+        "chat": "polymodal chat", "video_captioner": "polymodal describe", "video_qa": "polymodal videoqa",
+        "asr": "polymodal transcribe"}
 
 
 def test_every_saved_kind_is_built_here():
@@ -209,6 +216,7 @@ RECIPES: dict[str, Recipe] = {
     "zeroshot": Recipe(lambda m, i: _s(m, "--data", i.world), ("dual_encoder",)),
     "retrieval-eval": Recipe(lambda m, i: _s(m, "--data", i.world / "captions.json", "--format", "coco"),
                              ("dual_encoder",)),
+    "transcribe": Recipe(lambda m, i: _s(m, i.video, "--beam", 2), ("asr",)),  # the clip's sound track
     "export": Recipe(lambda m, i: _s(m, "--onnx", i.out), ("captioner",)),
     # uvicorn.run is stubbed below: `serve` checks its models and builds the app, then returns instead of serving
     "serve": Recipe(lambda m, i: _s(m, "--port", 0), (*CAPTIONERS, "dual_encoder", "vqa", "chat")),

@@ -41,10 +41,12 @@ NEEDS: dict[str, Needs] = {
     "retrieve": Needs(("dual_encoder",), "contrastive"),
     "zeroshot": Needs(("dual_encoder",), "contrastive"),
     "retrieval-eval": Needs(("dual_encoder",), "contrastive"),
+    "transcribe": Needs(("asr",), "asr"),
     "serve": Needs((*CAPTIONERS, "vqa", "chat", "dual_encoder"), "attention_lstm"),
 }
 
 USE: dict[str, str] = {  # model kind -> the command that fits it ({dir}: the model directory)
+    "asr": "polymodal transcribe {dir} AUDIO",
     "captioner": "polymodal caption {dir} IMAGE",
     "refining_captioner": "polymodal caption {dir} IMAGE",
     "prefix_lm": "polymodal caption {dir} IMAGE",

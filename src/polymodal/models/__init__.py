@@ -5,10 +5,11 @@ This file is the one place that fills `registry.MODELS` (the `architecture` key 
 Example:
     >>> from polymodal.registry import MODELS
     >>> MODELS.names()
-    ['captioner', 'chat', 'dual_encoder', 'prefix_lm', 'refining_captioner', 'video_captioner', 'video_qa', 'vqa']
+    ['asr', 'captioner', 'chat', 'dual_encoder', 'prefix_lm', 'refining_captioner', 'video_captioner', 'video_qa', 'vqa']
 """
 
 from ..registry import MODELS
+from .asr import SpeechRecognizer
 from .captioner import Captioner
 from .chat import Assistant
 from .dual_encoder import DualEncoder
@@ -19,6 +20,7 @@ from .video_qa import VideoQA
 from .vqa import VQAModel
 
 MODELS.fill({
+    "asr": SpeechRecognizer,
     "captioner": Captioner,
     "chat": Assistant,
     "dual_encoder": DualEncoder,
@@ -29,5 +31,5 @@ MODELS.fill({
     "vqa": VQAModel,
 })
 
-__all__ = ["Assistant", "Captioner", "DualEncoder", "PrefixLM", "RefiningCaptioner", "VQAModel", "VideoCaptioner",
-           "VideoQA"]
+__all__ = ["Assistant", "Captioner", "DualEncoder", "PrefixLM", "RefiningCaptioner", "SpeechRecognizer", "VQAModel",
+           "VideoCaptioner", "VideoQA"]

@@ -5,13 +5,14 @@ This file is the one place that fills `registry.TASKS` (the `task:` key of a YAM
 Example:
     >>> from polymodal.registry import TASKS
     >>> TASKS.names()
-    ['captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'video_caption', 'video_qa', 'vqa']
+    ['asr', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'video_caption', 'video_qa', 'vqa']
 """
 
 from ..registry import TASKS
-from . import captioning, chat, contrastive, lm_pretrain, prefix_lm, refine, scst, video, vqa
+from . import asr, captioning, chat, contrastive, lm_pretrain, prefix_lm, refine, scst, video, vqa
 
 TASKS.fill({
+    "asr": asr.train_asr,
     "captioning": captioning.train_captioner,
     "chat": chat.train_chat,
     "contrastive": contrastive.train_contrastive,
