@@ -177,7 +177,8 @@ def score_test(model: SpeechRecognizer, data: Utterances, rows: dict[str, dict])
             groups: dict[str, list[int]] = defaultdict(list)
             for i, s in enumerate(snrs):
                 groups["clean" if s is None else "noisy"].append(i)
-                groups["clean" if s is None else f"snr_{s:g}dB"].append(i)
+                if s is not None:
+                    groups[f"snr_{s:g}dB"].append(i)
             out[name]["by_snr"] = {k: error_rates([hyps[i] for i in v], [refs[i] for i in v])
                                    for k, v in sorted(groups.items())}
         out[name]["examples"] = [{"id": r.id, "reference": r.transcript, "heard": h}
