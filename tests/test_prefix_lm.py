@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+import polymodal
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
 from polymodal.errors import CheckpointError
 from polymodal.generate import GenerationConfig
@@ -223,6 +224,8 @@ def test_lm_pretrain_then_prefix_lm_starts_from_the_pretrained_lm(tmp_path, monk
     final = PrefixLM.from_pretrained(tmp_path / "vl")
     assert final.cfg.decoder.hidden_dim == 32 and final.tokenizer.to_dict()["type"] == "bpe"
     assert summary["step"] == 2
+    loaded = polymodal.load(tmp_path / "vl")  # training saved the best model's OOD statistics beside it
+    assert loaded.ood_stats is not None and loaded.ood_stats.threshold == pytest.approx(summary["ood_threshold"])
 
 
 def test_rows_joining_a_running_beam_batch_match_each_row_alone():

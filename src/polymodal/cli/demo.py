@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..api import load
-from ..assets import bundled_model_dir
+from ..assets import BUNDLED_VQA, bundled_model_dir
 from ..checkpoint import write_json
 from ..config import DataConfig
 from ..data.datasets import load_split, shapes_folder
@@ -44,7 +44,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     lines = ["# polymodal demo: the bundled captioner on Shapes World", "",
              f"Model: `{model_dir.name}`. Decoding: beam search, beam 3.", "", "## Sample captions (test split)", ""]
     print("\nsample test images, beam 3 n-best beside the references:")
-    vqa = load(bundled_model_dir("shapes_vqa"))  # the page's other capability: questions about the image
+    vqa = load(bundled_model_dir(BUNDLED_VQA))  # the page's other capability: questions about the image
     for rec in test[:SAMPLES]:
         nbest = model.caption_nbest([rec.image], strategy="beam", beam_size=3, num_return_sequences=3)[0]
         print(f"  {Path(rec.image).name}\n    model: {nbest[0]}   (n-best: {' | '.join(nbest[1:])})\n"

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, PolymodalError
 
 FILE = "ood_stats.safetensors"
 SCORE_NAME = "mahalanobis"
@@ -270,3 +270,22 @@ def fit_model_stats(model: torch.nn.Module, train_images: Sequence[Any], calibra
     held-out in-distribution ones; save them beside its weights with `.save(model_dir)`."""
     return FeatureStats.fit(pooled_image_features(model, list(train_images)[:limit]),
                             pooled_image_features(model, list(calibration_images)[:limit]), quantile)
+
+
+def save_model_stats(model: torch.nn.Module, folder: str | os.PathLike, train_images: Sequence[Any],
+                     calibration_images: Sequence[Any]) -> float | None:
+    """The end of a training run: fit the trained model's statistics (`fit_model_stats`, each image once) and
+    save them beside its weights in `folder`; returns the threshold, or None (and says why) when the images
+    cannot give them (too few, or one unreadable)."""
+    train, calibration = list(dict.fromkeys(train_images)), list(dict.fromkeys(calibration_images))
+    if len(train) < 2 or not calibration:
+        tqdm.write("out-of-distribution statistics: skipped (needs training and validation images)")
+        return None
+    try:
+        stats = fit_model_stats(model, train, calibration)
+    except PolymodalError as err:
+        tqdm.write(f"out-of-distribution statistics: skipped ({err})")
+        return None
+    stats.save(folder)
+    tqdm.write(f"out-of-distribution statistics: saved to {folder} (threshold {stats.threshold:.2f})")
+    return stats.threshold

@@ -25,8 +25,8 @@ from ..data.cache import CachedCaptionDataset, feature_cache
 from ..data.datasets import CaptionDataset, collate_captions, load_split
 from ..data.records import SkipReport
 from ..data.streams import open_stream
-from ..errors import ConfigError, PolymodalError
-from ..eval.ood import fit_model_stats
+from ..errors import ConfigError
+from ..eval.ood import save_model_stats
 from ..generate import GenerationConfig
 from ..models.captioner import Captioner
 from ..registry import STREAMS
@@ -122,32 +122,15 @@ def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipR
     trainer = Trainer(model, train_set, cfg.train, collate=collate_captions, save_model=model.write_files,
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
-    if not summary.get("stopped_at") and current().is_main:
-        summary["ood_threshold"] = write_ood_stats(type(model), Path(cfg.train.out_dir) / "model", train_records,
-                                                   val_records)
+    best = Path(cfg.train.out_dir) / "model"
+    if not summary.get("stopped_at") and current().is_main and (best / "config.json").is_file():
+        summary["ood_threshold"] = save_model_stats(type(model).from_pretrained(best).eval(), best,
+                                                    [r.image for r in train_records], [r.image for r in val_records])
     summary.update(vocab_size=len(model.tokenizer), train_pairs=len(train_set) if isinstance(train_set, Sized) else None,
                    skipped_records=report.count,
                    parameters=sum(p.numel() for p in model.parameters()),
                    trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     return summary
-
-
-def write_ood_stats(model_cls: type, folder: Path, train_records: list, val_records: list) -> float | None:
-    """Save the best model's out-of-distribution statistics beside its weights (eval/ood.py): its own pooled
-    image features, fitted on training images, the threshold set on validation ones. Returns the threshold;
-    None (and says why) where there are no such images or one cannot be read."""
-    if not (folder / "config.json").is_file() or len(train_records) < 2 or not val_records:
-        tqdm.write("out-of-distribution statistics: skipped (needs the saved model, training and validation images)")
-        return None
-    try:
-        stats = fit_model_stats(model_cls.from_pretrained(folder).eval(), [r.image for r in train_records],
-                                [r.image for r in val_records])
-    except PolymodalError as err:
-        tqdm.write(f"out-of-distribution statistics: skipped ({err})")
-        return None
-    stats.save(folder)
-    tqdm.write(f"out-of-distribution statistics: saved to {folder} (threshold {stats.threshold:.2f})")
-    return stats.threshold
 
 
 def cached_datasets(model: Captioner, cfg: Any, train_records: list, val_records: list, report: SkipReport,

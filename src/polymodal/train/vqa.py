@@ -35,9 +35,9 @@ from ..checkpoint import read_model_dir, write_json
 from ..config import TrainConfig
 from ..data.qa import ImageBank, QADataset, QARecord, build_answer_vocab, collate_qa
 from ..data.records import SkipReport
-from ..errors import DataError, PolymodalError
+from ..errors import DataError
 from ..eval.calibration import confidence_split, ece, fit_temperature, reliability_table
-from ..eval.ood import FeatureStats, fit_model_stats
+from ..eval.ood import save_model_stats
 from ..eval.vqa_metrics import vqa_accuracy, vqa_report
 from ..models.vqa import VQAModel, VQAModelConfig
 from ..text.tokenizer import WordTokenizer
@@ -199,19 +199,6 @@ def calibrate_vqa(model: VQAModel, data: VQAData, cfg: VQAExperimentConfig) -> d
     return report
 
 
-def fit_vqa_ood(model: VQAModel, data: VQAData, cfg: VQAExperimentConfig) -> FeatureStats | None:
-    """OOD statistics of the model's pooled image features: fit on training images, threshold on validation
-    images (eval/ood.py); None, with a note, when the images cannot give them."""
-    def images(split: str) -> list[str]:
-        return list(dict.fromkeys(r.image for r in data.splits.get(split, [])))
-
-    try:
-        return fit_model_stats(model, images(cfg.data.train_split), images(cfg.data.val_split))
-    except PolymodalError as err:
-        tqdm.write(f"note: no out-of-distribution statistics saved ({err})")
-        return None
-
-
 def evaluate_vqa(model: VQAModel, dataset: QADataset, batch_size: int = 256) -> dict[str, float]:
     """VQA accuracy overall and per question type, and the loss."""
     preds, loss = predict_answers(model, dataset, batch_size)
@@ -255,10 +242,10 @@ def finish_vqa(data: VQAData, cfg: VQAExperimentConfig, summary: dict[str, Any])
     summary["calibration"] = calibrate_vqa(best, data, cfg)
     best.cfg.encoder.pretrained = started
     best.save_pretrained(model_dir)  # now with its temperature
-    stats = fit_vqa_ood(best, data, cfg)
-    if stats is not None:
-        stats.save(model_dir)
-        summary["ood_threshold"] = round(stats.threshold, 4)
+    threshold = save_model_stats(best, model_dir, [r.image for r in data.splits.get(cfg.data.train_split, [])],
+                                 [r.image for r in data.splits.get(cfg.data.val_split, [])])
+    if threshold is not None:
+        summary["ood_threshold"] = round(threshold, 4)
     for split in (s for s in cfg.data.test_splits if s in data.splits):
         summary[split] = evaluate_vqa(best, qa_dataset(best, data, split))
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
