@@ -12,7 +12,8 @@ ASSETS = Path(__file__).resolve().parent
 BUNDLED_CAPTIONER = "shapes_prefix_lm"  # the truest captioner (README "Are the captions true?"), 3.6 MB
 ATTENTION_LSTM = "shapes_attention_lstm"  # the encoder-decoder captioner: ONNX export, refinement, word heatmaps
 BUNDLED_VQA = "shapes_vqa"  # questions about an image, calibrated
-SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA)  # what `polymodal serve` loads given no model: one per capability of the page
+BUNDLED_ASR = "shapes_asr"  # speech -> text (CTC), for spoken questions
+SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR)  # what `polymodal serve` loads given no model: one per capability of the page
 CARD_FILE = "card.json"  # beside a model's weights: what it does, what it was trained on, its figures
 
 
