@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +22,8 @@ from polymodal.eval.retrieval import (
     RetrievalIndex,
     build_image_index,
     build_text_index,
-    hard_negative_accuracy,
-    paraphrase,
 )
+from polymodal.eval.retrieval_scores import hard_negative_accuracy, paraphrase
 from polymodal.eval.zero_shot import (
     fill_template,
     single_object_images,
@@ -100,6 +100,23 @@ def test_index_round_trip_skips_bad_images_and_finds_itself(image_folder, tmp_pa
     assert loaded.kind == "image" and loaded.fingerprint == index.fingerprint
     loaded.check_model(model)  # same model: accepted
     assert len(loaded.search(model.embed_texts(["a red circle"]), k=10)[0]) == 7  # k capped at the size
+
+
+def test_a_self_contained_index_carries_its_images_and_moves(image_folder, tmp_path):
+    model = tiny_dual().eval()
+    model.save_pretrained(tmp_path / "model")
+    index, _ = build_image_index(model, image_folder, progress=False, model_dir=tmp_path / "model")
+    index.save(tmp_path / "idx", copy_images=True)
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert all(not Path(item).is_absolute() for item in meta["items"]) and meta["model"]["dir"] == "../model"
+    assert (tmp_path / "idx" / "images" / "sub" / "img6.jpg").is_file()  # the indexed folder's layout is kept
+    (tmp_path / "moved").mkdir()
+    for name in ("idx", "model"):  # move the index and its model together: still works
+        (tmp_path / name).rename(tmp_path / "moved" / name)
+    loaded = RetrievalIndex.load(tmp_path / "moved" / "idx")
+    assert all(Path(item).is_file() for item in loaded.items)
+    assert Path(loaded.info["model"]["dir"]) == (tmp_path / "moved" / "model").resolve()
+    assert torch.equal(loaded.embeddings, index.embeddings)
 
 
 def test_search_is_exact_cosine_top_k():

@@ -32,6 +32,8 @@ def index(model_dir: Path = typer.Argument(..., help="dual encoder model directo
           batch_size: int = typer.Option(128, help="images per batch"),
           feature_cache: Path | None = typer.Option(None, help="cache the image encoder's features in this "
                                                     "folder and reuse them on the next run (data/cache.py)"),
+          copy_images: bool = typer.Option(False, help="copy the images into the index folder, with every path "
+                                           "relative to it: a folder that can be moved or shipped"),
           quiet: bool = typer.Option(False, help="no progress bar")) -> None:
     """Embed a folder of images (or a caption file) into a retrieval index."""
     from ..errors import InputError
@@ -51,7 +53,7 @@ def index(model_dir: Path = typer.Argument(..., help="dual encoder model directo
         idx, report = build_image_index(model, images_dir, batch_size, progress=not quiet, model_dir=model_dir,
                                         feature_cache=feature_cache)
         skipped = f"; {report.summary()}" if report.count else ""
-    idx.save(out)
+    idx.save(out, copy_images=copy_images)
     typer.echo(f"indexed {len(idx.items)} {idx.kind}s into {out}{skipped}")
 
 
@@ -121,7 +123,7 @@ def retrieval_eval(model_dir: Path = typer.Argument(..., help="dual encoder mode
     from ..config import DataConfig
     from ..data.datasets import ImageStore, load_split, shapes_folder
     from ..data.shapes import WORD_GROUPS
-    from ..eval.retrieval import (
+    from ..eval.retrieval_scores import (
         evaluate_retrieval,
         hard_negative_accuracy,
         paraphrase,

@@ -31,7 +31,7 @@ from ..data.datasets import ImageStore, collate_captions, load_split
 from ..data.records import CaptionRecord, SkipReport
 from ..data.streams import open_stream
 from ..errors import ConfigError
-from ..eval.retrieval import evaluate_retrieval
+from ..eval.retrieval_scores import evaluate_retrieval
 from ..models.dual_encoder import DualEncoder, DualEncoderConfig
 from ..registry import STREAMS
 from ..text.perturb import CaptionPerturber
