@@ -198,7 +198,9 @@ def test_contrastive_task_trains_saves_and_exports(tmp_path):
     summary = task(cfg, progress=False)
     assert summary["step"] == 6 and summary["test"]["strict"]["images"] == 3
     assert 0.0 <= summary["final_negative_caption_accuracy"] <= 1.0  # the config's hard negative captions
-    assert isinstance(polymodal.load(tmp_path / "run"), DualEncoder)
+    loaded = polymodal.load(tmp_path / "run")
+    assert isinstance(loaded, DualEncoder) and loaded.ood_stats is not None  # search by an unlike image can say so
+    assert summary["ood_threshold"] == pytest.approx(loaded.ood_stats.threshold)
     assert (tmp_path / "run" / "image_encoder.safetensors").is_file()
 
 

@@ -31,11 +31,13 @@ from ..data.datasets import ImageStore, collate_captions, load_split
 from ..data.records import CaptionRecord, SkipReport
 from ..data.streams import open_stream
 from ..errors import ConfigError
+from ..eval.ood import save_model_stats
 from ..eval.retrieval_scores import evaluate_retrieval
 from ..models.dual_encoder import DualEncoder, DualEncoderConfig
 from ..registry import STREAMS
 from ..text.perturb import CaptionPerturber
 from ..text.tokenizer import WordTokenizer
+from .distributed import current
 from .similar_batches import SimilarCaptionOrder
 from .trainer import Trainer, param_groups
 
@@ -167,6 +169,9 @@ def fit_dual_encoder(model: DualEncoder, cfg: ContrastiveExperimentConfig, train
     test_records = load_split(cfg.data, "test", report)
     summary["test"] = evaluate_retrieval(best, test_records, cfg.train.batch_size, progress=progress)
     summary["image_encoder"] = str(best.export_image_encoder(Path(cfg.train.out_dir) / "image_encoder.safetensors"))
+    if current().is_main:  # statistics of its image features: search by an unlike image says so
+        summary["ood_threshold"] = save_model_stats(best.eval(), Path(cfg.train.out_dir) / "model",
+                                                    [r.image for r in train_records], [r.image for r in val_records])
     summary.update(train_pairs=None if streamed else len(train_set), skipped_records=report.count,
                    parameters=sum(p.numel() for p in model.parameters()),
                    trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
