@@ -2,6 +2,7 @@
 
 Example:
     $ polymodal vqa runs/vqa scene.png "what colour is the star?" --top
+    $ polymodal vqa runs/vqa scene.png --audio question.wav --speak reply.wav   # spoken question and reply
     $ printf 'what is left of the square?\\nwhat size is it?\\n' | polymodal chat runs/chat scene.png
     $ polymodal ablate fusion --seeds 3 --steps 600 --out docs/fusion.md
 """
@@ -17,6 +18,7 @@ import typer
 from ..errors import InputError
 from .app import app
 from .kinds import load_for
+from .speech import check_speak, hear, say
 
 QUIT = {"quit", "exit", ":q"}
 
@@ -24,38 +26,58 @@ QUIT = {"quit", "exit", ":q"}
 @app.command("vqa")
 def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory (or its training run directory)"),
                 image: Path = typer.Argument(..., help="image file"),
-                question: str = typer.Argument(..., help='the question, e.g. "what colour is the circle?"'),
+                question: str | None = typer.Argument(None, help='the question, e.g. "what colour is the circle?" '
+                                                      "(or ask it aloud with --audio)"),
+                audio: Path | None = typer.Option(None, "--audio", help="the question spoken, as an audio file "
+                                                  "(wav, flac, mp3, ...): transcribed first, then answered"),
+                asr: Path | None = typer.Option(None, "--asr", help="speech recognizer for --audio "
+                                                "(default: the bundled one)"),
+                speak: Path | None = typer.Option(None, "--speak", help="also write the answer as speech "
+                                                  "(espeak-ng) to this WAV file"),
+                max_seconds: float = typer.Option(60.0, help="longest --audio accepted, in seconds"),
                 top: bool = typer.Option(False, "--top", help="print the most likely answers with probabilities"),
                 k: int = typer.Option(3, help="how many answers --top prints")) -> None:
     """Answer a question about an image; below the model's confidence threshold the answer says it is not sure."""
     from ..data.images import load_image
     from ..eval.ood import check_images
 
+    if (question is None) == (audio is None):
+        raise InputError("ask one question: as text (an argument) or spoken (--audio FILE), not both or neither")
+    check_speak(speak)
     model = load_for("vqa", model_dir)
     picture = load_image(image)
+    if audio is not None:
+        question = hear(audio, asr, max_seconds)
+        typer.echo(f"heard: {question}")
     answers = model.answer_topk(picture, question, k=max(k, 1))[0]  # calibrated probabilities, best first
     check = (check_images(model, [picture]) or [{}])[0]
     if check.get("in_distribution") is False:
         typer.echo(f"warning: {image}: unlike the images {model_dir} was trained on (out-of-distribution score "
                    f"{check['ood_score']:.1f} > {model.ood_stats.threshold:.1f}); the answer is a guess", err=True)
+    best, prob = answers[0]
+    sure = model.confident(prob)
     if top:
-        for answer, prob in answers:
-            typer.echo(f"{answer}\t{prob:.3f}")
+        for answer, p in answers:
+            typer.echo(f"{answer}\t{p:.3f}")
     else:
-        best, prob = answers[0]
-        typer.echo(best if model.confident(prob) else f"not sure (p={prob:.2f}): {best}")
+        typer.echo(best if sure else f"not sure (p={prob:.2f}): {best}")
+    if speak is not None:
+        say(best if sure else f"I am not sure. Maybe {best}.", speak)
 
 
 @app.command("chat")
 def chat_command(model_dir: Path = typer.Argument(..., help="assistant model directory (or its run directory)"),
                  image: Path = typer.Argument(..., help="the image to talk about"),
-                 beam: int = typer.Option(1, help="beam size; 1 = greedy")) -> None:
+                 beam: int = typer.Option(1, help="beam size; 1 = greedy"),
+                 speak: Path | None = typer.Option(None, "--speak", help="also speak each reply (espeak-ng): "
+                                                   "reply.wav writes reply-1.wav, reply-2.wav, ...")) -> None:
     """Talk about an image: one question per line on stdin, until end of input or "quit".
 
     The conversation so far is kept, so follow-ups such as "and what colour is it?" work.
     """
     from ..data.images import load_image
 
+    check_speak(speak)
     assistant = load_for("chat", model_dir)
     picture = load_image(image)
     interactive = sys.stdin.isatty()
@@ -83,6 +105,9 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
             continue
         messages.append({"role": "assistant", "content": reply})
         typer.echo(f"assistant: {reply}")
+        if speak is not None:
+            turn = len(messages) // 2
+            say(reply, speak.with_name(f"{speak.stem}-{turn}{speak.suffix or '.wav'}"))
 
 
 @app.command()

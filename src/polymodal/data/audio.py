@@ -93,46 +93,95 @@ def log_mel(wave: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- decoding
-def _open(path: str | Path):
+MAX_SPEECH_SECONDS = 60.0  # longest spoken input accepted by default: a question, not a recording session
+AudioSource = str | Path | bytes
+
+
+class AudioTooLongError(DataError):
+    """Audio over the length limit, refused before it is decoded in full (the server answers 413)."""
+
+
+def _name(source: AudioSource, name: str | None) -> str:
+    return name or ("audio" if isinstance(source, bytes) else str(source))
+
+
+def _open(source: AudioSource, name: str | None = None):
+    """A PyAV container for a file path or for bytes in memory; DataError naming the file if it does not open."""
+    import io
+
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a media file" if path.is_dir() else "media file not found"
-        raise DataError(f"{path}: {what}; check the path or remove it from the annotations")
+    label = _name(source, name)
+    if not isinstance(source, bytes):
+        path = Path(source)
+        if not path.is_file():
+            what = "is a directory, not a media file" if path.is_dir() else "media file not found"
+            raise DataError(f"{label}: {what}; check the path or remove it from the annotations")
+        empty = path.stat().st_size == 0
+    else:
+        empty = not source
+    if empty:
+        raise DataError(f"{label}: empty file (0 bytes); record or export it again")
     try:
-        return av.open(str(path))
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{path}: cannot open media ({err.__class__.__name__}: {err}); the file is truncated, "
+        why = getattr(err, "strerror", None) or str(err)
+        raise DataError(f"{label}: cannot open media ({err.__class__.__name__}: {why}); the file is truncated, "
                         f"corrupt or not audio/video; {MEDIA_HINT}") from None
 
 
-def iter_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
-               chunk_seconds: float = 10.0) -> Iterator[torch.Tensor]:
+def too_long(name: str, seconds: float | None, limit: float) -> AudioTooLongError:
+    """The one message for audio over `limit` seconds (`seconds`: its length, None when decoding stopped early)."""
+    length = f"is {seconds:.1f} s long" if seconds is not None else "is longer than that (decoding stopped there)"
+    return AudioTooLongError(f"{name}: the audio {length}, over the {limit:g} s limit; cut it to at most "
+                             f"{limit:g} s (e.g. `ffmpeg -i IN -t {limit:g} OUT.wav`)")
+
+
+def declared_seconds(container, stream) -> float | None:
+    """The length the container's header gives (None when it gives none): known before any decoding."""
+    lengths = []
+    if container.duration is not None:
+        lengths.append(container.duration / 1_000_000)  # AV_TIME_BASE
+    if stream.duration is not None and stream.time_base is not None:
+        lengths.append(float(stream.duration * stream.time_base))
+    return max(lengths) if lengths else None
+
+
+def iter_audio(source: AudioSource, sample_rate: int = 16000, start: float = 0.0, chunk_seconds: float = 10.0,
+               max_seconds: float | None = None, name: str | None = None) -> Iterator[torch.Tensor]:
     """Stream the first audio track as mono float32 chunks (about `chunk_seconds` each) at `sample_rate`.
 
-    Any stored rate (8 kHz, 22.05 kHz, 44.1 kHz, 48 kHz, ...) is resampled to `sample_rate`, and the
-    channels are averaged (the same sound on both stereo channels keeps its amplitude).
+    `source` is a file path or the file's bytes (`name` then names it in errors). Any stored rate
+    (8 kHz, 22.05 kHz, 44.1 kHz, 48 kHz, ...) is resampled to `sample_rate`, and the channels are
+    averaged (the same sound on both stereo channels keeps its amplitude). With `max_seconds`, audio
+    longer than that (from `start`) is refused: from the header's length before decoding, else as
+    soon as decoding passes the limit, so a 30-minute file costs no more than `max_seconds` of it.
 
     Raises:
-        DataError: missing or unreadable file, no audio track, or data corrupt mid-stream.
+        DataError: missing, empty or unreadable file, no audio track, or data corrupt mid-stream.
+        AudioTooLongError: over `max_seconds`.
     """
     import av
 
-    container = _open(path)
+    label = _name(source, name)
+    container = _open(source, label)
     try:
         if not container.streams.audio:
-            raise DataError(f"{path}: has no audio track; pass a file with sound (wav, flac, mp3, a video with audio)")
+            raise DataError(f"{label}: has no audio track; pass a file with sound (wav, flac, mp3, a video with audio)")
         stream = container.streams.audio[0]
+        declared = declared_seconds(container, stream)
+        if max_seconds is not None and declared is not None and declared - start > max_seconds:
+            raise too_long(label, declared - start, max_seconds)
+        limit = None if max_seconds is None else int(max_seconds * sample_rate)
         if start > 0:
             container.seek(int(start / stream.time_base), stream=stream, any_frame=False, backward=True)
         # keep the channels and average them here: FFmpeg's own stereo -> mono downmix adds them at -3 dB,
         # which leaves the same sound on both channels 1.41 times louder (and past 1.0 when at full scale)
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         pending: list[np.ndarray] = []
-        have, skip = 0, None
+        have, total, skip = 0, 0, None
         target = max(int(chunk_seconds * sample_rate), 1)
-        for frame in _decode(container, stream, path):
+        for frame in _decode(container, stream, label):
             if skip is None:  # after a seek, drop what lies before `start`
                 t0 = float(frame.pts * stream.time_base) if frame.pts is not None else 0.0
                 skip = max(int(round((start - t0) * sample_rate)), 0)
@@ -141,7 +190,9 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
                 if skip:
                     arr, skip = arr[skip:], max(skip - len(arr), 0)
                 pending.append(arr)
-                have += len(arr)
+                have, total = have + len(arr), total + len(arr)
+            if limit is not None and total > limit:  # the header said nothing, or less than the truth
+                raise too_long(label, None, max_seconds)  # type: ignore[arg-type]
             if have >= target:
                 yield torch.from_numpy(np.concatenate(pending))
                 pending, have = [], 0
@@ -162,15 +213,18 @@ def _decode(container, stream, path: str | Path) -> Iterator:
         raise DataError(f"{path}: media data is corrupt or truncated ({err}); {MEDIA_HINT}") from None
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
-               duration: float | None = None) -> torch.Tensor:
+def load_audio(source: AudioSource, sample_rate: int = 16000, start: float = 0.0, duration: float | None = None,
+               max_seconds: float | None = None, name: str | None = None) -> torch.Tensor:
     """Mono float32 waveform (S,) of `duration` seconds from `start` (default: to the end), at `sample_rate`.
 
-    A file with an audio track but no samples (e.g. a wav of zero length) is an error, not an empty
-    tensor: nothing downstream can use zero samples. Ask for `duration` to get a fixed length.
+    `source` is a file path or the file's bytes (`name` names them in errors). A file with an audio
+    track but no samples (e.g. a wav of zero length) is an error, not an empty tensor: nothing
+    downstream can use zero samples. Ask for `duration` to get a fixed length; `max_seconds` refuses
+    longer audio before decoding it all (see `iter_audio`).
 
     Raises:
-        DataError: missing, unreadable or truncated file, no audio track, or no samples in it.
+        DataError: missing, empty, unreadable or truncated file, no audio track, or no samples in it.
+        AudioTooLongError: more than `max_seconds` of audio.
 
     Example:
         >>> import tempfile
@@ -182,21 +236,50 @@ def load_audio(path: str | Path, sample_rate: int = 16000, start: float = 0.0,
         torch.Size([16000])
         >>> load_audio(path, 8000, duration=4.0).shape  # past the end: zero-padded
         torch.Size([32000])
+        >>> load_audio(path, max_seconds=1.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        polymodal.data.audio.AudioTooLongError: ...clip.mp4: the audio is 2.0 s long, over the 1 s limit; ...
         >>> tmp.cleanup()
     """
     want = None if duration is None else int(round(duration * sample_rate))
+    if max_seconds is not None and duration is not None and duration <= max_seconds:
+        max_seconds = None  # a window within the limit: the rest of the file is never decoded
     chunks, have = [], 0
-    for chunk in iter_audio(path, sample_rate, start, chunk_seconds=min(duration or 10.0, 10.0)):
+    for chunk in iter_audio(source, sample_rate, start, chunk_seconds=min(duration or 10.0, 10.0),
+                            max_seconds=max_seconds, name=name):
         chunks.append(chunk)
         have += len(chunk)
         if want is not None and have >= want:
             break
     if not chunks:
-        raise DataError(f"{path}: the audio track is empty (no samples); {MEDIA_HINT}")
+        raise DataError(f"{_name(source, name)}: the audio track is empty (no samples); {MEDIA_HINT}")
     wave = torch.cat(chunks)
     if want is not None:
         wave = torch.nn.functional.pad(wave[:want], (0, max(want - len(wave), 0)))
     return wave
+
+
+def check_length(wave: torch.Tensor, sample_rate: int, max_seconds: float | None, name: str = "audio") -> torch.Tensor:
+    """`wave` (S,) itself, or AudioTooLongError when it holds more than `max_seconds` (None: no limit)."""
+    if max_seconds is not None and len(wave) > max_seconds * sample_rate:
+        raise too_long(name, len(wave) / sample_rate, max_seconds)
+    return wave
+
+
+def is_silent(wave: torch.Tensor, sample_rate: int = 16000, threshold_db: float = -50.0) -> bool:
+    """True when no 20 ms frame of `wave` (S,) is louder than `threshold_db` dBFS (RMS): nothing was said.
+
+    Example:
+        >>> is_silent(torch.zeros(16000)), is_silent(1e-4 * torch.randn(16000)), is_silent(tone(440, 0.5))
+        (True, True, False)
+    """
+    frame = max(sample_rate // 50, 1)
+    x = wave.float().flatten()
+    if len(x) == 0:
+        return True
+    x = torch.nn.functional.pad(x, (0, -len(x) % frame)).view(-1, frame)
+    loudest = float(x.pow(2).mean(1).max().sqrt())
+    return loudest < 10 ** (threshold_db / 20)
 
 
 def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:

@@ -96,6 +96,20 @@ def espeak(text: str, path: str | os.PathLike, voice: str = "en-us", speed: int 
     return Path(path)
 
 
+def espeak_wav(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> bytes:
+    """`text` spoken by espeak-ng as the bytes of a WAV file (16-bit mono, 22.05 kHz), e.g. a spoken reply.
+
+    Raises:
+        DataError: espeak-ng is missing or fails.
+
+    Example:
+        >>> espeak_wav("a red circle")[:4]  # doctest: +SKIP
+        b'RIFF'
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        return espeak(text, Path(tmp) / "reply.wav", voice, speed, pitch).read_bytes()
+
+
 def coloured_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
     """`n` samples of unit-power "white" or "pink" (power falling as 1/f) noise.
 

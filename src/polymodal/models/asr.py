@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.audio import MelConfig, load_audio, log_mel
+from ..data.audio import MAX_SPEECH_SECONDS, MelConfig, check_length, is_silent, load_audio, log_mel
 from ..errors import CheckpointError
 from ..nn.speech import BiLSTMEncoder, ConvSubsample, spec_augment
 from ..text.ctc import ALPHABET, CharVocab, Lexicon, beam_decode, greedy_decode
 from .base import SavedModel
 
 SAMPLE_RATE = 16000
-AudioInput = str | os.PathLike | torch.Tensor | np.ndarray
+AudioInput = str | os.PathLike | bytes | torch.Tensor | np.ndarray
 
 
 @dataclass
@@ -101,10 +101,11 @@ class SpeechRecognizer(SavedModel, nn.Module):
         mel = log_mel(wave, self.mel_cfg)
         return (mel - mel.mean(-1, keepdim=True)) / (mel.std(-1, keepdim=True) + 1e-5)
 
-    def _wave(self, item: AudioInput) -> torch.Tensor:
-        if isinstance(item, (str, os.PathLike)):
-            return load_audio(item, SAMPLE_RATE)
-        return torch.as_tensor(np.asarray(item, dtype=np.float32)).flatten()
+    def _wave(self, item: AudioInput, max_seconds: float | None) -> torch.Tensor:
+        """A 16 kHz mono waveform (S,) from a file, a file's bytes or samples; refused over `max_seconds`."""
+        if isinstance(item, (str, os.PathLike, bytes)):
+            return load_audio(item, SAMPLE_RATE, max_seconds=max_seconds)  # refused before decoding it all
+        return check_length(torch.as_tensor(np.asarray(item, dtype=np.float32)).flatten(), SAMPLE_RATE, max_seconds)
 
     # ---- the network ------------------------------------------------------------------------------
     def log_probs(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +140,28 @@ class SpeechRecognizer(SavedModel, nn.Module):
         self.train(was_training)
         return out
 
-    def transcribe(self, audio: Sequence[AudioInput], beam_size: int | None = None, batch_size: int = 16) -> list[str]:
-        """What is said in each audio file (any format PyAV decodes) or 16 kHz mono waveform.
+    def transcribe(self, audio: Sequence[AudioInput], beam_size: int | None = None, batch_size: int = 16,
+                   max_seconds: float | None = MAX_SPEECH_SECONDS) -> list[str]:
+        """What is said in each audio file (any format PyAV decodes, by path or as bytes) or 16 kHz mono waveform.
+
+        Silence (no 20 ms frame above -50 dBFS) transcribes as "" without running the network: per-utterance
+        normalisation would otherwise blow up its noise floor into words. Any sample rate and channel count
+        is resampled to 16 kHz mono.
 
         Raises:
-            DataError: a file is missing or does not decode.
+            DataError: a file is missing, empty or does not decode.
+            AudioTooLongError: an input is over `max_seconds` (None: no limit), refused before it is decoded in full.
+
+        Example:
+            >>> model = SpeechRecognizer(ASRConfig(n_mels=40, channels=4, dim=16, hidden=16, layers=1))
+            >>> model.transcribe([torch.zeros(16000)])
+            ['']
         """
         texts: list[str] = []
         for i in range(0, len(audio), batch_size):
-            mels = [self.features(self._wave(a)) for a in audio[i:i + batch_size]]
-            texts += self.decode_mels(mels, beam_size)
+            waves = [self._wave(a, max_seconds) for a in audio[i:i + batch_size]]
+            heard = [j for j, wave in enumerate(waves) if not is_silent(wave, SAMPLE_RATE)]
+            decoded = dict(zip(heard, self.decode_mels([self.features(waves[j]) for j in heard], beam_size)
+                               if heard else [], strict=True))
+            texts += [decoded.get(j, "") for j in range(len(waves))]
         return texts

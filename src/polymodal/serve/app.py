@@ -1,7 +1,8 @@
 """The FastAPI app: REST endpoints, dynamic batching of captions, the web page at /.
 
-Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve; GET /v1/models, /v1/index/{id},
-/healthz; OpenAPI docs at /docs. Any `PolymodalError` becomes a 4xx JSON `{"error": "..."}`.
+Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve, and /v1/transcribe, /v1/speak
+(speech_routes.py); GET /v1/models, /v1/index/{id}, /healthz; OpenAPI docs at /docs. Any
+`PolymodalError` becomes a 4xx JSON `{"error": "..."}`.
 
 Example:
     >>> from polymodal.assets import bundled_model_dir
@@ -34,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, DataError, InputError, PolymodalError
 from ..eval.ood import check_images
-from . import engines, schemas
+from . import engines, schemas, speech_routes
 from .batching import DynamicBatcher
 from .uploads import (
     Limits,
@@ -178,7 +179,7 @@ def _body_doc(model: type, multipart: bool = True) -> dict[str, Any]:
     schema = _inline_defs(model.model_json_schema())
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if multipart:
-        props = {k: ({"type": "string", "format": "binary"} if k == "image" else _form_field(v))
+        props = {k: ({"type": "string", "format": "binary"} if k in ("image", "audio") else _form_field(v))
                  for k, v in schema.get("properties", {}).items()}
         form: dict[str, Any] = {"type": "object", "properties": props}
         if schema.get("required"):
@@ -234,7 +235,11 @@ async def caption(request: Request) -> schemas.CaptionResponse:
 @router.post("/v1/vqa", response_model=schemas.VQAResponse, responses=ERRORS, tags=["questions"],
              openapi_extra=_body_doc(schemas.VQAJSON))
 async def vqa(request: Request) -> schemas.VQAResponse:
-    """Answer a question about an image (a VQA model; a chat model answers if no VQA model is loaded)."""
+    """Answer a question about an image (a VQA model; a chat model answers if no VQA model is loaded).
+
+    The question is typed (`question`) or spoken (`audio`, transcribed by a loaded speech recognizer; the
+    response's `transcript` says what was heard).
+    """
     start, svc = time.perf_counter(), _service(request)
     opts, image = await svc.read_image_request(request, schemas.VQAOptions)
     try:
@@ -244,20 +249,21 @@ async def vqa(request: Request) -> schemas.VQAResponse:
             raise
         entry = svc.models.pick("chat")  # a chat model answers single questions too
     image = require(image)
+    question, transcript = await speech_routes.spoken_question(svc, opts)
     check: dict[str, Any] = {}
     if "vqa" not in entry.tasks:
-        reply = await svc.in_model_thread(entry.model.chat, image, [{"role": "user", "content": opts.question}])
+        reply = await svc.in_model_thread(entry.model.chat, image, [{"role": "user", "content": question}])
         answers = [{"answer": reply, "score": None}]
     elif callable(getattr(entry.model, "answer_topk", None)):
-        top = await svc.in_model_thread(entry.model.answer_topk, image, opts.question, opts.k)
+        top = await svc.in_model_thread(entry.model.answer_topk, image, question, opts.k)
         answers = [{"answer": a, "score": s} for a, s in top[0]]
         sure = getattr(entry.model, "confident", None)  # calibrated probability above the model's threshold?
         check = {"probability": top[0][0][1], "confident": sure(top[0][0][1]) if callable(sure) else None}
     else:
-        answers = [{"answer": (await svc.in_model_thread(entry.model.answer, image, opts.question))[0]}]
+        answers = [{"answer": (await svc.in_model_thread(entry.model.answer, image, question))[0]}]
     if "vqa" in entry.tasks:  # is the image like the training data?
         check.update((await svc.in_model_thread(check_images, entry.model, [image]) or [{}])[0])
-    return schemas.VQAResponse(**check, model=entry.name, question=opts.question, answers=answers,
+    return schemas.VQAResponse(**check, model=entry.name, question=question, transcript=transcript, answers=answers,
                                elapsed_ms=_ms(start))
 
 
@@ -419,5 +425,6 @@ def create_app(models: Sequence[str | Path] | dict[str, Any], index: Any = None,
     _add_error_handlers(app)
     app.add_middleware(LingeringClose, limits=cfg.limits)
     app.include_router(router)
+    app.include_router(speech_routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

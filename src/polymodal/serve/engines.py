@@ -38,7 +38,8 @@ from .schemas import CaptionOptions
 from .uploads import RequestError
 
 # endpoint -> the method a model needs to serve it
-TASK_METHODS = {"caption": "caption_nbest", "vqa": "answer", "chat": "chat", "retrieve": "embed_texts"}
+TASK_METHODS = {"caption": "caption_nbest", "vqa": "answer", "chat": "chat", "retrieve": "embed_texts",
+                "transcribe": "transcribe"}
 HEATMAP_SIDE = 224  # overlays are drawn on a 224 px square: sharp on the page, ~30 KB of PNG per word
 
 
@@ -95,9 +96,11 @@ class ModelSet:
 
 
 def no_model_message(task: str) -> str:
-    what = {"caption": "a captioning model", "vqa": "a VQA model", "chat": "a chat model"}.get(task, task)
-    return (f"no loaded model supports {task}; start the server with {what} too, "
-            f"e.g. `polymodal serve CAPTIONER_DIR VQA_OR_CHAT_DIR`")
+    what = {"caption": "a captioning model", "vqa": "a VQA model", "chat": "a chat model",
+            "transcribe": "a speech recognizer"}.get(task, task)
+    example = "`polymodal serve` (the bundled models)" if task == "transcribe" else \
+        "`polymodal serve CAPTIONER_DIR VQA_OR_CHAT_DIR`"
+    return f"no loaded model supports {task}; start the server with {what} too, e.g. {example}"
 
 
 def load_models(dirs: Sequence[str | Path]) -> dict[str, Any]:

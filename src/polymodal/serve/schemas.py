@@ -11,14 +11,25 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 # Forbid unknown keys: a typo such as "beam" for "beam_size" must fail loudly, not be ignored.
 _STRICT = ConfigDict(extra="forbid")
 # What a JSON `image` holds (OpenAPI 3.1 / JSON Schema 2020-12 content keywords).
 BASE64_IMAGE = {"contentEncoding": "base64", "contentMediaType": "image/*"}
+BASE64_AUDIO = {"contentEncoding": "base64", "contentMediaType": "audio/*"}
+
+
+@dataclass(frozen=True)
+class AudioUpload:
+    """An uploaded audio file (multipart field `audio`, or base64 `audio` in JSON), still undecoded."""
+
+    data: bytes
+    name: str = "audio"
 
 
 class CaptionOptions(BaseModel):
@@ -88,15 +99,26 @@ class CaptionResponse(BaseModel):
 
 
 class VQAOptions(BaseModel):
-    model_config = _STRICT
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     model: str | None = None
-    question: str = Field(..., min_length=1, max_length=500)
+    question: str | None = Field(None, min_length=1, max_length=500, description="the question as text")
+    audio: SkipJsonSchema[AudioUpload | None] = None  # the question spoken: multipart file or base64 (VQAJSON)
     k: int = Field(3, ge=1, le=20, description="answers to return with their probabilities")
+
+    @model_validator(mode="after")
+    def _one_question(self) -> VQAOptions:
+        if (self.question is None) == (self.audio is None):
+            raise ValueError("ask one question: 'question' as text, or 'audio' (a recording of it), not both")
+        return self
 
 
 class VQAJSON(VQAOptions, ImageJSON):
     """POST /v1/vqa as JSON."""
+
+    audio: str | None = Field(None, min_length=1, description="the question spoken instead of typed: a base64 audio "
+                              "file (wav, flac, mp3, ogg, webm), transcribed by a loaded speech recognizer",
+                              json_schema_extra=BASE64_AUDIO)
 
 
 class Answer(BaseModel):
@@ -104,9 +126,42 @@ class Answer(BaseModel):
     score: float | None = None
 
 
+class TranscribeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    model: str | None = Field(None, description="name of a loaded speech recognizer; default: the first")
+    beam_size: int | None = Field(None, ge=1, le=32, description="CTC beam width; 1 = greedy; default: the model's")
+    audio: SkipJsonSchema[AudioUpload | None] = None
+
+
+class TranscribeJSON(TranscribeOptions):
+    """POST /v1/transcribe as JSON."""
+
+    audio: str = Field(..., min_length=1, description="base64 audio file (wav, flac, mp3, ogg, webm; any rate, "
+                       "any channels)", json_schema_extra=BASE64_AUDIO)
+
+
+class TranscribeResponse(BaseModel):
+    text: str = Field(description="what was said; empty for silence")
+    duration_s: float = Field(description="length of the audio in seconds")
+    elapsed_ms: float
+    model: str
+
+
+class SpeakOptions(BaseModel):
+    model_config = _STRICT
+
+    text: str = Field(..., min_length=1, max_length=500, description="what to say")
+    voice: str = Field("en-us", pattern=r"^[a-z][a-z0-9-]{0,30}(\+[a-z0-9]{1,8})?$",
+                       description="espeak-ng voice, e.g. en-gb+f2 (`espeak-ng --voices=en`)")
+    speed: int = Field(160, ge=80, le=400, description="words per minute")
+
+
 class VQAResponse(BaseModel):
     model: str
     question: str
+    transcript: TranscribeResponse | None = Field(None, description="with an 'audio' question: what the speech "
+                                                  "recognizer heard (the question answered)")
     answers: list[Answer]
     probability: float | None = Field(None, description="the best answer's calibrated probability (temperature-"
                                       "scaled, docs/calibration.md); null for a chat model's reply")

@@ -7,7 +7,9 @@ refusal `LingeringClose` reads and discards the rest of the body, up to `Limits.
 `Limits.drain_seconds`, before the connection closes, so that a client still sending reads the 413
 rather than a connection reset. Images are
 recognised by their first bytes, not by their name or declared type, then decoded by
-`data.images.load_image`, which checks the pixel count from the header and drops EXIF.
+`data.images.load_image`, which checks the pixel count from the header and drops EXIF. Audio (the
+`audio` field) is sniffed the same way and decoded by `data.audio.load_audio` from memory, refused
+over `Limits.max_audio_seconds` from its header before it is decoded in full.
 
 Example:
     >>> sniff_image(b"PK\\x03\\x04...", "photo.png")  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -33,8 +35,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..data.audio import AudioTooLongError, load_audio
 from ..data.images import load_image
 from ..errors import DataError, InputError
+from .schemas import AudioUpload
 
 Options = TypeVar("Options", bound=BaseModel)
 
@@ -46,6 +50,12 @@ IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", 0, "PNG"), (b"\xff\xd8\xff", 0, "JPEG"), (
 OTHER_MAGIC = [(b"PK\x03\x04", "a ZIP archive"), (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip file"),
                (b"<", "HTML or XML text"), (b"{", "JSON text"), (b"\x00\x00\x00", "a video or other binary file")]
 SUPPORTED = "send a PNG, JPEG, GIF, WebP, BMP or TIFF file"
+# (magic prefix, offset, format name): containers PyAV decodes sound from (the browser records WebM or Ogg/Opus)
+AUDIO_MAGIC = [(b"RIFF", 0, "WAV"), (b"fLaC", 0, "FLAC"), (b"ID3", 0, "MP3"), (b"\xff\xfb", 0, "MP3"),
+               (b"\xff\xf3", 0, "MP3"), (b"\xff\xf2", 0, "MP3"), (b"OggS", 0, "Ogg"),
+               (b"\x1a\x45\xdf\xa3", 0, "WebM"), (b"ftyp", 4, "MP4"), (b"FORM", 0, "AIFF"),
+               (b"\xff\xf1", 0, "AAC"), (b"\xff\xf9", 0, "AAC")]
+AUDIO_SUPPORTED = "send a WAV, FLAC, MP3, Ogg, WebM or M4A recording"
 
 
 class RequestError(InputError):
@@ -73,9 +83,10 @@ class Limits:
     max_pixels: int = 4096 * 4096
     drain_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 5.0
+    max_audio_seconds: float = 60.0  # longest audio upload (413 beyond), refused before it is decoded in full
 
-    def as_dict(self) -> dict[str, int]:
-        return {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels}
+    def as_dict(self) -> dict[str, float]:
+        return {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "max_audio_seconds": self.max_audio_seconds}
 
 
 class LingeringClose:
@@ -175,6 +186,7 @@ async def read_fields(request: Request, limits: Limits) -> tuple[dict[str, Any],
 
     Multipart: the image is the file part named `image`; other parts are form fields.
     JSON: an object; its `image` key, if any, is base64 and is decoded here.
+    Audio (a file part or a base64 JSON value named `audio`) becomes `fields["audio"]`, an `AudioUpload`.
     """
     body = await read_body(request, limits.max_bytes)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -190,6 +202,8 @@ async def read_fields(request: Request, limits: Limits) -> tuple[dict[str, Any],
             raise RequestError(f"request body is not valid JSON ({err})", 400) from None
         if not isinstance(data, dict):
             raise RequestError(f"JSON body must be an object, got {type(data).__name__}", 422)
+        if isinstance(data.get("audio"), str) and data["audio"]:
+            data["audio"] = AudioUpload(decode_base64(data["audio"], "audio"), "audio")
         image = data.get("image")
         if isinstance(image, str) and image:
             return data, decode_base64(image), "image"
@@ -214,19 +228,21 @@ async def _read_multipart(request: Request, body: bytes, limits: Limits) -> tupl
             files.append(key)
             if key == "image":
                 image, name = await value.read(), value.filename or "image"
+            elif key == "audio":
+                fields["audio"] = AudioUpload(await value.read(), value.filename or "audio")
             await value.close()
-        elif key == "image":
-            raise RequestError("multipart field 'image' must be a file upload, not text; "
-                               "use -F image=@photo.png (with the @)", 422)
+        elif key in ("image", "audio"):
+            raise RequestError(f"multipart field {key!r} must be a file upload, not text; "
+                               f"use -F {key}=@{'photo.png' if key == 'image' else 'question.wav'} (with the @)", 422)
         elif value != "":  # an empty form input means "not given" (browsers send every input)
             fields[key] = value
-    if image is None and files:
+    if image is None and "audio" not in fields and files:
         raise RequestError(f"no file field named 'image' (got file field {files[0]!r}); "
                            f"upload the image as -F image=@photo.png", 422)
     return fields, image, name
 
 
-def decode_base64(data: str) -> bytes:
+def decode_base64(data: str, field: str = "image") -> bytes:
     """Base64 (standard or URL-safe, with or without a data: URL prefix) -> bytes; 422 if it is not."""
     if data.startswith("data:"):
         data = data.partition(",")[2]
@@ -234,8 +250,8 @@ def decode_base64(data: str) -> bytes:
         raw = data.strip().replace("-", "+").replace("_", "/")
         return base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError("'image' is not valid base64; send the file's bytes base64-encoded "
-                           "(e.g. base64 -w0 photo.png)", 422) from None
+        raise RequestError(f"'{field}' is not valid base64; send the file's bytes base64-encoded "
+                           f"(e.g. base64 -w0 {'photo.png' if field == 'image' else 'question.wav'})", 422) from None
 
 
 def sniff_image(data: bytes, name: str = "image") -> str:
@@ -292,6 +308,37 @@ def decode_image(data: bytes, name: str, limits: Limits) -> Image.Image:
         # load_image names the pixel count in both of its size messages; everything else is a broken file.
         status = 413 if "pixels" in str(err) and "limit" in str(err) else 422
         raise RequestError(str(err), status) from None
+
+
+def sniff_audio(data: bytes, name: str = "audio") -> str:
+    """The audio container from the first bytes, or a 415 RequestError saying what the data looks like.
+
+    Example:
+        >>> sniff_audio(b"RIFF\\x24\\x00\\x00\\x00WAVEfmt ", "question.wav")
+        'WAV'
+    """
+    if not data:
+        raise RequestError(f"{name}: empty upload (0 bytes); record the question again", 400)
+    for magic, offset, fmt in AUDIO_MAGIC:
+        if data[offset:offset + len(magic)] == magic:
+            return fmt
+    head = data[:64].lstrip()
+    image = next((f for magic, offset, f in IMAGE_MAGIC if data[offset:offset + len(magic)] == magic), None)
+    what = f"a {image} image" if image else next((d for magic, d in OTHER_MAGIC if head.startswith(magic)),
+                                                 "an unknown file type")
+    raise RequestError(f"{name}: not audio ({what}); {AUDIO_SUPPORTED}", 415)
+
+
+def decode_audio(data: bytes, name: str, limits: Limits, sample_rate: int = 16000) -> Any:
+    """Sniff and decode in memory to a mono waveform (S,) at `sample_rate`: 415 not audio, 413 longer than
+    `limits.max_audio_seconds` (from the header, before decoding it all), 422 broken or without sound."""
+    sniff_audio(data, name)
+    try:
+        return load_audio(data, sample_rate, max_seconds=limits.max_audio_seconds, name=name)
+    except AudioTooLongError as err:
+        raise RequestError(str(err), 413) from None
+    except DataError as err:
+        raise RequestError(str(err), 422) from None
 
 
 def validate(model: type[Options], fields: dict[str, Any]) -> Options:
