@@ -36,7 +36,7 @@ from polymodal.assets import ASSETS, BUNDLED_ASR, BUNDLED_VQA  # noqa: E402
 from polymodal.data.audio import load_audio, write_wav  # noqa: E402
 from polymodal.data.shapes import ShapesWorld, render, sample_scene  # noqa: E402
 from polymodal.data.speech import TEST_VOICES, Voicing, espeak_available, synthesize  # noqa: E402
-from polymodal.eval.ood import check_images  # noqa: E402
+from polymodal.eval.ood import check_inputs  # noqa: E402
 
 RATE = 16000
 TURN_SECONDS = 2.0
@@ -104,7 +104,7 @@ def turn_latency(asr, vqa, wav: bytes, runs: int) -> dict[str, float]:
     def in_process() -> str:
         question = asr.transcribe([load_audio(wav, RATE, max_seconds=60.0, name="question.wav")])[0]
         answer = vqa.answer_topk(image, question, k=3)[0][0][0]
-        check_images(vqa, [image])
+        check_inputs(vqa, [image])
         return answer
 
     served = {"a": median_seconds(in_process, runs)}

@@ -150,3 +150,17 @@ def test_pocketsphinx_hears_a_question(tmp_path):
     path = write_wav(tmp_path / "q.wav", synthesize(QUESTION, Voicing("en-us+m1", speed=150)), 16000)
     hypothesis = pocketsphinx_transcribe(path, lm)
     assert word_error_rate([hypothesis], [QUESTION]) <= 0.4, hypothesis
+
+
+def test_asr_task_trains_scores_its_test_split_and_saves_ood_statistics(spoken, tmp_path):
+    import polymodal
+    from polymodal.train.tasks import load_task_config
+
+    task, cfg = load_task_config("configs/asr.yaml", [
+        f"data.path={spoken}", "model.channels=4", "model.dim=16", "model.hidden=16", "model.layers=1",
+        "train.steps=3", "train.batch_size=4", "train.eval_every=3", "train.checkpoint_every=3",
+        "train.warmup_steps=1", f"train.out_dir={tmp_path / 'run'}"])
+    summary = task(cfg, progress=False)
+    assert summary["step"] == 3 and 0.0 <= summary["test"]["greedy"]["wer"] and (tmp_path / "run" / "metrics.json").is_file()
+    model = polymodal.load(tmp_path / "run")
+    assert model.ood_stats is not None and summary["ood_threshold"] == pytest.approx(model.ood_stats.threshold)

@@ -183,6 +183,17 @@ def test_cli_speak_writes_speech_and_transcribe_reads_it(tmp_path):
     assert code == 0, err
     code, text, err = run_cli(["transcribe", str(ASSETS / BUNDLED_ASR), str(out)])
     assert code == 0 and text.strip() == "a large red circle", err
+    assert "warning" not in err  # like the training recordings: no out-of-distribution warning
+
+
+def test_a_recording_unlike_the_training_audio_is_flagged(client, tmp_path):
+    """A 440 Hz tone is no espeak-ng speech: the API says so beside the transcript, the CLI warns in one line."""
+    tone = (0.3 * np.sin(np.arange(32000) / 16000 * 2 * np.pi * 440)).astype(np.float32)
+    body = client.post("/v1/transcribe", files=upload(wav_bytes(tone))).json()
+    assert body["in_distribution"] is False and body["ood_score"] > 0
+    code, _, err = run_cli(["transcribe", str(ASSETS / BUNDLED_ASR), str(write_pcm(tmp_path / "tone.wav", tone, 16000))])
+    warnings = err.strip().splitlines()
+    assert code == 0 and len(warnings) == 1 and "unlike the recordings" in warnings[0], err
 
 
 def test_cli_speech_errors_are_one_line_exit_2(tmp_path, monkeypatch):
@@ -248,7 +259,7 @@ def test_transcribe_and_spoken_vqa(client, spoken):
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["text"] == QUESTION and body["model"] == "shapes_asr" and 1.0 < body["duration_s"] < 3.0
-    assert body["elapsed_ms"] > 0
+    assert body["elapsed_ms"] > 0 and body["in_distribution"] is True  # espeak-ng speech, as in training
     as_json = client.post("/v1/transcribe", json={"audio": base64.b64encode(data).decode(), "beam_size": 1})
     assert as_json.status_code == 200 and as_json.json()["text"] == QUESTION
     answer = client.post("/v1/vqa", files=upload(data, with_image=True), data={"k": "2"})

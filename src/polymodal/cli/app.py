@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,6 +24,21 @@ def out_folder(path: Path, option: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: is a file; pass {option} a folder (it is created if missing)")
     return path
+
+
+def warn_if_unlike(model: Any, model_dir: Path | str, inputs: list[Any], names: list[str], guess: str,
+                   kind: str = "images") -> list[dict]:
+    """Check inputs against the statistics saved with `model` (eval/ood.py) and print one warning line per input
+    unlike its training `kind` ("images", "recordings"), saying the output (`guess`: "the caption") is a guess;
+    returns the checks ({} each when the model has no statistics)."""
+    from ..eval.ood import check_inputs
+
+    checks = (check_inputs(model, inputs) if inputs else None) or [{} for _ in inputs]
+    for name, check in zip(names, checks, strict=True):
+        if check.get("in_distribution") is False:
+            typer.echo(f"warning: {name}: unlike the {kind} {model_dir} was trained on (out-of-distribution score "
+                       f"{check['ood_score']:.1f} > {model.ood_stats.threshold:.1f}); {guess} is a guess", err=True)
+    return checks
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from .app import app, data_app
+from .app import app, data_app, warn_if_unlike
 from .kinds import load_for
 
 if TYPE_CHECKING:
@@ -44,16 +44,11 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
                 help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
             ) -> None:
     """Caption images with a trained model."""
-    from ..eval.ood import check_images
-
     model = load_for("caption", model_dir)
     strategy = "beam" if beam > 1 else "greedy"
     used_dirs: set[Path] = set()
     for path in images:
-        check = (check_images(model, [path]) or [{}])[0]
-        if check.get("in_distribution") is False:
-            typer.echo(f"warning: {path}: unlike the images {model_dir} was trained on (out-of-distribution score "
-                       f"{check['ood_score']:.1f} > {model.ood_stats.threshold:.1f}); the caption is a guess", err=True)
+        check = warn_if_unlike(model, model_dir, [path], [str(path)], "the caption")[0]
         written: list[Path] = []
         if heatmaps is not None:
             from ..eval.viz import caption_heatmaps

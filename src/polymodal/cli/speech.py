@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from .app import app, data_app, out_folder
+from .app import app, data_app, out_folder, warn_if_unlike
 from .kinds import load_for
 
 
@@ -64,6 +64,7 @@ def hear(audio: Path, asr: Path | None, max_seconds: float) -> str:
     text = recognizer.transcribe([audio], max_seconds=max_seconds)[0]
     if not text:
         raise InputError(f"{audio}: no speech heard (silence); record the question again, nearer the microphone")
+    warn_if_unlike(recognizer, asr or BUNDLED_ASR, [audio], [str(audio)], "the transcript", "recordings")
     return text
 
 
@@ -94,5 +95,9 @@ def transcribe_command(model_dir: Path = typer.Argument(..., help="speech recogn
     model = load_for("transcribe", model_dir)
     # a missing, non-audio or too long file: one error line, nothing printed
     waves = [load_audio(path, 16000, max_seconds=max_seconds) for path in audio]
-    for text in model.transcribe(waves, beam_size=beam or None, max_seconds=None):
+    texts = model.transcribe(waves, beam_size=beam or None, max_seconds=None)
+    heard = [i for i, text in enumerate(texts) if text]  # silence prints an empty line, no warning
+    warn_if_unlike(model, model_dir, [waves[i] for i in heard], [str(audio[i]) for i in heard], "the transcript",
+                   "recordings")
+    for text in texts:
         typer.echo(text)

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from .app import app
+from .app import app, warn_if_unlike
 from .kinds import load_for
 from .speech import check_speak, hear, say
 
@@ -39,7 +39,6 @@ def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory 
                 k: int = typer.Option(3, help="how many answers --top prints")) -> None:
     """Answer a question about an image; below the model's confidence threshold the answer says it is not sure."""
     from ..data.images import load_image
-    from ..eval.ood import check_images
 
     if (question is None) == (audio is None):
         raise InputError("ask one question: as text (an argument) or spoken (--audio FILE), not both or neither")
@@ -50,10 +49,7 @@ def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory 
         question = hear(audio, asr, max_seconds)
         typer.echo(f"heard: {question}")
     answers = model.answer_topk(picture, question, k=max(k, 1))[0]  # calibrated probabilities, best first
-    check = (check_images(model, [picture]) or [{}])[0]
-    if check.get("in_distribution") is False:
-        typer.echo(f"warning: {image}: unlike the images {model_dir} was trained on (out-of-distribution score "
-                   f"{check['ood_score']:.1f} > {model.ood_stats.threshold:.1f}); the answer is a guess", err=True)
+    warn_if_unlike(model, model_dir, [picture], [str(image)], "the answer")
     best, prob = answers[0]
     sure = model.confident(prob)
     if top:

@@ -1,4 +1,4 @@
-"""Know what it does not know: an out-of-distribution score for a model's image input.
+"""Know what it does not know: an out-of-distribution score for a model's image (or audio) input.
 
 A model trained on Shapes World will caption a photo, a page of text or pure noise with the same
 confidence as a Shapes World scene. This module gives it a way to say "this is not what I was trained
@@ -237,12 +237,17 @@ def auroc(in_scores: torch.Tensor | Sequence[float], out_scores: torch.Tensor | 
     return float(u / (a.numel() * b.numel()))
 
 
-__all__ = ["FILE", "FeatureStats", "auroc", "ledoit_wolf_shrinkage", "pooled_image_features"]
+
+def input_features(model: torch.nn.Module, inputs: Sequence[Any], progress: bool = False) -> torch.Tensor:
+    """The features OOD statistics are fit on and scored with: the model's own `ood_features(inputs)` where it
+    defines one (the speech recognizer pools its encoder over time), else `pooled_image_features`."""
+    own = getattr(model, "ood_features", None)
+    return own(list(inputs)) if callable(own) else pooled_image_features(model, inputs, progress=progress)
 
 
-def check_images(model: torch.nn.Module, images: Sequence[Any]) -> list[dict[str, Any]] | None:
-    """Per image {"in_distribution": bool, "ood_score": float} against the statistics saved with `model`
-    (`polymodal.load` attaches them as `model.ood_stats`); None when the checkpoint has none.
+def check_inputs(model: torch.nn.Module, inputs: Sequence[Any]) -> list[dict[str, Any]] | None:
+    """Per input (an image, or audio for a speech model) {"in_distribution": bool, "ood_score": float} against
+    the statistics saved with `model` (`polymodal.load` attaches them as `model.ood_stats`); None without them.
 
     Example:
         >>> from PIL import Image
@@ -251,35 +256,35 @@ def check_images(model: torch.nn.Module, images: Sequence[Any]) -> list[dict[str
         >>> from polymodal.text.tokenizer import WordTokenizer
         >>> model = Captioner(ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8)),
         ...                   WordTokenizer.build(["a red circle"]))
-        >>> check_images(model, [Image.new("RGB", (32, 32))]) is None  # no statistics saved with it
+        >>> check_inputs(model, [Image.new("RGB", (32, 32))]) is None  # no statistics saved with it
         True
         >>> model.ood_stats = FeatureStats(torch.zeros(32), torch.eye(32), threshold=1e6)  # 32 encoder channels
-        >>> check_images(model, [Image.new("RGB", (32, 32))])[0]["in_distribution"]
+        >>> check_inputs(model, [Image.new("RGB", (32, 32))])[0]["in_distribution"]
         True
     """
     stats = getattr(model, "ood_stats", None)
     if stats is None:
         return None
-    scores = stats.score(pooled_image_features(model, images))
+    scores = stats.score(input_features(model, inputs))
     return [{"in_distribution": bool(s <= stats.threshold), "ood_score": round(float(s), 3)} for s in scores]
 
 
-def fit_model_stats(model: torch.nn.Module, train_images: Sequence[Any], calibration_images: Sequence[Any],
+def fit_model_stats(model: torch.nn.Module, train_inputs: Sequence[Any], calibration_inputs: Sequence[Any],
                     quantile: float = 0.98, limit: int = 2000) -> FeatureStats:
-    """Statistics of a trained model's own features: fit on (up to `limit`) training images, threshold on
-    held-out in-distribution ones; save them beside its weights with `.save(model_dir)`."""
-    return FeatureStats.fit(pooled_image_features(model, list(train_images)[:limit]),
-                            pooled_image_features(model, list(calibration_images)[:limit]), quantile)
+    """Statistics of a trained model's own features (`input_features`): fit on (up to `limit`) training inputs,
+    threshold on held-out in-distribution ones; save them beside its weights with `.save(model_dir)`."""
+    return FeatureStats.fit(input_features(model, list(train_inputs)[:limit]),
+                            input_features(model, list(calibration_inputs)[:limit]), quantile)
 
 
-def save_model_stats(model: torch.nn.Module, folder: str | os.PathLike, train_images: Sequence[Any],
-                     calibration_images: Sequence[Any]) -> float | None:
-    """The end of a training run: fit the trained model's statistics (`fit_model_stats`, each image once) and
-    save them beside its weights in `folder`; returns the threshold, or None (and says why) when the images
+def save_model_stats(model: torch.nn.Module, folder: str | os.PathLike, train_inputs: Sequence[Any],
+                     calibration_inputs: Sequence[Any]) -> float | None:
+    """The end of a training run: fit the trained model's statistics (`fit_model_stats`, each input once) and
+    save them beside its weights in `folder`; returns the threshold, or None (and says why) when the inputs
     cannot give them (too few, or one unreadable)."""
-    train, calibration = list(dict.fromkeys(train_images)), list(dict.fromkeys(calibration_images))
+    train, calibration = list(dict.fromkeys(train_inputs)), list(dict.fromkeys(calibration_inputs))
     if len(train) < 2 or not calibration:
-        tqdm.write("out-of-distribution statistics: skipped (needs training and validation images)")
+        tqdm.write("out-of-distribution statistics: skipped (needs training and validation inputs)")
         return None
     try:
         stats = fit_model_stats(model, train, calibration)
@@ -289,3 +294,7 @@ def save_model_stats(model: torch.nn.Module, folder: str | os.PathLike, train_im
     stats.save(folder)
     tqdm.write(f"out-of-distribution statistics: saved to {folder} (threshold {stats.threshold:.2f})")
     return stats.threshold
+
+
+__all__ = ["FILE", "FeatureStats", "auroc", "check_inputs", "fit_model_stats", "input_features",
+           "ledoit_wolf_shrinkage", "pooled_image_features", "save_model_stats"]

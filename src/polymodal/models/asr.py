@@ -165,3 +165,24 @@ class SpeechRecognizer(SavedModel, nn.Module):
                                if heard else [], strict=True))
             texts += [decoded.get(j, "") for j in range(len(waves))]
         return texts
+
+    @torch.inference_mode()
+    def ood_features(self, audio: Sequence[AudioInput], batch_size: int = 16) -> torch.Tensor:
+        """The recognizer's own encoder states, mean-pooled over each utterance's frames -> (N, 2 * hidden):
+        what `eval/ood.py` compares with the training audio to say a recording is unlike it.
+
+        Example:
+            >>> model = SpeechRecognizer(ASRConfig(n_mels=40, channels=4, dim=16, hidden=8, layers=1))
+            >>> model.ood_features([torch.randn(16000), torch.randn(8000)]).shape
+            torch.Size([2, 16])
+        """
+        was_training, out = self.training, []
+        self.eval()
+        for i in range(0, len(audio), batch_size):
+            mel, lengths = pad_mels([self.features(self._wave(a, MAX_SPEECH_SECONDS)) for a in audio[i:i + batch_size]])
+            x, lengths = self.subsample(mel.to(self.device), lengths.to(self.device))
+            states = self.encoder(x, lengths)  # (B, T', 2 * hidden); padding frames left out of the mean
+            valid = (torch.arange(states.shape[1], device=states.device)[None] < lengths[:, None]).unsqueeze(-1)
+            out.append(((states * valid).sum(1) / valid.sum(1).clamp(min=1)).float().cpu())
+        self.train(was_training)
+        return torch.cat(out)

@@ -34,7 +34,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, DataError, InputError, PolymodalError
-from ..eval.ood import check_images
+from ..eval.ood import check_inputs
 from . import engines, schemas, speech_routes
 from .batching import DynamicBatcher
 from .uploads import (
@@ -225,7 +225,7 @@ async def caption(request: Request) -> schemas.CaptionResponse:
         objects = engines.object_markers(entry, result["words"], result["attention"])
     elif opts.heatmaps:
         note = f"model {entry.name!r} has no attention, so there are no heatmaps"
-    check = (await svc.in_model_thread(check_images, entry.model, [image]) or [{}])[0]  # is it like the training data?
+    check = (await svc.in_model_thread(check_inputs, entry.model, [image]) or [{}])[0]  # is it like the training data?
     return schemas.CaptionResponse(**check,
         model=entry.name, captions=[{"text": t, "score": s} for t, s in result["captions"]], words=result["words"],
         heatmaps=heatmaps, view=view, objects=objects, note=note, width=image.width, height=image.height, batch_size=batch,
@@ -262,7 +262,7 @@ async def vqa(request: Request) -> schemas.VQAResponse:
     else:
         answers = [{"answer": (await svc.in_model_thread(entry.model.answer, image, question))[0]}]
     if "vqa" in entry.tasks:  # is the image like the training data?
-        check.update((await svc.in_model_thread(check_images, entry.model, [image]) or [{}])[0])
+        check.update((await svc.in_model_thread(check_inputs, entry.model, [image]) or [{}])[0])
     return schemas.VQAResponse(**check, model=entry.name, question=question, transcript=transcript, answers=answers,
                                elapsed_ms=_ms(start))
 

@@ -146,6 +146,10 @@ class TranscribeResponse(BaseModel):
     duration_s: float = Field(description="length of the audio in seconds")
     elapsed_ms: float
     model: str
+    in_distribution: bool | None = Field(None, description="False: the recording is unlike the recognizer's "
+                                         "training audio, so the transcript is a guess; null: no statistics saved")
+    ood_score: float | None = Field(None, description="out-of-distribution score (Mahalanobis distance of the "
+                                   "pooled encoder states)")
 
 
 class SpeakOptions(BaseModel):

@@ -37,6 +37,7 @@ from ..data.speech import write_shapes_speech
 from ..data.speech_formats import SpeechRecord, load_speech, read_speech
 from ..errors import DataError
 from ..eval.asr_metrics import character_error_rate, word_error_rate
+from ..eval.ood import save_model_stats
 from ..models.asr import ASRConfig, SpeechRecognizer, pad_mels
 from ..text.ctc import Lexicon
 from .trainer import Trainer
@@ -222,6 +223,9 @@ def train_asr(cfg: ASRExperimentConfig, progress: bool = True, stop_at: int | No
         return summary
     best = SpeechRecognizer.from_pretrained(Path(cfg.train.out_dir) / "model")
     summary["test"] = score_test(best, sets[d.test_split], manifest_rows(folder))
+    summary["ood_threshold"] = save_model_stats(best, Path(cfg.train.out_dir) / "model",  # a recording unlike these
+                                                [r.audio for r in splits[d.train_split]],
+                                                [r.audio for r in splits[d.val_split]])
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
     return summary
 
