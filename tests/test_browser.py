@@ -4,14 +4,13 @@ Upload a Shapes World image, see a caption, hover words and see the heatmap chan
 (or see the clear "no model" message), upload a non-image and see the error. Nothing leaves the
 machine: the server binds loopback and the page may only fetch from it.
 
-POLYMODAL_SCREENSHOT=1 also saves docs/screenshot.png; POLYMODAL_TEST_MODELS (model dirs separated
-by os.pathsep, e.g. a trained captioner and a VQA model) and POLYMODAL_TEST_INDEX (a retrieval index)
-replace the tiny untrained models.
+POLYMODAL_TEST_MODELS (model dirs separated by os.pathsep, e.g. a trained captioner and a VQA model)
+and POLYMODAL_TEST_INDEX (a retrieval index) replace the tiny untrained models. The page of the bundled
+models (and the README screenshot) is tests/test_browser_bundled.py.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import socket
@@ -179,9 +178,6 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
                 assert 0 < page.locator("#results figure").count() <= 12
                 page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete)")
 
-            if os.environ.get("POLYMODAL_SCREENSHOT") == "1":
-                _screenshot(page, words)
-
             if searching:
                 done = page.evaluate("document.body.dataset.captions")
                 page.locator("#results figure").first.click()
@@ -210,17 +206,3 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
             browser.close()
     assert not outside, f"the page tried to reach beyond the server: {outside}"
 
-
-def _screenshot(page: object, words: object) -> None:
-    """Hover the most telling word (a colour or shape if there is one) and save docs/screenshot.png."""
-    from polymodal.data.shapes import COLOURS, SHAPES
-
-    texts = [words.nth(i).inner_text() for i in range(words.count())]  # type: ignore[attr-defined]
-    pick = next((i for i, w in enumerate(texts) if w in COLOURS or w in SHAPES), 0)
-    words.nth(pick).hover()  # type: ignore[attr-defined]
-    page.wait_for_timeout(400)  # type: ignore[attr-defined]  # let the overlay fade in
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    png = page.screenshot(full_page=True)  # type: ignore[attr-defined]
-    from PIL import Image
-
-    Image.open(io.BytesIO(png)).save(SCREENSHOT, optimize=True)

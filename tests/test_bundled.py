@@ -3,9 +3,11 @@ them; `polymodal serve` with no model serves them, and a damaged install turns o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from polymodal.assets import ASSETS, SERVED, bundled_names, read_card
+from polymodal.assets import ASSETS, BUNDLED_DUAL_ENCODER, SERVED, bundled_names, read_card
 
 from .conftest import polymodal_cli
 
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_every_bundled_model_has_a_card_and_all_stay_under_30_mb():
     names = bundled_names()
     assert set(SERVED) <= set(names) and len(names) >= 3
-    total = sum(f.stat().st_size for name in names for f in (ASSETS / name).iterdir())
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())  # the search index's images too
     assert total < 30 * 2**20
     for name in names:
         card = read_card(ASSETS / name)
@@ -33,34 +35,61 @@ def test_models_lists_kind_size_training_data_and_figures(monkeypatch, capsys):
 def test_serve_without_models_serves_the_bundled_ones_and_survives_a_broken_one(monkeypatch, capsys, tmp_path):
     import uvicorn
 
-    served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app.state.service.models.entries))
+    served, search = {}, []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: (served.update(app.state.service.models.entries),
+                                                           search.append(app.state.service.search)))
     code, out, err = polymodal_cli(monkeypatch, capsys, "serve", "--port", "0")
-    assert code == 0, err
-    assert set(served) == set(SERVED)
+    assert code == 0 and "warning" not in err, err
+    assert set(served) == set(SERVED) and search[0].info()["size"] >= 100  # the index of built-in scenes
     served.clear()
     monkeypatch.setattr("polymodal.assets.SERVED", (*SERVED, "shapes_missing_model"))
     code, out, err = polymodal_cli(monkeypatch, capsys, "serve", "--port", "0")
     assert code == 0 and set(served) == set(SERVED), err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "shapes_missing_model" in warnings[0] and "is off" in warnings[0]
+    served.clear()  # without the dual encoder, search is off (once, saying why) and the rest is served
+    monkeypatch.setattr("polymodal.assets.SERVED", tuple(n for n in SERVED if n != BUNDLED_DUAL_ENCODER))
+    code, out, err = polymodal_cli(monkeypatch, capsys, "serve", "--port", "0")
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert code == 0 and len(warnings) == 1 and "search is off" in warnings[0] and search[-1] is None, err
 
 
 def test_the_page_capabilities_work_right_after_install():
     """What a newcomer gets from `polymodal serve`: a true caption and a right answer about one scene."""
     import io
 
+    import numpy as np
     from fastapi.testclient import TestClient
+    from PIL import Image
 
-    from polymodal.cli.serve import load_bundled
+    from polymodal.cli.serve import bundled_index, load_bundled
     from polymodal.data.shapes import Scene, ShapeObject, render
     from polymodal.serve.app import create_app
 
     png = io.BytesIO()
     render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64).save(png, "PNG")
     upload = {"image": ("scene.png", png.getvalue(), "image/png")}
-    with TestClient(create_app(load_bundled())) as client:
+    models = load_bundled()
+    with TestClient(create_app(models, index=bundled_index(models))) as client:
         caption = client.post("/v1/caption", files=upload).json()
         answer = client.post("/v1/vqa", files=upload, data={"question": "what colour is the circle?"}).json()
+        hits = client.post("/v1/retrieve", json={"text": "a large red circle", "k": 3}).json()["hits"]
+        by_scene = client.post("/v1/retrieve", files=upload, data={"k": "1"}).json()
+        noise = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(noise, "PNG")
+        by_noise = client.post("/v1/retrieve", files={"image": ("n.png", noise.getvalue(), "image/png")}).json()
     assert "red circle" in caption["captions"][0]["text"] and caption["in_distribution"] is True
     assert answer["answers"][0]["answer"] == "red" and answer["in_distribution"] is True
+    assert len(hits) == 3 and all(_holds(hit["path"], "red", "circle") for hit in hits)
+    assert by_scene["in_distribution"] is True and _holds(by_scene["hits"][0]["path"], "red", "circle")
+    assert by_noise["in_distribution"] is False  # searching by an image unlike any scene says so
+
+
+def _holds(name: str, colour: str, shape: str) -> bool:
+    """Whether the built-in scene `name` (an image of the bundled index) has a `colour` `shape`."""
+    import json
+
+    from polymodal.assets import BUNDLED_INDEX
+
+    scenes = json.loads((ASSETS / BUNDLED_INDEX / "scenes.json").read_text())
+    return any(o["colour"] == colour and o["shape"] == shape for o in scenes[Path(name).stem]["objects"])

@@ -13,7 +13,9 @@ BUNDLED_CAPTIONER = "shapes_prefix_lm"  # the truest captioner (README "Are the 
 ATTENTION_LSTM = "shapes_attention_lstm"  # the encoder-decoder captioner: ONNX export, refinement, word heatmaps
 BUNDLED_VQA = "shapes_vqa"  # questions about an image, calibrated
 BUNDLED_ASR = "shapes_asr"  # speech -> text (CTC), for spoken questions
-SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR)  # what `polymodal serve` loads given no model: one per capability of the page
+BUNDLED_DUAL_ENCODER = "shapes_dual_encoder"  # text <-> image embeddings: search
+BUNDLED_INDEX = "shapes_scenes_index"  # built-in test scenes (images inside) embedded by that dual encoder
+SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR, BUNDLED_DUAL_ENCODER)  # what `polymodal serve` loads given no model: one per capability of the page
 CARD_FILE = "card.json"  # beside a model's weights: what it does, what it was trained on, its figures
 
 

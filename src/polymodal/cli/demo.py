@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..api import load
-from ..assets import BUNDLED_VQA, bundled_model_dir
+from ..assets import ASSETS, BUNDLED_ASR, BUNDLED_DUAL_ENCODER, BUNDLED_INDEX, BUNDLED_VQA, bundled_model_dir
 from ..checkpoint import write_json
 from ..config import DataConfig
 from ..data.datasets import load_split, shapes_folder
@@ -27,6 +27,7 @@ from .app import out_folder
 
 SAMPLES = 6
 QUESTION = "how many shapes are there?"
+SEARCH = "a large red circle"  # a text query over the bundled index of built-in scenes
 EVAL_IMAGES = 200  # per split: enough for stable metrics, small enough for a one-minute demo
 
 
@@ -56,6 +57,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
                   f"- references: {' / '.join(rec.captions[:3])}",
                   f"- asked the bundled VQA model \"{QUESTION}\": **{answer}** (p={p:.2f})", ""]
 
+    lines += _search_section(out) + _speech_section(out, vqa, test[0].image)
     generation = GenerationConfig(strategy="beam", beam_size=3, max_len=model.cfg.decoder.max_len)
     truth = ObjectTruth.shapes(shapes_folder(data))  # are the named objects in the picture?
     all_metrics = {}
@@ -93,6 +95,38 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
           f"metrics: {(out / 'metrics.json').resolve()}  ({time.time() - started:.0f} s)\n"
           f"the web page with every bundled model: polymodal serve   (then open http://127.0.0.1:8000/)")
     return report
+
+
+def _search_section(out: Path, k: int = 3) -> list[str]:
+    """The page's third capability: text search over the bundled index with the bundled dual encoder."""
+    from ..eval.retrieval import RetrievalIndex
+
+    encoder, index = load(bundled_model_dir(BUNDLED_DUAL_ENCODER)), RetrievalIndex.load(ASSETS / BUNDLED_INDEX)
+    hits = index.search(encoder.embed_texts([SEARCH]), k=k)[0]
+    print(f"\nsearched {len(index.items)} built-in scenes for {SEARCH!r}: "
+          + ", ".join(f"{Path(path).name} ({score:.2f})" for path, score in hits))
+    lines = ["## Text search (bundled dual encoder and index)", "",
+             f"The {k} best of {len(index.items)} built-in scenes for \"{SEARCH}\", with cosine scores:", ""]
+    return lines + [f"![{Path(path).stem}]({_beside(path, out, 'search')}) {score:.2f}" for path, score in hits] + [""]
+
+
+def _speech_section(out: Path, vqa: object, image: str) -> list[str]:
+    """A spoken question (espeak-ng) heard by the bundled recognizer, answered, and the answer spoken back."""
+    from ..data.speech import INSTALL_HINT, espeak, espeak_available
+
+    if not espeak_available():
+        print(f"\nspoken question: skipped (espeak-ng not found; {INSTALL_HINT})")
+        return ["## A spoken question", "", f"Skipped: espeak-ng was not found ({INSTALL_HINT}).", ""]
+    folder = out / "speech"
+    folder.mkdir(parents=True, exist_ok=True)
+    asked = espeak(QUESTION, folder / "question.wav")
+    heard = load(bundled_model_dir(BUNDLED_ASR)).transcribe([asked])[0]
+    answer = vqa.answer_topk(image, heard, 1)[0][0][0]  # type: ignore[attr-defined]
+    espeak(answer, folder / "answer.wav")
+    print(f"\nspoken question {QUESTION!r} heard as {heard!r}; answer {answer!r} spoken to {folder / 'answer.wav'}")
+    return ["## A spoken question (bundled speech recognizer, answer spoken by espeak-ng)", "",
+            f"[question.wav](speech/question.wav) heard as \"{heard}\" about {Path(image).name}; "
+            f"answer **{answer}**: [answer.wav](speech/answer.wav)", ""]
 
 
 def _beside(image: str | Path, out: Path, folder: str) -> str:

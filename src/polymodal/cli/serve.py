@@ -41,7 +41,11 @@ def serve(
         torch.set_num_threads(threads)
     config = ServeConfig(limits=Limits(max_bytes=int(max_mb * 2**20), max_pixels=max_pixels), max_batch=max_batch,
                          max_wait_ms=max_wait_ms, continuous=continuous, timeout_s=timeout)
-    web = create_app(model_dirs or load_bundled(), index=index, config=config)
+    if model_dirs:
+        web = create_app(model_dirs, index=index, config=config)
+    else:
+        bundled = load_bundled()
+        web = create_app(bundled, index=index or bundled_index(bundled), config=config)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: binding {host}: anyone who can reach this address can use the models", err=True)
     typer.echo(f"polymodal: serving {', '.join(web.state.service.models.entries)} on http://{host}:{port}/ "
@@ -68,11 +72,29 @@ def load_bundled() -> dict[str, Any]:
     return models
 
 
+def bundled_index(models: dict[str, Any]) -> Path | None:
+    """The bundled search index, if it loads and the bundled dual encoder that made it is among `models`;
+    else None, with one warning saying search is off and why."""
+    from ..assets import ASSETS, BUNDLED_DUAL_ENCODER, BUNDLED_INDEX
+    from ..eval.retrieval import RetrievalIndex
+
+    path = ASSETS / BUNDLED_INDEX
+    try:
+        if BUNDLED_DUAL_ENCODER not in models:
+            raise CheckpointError(f"the bundled dual encoder {BUNDLED_DUAL_ENCODER} is not loaded")
+        RetrievalIndex.load(path).check_model(models[BUNDLED_DUAL_ENCODER], str(path))
+    except PolymodalError as err:
+        typer.echo(f"warning: search is off: the bundled index {BUNDLED_INDEX} cannot be used ({err}); "
+                   f"reinstall polymodal or pass --index", err=True)
+        return None
+    return path
+
+
 @app.command()
 def models(model_dirs: list[Path] = typer.Argument(None, help="model directories (default: the bundled ones)"),
            ) -> None:
     """List models: kind, size, what they were trained on and their headline figures (from card.json)."""
-    from ..assets import ASSETS, bundled_names, read_card
+    from ..assets import ASSETS, BUNDLED_INDEX, bundled_names, read_card
     from ..checkpoint import read_model_dir, resolve_model_dir
 
     folders = model_dirs or [ASSETS / name for name in bundled_names()]
@@ -88,6 +110,11 @@ def models(model_dirs: list[Path] = typer.Argument(None, help="model directories
         typer.echo(f"    trained on: {card.get('trained_on', 'not recorded (no card.json beside the weights)')}")
         for label, value in card.get("figures", {}).items():
             typer.echo(f"    {label}: {value}")
+    if not model_dirs and (ASSETS / BUNDLED_INDEX).is_dir():  # what search serves, beside the models
+        index = ASSETS / BUNDLED_INDEX
+        size = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
+        total += size
+        typer.echo(f"{index}  [search index, {size / 2**20:.1f} MB]  {read_card(index).get('capability', '')}")
     typer.echo(f"{len(folders)} model(s), {total / 2**20:.1f} MB in all")
 
 

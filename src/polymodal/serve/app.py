@@ -306,7 +306,10 @@ async def retrieve(request: Request) -> schemas.RetrieveResponse:
     if (image is None) == (opts.text is None):
         raise RequestError("give exactly one query: 'text', or an 'image' to search by example")
     hits = await svc.in_model_thread(svc.search.search, image if image is not None else opts.text, opts.k)
-    return schemas.RetrieveResponse(query=opts.text or "<image>", elapsed_ms=_ms(start),
+    check: dict[str, Any] = {}
+    if image is not None and svc.search.encoder is not None:  # an example image unlike the encoder's training data?
+        check = (await svc.in_model_thread(check_inputs, svc.search.encoder, [image]) or [{}])[0]
+    return schemas.RetrieveResponse(**check, query=opts.text or "<image>", elapsed_ms=_ms(start),
                                     hits=[{"id": i, "path": p, "score": s} for i, p, s in hits])
 
 

@@ -240,6 +240,10 @@ class RetrieveResponse(BaseModel):
     query: str
     hits: list[Hit]
     elapsed_ms: float
+    in_distribution: bool | None = Field(None, description="searching by image: False when the query image is "
+                                         "unlike the encoder's training data (the matches are a guess); null for "
+                                         "text queries or without statistics")
+    ood_score: float | None = Field(None, description="out-of-distribution score of the query image")
 
 
 class ModelInfo(BaseModel):
