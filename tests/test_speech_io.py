@@ -176,6 +176,22 @@ def test_cli_vqa_spoken_question_and_spoken_reply(recognizer, spoken, tmp_path):
     assert 0.2 < len(spoken_reply) / 16000 < 2.0 and not is_silent(spoken_reply)
 
 
+def test_cli_chat_hears_spoken_turns_with_voice(spoken, tmp_path):
+    """--voice: a line naming an audio file is a spoken question (heard, then answered); a silent one is an
+    error line and the conversation goes on; typed lines still work."""
+    from .test_cli_matrix import _chat
+
+    _chat().save_pretrained(tmp_path / "chat")
+    image, silence = tmp_path / "scene.png", write_pcm(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    scene_png(image)
+    code, out, err = run_cli(["chat", str(tmp_path / "chat"), str(image), "--voice"],
+                             stdin=f"{spoken}\n{silence}\nwhat colour is it?\n")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"heard: {QUESTION}" and [line.startswith("assistant:") for line in lines[1:]] == [True, True]
+    assert "silence.wav: no speech heard" in err
+
+
 @needs_espeak
 def test_cli_speak_writes_speech_and_transcribe_reads_it(tmp_path):
     out = tmp_path / "reply.wav"

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import typer
 
-from ..errors import InputError
+from ..errors import InputError, PolymodalError
 from .app import app, warn_if_unlike
 from .kinds import load_for
 from .speech import check_speak, hear, say
 
 QUIT = {"quit", "exit", ":q"}
+SPOKEN = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".webm", ".m4a"}  # with --voice, a line naming such a file is heard
 
 
 @app.command("vqa")
@@ -66,10 +67,15 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
                  image: Path = typer.Argument(..., help="the image to talk about"),
                  beam: int = typer.Option(1, help="beam size; 1 = greedy"),
                  speak: Path | None = typer.Option(None, "--speak", help="also speak each reply (espeak-ng): "
-                                                   "reply.wav writes reply-1.wav, reply-2.wav, ...")) -> None:
+                                                   "reply.wav writes reply-1.wav, reply-2.wav, ..."),
+                 voice: bool = typer.Option(False, "--voice", help="spoken questions: a line naming an audio file "
+                                            "(e.g. question.wav) is heard by the speech recognizer"),
+                 asr: Path | None = typer.Option(None, "--asr", help="speech recognizer for --voice (default: the "
+                                                 "bundled one)")) -> None:
     """Talk about an image: one question per line on stdin, until end of input or "quit".
 
-    The conversation so far is kept, so follow-ups such as "and what colour is it?" work.
+    The conversation so far is kept, so follow-ups such as "and what colour is it?" work. With --voice, a
+    line that names an audio file is a spoken question; with --speak, every reply is spoken too.
     """
     from ..data.images import load_image
 
@@ -92,6 +98,13 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
             continue
         if text.lower() in QUIT:
             break
+        if voice and Path(text).suffix.lower() in SPOKEN and Path(text).is_file():
+            try:
+                text = hear(Path(text), asr, max_seconds=60.0)
+            except PolymodalError as err:  # silence, not audio, too long: say so and listen again
+                typer.echo(f"error: {err}", err=True)
+                continue
+            typer.echo(f"heard: {text}")
         messages.append({"role": "user", "content": text})
         try:
             reply = assistant.chat(picture, messages, **generation)
