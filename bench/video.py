@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from _history import put_section
 
 from polymodal.data.clips import read_annotations
 from polymodal.eval.keyframes import encoder_features, hit_rate, pixel_features, score_video
@@ -179,7 +180,8 @@ def write_report(cap: dict, qa: dict, kf: dict, example: str, started: float) ->
               "train them on your own clips by writing the same annotations.json layout and setting `data.path`.", "",
               f"Report written by bench/video.py in {(time.time() - started) / 60:.1f} min "
               f"(training included when runs were missing)."]
-    (DOCS / "video.md").write_text("\n".join(lines) + "\n")
+    page = DOCS / "video.md"  # only its generated section: the hand-written sections after it stay
+    page.write_text(put_section(page.read_text(encoding="utf-8") if page.exists() else "", "video", "\n".join(lines)))
     (DOCS / "video.json").write_text(json.dumps({"captioning": cap, "qa": qa, "keyframes": kf}, indent=2))
 
 
