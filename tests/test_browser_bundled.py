@@ -2,8 +2,8 @@
 
 The server is the real command in a subprocess (bundled captioner, VQA model, speech recognizer, dual
 encoder and the index of built-in scenes). On one Shapes World scene whose objects are known, the page
-captions it truly, answers a question about it rightly, and finds scenes by text; clicking a search
-result captions that scene. POLYMODAL_SCREENSHOT=1 saves docs/screenshot.png from this page (the
+captions it truly, answers a question about it rightly and explains the answer ("why?"), finds scenes by
+text and explains a hit; clicking a search result captions that scene. POLYMODAL_SCREENSHOT=1 saves docs/screenshot.png from this page (the
 README's screenshot is what a fresh install shows).
 """
 
@@ -97,6 +97,12 @@ def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Pa
             page.press("#question", "Enter")
             page.wait_for_selector(".bubble.assistant:not(.typing)", timeout=60_000)
             assert "red" in page.inner_text(".bubble.assistant").lower()
+            # Why? The answer's explanation shows over the image, and the words it rests on.
+            page.click(".bubble.assistant .why")
+            page.wait_for_selector(".bubble.assistant .why-words", timeout=60_000)
+            assert '"colour"' in page.inner_text(".bubble.assistant .why-words")
+            assert page.get_attribute("#heat", "src").startswith("data:image/png;base64,")
+            assert page.inner_text("#focus") == "why: red"
 
             # Search: the bundled index finds scenes; the best ones show a large red circle.
             assert page.is_visible("#search-card")
@@ -107,6 +113,9 @@ def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Pa
             page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete)")
             if os.environ.get("POLYMODAL_SCREENSHOT") == "1":
                 _screenshot(page, words)
+            # Why this hit? Its thumbnail turns into the explanation of the match.
+            page.locator("#results figure .why").first.click()
+            page.wait_for_selector("#results figure.explained img[src^='data:image/png']", timeout=60_000)
 
             # Clicking a result captions that scene.
             done = page.evaluate("document.body.dataset.captions")

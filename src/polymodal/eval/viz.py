@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..data.images import load_image
 from ..errors import DataError, InputError
@@ -82,6 +82,18 @@ def attention_overlays(image: Image.Image, attention: torch.Tensor) -> list[Imag
     base = np.asarray(image, dtype=np.float32) / 255.0
     blended = (1 - HEAT_ALPHA) * base + HEAT_ALPHA * colours
     return [Image.fromarray(np.rint(b * 255).astype(np.uint8)) for b in blended]
+
+
+def explanation_overlay(image: Image.Image, regions: torch.Tensor, side: int = 256) -> Image.Image:
+    """An explanation's (G, G) cell importances (eval/explain.py) in heat colours over the image's centre square,
+    scaled to `side` px (the square the model sees); cells that lower the output's score stay cool.
+
+    Example:
+        >>> explanation_overlay(Image.new("RGB", (80, 60)), torch.eye(4)).size
+        (256, 256)
+    """
+    square = ImageOps.fit(image.convert("RGB"), (side, side), Image.Resampling.BICUBIC)
+    return attention_overlays(square, regions.detach().float().clamp(min=0).reshape(1, -1))[0]
 
 
 def attention_heatmaps(image: Image.Image, words: list[str], attention: torch.Tensor, out_dir: str | Path,

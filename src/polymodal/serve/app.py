@@ -1,6 +1,6 @@
 """The FastAPI app: REST endpoints, dynamic batching of captions, the web page at /.
 
-Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve, and /v1/transcribe, /v1/speak
+Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve, /v1/explain, and /v1/transcribe, /v1/speak
 (speech_routes.py); GET /v1/models, /v1/index/{id}, /healthz; OpenAPI docs at /docs. Any
 `PolymodalError` becomes a 4xx JSON `{"error": "..."}`.
 
@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, DataError, InputError, PolymodalError
+from ..eval.explain import explain as explain_output
 from ..eval.ood import check_inputs
 from . import engines, schemas, speech_routes
 from .service import ServeConfig, Service, require
@@ -217,6 +219,30 @@ async def retrieve(request: Request) -> schemas.RetrieveResponse:
         check = (await svc.in_model_thread(check_inputs, svc.search.encoder, [image]) or [{}])[0]
     return schemas.RetrieveResponse(**check, query=opts.text or "<image>", elapsed_ms=_ms(start),
                                     hits=[{"id": i, "path": p, "score": s} for i, p, s in hits])
+
+
+@router.post("/v1/explain", response_model=schemas.ExplainResponse, responses=ERRORS, tags=["explain"],
+             openapi_extra=_body_doc(schemas.ExplainJSON))
+async def explain(request: Request) -> schemas.ExplainResponse:
+    """Which image regions and words an output rests on (eval/explain.py): a VQA answer ('question'), a search
+    match ('text' with an uploaded image, or with 'item', a hit of the index), or a caption (neither)."""
+    start, svc = time.perf_counter(), _service(request)
+    opts, image = await svc.read_image_request(request, schemas.ExplainOptions)
+    if opts.item is not None:
+        if svc.search is None or svc.search.encoder is None or not opts.text:
+            raise RequestError("'item' explains a search hit: give the query as 'text', on a server started with "
+                               "an index (--index)", 404 if svc.search is None else 422)
+        model, name = svc.search.encoder, "index encoder"
+        image = await asyncio.to_thread(svc.search.image, opts.item)
+    else:
+        entry = svc.models.pick("vqa" if opts.question else "retrieve" if opts.text and any(
+            "retrieve" in e.tasks for e in svc.models.entries.values()) else "caption", opts.model)
+        model, name = entry.model, entry.name
+    image = require(image)
+    why = await svc.in_model_thread(functools.partial(explain_output, model, image, question=opts.question,
+                                                      text=opts.text, method=opts.method, grid=opts.grid))
+    overlay = await asyncio.to_thread(engines.explanation_png, image, why.regions)
+    return schemas.ExplainResponse(model=name, overlay=overlay, elapsed_ms=_ms(start), **why.to_dict())
 
 
 @router.get("/v1/index/{item}", tags=["search"], responses=ERRORS, response_class=Response)

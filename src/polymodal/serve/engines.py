@@ -30,8 +30,9 @@ from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
 from ..eval.grounding import locate_objects, vocabulary_for
 from ..eval.hallucination import ObjectVocabulary
-from ..eval.viz import (
-    attention_overlays,  # imported with the server, so the first heatmap request is not slow
+from ..eval.viz import (  # imported with the server, so the first heatmap request is not slow
+    attention_overlays,
+    explanation_overlay,
 )
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
 from .schemas import CaptionOptions
@@ -267,21 +268,32 @@ class SearchIndex:
             out.append((i, self.names[i] if i >= 0 else Path(str(item)).name, float(score)))
         return out
 
-    def thumbnail(self, idx: int, side: int = 256) -> bytes:
-        """A JPEG thumbnail of image item `idx`, decoded safely and without metadata."""
+    def image(self, idx: int) -> Image.Image:
+        """Image item `idx`, decoded safely; 404 for an index of captions, an unknown item or a vanished file."""
         if self.kind != "image":
             raise RequestError(f"this index holds {self.kind}s, not images", 404)
         if not 0 <= idx < len(self.items):
             raise RequestError(f"no index item {idx}; the index has {len(self.items)} items", 404)
         try:
-            image = load_image(self.items[idx], name=self.names[idx])  # errors name it as clients know it
+            return load_image(self.items[idx], name=self.names[idx])  # errors name it as clients know it
         except DataError as err:
             raise RequestError(f"{err}".split(";")[0] + "; the index is out of date: rebuild it with "
                                "`polymodal index`", 404) from None
+
+    def thumbnail(self, idx: int, side: int = 256) -> bytes:
+        """A JPEG thumbnail of image item `idx`, decoded safely and without metadata."""
+        image = self.image(idx)
         image.thumbnail((side, side))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         return buffer.getvalue()
+
+
+def explanation_png(image: Image.Image, regions: torch.Tensor) -> str:
+    """Base64 PNG of `explanation_overlay` (HEATMAP_SIDE px): the image with an explanation's cells in heat colours."""
+    buffer = io.BytesIO()
+    explanation_overlay(image, regions, HEATMAP_SIDE).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def public_names(paths: list[str]) -> list[str]:

@@ -246,6 +246,44 @@ class RetrieveResponse(BaseModel):
     ood_score: float | None = Field(None, description="out-of-distribution score of the query image")
 
 
+class ExplainOptions(BaseModel):
+    model_config = _STRICT
+
+    model: str | None = Field(None, description="the model to explain (default: the first that fits the request)")
+    question: str | None = Field(None, min_length=1, max_length=500, description="explain a VQA answer to this")
+    text: str | None = Field(None, min_length=1, max_length=500, description="explain the match of this text "
+                             "(dual encoder), or this caption (captioner)")
+    item: int | None = Field(None, ge=0, description="explain a search hit: this index image (GET /v1/index/{id}) "
+                             "instead of an uploaded image, with 'text' the query")
+    method: str = Field("occlusion", description="occlusion | gradient_x_input")
+    grid: int = Field(8, ge=2, le=16, description="cells per side of the region grid")
+
+
+class ExplainJSON(ExplainOptions):
+    """POST /v1/explain as JSON: a base64 'image', or a search hit's 'item'."""
+
+    image: str | None = Field(None, min_length=1, description="base64-encoded image file (or give 'item')",
+                              json_schema_extra=BASE64_IMAGE)
+
+
+class WordImportance(BaseModel):
+    word: str
+    importance: float
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    kind: str = Field(description="vqa | retrieval | caption")
+    output: str = Field(description="what is explained: the answer, the text matched, the caption")
+    method: str
+    score: float = Field(description="the output's score on the intact image (VQA: log-odds of the answer)")
+    grid: int
+    regions: list[list[float]] = Field(description="grid x grid importance of each image cell, row-major")
+    words: list[WordImportance]
+    overlay: str = Field(description="base64 PNG: the image with the important regions in heat colours")
+    elapsed_ms: float
+
+
 class ModelInfo(BaseModel):
     name: str
     architecture: str

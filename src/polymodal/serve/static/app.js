@@ -342,6 +342,40 @@ function showAnswers(reply, result) {
     const pct = (a) => `${a.answer} ${(100 * a.score).toFixed(0)}%`;
     reply.append(el("span", { class: "alts", text: [best, ...alts].map(pct).join(" · ") }));
   }
+  const image = state.image, name = state.name;  // the image asked about, even if another is shown later
+  reply.append(whyButton(async () => {
+    const form = new FormData();
+    form.append("image", image, name);
+    form.append("question", result.question);
+    const why = await (await api("/v1/explain", form)).json();
+    showWhy(why);
+    const top = why.words.filter((w) => w.importance > 0).sort((a, b) => b.importance - a.importance)
+      .slice(0, 3).map((w) => `"${w.word}"`);
+    reply.querySelector(".why-words")?.remove();
+    reply.append(el("span", { class: "why-words",
+      text: `rests on ${top.length ? top.join(", ") + " and " : ""}the highlighted part of the image` }));
+  }));
+}
+
+// ---------------------------------------------------------------- explanations ("why?")
+function whyButton(explainIt) {
+  const button = el("button", { class: "why", type: "button", text: "why?",
+    title: "which parts of the image (and words) this rests on: occlusion, /v1/explain" });
+  button.addEventListener("click", async (e) => {
+    e.stopPropagation();
+    button.disabled = true;
+    try { await explainIt(); } catch (err) { toast(err.message); } finally { button.disabled = false; }
+  });
+  return button;
+}
+
+function showWhy(why) {  // the explanation over the main image, labelled, until a word is hovered
+  const heat = $("heat");
+  heat.src = "data:image/png;base64," + why.overlay;
+  heat.classList.add("on");
+  const focus = $("focus");
+  focus.textContent = `why: ${why.output}`;
+  focus.classList.add("on");
 }
 
 // ---------------------------------------------------------------- spoken questions
@@ -473,8 +507,13 @@ async function search(text) {
       return;
     }
     results.replaceChildren(...found.hits.map((h) => {
-      const figure = el("figure", { title: h.path }, el("img", { src: `/v1/index/${h.id}`, alt: h.path, loading: "lazy" }),
-        el("figcaption", { text: h.score.toFixed(3) }));
+      const img = el("img", { src: `/v1/index/${h.id}`, alt: h.path, loading: "lazy" });
+      const figure = el("figure", { title: h.path }, img, el("figcaption", { text: h.score.toFixed(3) },
+        whyButton(async () => {  // the regions of this hit the match with the query rests on, in place
+          const why = await (await api("/v1/explain", { item: h.id, text })).json();
+          img.src = "data:image/png;base64," + why.overlay;
+          figure.classList.add("explained");
+        })));
       figure.addEventListener("click", async () => setImage(await (await fetch(`/v1/index/${h.id}`)).blob(),
         h.path.split("/").pop()));
       return figure;
