@@ -148,10 +148,12 @@ class PrefixLM(Captioner):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher forcing; without "images" in the batch the LM trains on text alone (task lm_pretrain).
 
-        Returns logits (B, L - 1, V) over the text positions only, and the loss on them.
+        Returns logits (B, L - 1, V) over the text positions only, and the loss on them. An optional
+        "targets" (B, L - 1) replaces the next tokens as targets, <pad> where no loss is taken (the
+        instruction assistant learns only its own replies).
         """
         tokens = batch["tokens"]
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        inputs, targets = tokens[:, :-1], batch.get("targets", tokens[:, 1:])
         x = self.lm.embed(inputs, torch.arange(inputs.shape[1], device=inputs.device))
         prefix = self.visual_tokens(batch["images"]) if "images" in batch else x[:, :0]
         # Right padding needs no mask: padding keys come after every real query, so causality hides them.

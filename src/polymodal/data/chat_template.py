@@ -1,0 +1,106 @@
+"""The chat template of the instruction assistant: a conversation as one token sequence with role markers.
+
+    <user> q1 <assistant> a1 <eos> <user> q2 <assistant> a2 <eos>
+
+Training sees the whole sequence; only the assistant's words and the <eos> that closes each reply carry
+loss (`render`). At inference the prompt is everything up to the last user question (`prompt`), and
+decoding starts from `<assistant>` and stops at `<eos>`. The markers are the chat model's (data/dialogue.py),
+so one word tokenizer with `build_chat_tokenizer` serves both.
+
+Example:
+    >>> from polymodal.data.dialogue import DialogueRecord, Turn, build_chat_tokenizer
+    >>> tok = build_chat_tokenizer([DialogueRecord("0", "a.png", [Turn("what colour is it?", "red", "x")])])
+    >>> ids, loss = render(tok, [Turn("what colour is it?", "red", "x")])
+    >>> tok.decode(ids), [tok.words[i] for i, keep in zip(ids, loss) if keep]
+    ('<user> what colour is it <assistant> red', ['red', '<eos>'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..text.tokenizer import Tokenizer
+from .dialogue import ASSISTANT, USER, Message, Turn
+from .qa import encode_text
+
+ROLES = ("user", "assistant")
+
+
+def markers(tokenizer: Tokenizer) -> tuple[int, int]:
+    """Ids of `<user>` and `<assistant>`; InputError-free: a tokenizer without them is a programming error."""
+    index = tokenizer.index  # type: ignore[attr-defined]
+    return index[USER], index[ASSISTANT]
+
+
+def render(tokenizer: Tokenizer, turns: Sequence[Turn], max_words: int = 48) -> tuple[list[int], list[bool]]:
+    """Token ids of a whole conversation and, per id, whether it is a target the loss is taken on
+    (the id is predicted from the ones before it: reply words and the <eos> that ends each reply)."""
+    user, assistant = markers(tokenizer)
+    ids: list[int] = []
+    loss: list[bool] = []
+    for turn in turns:
+        question = [user, *tokenizer.encode(turn.question, max_len=max_words)]
+        reply = [*tokenizer.encode(turn.answer, max_len=max_words), tokenizer.eos_id]
+        ids += [*question, assistant, *reply]
+        loss += [False] * (len(question) + 1) + [True] * len(reply)
+    return ids, loss
+
+
+@dataclass
+class Prompt:
+    """The ids to prefill (up to the last question; decoding starts at `<assistant>`), and how many of the
+    conversation's messages had to be dropped (oldest first) or cut to fit the model's positions."""
+
+    ids: list[int]
+    dropped: int = 0
+    cut: bool = False
+
+
+def _message_ids(tokenizer: Tokenizer, messages: Sequence[Message], max_words: int) -> list[list[int]]:
+    """Each message as ids with its marker (and the <eos> closing a reply); checks roles and text."""
+    if not messages:
+        raise InputError("no messages; pass [{'role': 'user', 'content': 'what colour is the circle?'}]")
+    user, assistant = markers(tokenizer)
+    out = []
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in ROLES:
+            raise InputError(f"message {i}: role must be 'user' or 'assistant', got {role!r}")
+        words = encode_text(tokenizer, msg.get("content"), max_words, what=f"message {i}")
+        out.append([user, *words] if role == "user" else [assistant, *words, tokenizer.eos_id])
+    if messages[-1].get("role") != "user":
+        raise InputError("the last message must be the user's question")
+    return out
+
+
+def prompt(tokenizer: Tokenizer, messages: Sequence[Message], budget: int, max_words: int = 48) -> Prompt:
+    """The prompt for the reply to the last user message, at most `budget` ids.
+
+    Older messages go first, whole, until the rest fits; a last question longer than the budget keeps its
+    first words. Raises InputError for no messages, an empty one, an unknown role or a last message that
+    is not the user's.
+
+    Example:
+        >>> from polymodal.data.dialogue import DialogueRecord, build_chat_tokenizer
+        >>> tok = build_chat_tokenizer([DialogueRecord("0", "a.png", [Turn("what size is it?", "small", "x")])])
+        >>> msgs = [{"role": "user", "content": "what size is it?"}, {"role": "assistant", "content": "small"},
+        ...         {"role": "user", "content": "what size is it?"}]
+        >>> p = prompt(tok, msgs, budget=6)
+        >>> tok.decode(p.ids), p.dropped
+        ('<user> what size is it', 2)
+    """
+    parts = _message_ids(tokenizer, messages, max_words)
+    keep = len(parts)
+    total = len(parts[-1])
+    while keep > 1 and total + len(parts[keep - 2]) <= budget:
+        keep -= 1
+        total += len(parts[keep - 1])
+    kept = parts[keep - 1:]
+    # never start on a reply: a conversation opens with the user
+    while len(kept) > 1 and kept[0][0] != markers(tokenizer)[0]:
+        kept = kept[1:]
+    ids = [i for part in kept for i in part]
+    cut = len(ids) > budget
+    return Prompt(ids[:budget] if cut else ids, len(parts) - len(kept), cut)

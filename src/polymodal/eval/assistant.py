@@ -1,0 +1,154 @@
+"""Score an instruction assistant: per-kind accuracy, follow-ups, declines, POPE and its captions.
+
+Every request is asked with the reference conversation before it (follow-ups see the earlier turns with
+their true answers), replies are greedy, and a reply is right when it equals the reference after
+`normalize_answer`. "describe" replies are captions, scored by CIDEr-D against the image's references and
+by CHAIR-i (eval/hallucination.py); "absent" and "scope" requests count as declined when the reply
+declines (`data.instructions.is_decline`).
+
+Example:
+    >>> q = [Query("a.png", [{"role": "user", "content": "tell me a joke"}], "scope", "i can only ...")]
+    >>> kind_report(q, ["i can only answer questions about this image"])["decline/scope"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..data.dialogue import Message, dialogues_for_scene, turn_messages
+from ..data.images import normalize
+from ..data.instructions import (
+    DECLINE_SCOPE,
+    INSTRUCTION_KINDS,
+    SCOPE_EVAL,
+    InstructionConfig,
+    is_decline,
+    read_scenes,
+)
+from ..data.shapes import Scene
+from ..text.answers import normalize_answer
+from .pope import ObjectStats, pope_metrics, pope_questions
+
+DECLINE_KINDS = ("absent", "scope", "scope/unseen")
+
+
+@dataclass
+class Query:
+    """One request to score: the image, the messages up to it, its kind and the reference reply."""
+
+    image: str
+    messages: list[Message]
+    kind: str
+    answer: str
+    image_id: str = ""
+    references: list[str] = field(default_factory=list)
+
+
+def single(image: str, question: str, kind: str, answer: str, image_id: str = "") -> Query:
+    return Query(image, [{"role": "user", "content": question}], kind, answer, image_id)
+
+
+def scene_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, list[str]],
+                  seed: int = 0) -> list[Query]:
+    """Per image one request of every kind (no pair avoided: held-out pairs may be asked about), a
+    dialogue with follow-ups, and an out-of-scope request in a phrasing never trained on."""
+    cfg = InstructionConfig(avoid_pairs=[])
+    out = []
+    for image_id, image, scene in scenes:
+        rng = random.Random(f"eval/{seed}/{image_id}")
+        refs = captions.get(image_id, [])
+        for kind, build in INSTRUCTION_KINDS.items():
+            turn = build(scene, refs, rng, cfg)
+            if turn is not None:
+                out.append(Query(image, [{"role": "user", "content": turn.question}], turn.kind, turn.answer,
+                                 image_id, refs if kind == "describe" else []))
+        out.append(single(image, rng.choice(SCOPE_EVAL), "scope/unseen", DECLINE_SCOPE, image_id))
+        for turns in dialogues_for_scene(scene, rng, 1):
+            out += [Query(image, turn_messages(turns, t), turns[t].kind, turns[t].answer, image_id)
+                    for t in range(len(turns))]
+    return out
+
+
+@torch.inference_mode()
+def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
+                batch_size: int = 128, progress: bool = True) -> list[str]:
+    """Greedy replies of `model` (an InstructionAssistant) to every query; `image(path)` gives uint8 (3, S, S)."""
+    order = sorted(range(len(queries)), key=lambda i: (queries[i].kind == "describe", i))  # similar lengths together
+    replies: list[str] = [""] * len(queries)
+    for start in tqdm(range(0, len(order), batch_size), desc="replies", disable=not progress, leave=False):
+        rows = order[start:start + batch_size]
+        images = normalize(torch.stack([image(queries[i].image) for i in rows])).to(model.device)
+        for i, reply in zip(rows, model.reply(images, [model.prompt_ids(queries[i].messages) for i in rows]),
+                            strict=True):
+            replies[i] = reply
+    return replies
+
+
+def kind_report(queries: Sequence[Query], replies: Sequence[str]) -> dict[str, float]:
+    """accuracy/<kind> for every kind, accuracy/follow-up (all follow/ turns), decline/<kind> for declines,
+    and false_decline: answerable requests (not describe) that were declined."""
+    hits: dict[str, list[bool]] = {}
+    for q, reply in zip(queries, replies, strict=True):
+        hits.setdefault(f"accuracy/{q.kind}", []).append(normalize_answer(reply) == normalize_answer(q.answer))
+        if q.kind.startswith("follow/"):
+            hits.setdefault("accuracy/follow-up", []).append(hits[f"accuracy/{q.kind}"][-1])
+        if q.kind in DECLINE_KINDS:
+            hits.setdefault(f"decline/{q.kind}", []).append(is_decline(reply))
+        elif q.kind != "describe":
+            hits.setdefault("false_decline", []).append(is_decline(reply))
+    return {key: sum(v) / len(v) for key, v in sorted(hits.items())}
+
+
+def caption_report(queries: Sequence[Query], replies: Sequence[str], objects: Any | None = None) -> dict[str, float]:
+    """CIDEr-D (PTB tokenizer) of the "describe" replies, and CHAIR-i / CHAIR-s with `objects` (ObjectTruth)."""
+    from .caption_metrics import caption_metrics
+
+    results = {q.image_id: r for q, r in zip(queries, replies, strict=True) if q.kind == "describe" and q.references}
+    if not results:
+        return {}
+    refs = {q.image_id: q.references for q in queries if q.kind == "describe" and q.references}
+    out = {"cider": caption_metrics(results, refs)["cider"], "captions": len(results)}
+    if objects is not None:
+        scores = objects.score(results)
+        out |= {"chair_i": scores["chair_i"], "chair_s": scores["chair_s"]}
+    return out
+
+
+def pope_report(model: Any, scenes: Sequence[tuple[str, str, Scene]], stats: ObjectStats,
+                image: Callable[[str], torch.Tensor], per_image: int = 3, progress: bool = True) -> dict[str, dict]:
+    """POPE metrics per negative sampling (eval/pope.py) of `model` on these scenes."""
+    out = {}
+    for sampling in ("random", "popular", "adversarial"):
+        questions = pope_questions(scenes, sampling, stats, per_image)
+        queries = [single(q.image, q.question, "pope", "") for q in questions]
+        out[sampling] = pope_metrics([q.truth for q in questions], run_queries(model, queries, image,
+                                                                               progress=progress))
+    return out
+
+
+def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[str, list[str]],
+                     image: Callable[[str], torch.Tensor], limit: int = 0, stats: ObjectStats | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Everything above on one split of a Shapes World folder (its first `limit` images; 0 = all)."""
+    from .hallucination import ObjectTruth
+
+    scenes = read_scenes(folder, split)[: limit or None]
+    queries = scene_queries(scenes, captions)
+    replies = run_queries(model, queries, image, progress=progress)
+    out: dict[str, Any] = {"images": len(scenes), **kind_report(queries, replies),
+                           "caption": caption_report(queries, replies, ObjectTruth.shapes(folder))}
+    if stats is not None:
+        out["pope"] = pope_report(model, scenes, stats, image, progress=progress)
+    return out
+
+
+__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pope_report", "run_queries",
+           "scene_queries"]
