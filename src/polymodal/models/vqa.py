@@ -126,7 +126,7 @@ class VQAModel(SavedAnswerModel, nn.Module):
         # Objectness of each region (C -> [no centre, centre]); the region pretraining's head when there is one.
         self.objectness = nn.Linear(self.encoder.out_dim, 2) if cfg.objects > 0 else None
         self.object_embed = nn.Parameter(torch.zeros(cfg.dim)) if cfg.objects > 0 else None
-        self.question = QUESTION_ENCODERS.build(cfg.question.name, cfg.question, len(tokenizer))
+        self.question = self.build_question(cfg, tokenizer)
         dims = {"image": cfg.dim, "text": self.question.out_dim}
         if cfg.objects > 0 and cfg.fusion.name == "relation":
             raise ConfigError("model.objects > 0 does not work with fusion 'relation' (it reads grid positions from "
@@ -135,6 +135,10 @@ class VQAModel(SavedAnswerModel, nn.Module):
         self.decision_level = self.fusion.level == "decision"
         self.classifier = None if self.decision_level else nn.Sequential(
             nn.Dropout(cfg.dropout), nn.Linear(self.fusion.out_dim, len(self.answers)))
+
+    def build_question(self, cfg: VQAModelConfig, tokenizer: Tokenizer) -> nn.Module:
+        """The question encoder (its `out_dim` is the fusion's "text" width); models/spoken_vqa.py hears it instead."""
+        return QUESTION_ENCODERS.build(cfg.question.name, cfg.question, len(tokenizer))
 
     def image_tokens(self, regions: torch.Tensor) -> torch.Tensor:
         """Raw encoder regions (B, N, C) -> projected image tokens with their positions (B, N or k, D).
@@ -153,7 +157,11 @@ class VQAModel(SavedAnswerModel, nn.Module):
 
     def fused_logits(self, regions: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Raw encoder regions (B, N, C) and question ids (B, T) -> answer scores (B, A), head scores."""
-        text, mask = self.question(tokens)
+        return self.fuse(regions, *self.question(tokens))
+
+    def fuse(self, regions: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Raw encoder regions (B, N, C) and question features (B, T, D) with their mask (B, T) -> answer scores
+        (B, A) and, for decision-level fusion, each modality's head scores."""
         features, masks = {"image": self.image_tokens(regions), "text": text}, {"text": mask}
         if self.decision_level:
             heads = self.fusion.head_logits(features, masks)
@@ -165,13 +173,17 @@ class VQAModel(SavedAnswerModel, nn.Module):
         ids, and for a loss "targets" (B, A) soft answer scores. Returns logits (B, A) and named losses."""
         regions = batch["image_features"] if "image_features" in batch else self.encoder(batch["images"])
         logits, heads = self.fused_logits(regions, batch["tokens"])
+        return logits, self.losses(logits, heads, batch)
+
+    def losses(self, logits: torch.Tensor, heads: dict, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named losses against batch["targets"] (none without them); "loss" is their sum."""
         losses: dict[str, torch.Tensor] = {}
         if "targets" in batch:
             losses["answer_loss"] = soft_cross_entropy(logits, batch["targets"])
             if heads:  # late fusion: every modality's classifier also learns on its own
                 losses["head_loss"] = sum(soft_cross_entropy(h, batch["targets"]) for h in heads.values()) / len(heads)
             losses["loss"] = sum(losses.values())
-        return logits, losses
+        return losses
 
     # ---- save / load: the fitted temperature rides in config.json ------------------------------
     def config_dict(self) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from . import distributed
 from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
 LOWER_IS_BETTER = ("loss", "perplexity", "rank")
+INPUT_KEYS = ("images", "tokens", "mel", "speech_states")  # a batch with none of these: every item failed to load
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -269,7 +270,7 @@ class Trainer:
             for batch in self._loader():
                 self.position += 1
                 self.skipped += int(batch.pop("skipped", 0))
-                if "images" not in batch and "tokens" not in batch:
+                if not any(k in batch for k in INPUT_KEYS):
                     continue  # every item of this batch failed to load
                 last = self.train_step(batch)
                 self.step += 1
