@@ -1,0 +1,379 @@
+"""Text -> image, graded GenEval-style by the project's own perception; writes docs/generation.md and
+docs/results/generation.json (and docs/generation_samples.png).
+
+    OMP_NUM_THREADS=1 python bench/generation.py --model runs/text_to_image
+
+Sections: the grader on real rendered scenes (against their ground truth); fully-correct rate per prompt group on
+test and held-out scenes (and the same prompts graded on the real renderings: the grader's ceiling); caption
+round trip (bundled captioner, CIDEr-D against the prompt); Fréchet distance on the bundled VQA model's CNN
+features; diversity; nearest training images; sampling speed and accuracy against sampler steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import polymodal  # noqa: E402
+from polymodal.assets import ASSETS, BUNDLED_CAPTIONER, BUNDLED_VQA  # noqa: E402
+from polymodal.data.shapes import HELDOUT_PAIRS, ShapesWorld  # noqa: E402
+from polymodal.eval.caption_metrics import caption_metrics  # noqa: E402
+from polymodal.eval.generation import GROUPS, ObjectParser, grade, match_scene, prompt_groups  # noqa: E402
+from polymodal.eval.generation_stats import (  # noqa: E402
+    encoder_features,
+    frechet_distance,
+    image_grid,
+    nearest_distances,
+    pairwise_diversity,
+    to_unit_tensor,
+)
+from polymodal.models.text_to_image import to_pil  # noqa: E402
+
+SAMPLE_PROMPTS = ["a small red circle to the left of a large blue square", "a large green star",
+                  "a yellow triangle above a white hexagon", "three shapes: a small cyan diamond, a large orange "
+                  "circle and a small purple square", "a green triangle", "a large red square",
+                  "a blue star to the left of a yellow hexagon", "there are four shapes"]
+
+
+class Drawer:
+    """Draws images for prompts in batches, each text with its own noise (seeded by its first appearance)."""
+
+    def __init__(self, model, steps: int, guidance: float, seed: int = 0, batch: int = 32):
+        self.model, self.steps, self.guidance, self.seed, self.batch = model, steps, guidance, seed, batch
+        self.cache: dict[tuple[str, int, int, float], object] = {}
+
+    def draw(self, texts: list[str], steps: int | None = None, seed: int | None = None,
+             guidance: float | None = None) -> list:
+        steps = steps or self.steps
+        seed = self.seed if seed is None else seed
+        guidance = self.guidance if guidance is None else guidance
+        todo = [t for t in dict.fromkeys(texts) if (t, steps, seed, guidance) not in self.cache]
+        size = self.model.cfg.image_size
+        g = torch.Generator().manual_seed(seed)
+        noise = {t: torch.randn(3, size, size, generator=g) for t in dict.fromkeys(texts)}
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start:start + self.batch]
+            x = self.model.sample(chunk, torch.stack([noise[t] for t in chunk]), steps, guidance)
+            for t, im in zip(chunk, to_pil(x), strict=True):
+                self.cache[(t, steps, seed, guidance)] = im
+        return [self.cache[(t, steps, seed, guidance)] for t in texts]
+
+
+def grader_accuracy(parser: ObjectParser, world: ShapesWorld, n: int) -> dict:
+    out = {}
+    for split in ("test", "heldout"):
+        scenes = [world.scene(split, i) for i in range(n)]
+        parsed = parser.parse([world.image(split, i) for i in range(n)])
+        hits = [match_scene(s, p) for s, p in zip(scenes, parsed, strict=True)]
+        out[split] = {"images": n, "objects": sum(k for _, k in hits),
+                      "object_exact": sum(h for h, _ in hits) / sum(k for _, k in hits),
+                      "image_exact": sum(h == k == len(p) for (h, k), p in zip(hits, parsed, strict=True)) / n,
+                      "count_exact": sum(len(p) == len(s.objects) for s, p in zip(scenes, parsed, strict=True)) / n}
+    return out
+
+
+def prompts_with_scenes(scenes, split: str, per_group: int) -> list[tuple]:
+    """(prompt, index of the scene it was made from), at most `per_group` per group, in GROUPS order."""
+    counts: Counter = Counter()
+    out = []
+    for i, scene in enumerate(scenes):
+        for p in prompt_groups([scene], split):
+            if counts[p.group] < per_group:
+                counts[p.group] += 1
+                out.append((p, i))
+    return sorted(out, key=lambda pi: GROUPS.index(pi[0].group))
+
+
+def group_rates(prompts, images, parser) -> dict[str, dict]:
+    parsed = parser.parse(images)
+    by = defaultdict(list)
+    for p, objs in zip(prompts, parsed, strict=True):
+        by[p.group].append(grade(p, objs))
+    return {g: {"n": len(v), "correct": sum(v) / len(v)} for g, v in by.items()}
+
+
+def heldout_rows(prompts, images, parser) -> dict[str, dict]:
+    """Held-out compositions: single-object and relation prompts of the heldout split that name a held-out pair."""
+    keep = [(p, im) for p, im in zip(prompts, images, strict=True) if p.group in ("single_object", "position")
+            and any((o.colour, o.shape) in HELDOUT_PAIRS for o in p.objects)]
+    return group_rates([p for p, _ in keep], [im for _, im in keep], parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    started = time.time()
+    torch.manual_seed(0)
+    model = polymodal.load(args.model)
+    vqa = polymodal.load(ASSETS / BUNDLED_VQA)
+    captioner = polymodal.load(ASSETS / BUNDLED_CAPTIONER)
+    parser = ObjectParser(vqa)
+    world = ShapesWorld(n=5000, seed=0, image_size=128)  # the scenes every other Shapes World figure uses
+    drawer = Drawer(model, args.steps, args.guidance)
+    res: dict = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "image_size": model.cfg.image_size,
+                 "parameters": sum(p.numel() for p in model.parameters())}
+    log = print
+    res["grader_on_real"] = grader_accuracy(parser, world, args.real)
+    log("grader", res["grader_on_real"])
+    if args.guidance_sweep:  # choose the guidance scale on validation scenes, never on the test prompts
+        val_prompts = [p for p, _ in prompts_with_scenes([world.scene("val", i) for i in range(500)], "val",
+                                                         args.sweep_per_group) if p.group in ("single_object", "position")]
+        sweep = {}
+        for gs in args.guidance_sweep:
+            sweep[f"{gs:g}"] = group_rates(val_prompts, drawer.draw([p.text for p in val_prompts], guidance=gs), parser)
+        best = max(args.guidance_sweep, key=lambda gs: sum(r["correct"] for r in sweep[f"{gs:g}"].values()))
+        drawer.guidance = res["guidance"] = args.guidance = best
+        res["guidance_sweep_val"] = sweep
+        log("guidance sweep (val)", sweep, "->", best)
+
+    groups, real_ceiling, heldout = {}, {}, {}
+    for split in ("test", "heldout"):
+        scenes = [world.scene(split, i) for i in range(500)]
+        pairs = prompts_with_scenes(scenes, split, args.per_group)
+        prompts = [p for p, _ in pairs]
+        images = drawer.draw([p.text for p in prompts])
+        groups[split] = group_rates(prompts, images, parser)
+        real = [world.image(split, i) for _, i in pairs]  # the scene each prompt was made from
+        real_ceiling[split] = group_rates(prompts, real, parser)
+        if split == "heldout":
+            heldout = heldout_rows(prompts, images, parser)
+        log(split, groups[split])
+        if split == "test":
+            test_prompts, test_images, test_real = prompts, images, real
+    res["groups"], res["groups_real_images"], res["heldout_compositions"] = groups, real_ceiling, heldout
+
+    # caption round trip: the bundled captioner's caption of each image, CIDEr-D against the prompt
+    rt = [(i, p) for i, p in enumerate(test_prompts) if p.group in ("single_object", "position", "count")]
+    refs = {str(i): [p.text] for i, p in rt}
+    gen_caps = captioner.caption([test_images[i] for i, _ in rt], beam_size=3)
+    real_caps = captioner.caption([test_real[i] for i, _ in rt], beam_size=3)
+    res["caption_round_trip"] = {
+        "n": len(rt),
+        "cider_generated": caption_metrics(dict(zip(refs, gen_caps, strict=True)), refs, True, "simple")["cider"],
+        "cider_real": caption_metrics(dict(zip(refs, real_caps, strict=True)), refs, True, "simple")["cider"],
+        "examples": [{"prompt": p.text, "caption_of_generated": c}
+                     for (_, p), c in list(zip(rt, gen_caps, strict=True))[:: max(len(rt) // 6, 1)]]}
+    log("round trip", {k: v for k, v in res["caption_round_trip"].items() if k != "examples"})
+
+    # Fréchet distance on the bundled VQA model's CNN features
+    test_real_all = [world.image("test", i) for i in range(500)]
+    val_real = [world.image("val", i) for i in range(500)]
+    f_test = encoder_features(vqa, test_real_all)
+    res["frechet"] = {"generated_vs_test": frechet_distance(encoder_features(vqa, test_images), f_test),
+                      "real_val_vs_test": frechet_distance(encoder_features(vqa, val_real), f_test),
+                      "generated_n": len(test_images), "features": "bundled VQA small_cnn, mean-pooled regions"}
+    log("frechet", res["frechet"])
+
+    # diversity: 8 seeds of 8 prompts
+    div_prompts = SAMPLE_PROMPTS[: args.diversity]
+    seeds = [drawer.draw(div_prompts, seed=s) for s in range(8)]
+    per_prompt = [[seeds[s][k] for s in range(8)] for k in range(len(div_prompts))]
+    res["diversity"] = pairwise_diversity(per_prompt)
+    real_groups = [[world.image("test", 8 * k + j) for j in range(8)] for k in range(len(div_prompts))]
+    res["diversity"]["real_test_mean_pixel_difference"] = pairwise_diversity(real_groups)["mean_pixel_difference"]
+    log("diversity", res["diversity"])
+
+    # nearest training image (RMS pixel distance), generated vs real test images
+    train_world = ShapesWorld(n=args.train_n, seed=0, image_size=128)
+    n_train = len(train_world.splits["train"])
+    pool = to_unit_tensor([train_world.image("train", i) for i in range(n_train)], 64)
+    gen_nn = nearest_distances(test_images[:200], pool)
+    real_nn = nearest_distances(test_real_all[:200], pool)
+    res["nearest_training_image"] = {"train_images": n_train, "generated_median": float(gen_nn.median()),
+                                     "real_test_median": float(real_nn.median()), "generated_min": float(gen_nn.min()),
+                                     "real_test_min": float(real_nn.min()),
+                                     "generated_below_real_min": float((gen_nn < real_nn.min()).float().mean())}
+    log("nearest", res["nearest_training_image"])
+    idx = int(gen_nn.argmin())  # the generated image closest to any training image, and that image
+    nearest = int(((pool.flatten(1) - to_unit_tensor([test_images[idx]]).flatten(1)) ** 2).sum(1).argmin())
+    nn_pair = [test_images[idx], to_pil(pool[nearest][None] * 2 - 1)[0]]
+
+    # speed and accuracy against steps
+    speed = {}
+    for steps in sorted({args.steps, 10}):
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            model.generate_images(["a small red circle to the left of a large blue square"] * 16, n=1, seed=0,
+                                  steps=steps, guidance=args.guidance)
+            times.append(time.perf_counter() - t)
+        speed[str(steps)] = {"seconds_16_images": statistics.median(times), "runs": times,
+                             "steps_per_second": steps / statistics.median(times)}
+    res["speed"] = speed
+    curve = {}
+    curve_prompts = [p for p in test_prompts if p.group in ("single_object", "position")]
+    for steps in args.curve:
+        imgs = drawer.draw([p.text for p in curve_prompts], steps=steps)
+        curve[str(steps)] = group_rates(curve_prompts, imgs, parser)
+    res["steps_curve"] = curve
+    log("speed", speed, "curve", curve)
+
+    sheet_prompts = SAMPLE_PROMPTS
+    sheet = [seeds[s][k] for k in range(len(div_prompts)) for s in range(4)]
+    image_grid([im.resize((96, 96), 0) for im in sheet], columns=8, pad=3).save(ROOT / "docs" / "generation_samples.png")
+    image_grid([im.resize((96, 96), 0) for im in nn_pair], columns=2, pad=3).save(ROOT / "docs" / "generation_nearest.png")
+    res["sample_prompts"] = sheet_prompts[: len(div_prompts)]
+    res["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    res["bench_minutes"] = (time.time() - started) / 60
+    return res
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def write_markdown(res: dict, path: Path) -> None:
+    """docs/generation.md from the results dict (every number below is read from it)."""
+    g, real, t = res["groups"], res["groups_real_images"], res.get("training", {})
+    lines = ["# Text -> image generation (continuous family: flow matching + classifier-free guidance)", "",
+             "Generated by `bench/generation.py` from `docs/results/generation.json`; every figure comes from the run "
+             "recorded there.", "",
+             f"Model: a conditional U-Net ({res['parameters'] / 1e6:.2f} M parameters, {res['image_size']} px, "
+             "2x2 pixel folding, cross-attention to a word-level transformer text tower) trained by rectified flow "
+             "with 10% caption dropout; sampled with Euler steps and classifier-free guidance "
+             f"(here {res['steps']} steps, guidance {res['guidance']:g}).", "",
+             "```", t.get("command", "polymodal train configs/text_to_image.yaml"), res["command"], "```", ""]
+    if t:
+        lines += [f"Training: {t['steps']} steps of batch {t['batch_size']} in {t['minutes']:.1f} CPU-minutes "
+                  f"({t.get('machine', res['machine'])}); final validation flow loss "
+                  f"{t.get('val_loss', float('nan')):.3f} (EMA weights).", ""]
+    lines += ["![samples](generation_samples.png)", "",
+              "Rows: " + "; ".join(f"{i + 1}. \"{p}\"" for i, p in enumerate(res["sample_prompts"])) +
+              " (4 seeds each, two prompts per row of 8).", "",
+              "## The grader, on real rendered scenes", "",
+              "Objects are found as connected regions that stand out from the background; colour is the nearest "
+              "palette colour; shape is the bundled VQA model's answer about the object alone (repainted white); "
+              "size comes from the extent. Measured against the scene ground truth (colour, shape, size and centre "
+              "within 0.06 of the side):", "",
+              "| split | images | objects | object exact | image exact | count exact |", "|---|---|---|---|---|---|"]
+    for split, r in res["grader_on_real"].items():
+        lines.append(f"| {split} | {r['images']} | {r['objects']} | {_pct(r['object_exact'])} | "
+                     f"{_pct(r['image_exact'])} | {_pct(r['count_exact'])} |")
+    lines += ["", "## GenEval-style groups: fully-correct rate", "",
+              "One image per prompt (seed 0). Prompts come from test and heldout scenes in the captions' own "
+              "grammar; 'real' grades the rendered scene the prompt was made from (the grader's ceiling).", "",
+              "| group | prompt example | test | heldout | real (test) |", "|---|---|---|---|---|"]
+    examples = {"single_object": "a small red circle", "two_objects": "a red circle and a blue square",
+                "count": "there are three shapes", "colour": "a red circle", "size": "a large blue star",
+                "position": "a small red circle to the left of a large blue square",
+                "attribute_binding": "a red circle and a blue square (both pairs)"}
+    for grp in GROUPS:
+        cells = [f"{_pct(x[grp]['correct'])} (n={x[grp]['n']})" if grp in x else "-" for x in
+                 (g["test"], g["heldout"], real["test"])]
+        lines.append(f"| {grp} | {examples[grp]} | " + " | ".join(cells) + " |")
+    for grp, r in res["heldout_compositions"].items():
+        lines.append(f"| held-out compositions, {grp} | a pair never seen in training | - | "
+                     f"{_pct(r['correct'])} (n={r['n']}) | - |")
+    lines += _reading(res) + _targets(res) + _rest(res)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _reading(res: dict) -> list[str]:
+    """Where the fully-correct rate is lost, read from the groups that check one thing each."""
+    g = res["groups"]["test"]
+    held = res["heldout_compositions"].get("single_object", {"correct": float("nan")})
+    return ["", f"Reading the table: the number of objects is right for {_pct(g['count']['correct'])} of count prompts and "
+            f"the size for {_pct(g['size']['correct'])} of single-object prompts, but colour and shape together only "
+            f"for {_pct(g['colour']['correct'])}. In the contact sheet the objects have the asked colours but come out "
+            "as rounded blobs, whose outlines the grader (100% on real scenes) mostly does not read as the asked "
+            f"shape. Held-out colour-shape pairs are fully correct in {_pct(held['correct'])} of single-object prompts. "
+            "Not measured here, but likely: more training steps would sharpen the outlines (the run stopped at "
+            f"{res.get('training', {}).get('steps', '?')} steps, with validation loss still falling)."]
+
+
+def _targets(res: dict) -> list[str]:
+    g, t, sp = res["groups"]["test"], res.get("training", {}), res["speed"]
+    held = res["heldout_compositions"].get("single_object", {"correct": float("nan")})
+    s16 = sp[str(res["steps"])]["seconds_16_images"]
+    rows = [("single object fully correct", ">= 95%", g["single_object"]["correct"], 0.95, _pct),
+            ("two objects with a relation", ">= 80%", g["position"]["correct"], 0.80, _pct),
+            ("held-out compositions (single object)", ">= 80%", held["correct"], 0.80, _pct)]
+    out = ["", "## Targets (issue 19)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for name, goal, value, bar, fmt in rows:
+        out.append(f"| {name} | {goal} | {fmt(value)} | {'yes' if value >= bar else '**no**'} |")
+    if t:
+        out.append(f"| training time | <= 60 CPU-minutes | {t['minutes']:.1f} min | {'yes' if t['minutes'] <= 60 else '**no**'} |")
+    out.append(f"| 16 images at {res['image_size']} px ({res['steps']} steps) | <= 2 s | {s16:.2f} s | "
+               f"{'yes' if s16 <= 2 else '**no**'} |")
+    return out
+
+
+def _rest(res: dict) -> list[str]:
+    rt, fd, dv, nn, sp = (res[k] for k in ("caption_round_trip", "frechet", "diversity", "nearest_training_image",
+                                           "speed"))
+    out = ["", "## Caption round trip", "",
+           f"The bundled captioner (beam 3) captions each generated image of the single-object, position and count "
+           f"prompts (n={rt['n']}); CIDEr-D against the prompt: **{rt['cider_generated']:.3f}** for generated images, "
+           f"{rt['cider_real']:.3f} for the real renderings of the same scenes.", "",
+           "| prompt | caption of the generated image |", "|---|---|"]
+    out += [f"| {e['prompt']} | {e['caption_of_generated']} |" for e in rt["examples"]]
+    out += ["", "## Fréchet distance, diversity, copying", "",
+            f"- Fréchet distance on {fd['features']} features: generated (n={fd['generated_n']}) vs real test "
+            f"**{fd['generated_vs_test']:.2f}**; real val vs real test (the floor) {fd['real_val_vs_test']:.2f}.",
+            f"- Diversity (8 seeds of each sample prompt): mean absolute pixel difference between two images of one "
+            f"prompt {dv['mean_pixel_difference']:.3f} (real test images of different scenes: "
+            f"{dv['real_test_mean_pixel_difference']:.3f}); {_pct(dv['distinct_pairs'])} of pairs differ by more than 0.02.",
+            f"- Nearest training image (RMS pixel distance over all {nn['train_images']} training images, 200 images "
+            f"each): generated median {nn['generated_median']:.3f} (min {nn['generated_min']:.3f}), real test median "
+            f"{nn['real_test_median']:.3f} (min {nn['real_test_min']:.3f}); "
+            f"{_pct(nn['generated_below_real_min'])} of generated images are closer to a training image than the "
+            "closest real test image is. Closest pair (generated, training):", "",
+            "![nearest](generation_nearest.png)", "",
+            "## Speed and accuracy against sampler steps", "",
+            f"16 images at {res['image_size']} px with guidance (two network passes per step), median of 3 runs, "
+            f"{res['machine']}:", "", "| steps | seconds | steps/s |", "|---|---|---|"]
+    out += [f"| {k} | {v['seconds_16_images']:.2f} | {v['steps_per_second']:.1f} |" for k, v in sp.items()]
+    out += ["", "| steps | single object (test) | position (test) |", "|---|---|---|"]
+    for k, v in res["steps_curve"].items():
+        out.append(f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |")
+    if res.get("guidance_sweep_val"):
+        out += ["", "Guidance scale, chosen on validation scenes (fully-correct rate, "
+                f"{res['steps']} steps):", "", "| guidance | single object (val) | position (val) |", "|---|---|---|"]
+        for k, v in res["guidance_sweep_val"].items():
+            out.append(f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |")
+    out += ["", f"Bench wall time: {res['bench_minutes']:.1f} min."]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="runs/text_to_image")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--guidance-sweep", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                    help="guidance scales tried on val scenes; the best replaces --guidance")
+    ap.add_argument("--sweep-per-group", type=int, default=50)
+    ap.add_argument("--per-group", type=int, default=100)
+    ap.add_argument("--real", type=int, default=500, help="real images per split for the grader's own accuracy")
+    ap.add_argument("--curve", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 20, 40])
+    ap.add_argument("--diversity", type=int, default=8)
+    ap.add_argument("--train-n", type=int, default=30000, help="Shapes World n the model was trained on")
+    ap.add_argument("--training", default=None, help="JSON of the training run: command, steps, batch_size, "
+                    "minutes, val_loss")
+    ap.add_argument("--json", default="docs/results/generation.json")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite --markdown from an existing --json")
+    ap.add_argument("--markdown", default="docs/generation.md")
+    args = ap.parse_args()
+    if args.markdown_only:
+        write_markdown(json.loads(Path(args.json).read_text(encoding="utf-8")), Path(args.markdown))
+        return
+    torch.set_num_threads(1)
+    res = run(args)
+    res["training"] = json.loads(Path(args.training).read_text()) if args.training else {}
+    res["command"] = "OMP_NUM_THREADS=1 python bench/generation.py " + " ".join(sys.argv[1:])
+    Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    write_markdown(res, Path(args.markdown))
+    print(f"wrote {args.json} and {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
