@@ -56,7 +56,9 @@ def _models(folder: Path) -> tuple[dict | list[str], Path | None]:
         model.decoder.attention.score.weight.mul_(60.0)
     model.ood_stats = _scene_stats(model)
     encoder, index = tiny_retrieval(folder)
-    return {"tiny-captioner": model, "tiny-dual-encoder": encoder}, index
+    from tests.test_cli_matrix import _text_to_image
+
+    return {"tiny-captioner": model, "tiny-dual-encoder": encoder, "tiny-drawer": _text_to_image().eval()}, index
 
 
 def _noise_png(path: Path) -> Path:
@@ -181,6 +183,17 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
             if searching:
                 done = page.evaluate("document.body.dataset.captions")
                 page.locator("#results figure").first.click()
+                page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
+                assert page.locator("#caption .word").count() >= 2
+
+            # Draw: a prompt gives drawings; clicking one makes it the image the page captions.
+            if "generate" in tasks:
+                page.fill("#prompt", "a red circle")
+                page.press("#prompt", "Enter")
+                page.wait_for_selector("#drawings figure img", timeout=30_000)
+                assert page.locator("#drawings figure").count() == 4
+                done = page.evaluate("document.body.dataset.captions")
+                page.locator("#drawings figure").first.click()
                 page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
                 assert page.locator("#caption .word").count() >= 2
 

@@ -77,6 +77,17 @@ def _vqa() -> torch.nn.Module:
     return VQAModel(cfg, WordTokenizer([*SPECIALS, *WORDS]), ANSWERS)
 
 
+def _spoken_vqa() -> torch.nn.Module:
+    from polymodal.models.asr import ASRConfig
+    from polymodal.models.spoken_vqa import SpokenVQAConfig, SpokenVQAModel
+    from polymodal.nn.fusion.base import FusionConfig
+
+    cfg = SpokenVQAConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32, dim=16,
+                          fusion=FusionConfig(dim=16, hidden=16, heads=2), question=_question(),
+                          speech=ASRConfig(n_mels=40, channels=4, dim=8, hidden=8, layers=1))
+    return SpokenVQAModel(cfg, None, ANSWERS)
+
+
 def _chat() -> torch.nn.Module:
     from polymodal.data.dialogue import ASSISTANT, USER
     from polymodal.models.chat import Assistant, ChatModelConfig
@@ -84,6 +95,17 @@ def _chat() -> torch.nn.Module:
     cfg = ChatModelConfig(encoder=EncoderConfig(name="small_cnn", width=8), image_size=32, dim=16, heads=2,
                           grounding_layers=1, embed_dim=8, hidden_dim=16, attention_dim=8, context=_question())
     return Assistant(cfg, WordTokenizer([*SPECIALS, USER, ASSISTANT, *WORDS]))
+
+
+def _assistant() -> torch.nn.Module:
+    from polymodal.data.dialogue import ASSISTANT, USER
+    from polymodal.models.assistant import AssistantConfig, InstructionAssistant
+    from polymodal.models.prefix_lm import PrefixConfig
+
+    cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8),
+                      decoder=DecoderConfig(hidden_dim=32, num_layers=1, num_heads=4, dropout=0.0, max_positions=32))
+    return InstructionAssistant(cfg, WordTokenizer([*SPECIALS, USER, ASSISTANT, *WORDS]), PrefixConfig(pixel_shuffle=2),
+                                AssistantConfig(max_reply_len=8))
 
 
 def _media():
@@ -116,16 +138,27 @@ def _asr() -> torch.nn.Module:
     return SpeechRecognizer(ASRConfig(n_mels=40, channels=4, dim=8, hidden=8, layers=1), ["red", "circle"])
 
 
+def _text_to_image() -> torch.nn.Module:
+    from polymodal.models.text_to_image import TextToImage, TextToImageConfig
+    from polymodal.nn.text_encoders import TextEncoderConfig
+    from polymodal.nn.unet import UNetConfig
+
+    cfg = TextToImageConfig(image_size=16, unet=UNetConfig(channels=(8, 16), attention=(False, True), heads=2),
+                            text=TextEncoderConfig(width=16, layers=1, heads=2), steps=2)
+    return TextToImage(cfg, WordTokenizer.build(CAPTIONS))
+
+
 KINDS: dict[str, Callable[[], torch.nn.Module]] = {
     "asr": _asr, "captioner": _captioner, "refining_captioner": _refining, "prefix_lm": _prefix_lm,
-    "dual_encoder": _dual_encoder, "vqa": _vqa, "chat": _chat, "video_captioner": _video_captioner,
-    "video_qa": _video_qa,
+    "dual_encoder": _dual_encoder, "vqa": _vqa, "spoken_vqa": _spoken_vqa, "chat": _chat, "assistant": _assistant,
+    "video_captioner": _video_captioner,
+    "video_qa": _video_qa, "text_to_image": _text_to_image,
 }
 NOT_MODELS = ("empty_dir", "junk_dir", "junk_file")  # no model: an empty folder, one with a random file, that file
 CAPTIONERS = ("captioner", "refining_captioner", "prefix_lm")
 FITS = {**dict.fromkeys(CAPTIONERS, "polymodal caption"), "dual_encoder": "polymodal index", "vqa": "polymodal vqa",
-        "chat": "polymodal chat", "video_captioner": "polymodal describe", "video_qa": "polymodal videoqa",
-        "asr": "polymodal transcribe"}
+        "chat": "polymodal chat", "assistant": "polymodal chat", "video_captioner": "polymodal describe", "video_qa": "polymodal videoqa",
+        "asr": "polymodal transcribe", "text_to_image": "polymodal generate", "spoken_vqa": "polymodal vqa"}
 
 
 def test_every_saved_kind_is_built_here():
@@ -207,7 +240,7 @@ RECIPES: dict[str, Recipe] = {
     "evaluate": Recipe(lambda m, i: _s(m, "--format", "shapes", "--data", i.world, "--beam", 1, "--out", i.out,
                                        "--quiet"), CAPTIONERS),
     "vqa": Recipe(lambda m, i: _s(m, i.image, QUESTION, "--top"), ("vqa",)),
-    "chat": Recipe(lambda m, i: _s(m, i.image), ("chat",), stdin=f"{QUESTION}\nquit\n"),
+    "chat": Recipe(lambda m, i: _s(m, i.image), ("chat", "assistant"), stdin=f"{QUESTION}\nquit\n"),
     "describe": Recipe(lambda m, i: _s(i.video, "--model", m, "-k", 2, "--beam", 1), ("video_captioner",)),
     "videoqa": Recipe(lambda m, i: _s(m, i.video, "what shape is heard off screen?"), ("video_qa",)),
     "keyframes": Recipe(lambda m, i: _s(i.video, "-k", 2, "--model", m, "--out", i.out), ("video_captioner",)),
@@ -216,10 +249,17 @@ RECIPES: dict[str, Recipe] = {
     "zeroshot": Recipe(lambda m, i: _s(m, "--data", i.world), ("dual_encoder",)),
     "retrieval-eval": Recipe(lambda m, i: _s(m, "--data", i.world / "captions.json", "--format", "coco"),
                              ("dual_encoder",)),
+    "generate": Recipe(lambda m, i: _s(m, "a red circle", "--n", 2, "--steps", 2, "--out", i.out, "--quiet"),
+                       ("text_to_image",)),
     "transcribe": Recipe(lambda m, i: _s(m, i.video, "--beam", 2), ("asr",)),  # the clip's sound track
+    "explain": Recipe(lambda m, i: _s(m, i.image, "--text", "a red circle", "--grid", 2, "--out", i.out),
+                      (*CAPTIONERS, "dual_encoder")),  # a VQA model needs --question: one error line
+    # an output file: a new path is written, an existing file replaced, a folder refused
+    "speak": Recipe(lambda p, i: _s("a red circle", "--out", p), ("valid", "junk_file") if shutil.which("espeak-ng")
+                    else (), takes_model=False),
     "export": Recipe(lambda m, i: _s(m, "--onnx", i.out), ("captioner",)),
     # uvicorn.run is stubbed below: `serve` checks its models and builds the app, then returns instead of serving
-    "serve": Recipe(lambda m, i: _s(m, "--port", 0), (*CAPTIONERS, "dual_encoder", "vqa", "chat")),
+    "serve": Recipe(lambda m, i: _s(m, "--port", 0), (*CAPTIONERS, "dual_encoder", "vqa", "chat", "assistant", "asr")),
     "models": Recipe(lambda m, i: _s(m), tuple(KINDS)),
     "train": Recipe(lambda p, i: _s(p, "--quiet"), ("valid",), takes_model=False),
     "ablate": Recipe(lambda p, i: _s("fusion", "--config", p, "--seeds", 1, "--steps", 1, "--variants", "film",

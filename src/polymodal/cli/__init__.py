@@ -7,7 +7,7 @@ Example:
     ['ablate', 'caption', 'chat', 'data']
 """
 
-from . import captioning, explain, retrieval, serve, speech, video, vqa  # noqa: F401  (each adds its commands to `app`)
+from . import captioning, explain, generate, retrieval, serve, speech, video, vqa  # noqa: F401  (each adds its commands to `app`)
 from .app import app, data_app, main
 
 __all__ = ["app", "data_app", "main"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from .app import app, out_folder
+from .kinds import load_for
 
 OVERLAY_SIDE = 256  # the overlay is drawn on the image scaled to this square
 
@@ -29,14 +30,21 @@ def explain_command(model_dir: Path = typer.Argument(..., help="a VQA model, dua
                     out: Path = typer.Option(Path("explanation"), "--out", help="folder for overlay.png and "
                                              "explanation.json")) -> None:
     """Explain one output: an overlay of the image regions it rests on, and each word's importance."""
-    from ..api import load
     from ..data.images import load_image
+    from ..errors import InputError
     from ..eval.explain import explain
     from ..eval.viz import explanation_overlay
 
     out = out_folder(out)
     picture = load_image(image)
-    why = explain(load(model_dir), picture, question=question, text=text, method=method, grid=grid)
+    model = load_for("explain", model_dir)
+    if question is None and callable(getattr(model, "fused_logits", None)):
+        raise InputError(f"{model_dir}: a VQA model explains its answer to a question: add --question \"...\" "
+                         f"(to only ask it: `polymodal vqa {model_dir} IMAGE \"QUESTION\"`)")
+    try:
+        why = explain(model, picture, question=question, text=text, method=method, grid=grid)
+    except InputError as err:  # what this model cannot explain, said with its folder
+        raise InputError(f"{model_dir}: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     explanation_overlay(picture, why.regions, OVERLAY_SIDE).save(out / "overlay.png")
     (out / "explanation.json").write_text(json.dumps({"image": str(image), **why.to_dict()}, indent=1) + "\n",

@@ -32,8 +32,8 @@ NEEDS: dict[str, Needs] = {
     "caption": Needs(CAPTIONERS, "attention_lstm"),
     "evaluate": Needs(CAPTIONERS, "attention_lstm"),
     "export": Needs(("captioner",), "attention_lstm"),  # encoder + step decoder graphs: no second pass, no LM
-    "vqa": Needs(("vqa",), "vqa"),
-    "chat": Needs(("chat",), "chat"),
+    "vqa": Needs(("vqa", "spoken_vqa"), "vqa"),
+    "chat": Needs(("assistant", "chat"), "assistant"),
     "describe": Needs(("video_captioner",), "video_caption"),
     "keyframes": Needs(("video_captioner",), "video_caption"),
     "videoqa": Needs(("video_qa",), "video_qa"),
@@ -42,7 +42,9 @@ NEEDS: dict[str, Needs] = {
     "zeroshot": Needs(("dual_encoder",), "contrastive"),
     "retrieval-eval": Needs(("dual_encoder",), "contrastive"),
     "transcribe": Needs(("asr",), "asr"),
-    "serve": Needs((*CAPTIONERS, "vqa", "chat", "dual_encoder"), "attention_lstm"),
+    "explain": Needs(("vqa", "dual_encoder", *CAPTIONERS), "vqa"),
+    "generate": Needs(("text_to_image",), "text_to_image"),
+    "serve": Needs((*CAPTIONERS, "vqa", "chat", "assistant", "dual_encoder", "asr"), "attention_lstm"),
 }
 
 USE: dict[str, str] = {  # model kind -> the command that fits it ({dir}: the model directory)
@@ -52,9 +54,12 @@ USE: dict[str, str] = {  # model kind -> the command that fits it ({dir}: the mo
     "prefix_lm": "polymodal caption {dir} IMAGE",
     "dual_encoder": "polymodal index {dir} IMAGES_DIR --out INDEX",
     "vqa": 'polymodal vqa {dir} IMAGE "QUESTION"',
+    "spoken_vqa": "polymodal vqa {dir} IMAGE --audio QUESTION.wav",
     "chat": "polymodal chat {dir} IMAGE",
+    "assistant": "polymodal chat {dir} IMAGE",
     "video_captioner": "polymodal describe VIDEO --model {dir}",
     "video_qa": 'polymodal videoqa {dir} VIDEO "QUESTION"',
+    "text_to_image": 'polymodal generate {dir} "PROMPT"',
 }
 
 

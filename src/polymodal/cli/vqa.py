@@ -3,6 +3,7 @@
 Example:
     $ polymodal vqa runs/vqa scene.png "what colour is the star?" --top
     $ polymodal vqa runs/vqa scene.png --audio question.wav --speak reply.wav   # spoken question and reply
+    $ polymodal vqa runs/spoken_vqa scene.png --audio question.wav   # end-to-end: answered from the speech itself
     $ printf 'what is left of the square?\\nwhat size is it?\\n' | polymodal chat runs/chat scene.png
     $ polymodal ablate fusion --seeds 3 --steps 600 --out docs/fusion.md
 """
@@ -17,7 +18,7 @@ import typer
 
 from ..errors import InputError, PolymodalError
 from .app import app, warn_if_unlike
-from .kinds import load_for
+from .kinds import check_for, load_for
 from .speech import check_speak, hear, say
 
 QUIT = {"quit", "exit", ":q"}
@@ -30,7 +31,8 @@ def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory 
                 question: str | None = typer.Argument(None, help='the question, e.g. "what colour is the circle?" '
                                                       "(or ask it aloud with --audio)"),
                 audio: Path | None = typer.Option(None, "--audio", help="the question spoken, as an audio file "
-                                                  "(wav, flac, mp3, ...): transcribed first, then answered"),
+                                                  "(wav, flac, mp3, ...): transcribed first, then answered; an "
+                                                  "end-to-end spoken VQA model hears it directly"),
                 asr: Path | None = typer.Option(None, "--asr", help="speech recognizer for --audio "
                                                 "(default: the bundled one)"),
                 speak: Path | None = typer.Option(None, "--speak", help="also write the answer as speech "
@@ -44,12 +46,22 @@ def vqa_command(model_dir: Path = typer.Argument(..., help="VQA model directory 
     if (question is None) == (audio is None):
         raise InputError("ask one question: as text (an argument) or spoken (--audio FILE), not both or neither")
     check_speak(speak)
+    end_to_end = check_for("vqa", model_dir) == "spoken_vqa"  # hears the question itself: no recognizer
+    if end_to_end and audio is None:
+        raise InputError(f"{model_dir}: is an end-to-end spoken VQA model, it answers spoken questions only; ask "
+                         f"aloud with `polymodal vqa {model_dir} IMAGE --audio QUESTION.wav`, or use a text VQA model")
     model = load_for("vqa", model_dir)
     picture = load_image(image)
-    if audio is not None:
-        question = hear(audio, asr, max_seconds)
-        typer.echo(f"heard: {question}")
-    answers = model.answer_topk(picture, question, k=max(k, 1))[0]  # calibrated probabilities, best first
+    if end_to_end:
+        model.cfg.max_seconds = max_seconds
+        answers = model.answer_topk(picture, str(audio), k=max(k, 1))[0]
+        typer.echo("answered from the speech directly (end-to-end model, no recognizer or transcript)"
+                   + (f"; --asr {asr} is not used" if asr is not None else ""))
+    else:
+        if audio is not None:
+            question = hear(audio, asr, max_seconds)
+            typer.echo(f"heard: {question}")
+        answers = model.answer_topk(picture, question, k=max(k, 1))[0]  # calibrated probabilities, best first
     warn_if_unlike(model, model_dir, [picture], [str(image)], "the answer")
     best, prob = answers[0]
     sure = model.confident(prob)

@@ -5,31 +5,37 @@ This file is the one place that fills `registry.MODELS` (the `architecture` key 
 Example:
     >>> from polymodal.registry import MODELS
     >>> MODELS.names()
-    ['asr', 'captioner', 'chat', 'dual_encoder', 'prefix_lm', 'refining_captioner', 'video_captioner', 'video_qa', 'vqa']
+    ['asr', 'assistant', 'captioner', 'chat', 'dual_encoder', 'prefix_lm', 'refining_captioner', 'spoken_vqa', 'text_to_image', 'video_captioner', 'video_qa', 'vqa']
 """
 
 from ..registry import MODELS
 from .asr import SpeechRecognizer
+from .assistant import InstructionAssistant
 from .captioner import Captioner
 from .chat import Assistant
 from .dual_encoder import DualEncoder
 from .prefix_lm import PrefixLM
 from .refine import RefiningCaptioner
+from .spoken_vqa import SpokenVQAModel
+from .text_to_image import TextToImage
 from .video_captioner import VideoCaptioner
 from .video_qa import VideoQA
 from .vqa import VQAModel
 
 MODELS.fill({
     "asr": SpeechRecognizer,
+    "assistant": InstructionAssistant,
     "captioner": Captioner,
     "chat": Assistant,
     "dual_encoder": DualEncoder,
     "prefix_lm": PrefixLM,
     "refining_captioner": RefiningCaptioner,
+    "spoken_vqa": SpokenVQAModel,
+    "text_to_image": TextToImage,
     "video_captioner": VideoCaptioner,
     "video_qa": VideoQA,
     "vqa": VQAModel,
 })
 
-__all__ = ["Assistant", "Captioner", "DualEncoder", "PrefixLM", "RefiningCaptioner", "SpeechRecognizer", "VQAModel",
-           "VideoCaptioner", "VideoQA"]
+__all__ = ["Assistant", "Captioner", "DualEncoder", "InstructionAssistant", "PrefixLM", "RefiningCaptioner",
+           "SpeechRecognizer", "SpokenVQAModel", "TextToImage", "VQAModel", "VideoCaptioner", "VideoQA"]

@@ -1,6 +1,6 @@
 """The FastAPI app: REST endpoints, dynamic batching of captions, the web page at /.
 
-Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve, /v1/explain, and /v1/transcribe, /v1/speak
+Endpoints: POST /v1/caption, /v1/vqa, /v1/chat, /v1/retrieve, /v1/explain, /v1/generate, and /v1/transcribe, /v1/speak
 (speech_routes.py); GET /v1/models, /v1/index/{id}, /healthz; OpenAPI docs at /docs. Any
 `PolymodalError` becomes a 4xx JSON `{"error": "..."}`.
 
@@ -243,6 +243,18 @@ async def explain(request: Request) -> schemas.ExplainResponse:
                                                       text=opts.text, method=opts.method, grid=opts.grid))
     overlay = await asyncio.to_thread(engines.explanation_png, image, why.regions)
     return schemas.ExplainResponse(model=name, overlay=overlay, elapsed_ms=_ms(start), **why.to_dict())
+
+
+@router.post("/v1/generate", response_model=schemas.GenerateResponse, responses=ERRORS, tags=["generate"])
+async def generate(request: Request, opts: schemas.GenerateOptions) -> schemas.GenerateResponse:
+    """Draw what the prompt says with a loaded text-to-image model: n PNGs, the same for the same seed."""
+    start, svc = time.perf_counter(), _service(request)
+    entry = svc.models.pick("generate", opts.model)
+    images = await svc.in_model_thread(functools.partial(entry.model.generate_images, opts.prompt, n=opts.n,
+                                                         seed=opts.seed, steps=opts.steps, guidance=opts.guidance))
+    pngs = await asyncio.to_thread(lambda: [engines.png_base64(image) for image in images])
+    return schemas.GenerateResponse(model=entry.name, prompt=opts.prompt, images=pngs, elapsed_ms=_ms(start),
+                                    unknown_words=entry.model.unknown_words(opts.prompt))
 
 
 @router.get("/v1/index/{item}", tags=["search"], responses=ERRORS, response_class=Response)

@@ -40,6 +40,7 @@ from .uploads import RequestError
 
 # endpoint -> the method a model needs to serve it
 TASK_METHODS = {"caption": "caption_nbest", "vqa": "answer", "chat": "chat", "retrieve": "embed_texts",
+                "generate": "generate_images",
                 "transcribe": "transcribe"}
 HEATMAP_SIDE = 224  # overlays are drawn on a 224 px square: sharp on the page, ~30 KB of PNG per word
 
@@ -291,9 +292,7 @@ class SearchIndex:
 
 def explanation_png(image: Image.Image, regions: torch.Tensor) -> str:
     """Base64 PNG of `explanation_overlay` (HEATMAP_SIDE px): the image with an explanation's cells in heat colours."""
-    buffer = io.BytesIO()
-    explanation_overlay(image, regions, HEATMAP_SIDE).save(buffer, format="PNG", optimize=True)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_base64(explanation_overlay(image, regions, HEATMAP_SIDE))
 
 
 def public_names(paths: list[str]) -> list[str]:

@@ -284,6 +284,26 @@ class ExplainResponse(BaseModel):
     elapsed_ms: float
 
 
+class GenerateOptions(BaseModel):
+    model_config = _STRICT
+
+    model: str | None = Field(None, description="the image generator (default: the first loaded)")
+    prompt: str = Field(..., min_length=1, max_length=1000, description="what to draw")
+    n: int = Field(4, ge=1, le=8, description="images to draw")
+    steps: int | None = Field(None, ge=1, le=200, description="sampler steps (default: the model's)")
+    guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale (default: the "
+                                   "model's; 0 ignores the prompt)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="the same seed draws the same images")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    prompt: str
+    images: list[str] = Field(description="base64 PNGs")
+    unknown_words: list[str] = Field(description="prompt words the model never saw in training (ignored)")
+    elapsed_ms: float
+
+
 class ModelInfo(BaseModel):
     name: str
     architecture: str

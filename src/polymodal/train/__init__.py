@@ -5,14 +5,29 @@ This file is the one place that fills `registry.TASKS` (the `task:` key of a YAM
 Example:
     >>> from polymodal.registry import TASKS
     >>> TASKS.names()
-    ['asr', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'video_caption', 'video_qa', 'vqa']
+    ['asr', 'assistant', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'spoken_vqa', 'text_to_image', 'video_caption', 'video_qa', 'vqa']
 """
 
 from ..registry import TASKS
-from . import asr, captioning, chat, contrastive, lm_pretrain, prefix_lm, refine, scst, video, vqa
+from . import (
+    asr,
+    assistant,
+    captioning,
+    chat,
+    contrastive,
+    lm_pretrain,
+    prefix_lm,
+    refine,
+    scst,
+    spoken_vqa,
+    text_to_image,
+    video,
+    vqa,
+)
 
 TASKS.fill({
     "asr": asr.train_asr,
+    "assistant": assistant.train_assistant,
     "captioning": captioning.train_captioner,
     "chat": chat.train_chat,
     "contrastive": contrastive.train_contrastive,
@@ -20,6 +35,8 @@ TASKS.fill({
     "prefix_lm": prefix_lm.train_prefix_lm,
     "refine": refine.train_refiner,
     "scst": scst.train_scst,
+    "spoken_vqa": spoken_vqa.train_spoken_vqa,
+    "text_to_image": text_to_image.train_text_to_image,
     "video_caption": video.train_video_caption,
     "video_qa": video.train_video_qa,
     "vqa": vqa.train_vqa,

@@ -41,7 +41,7 @@ function el(tag, attrs = {}, ...children) {
 async function loadModels() {
   const info = await (await fetch("/v1/models")).json();
   state.models = info.models;
-  for (const task of ["caption", "vqa", "chat", "transcribe"]) {
+  for (const task of ["caption", "vqa", "chat", "transcribe", "generate"]) {
     state.tasks[task] = info.models.find((m) => m.tasks.includes(task));
   }
   const box = $("models");
@@ -51,6 +51,10 @@ async function loadModels() {
   if (!info.models.length) box.append(el("span", { class: "model", text: "no models loaded" }));
   setupAsk();
   setupMic();
+  if (state.tasks.generate) {
+    $("draw-card").hidden = false;
+    $("draw-meta").textContent = state.tasks.generate.name;
+  }
   state.index = info.index;
   if (info.index) {
     $("search-card").hidden = false;
@@ -524,6 +528,27 @@ async function search(text) {
   }
 }
 
+// ---------------------------------------------------------------- draw: text -> image, then caption or ask about it
+async function draw(prompt) {
+  const box = $("drawings");
+  box.replaceChildren(el("p", { class: "note", text: "Drawing…" }));
+  $("draw-note").textContent = "";
+  try {
+    const result = await (await api("/v1/generate", { prompt, n: 4, seed: Math.floor(Math.random() * 1e6) })).json();
+    box.replaceChildren(...result.images.map((png, i) => {
+      const figure = el("figure", { title: `${prompt} (${i + 1})` },
+        el("img", { src: "data:image/png;base64," + png, alt: prompt }), el("figcaption", { text: "use this" }));
+      figure.addEventListener("click", async () =>  // the drawing becomes the image the page captions and answers about
+        setImage(await (await fetch("data:image/png;base64," + png)).blob(), `drawn-${i + 1}.png`));
+      return figure;
+    }));
+    $("draw-note").textContent = (result.unknown_words.length ? `Not known, ignored: ${result.unknown_words.join(", ")}. `
+      : "") + `Click a drawing to caption it and ask about it (${Math.round(result.elapsed_ms)} ms).`;
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "note", text: err.message }));
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 document.addEventListener("DOMContentLoaded", () => {
   setupDrop();
@@ -536,6 +561,11 @@ document.addEventListener("DOMContentLoaded", () => {
     e.preventDefault();
     const q = $("question").value.trim();
     if (q) { $("question").value = ""; ask(q); }
+  });
+  $("draw-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = $("prompt").value.trim();
+    if (p) draw(p);
   });
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();

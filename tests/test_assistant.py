@@ -1,0 +1,175 @@
+"""The instruction assistant (issue 25): its mixture, chat template, POPE sampling, training, reload and bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import polymodal
+from polymodal.data.chat_template import prompt, render
+from polymodal.data.dialogue import build_chat_tokenizer
+from polymodal.data.instructions import (
+    DECLINE_SCOPE,
+    INSTRUCTION_KINDS,
+    InstructionConfig,
+    InstructionDataset,
+    collate_instructions,
+    conversations_from_scenes,
+    is_decline,
+    read_scenes,
+)
+from polymodal.data.shapes import HELDOUT_PAIRS, write_shapes_world
+from polymodal.errors import InputError, PolymodalError
+from polymodal.eval.assistant import Query, kind_report
+from polymodal.eval.pope import ObjectStats, pope_metrics, pope_questions, similar
+from polymodal.models.assistant import InstructionAssistant
+from polymodal.train.tasks import load_task_config
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_shapes_world(tmp_path_factory.mktemp("shapes") / "w", n=60, image_size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def mixture(world):
+    return conversations_from_scenes(world, "train", {}, InstructionConfig(conversations_per_image=6))
+
+
+def test_every_kind_is_in_the_mixture(mixture):
+    kinds = {t.kind for c in mixture for t in c.turns}
+    assert set(INSTRUCTION_KINDS) - {"describe"} <= kinds  # describe needs captions, given below
+    assert any(k.startswith("follow/") for k in kinds) and any(k.startswith("open/") for k in kinds)
+    assert any(len(c.turns) > 1 for c in mixture)
+
+
+def test_describe_uses_the_captions(world):
+    scenes = read_scenes(world, "train")
+    captions = {image_id: [f"caption of {image_id}"] for image_id, _, _ in scenes}
+    convs = conversations_from_scenes(world, "train", captions, InstructionConfig())
+    described = [(c.id.split("-")[0], t.answer) for c in convs for t in c.turns if t.kind == "describe"]
+    assert described and all(answer == f"caption of {image_id}" for image_id, answer in described)
+
+
+def test_absent_objects_are_declined_and_really_absent(world, mixture):
+    scenes = {str(image): scene for _, image, scene in read_scenes(world, "train")}
+    absent = [(c, t) for c in mixture for t in c.turns if t.kind == "absent"]
+    assert absent
+    for conv, turn in absent:
+        assert is_decline(turn.answer) and turn.answer.startswith("there is no ")
+        thing = turn.answer.removeprefix("there is no ").removesuffix(" in the image").split()
+        objs = scenes[conv.image].objects
+        if thing[-1] == "object":  # "there is no purple object"
+            assert all(o.colour != thing[0] for o in objs)
+        elif len(thing) == 2:  # "there is no red star"
+            assert all((o.colour, o.shape) != tuple(thing) for o in objs)
+        else:
+            assert all(o.shape != thing[0] for o in objs)
+    scope = [t for c in mixture for t in c.turns if t.kind == "scope"]
+    assert scope and all(t.answer == DECLINE_SCOPE for t in scope)
+    negatives = [t.question for c in mixture for t in c.turns if t.kind == "exists" and t.answer == "no"]
+    assert not any(f"{c} {s}" in q for q in negatives for c, s in HELDOUT_PAIRS)  # held-out pairs never "no"
+
+
+def test_loss_covers_only_assistant_tokens(mixture):
+    tok = build_chat_tokenizer(mixture)
+    conv = next(c for c in mixture if len(c.turns) > 1)
+    ids, loss = render(tok, conv.turns)
+    expected = [i for t in conv.turns for i in (*tok.encode(t.answer), tok.eos_id)]
+    assert [i for i, keep in zip(ids, loss, strict=True) if keep] == expected
+    item = InstructionDataset([conv], [0], lambda row: torch.zeros(3, 8, 8, dtype=torch.uint8), tok, 200)[0]
+    targets = [int(t) for t in item["targets"] if t != tok.pad_id]
+    assert targets == expected
+    batch = collate_instructions([item, item])
+    assert batch["targets"].shape[1] == batch["tokens"].shape[1] - 1
+
+
+def test_prompt_trims_oldest_turns_and_long_questions(mixture):
+    tok = build_chat_tokenizer(mixture)
+    turns = [{"role": "user", "content": "what colour is the star?"}, {"role": "assistant", "content": "red"}] * 50
+    p = prompt(tok, [*turns, {"role": "user", "content": "what size is it?"}], budget=30)
+    assert len(p.ids) <= 30 and p.dropped > 0
+    assert tok.decode(p.ids[-5:]) == "<user> what size is it" and tok.decode(p.ids[:1]) == "<user>"
+    long = prompt(tok, [{"role": "user", "content": "red " * 2500}], budget=20)
+    assert len(long.ids) == 20 and long.cut
+    with pytest.raises(InputError):
+        prompt(tok, [{"role": "user", "content": "   "}], budget=20)
+
+
+def test_pope_negatives_are_absent_and_adversarial_ones_similar(world):
+    scenes = read_scenes(world, "test")
+    stats = ObjectStats.from_scenes([s for _, _, s in read_scenes(world, "train")])
+    by_image = {image: scene for _, image, scene in scenes}
+    for sampling in ("random", "popular", "adversarial"):
+        questions = pope_questions(scenes, sampling, stats)
+        assert sum(q.truth for q in questions) == sum(not q.truth for q in questions)  # balanced
+        for q in questions:
+            present = {(o.colour, o.shape) for o in by_image[q.image].objects}
+            assert (q.object in present) == q.truth
+            if sampling == "adversarial" and not q.truth:
+                assert similar(q.object, present)
+    m = pope_metrics([True, True, False, False], ["yes", "no", "yes", "no"])
+    assert (m["accuracy"], m["precision"], m["recall"], m["yes_rate"]) == (0.5, 0.5, 0.5, 0.5)
+
+
+def test_kind_report_counts_declines():
+    q = [Query("a", [], "absent", "there is no star in the image"), Query("a", [], "colour", "red"),
+         Query("a", [], "follow/size", "small")]
+    report = kind_report(q, ["there is no star in the image", "there is no circle in the image", "small"])
+    assert report["decline/absent"] == 1.0 and report["accuracy/colour"] == 0.0
+    assert report["false_decline"] == 0.5 and report["accuracy/follow-up"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    task, cfg = load_task_config("configs/assistant.yaml", [
+        f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=4", "pretrain.steps=0", f"train.out_dir={out}",
+        "train.steps=4", "train.batch_size=8", "train.eval_every=2", "model.image_size=32",
+        "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1",
+        "model.decoder.max_positions=48", "assistant.max_reply_len=12"])
+    summary = task(cfg, progress=False)
+    return out, summary
+
+
+def test_tiny_assistant_trains_saves_and_reloads(trained, world):
+    out, summary = trained
+    assert summary["step"] == 4 and "accuracy/count" in summary["test"] and "heldout" in summary
+    model = polymodal.load(out / "model")
+    assert isinstance(model, InstructionAssistant)
+    image = next(iter(read_scenes(world, "test")))[1]
+    first = InstructionAssistant.from_pretrained(out / "model")
+    question = [{"role": "user", "content": "how many shapes are there?"}]
+    assert model.chat(image, question) == first.chat(image, question)  # the same weights came back
+    replies = model.answer(image, ["how many shapes are there?", "is there a red circle?"])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+
+
+def test_bad_input_gives_a_reply_or_one_error(trained, world, caplog):
+    model = polymodal.load(trained[0] / "model")
+    image = next(iter(read_scenes(world, "test")))[1]
+    with pytest.raises(PolymodalError):
+        model.chat(image, [{"role": "user", "content": ""}])
+    with pytest.raises(PolymodalError):
+        model.answer(image, "  ")
+    assert isinstance(model.chat(image, [{"role": "user", "content": "what colour is the star? " * 200}]), str)
+    assert isinstance(model.chat(image, [{"role": "user", "content": "¿De qué color es el círculo? 圆是什么颜色"}]), str)
+    turns = [m for k in range(100) for m in ({"role": "user", "content": f"what size is it {k}?"},
+                                             {"role": "assistant", "content": "small"})]
+    with caplog.at_level(logging.WARNING, logger="polymodal.models.assistant"):
+        assert isinstance(model.chat(image, [*turns, {"role": "user", "content": "and where is it?"}]), str)
+        assert isinstance(model.chat(image, [*turns, {"role": "user", "content": "what colour is it?"}]), str)
+    assert sum("oldest" in r.message for r in caplog.records) == 1  # trimmed, said once
+    other = next(iter(read_scenes(world, "heldout")))[1]  # a new image mid-conversation is just the one looked at
+    assert isinstance(model.chat(other, [*turns[:4], {"role": "user", "content": "what size is it?"}]), str)
+
+
+def test_unknown_kind_weights_are_ignored_not_crashing(world):
+    cfg = InstructionConfig(weights={"count": 1.0, "nonsense": 3.0}, dialogue_share=0.0)
+    convs = conversations_from_scenes(world, "val", {}, cfg)
+    assert convs and {t.kind for c in convs for t in c.turns} == {"count"}
+    again = conversations_from_scenes(world, "val", {}, cfg)
+    assert [t.question for c in again for t in c.turns] == [t.question for c in convs for t in c.turns]  # seeded
