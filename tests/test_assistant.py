@@ -9,7 +9,7 @@ import torch
 
 import polymodal
 from polymodal.data.chat_template import prompt, render
-from polymodal.data.dialogue import build_chat_tokenizer
+from polymodal.data.dialogue import build_chat_tokenizer, read_scenes
 from polymodal.data.instructions import (
     DECLINE_SCOPE,
     INSTRUCTION_KINDS,
@@ -18,7 +18,6 @@ from polymodal.data.instructions import (
     collate_instructions,
     conversations_from_scenes,
     is_decline,
-    read_scenes,
 )
 from polymodal.data.shapes import HELDOUT_PAIRS, write_shapes_world
 from polymodal.errors import InputError, PolymodalError

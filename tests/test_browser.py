@@ -11,6 +11,7 @@ models (and the README screenshot) is tests/test_browser_bundled.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -89,19 +90,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list
 
     models, index = _models(tmp_path_factory.mktemp("served"))
     app = create_app(models, index=index)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
+    tasks = sorted({t for e in app.state.service.models.entries.values() for t in e.tasks})
+    with serving(app) as base:
+        yield base, tasks
+
+
+@contextlib.contextmanager
+def serving(app: object) -> Iterator[str]:
+    """A real uvicorn serving `app` on a free 127.0.0.1 port in a thread; yields its base URL."""
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not srv.started and thread.is_alive() and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
-    tasks = sorted({t for e in app.state.service.models.entries.values() for t in e.tasks})
-    yield f"http://127.0.0.1:{port}", tasks
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{srv.config.port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -115,23 +123,13 @@ def shapes_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_png: Path, tmp_path: Path) -> None:
     base, tasks = server
-    outside: list[str] = []
-
-    def loopback_only(route: object) -> None:
-        url = route.request.url  # type: ignore[attr-defined]
-        if url.startswith((base, "data:", "blob:")):
-            route.continue_()  # type: ignore[attr-defined]
-        else:
-            outside.append(url)
-            route.abort()  # type: ignore[attr-defined]
-
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.route("**/*", loopback_only)
+            outside = loopback_only(page, base)
             page.goto(base + "/")
             page.wait_for_selector("#models .model")
 
@@ -219,3 +217,19 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
             browser.close()
     assert not outside, f"the page tried to reach beyond the server: {outside}"
 
+
+def loopback_only(page: object, base: str) -> list[str]:
+    """Let `page` fetch only from the server at `base` (and data:/blob: URLs); returns the list that collects every
+    other URL it tried (aborted), for the test to assert empty at the end."""
+    outside: list[str] = []
+
+    def route(request_route: object) -> None:
+        url = request_route.request.url  # type: ignore[attr-defined]
+        if url.startswith((base, "data:", "blob:")):
+            request_route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            request_route.abort()  # type: ignore[attr-defined]
+
+    page.route("**/*", route)  # type: ignore[attr-defined]
+    return outside

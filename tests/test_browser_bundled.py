@@ -23,7 +23,7 @@ import pytest
 from polymodal.assets import SERVED
 from polymodal.data.shapes import COLOURS, SHAPES, Scene, ShapeObject, render
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT, _free_port
+from .test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT, _free_port, loopback_only
 
 sync_api = pytest.importorskip("playwright.sync_api")
 if not CHROMIUM.is_file():
@@ -60,24 +60,16 @@ def bundled_server() -> Iterator[str]:
 
 
 def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Path) -> None:
-    base, outside, errors = bundled_server, [], []
+    base, errors = bundled_server, []
     scene_png = tmp_path / "scene.png"
     render(SCENE, 128).save(scene_png)
-
-    def loopback_only(route: object) -> None:
-        url = route.request.url  # type: ignore[attr-defined]
-        if url.startswith((base, "data:", "blob:")):
-            route.continue_()  # type: ignore[attr-defined]
-        else:
-            outside.append(url)
-            route.abort()  # type: ignore[attr-defined]
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.route("**/*", loopback_only)
+            outside = loopback_only(page, base)
             page.goto(base + "/")
             page.wait_for_selector("#models .model")
             listed = page.inner_text("#models")

@@ -8,36 +8,26 @@ The microphone stays hidden when no recognizer is loaded (GET /v1/models says wh
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from polymodal.data.speech import espeak_available
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-QUESTION = "what colour is the circle"
+from .test_browser import (  # skips this module too without chromium
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    loopback_only,
+    serving,
+)
 
-if not CHROMIUM.is_file():
-    pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium (`make chromium` or "
-                f"`apt-get install -y chromium`); playwright-downloaded browsers are not used", allow_module_level=True)
+QUESTION = "what colour is the circle"
 if not espeak_available():
     pytest.skip("espeak-ng not installed (`apt-get install espeak-ng` or `make speech`): no spoken question to "
                 "play into the fake microphone", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +37,8 @@ def server() -> Iterator[str]:
     from polymodal.serve import create_app
 
     app = create_app({name: polymodal.load(ASSETS / name).eval() for name in (BUNDLED_VQA, BUNDLED_ASR)})
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and thread.is_alive() and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{srv.config.port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +62,6 @@ def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_spoken_question_transcript_answer_and_spoken_reply(server: str, question_wav: Path, scene_png: Path) -> None:
-    outside: list[str] = []
-
-    def loopback_only(route: object) -> None:
-        url = route.request.url  # type: ignore[attr-defined]
-        if url.startswith((server, "data:", "blob:")):
-            route.continue_()  # type: ignore[attr-defined]
-        else:
-            outside.append(url)
-            route.abort()  # type: ignore[attr-defined]
-
     args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
             f"--use-file-for-fake-audio-capture={question_wav}%noloop", "--autoplay-policy=no-user-gesture-required"]
     with sync_api.sync_playwright() as p:
@@ -98,7 +70,7 @@ def test_spoken_question_transcript_answer_and_spoken_reply(server: str, questio
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
-            page.route("**/*", loopback_only)
+            outside = loopback_only(page, server)
             page.goto(server + "/")
             page.wait_for_selector("#mic", state="visible")
             page.set_input_files("#file", str(scene_png))

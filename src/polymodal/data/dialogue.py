@@ -163,14 +163,13 @@ def dialogues_for_scene(scene: Scene, rng: random.Random, k: int = 2) -> list[li
     return out
 
 
-def read_dialogues(folder: str | Path, split: str | None = None, per_image: int = 2) -> list[DialogueRecord]:
-    """Dialogues for the scenes of a Shapes World folder (scenes.jsonl), deterministic per image.
+def read_scenes(folder: str | Path, split: str | None = None) -> list[tuple[str, str, Scene]]:
+    """(image id, image path, scene) of a Shapes World folder's scenes.jsonl, each split in index order.
 
     Raises:
-        DataError: the folder has no readable scenes.jsonl.
+        DataError: the folder has no readable scenes.jsonl, or a line is not a scene.
     """
-    folder = Path(folder)
-    path = folder / "scenes.jsonl"
+    path = Path(folder) / "scenes.jsonl"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -184,12 +183,24 @@ def read_dialogues(folder: str | Path, split: str | None = None, per_image: int 
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{path} line {n}: not a scene record ({err}); regenerate the folder") from None
         i = counters[row["split"]] = counters.get(row["split"], -1) + 1  # each split's images in index order
-        if split is not None and row["split"] != split:
-            continue
-        image = str(folder / f"images/{row['split']}/{row['split']}_{i:06d}.png")
-        rng = random.Random(f"dialogue/{row['image_id']}")
+        if split is None or row["split"] == split:
+            out.append((str(row["image_id"]), str(Path(folder) / f"images/{row['split']}/{row['split']}_{i:06d}.png"),
+                        scene))
+    return out
+
+
+def read_dialogues(folder: str | Path, split: str | None = None, per_image: int = 2) -> list[DialogueRecord]:
+    """Dialogues for the scenes of a Shapes World folder (scenes.jsonl), deterministic per image.
+
+    Raises:
+        DataError: the folder has no readable scenes.jsonl.
+    """
+    out = []
+    for image_id, image, scene in read_scenes(folder, split):
+        rng = random.Random(f"dialogue/{image_id}")
+        split_name = Path(image).parent.name
         for k, turns in enumerate(dialogues_for_scene(scene, rng, per_image)):
-            out.append(DialogueRecord(f"{row['image_id']}-{k}", image, turns, row["split"]))
+            out.append(DialogueRecord(f"{image_id}-{k}", image, turns, split_name))
     return out
 
 

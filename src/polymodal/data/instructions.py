@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from collections import Counter
@@ -43,10 +42,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
 from ..text.tokenizer import Tokenizer
 from .chat_template import render
-from .dialogue import DialogueRecord, Turn, dialogues_for_scene
+from .dialogue import DialogueRecord, Turn, dialogues_for_scene, read_scenes
 from .images import normalize
 from .qa import QARecord
 from .records import CaptionRecord
@@ -228,28 +226,6 @@ def conversations_for_scene(scene: Scene, captions: Sequence[str], rng: random.R
         turns = [t for t in turns if t is not None]
         if turns:
             out.append(turns)
-    return out
-
-
-def read_scenes(folder: str | Path, split: str | None = None) -> list[tuple[str, str, Scene]]:
-    """(image id, image path, scene) of a Shapes World folder's scenes.jsonl, in index order per split."""
-    path = Path(folder) / "scenes.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        raise DataError(f"{path}: not found; write Shapes World with `polymodal data shapes --out {folder}`") from None
-    counters: dict[str, int] = {}
-    out = []
-    for n, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-            scene = Scene.from_dict(row)
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path} line {n}: not a scene record ({err}); regenerate the folder") from None
-        i = counters[row["split"]] = counters.get(row["split"], -1) + 1
-        if split is None or row["split"] == split:
-            out.append((str(row["image_id"]), str(Path(folder) / f"images/{row['split']}/{row['split']}_{i:06d}.png"),
-                        scene))
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..data.dialogue import Message, dialogues_for_scene, turn_messages
+from ..data.dialogue import Message, dialogues_for_scene, read_scenes, turn_messages
 from ..data.images import normalize
 from ..data.instructions import (
     DECLINE_SCOPE,
@@ -31,7 +31,6 @@ from ..data.instructions import (
     SCOPE_EVAL,
     InstructionConfig,
     is_decline,
-    read_scenes,
 )
 from ..data.shapes import Scene
 from ..text.answers import normalize_answer

@@ -44,7 +44,7 @@ from ..nn.question import QuestionEncoderConfig
 from ..nn.speech import BiLSTMEncoder, ConvSubsample
 from ..text.tokenizer import Tokenizer
 from .asr import SAMPLE_RATE, ASRConfig, AudioInput, SpeechRecognizer, pad_mels
-from .vqa import VQAModel, VQAModelConfig
+from .vqa import VQAModel, VQAModelConfig, pair_up
 
 FRONT_END = ("subsample", "encoder")  # the recognizer's modules that the spoken question goes through
 
@@ -192,20 +192,9 @@ class SpokenVQAModel(VQAModel):
 
     # ---- inference ---------------------------------------------------------------------------
     def _audio_pairs(self, images: Any, audio: Any) -> tuple[list[Any], list[Any]]:
-        imgs = list(images) if isinstance(images, (list, tuple)) else [images]
         single = isinstance(audio, (str, os.PathLike, bytes)) or (
             isinstance(audio, (torch.Tensor, np.ndarray)) and audio.ndim == 1)
-        clips = [audio] if single else list(audio)
-        if not clips:
-            raise InputError("no spoken question given")
-        if len(imgs) == 1 and len(clips) > 1:
-            imgs = imgs * len(clips)
-        elif len(clips) == 1 and len(imgs) > 1:
-            clips = clips * len(imgs)
-        if len(imgs) != len(clips):
-            raise InputError(f"{len(imgs)} images but {len(clips)} spoken questions; pass one image per question, "
-                             f"or one image for all questions")
-        return imgs, clips
+        return pair_up(images, [audio] if single else list(audio), "spoken questions")
 
     @torch.inference_mode()
     def predict(self, images: Any, audio: Any) -> torch.Tensor:

@@ -108,6 +108,26 @@ class RegionProjector(nn.Module):
         return self.norm(self.proj(regions) + self.position(pos))
 
 
+def pair_up(images: Any, questions: list[Any], what: str = "questions") -> tuple[list[Any], list[Any]]:
+    """One image per question: a single image is asked every question, a single question asked of every image.
+
+    Example:
+        >>> pair_up("a.png", ["q1", "q2"])
+        (['a.png', 'a.png'], ['q1', 'q2'])
+    """
+    imgs = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not questions:
+        raise InputError(f"no {what} given")
+    if len(imgs) == 1 and len(questions) > 1:
+        imgs = imgs * len(questions)  # several questions about one image: encode the image once per question
+    elif len(questions) == 1 and len(imgs) > 1:
+        questions = questions * len(imgs)
+    if len(imgs) != len(questions):
+        raise InputError(f"{len(imgs)} images but {len(questions)} {what}; pass one image per question, "
+                         f"or one image for all")
+    return imgs, questions
+
+
 class VQAModel(SavedAnswerModel, nn.Module):
     """Answers questions about images by picking from a fixed answer vocabulary."""
 
@@ -218,18 +238,7 @@ class VQAModel(SavedAnswerModel, nn.Module):
         return probability >= self.cfg.confidence
 
     def _pairs(self, images: Any, questions: Any) -> tuple[list[Any], list[str]]:
-        imgs = list(images) if isinstance(images, (list, tuple)) else [images]
-        qs = [questions] if isinstance(questions, str) else list(questions)
-        if not qs:
-            raise InputError("no question given")
-        if len(imgs) == 1 and len(qs) > 1:
-            imgs = imgs * len(qs)  # several questions about one image: encode the image once per question
-        elif len(qs) == 1 and len(imgs) > 1:
-            qs = qs * len(imgs)
-        if len(imgs) != len(qs):
-            raise InputError(f"{len(imgs)} images but {len(qs)} questions; pass one image per question, "
-                             f"or one image for all questions")
-        return imgs, qs
+        return pair_up(images, [questions] if isinstance(questions, str) else list(questions), "questions")
 
     @torch.inference_mode()
     def predict(self, images: Any, questions: Any) -> torch.Tensor:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..checkpoint import write_json
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.datasets import load_split, shapes_folder
-from ..data.dialogue import DialogueRecord, build_chat_tokenizer
+from ..data.dialogue import DialogueRecord, build_chat_tokenizer, read_scenes
 from ..data.instructions import (
     SCOPE,
     InstructionConfig,
@@ -40,7 +40,6 @@ from ..data.instructions import (
     conversations_from_captions,
     conversations_from_qa,
     conversations_from_scenes,
-    read_scenes,
 )
 from ..data.qa import ImageBank, read_qa
 from ..data.records import SkipReport
