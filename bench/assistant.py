@@ -22,8 +22,7 @@ from _report import machine
 from polymodal import load
 from polymodal.config import DataConfig
 from polymodal.data.datasets import load_split, shapes_folder
-from polymodal.data.dialogue import dialogue_report, read_dialogues, turn_messages
-from polymodal.data.instructions import read_scenes
+from polymodal.data.dialogue import dialogue_report, read_dialogues, read_scenes, turn_messages
 from polymodal.data.qa import ImageBank
 from polymodal.eval.assistant import Query, assistant_report, run_queries
 from polymodal.eval.pope import ObjectStats
