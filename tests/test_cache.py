@@ -119,9 +119,10 @@ def test_training_from_the_cache_matches_training_without(tmp_path):
     b = load_file(str(tmp_path / "cached" / "checkpoint" / "model.safetensors"))
     assert a.keys() == b.keys()
     # The encoder runs on batches of another size, so features differ in the last float bits (~1e-7);
-    # AdamW's normalized steps (lr 0.005) carry that into the weights as at most a few 1e-4 after 10 steps.
+    # AdamW's normalized steps (lr 0.005) carry that into the weights: a few 1e-4 after 10 steps, and up to
+    # ~1.3e-3 seen on a scalar bias whose second moment is still tiny (a 2-core CI run under load).
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-3, rtol=0), (key, float((a[key] - b[key]).abs().max()))
+        assert torch.allclose(a[key], b[key], atol=5e-3, rtol=0), (key, float((a[key] - b[key]).abs().max()))
     assert cached["final_loss"] == pytest.approx(plain["final_loss"], abs=1e-3)
 
 
