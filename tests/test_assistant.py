@@ -138,7 +138,8 @@ def test_tiny_assistant_trains_saves_and_reloads(trained, world):
     out, summary = trained
     assert summary["step"] == 4 and "accuracy/count" in summary["test"] and "heldout" in summary
     model = polymodal.load(out / "model")
-    assert isinstance(model, InstructionAssistant)
+    assert isinstance(model, InstructionAssistant) and model.ood_stats is not None  # its replies can say "unlike"
+    assert summary["ood_threshold"] == pytest.approx(model.ood_stats.threshold)
     image = next(iter(read_scenes(world, "test")))[1]
     first = InstructionAssistant.from_pretrained(out / "model")
     question = [{"role": "user", "content": "how many shapes are there?"}]

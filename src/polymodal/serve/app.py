@@ -188,7 +188,8 @@ async def chat(request: Request) -> Response:
     entry = svc.models.pick("chat", opts.model)
     messages = [m.model_dump() for m in opts.messages]
     reply = await svc.in_model_thread(entry.model.chat, require(image), messages)
-    response = schemas.ChatResponse(model=entry.name, message={"role": "assistant", "content": reply},
+    check = (await svc.in_model_thread(check_inputs, entry.model, [image]) or [{}])[0]  # like the training images?
+    response = schemas.ChatResponse(**check, model=entry.name, message={"role": "assistant", "content": reply},
                                     elapsed_ms=_ms(start))
     if not opts.stream:
         return JSONResponse(response.model_dump())

@@ -208,6 +208,9 @@ class ChatResponse(BaseModel):
     model: str
     message: Message
     elapsed_ms: float
+    in_distribution: bool | None = Field(None, description="False: the image is unlike the model's training data, "
+                                         "so the reply is a guess; null: the model has no statistics saved")
+    ood_score: float | None = Field(None, description="out-of-distribution score of the image")
 
 
 class RetrieveOptions(BaseModel):

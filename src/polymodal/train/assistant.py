@@ -44,6 +44,7 @@ from ..data.instructions import (
 from ..data.qa import ImageBank, read_qa
 from ..data.records import SkipReport
 from ..eval.assistant import assistant_report
+from ..eval.ood import save_model_stats
 from ..models.assistant import AssistantConfig, InstructionAssistant
 from ..models.prefix_lm import PrefixConfig
 from ..text.tokenizer import WordTokenizer
@@ -141,7 +142,12 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
     summary.update(train_conversations=len(sets[cfg.data.train_split]), vocab_size=len(tokenizer),
                    parameters=sum(p.numel() for p in model.parameters()))
     best = Path(cfg.train.out_dir) / "model"
-    if (stop_at is not None and summary.get("stopped_at")) or cfg.data.format != "shapes" or not best.is_dir():
+    if stop_at is not None and summary.get("stopped_at") or not best.is_dir():
+        return summary
+    summary["ood_threshold"] = save_model_stats(  # replies about an image unlike these say so
+        InstructionAssistant.from_pretrained(best).eval(), best, [d.image for d in splits[cfg.data.train_split]],
+        [d.image for d in splits[cfg.data.val_split]])
+    if cfg.data.format != "shapes":
         return summary
     summary.update(evaluate_splits(InstructionAssistant.from_pretrained(best), cfg, report, progress))
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
