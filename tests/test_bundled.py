@@ -93,3 +93,29 @@ def _holds(name: str, colour: str, shape: str) -> bool:
 
     scenes = json.loads((ASSETS / BUNDLED_INDEX / "scenes.json").read_text())
     return any(o["colour"] == colour and o["shape"] == shape for o in scenes[Path(name).stem]["objects"])
+
+
+def test_captions_obey_banned_words_from_the_cli_and_the_server(monkeypatch, capsys, tmp_path):
+    """The words a user bans never come back, from the CLI or the server (decoding alone: a model not trained with
+    the control may say something else in their place, e.g. another colour; issue 21 asks for trained controls)."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from polymodal.assets import BUNDLED_CAPTIONER
+    from polymodal.data.shapes import COLOURS, Scene, ShapeObject, render
+    from polymodal.serve.app import create_app
+
+    scene = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
+    scene.save(tmp_path / "scene.png")
+    code, out, err = polymodal_cli(monkeypatch, capsys, "caption", str(ASSETS / BUNDLED_CAPTIONER),
+                                   str(tmp_path / "scene.png"), "--ban", ",".join(COLOURS), "--nbest", "3")
+    assert code == 0 and not set(out.replace(":", " ").split()) & set(COLOURS), err
+    png = io.BytesIO()
+    scene.save(png, "PNG")
+    with TestClient(create_app([ASSETS / BUNDLED_CAPTIONER])) as client:
+        reply = client.post("/v1/caption", json={"image": __import__("base64").b64encode(png.getvalue()).decode(),
+                                                  "banned_words": ["red"], "nbest": 3}).json()
+        bad = client.post("/v1/caption", json={"image": "eA==", "banned_words": ["red circle"]})
+    assert len(reply["captions"]) == 3 and all("red" not in c["text"].split() for c in reply["captions"])
+    assert bad.status_code == 422

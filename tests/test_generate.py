@@ -185,3 +185,35 @@ def test_states_that_cannot_share_a_batch_are_refused_by_name():
     with pytest.raises(ValueError, match="'k0'"):
         concat_states({"k0": torch.zeros(2, 1, 3, 4)}, {"k0": torch.zeros(1, 1, 0, 4)})
     assert tiny_model("transformer").beam_batch(GenerationConfig(strategy="beam")) is None  # shared positions
+
+
+@pytest.mark.parametrize("strategy, beam", [("greedy", 1), ("beam", 4), ("sample", 1)])
+def test_banned_words_are_never_said_with_any_strategy_and_batch(strategy, beam):
+    """A user's "must not mention": the words the unconstrained captions use most are banned; none comes back,
+    in any of the n-best, whatever the strategy, batched."""
+    import collections
+
+    from polymodal.models.captioner import banned_token_ids
+
+    model = tiny_model()
+    images = _images(6)
+    cfg = dict(strategy=strategy, beam_size=beam, num_return_sequences=beam, max_len=10, seed=0)
+    free = model.generate(images, GenerationConfig(**cfg))
+    used = collections.Counter(t for per in free for h in per for t in h.tokens)
+    words = [model.tokenizer.decode([t]) for t, _ in used.most_common(3)]
+    banned = banned_token_ids(model.tokenizer, words)
+    constrained = model.generate(images, GenerationConfig(**cfg, banned_ids=banned))
+    assert banned and all(not set(h.tokens) & set(banned) for per in constrained for h in per)
+    captions = model.caption_nbest(list(images), banned_words=words, strategy=strategy, beam_size=beam, seed=0)
+    assert all(not set(c.split()) & set(words) for per in captions for c in per)
+
+
+def test_a_word_the_tokenizer_splits_cannot_be_banned():
+    from polymodal.errors import InputError
+    from polymodal.models.captioner import banned_token_ids
+    from polymodal.text.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.build(["a red circle"])
+    assert banned_token_ids(tok, ["zebra"]) == ()  # unknown: it cannot be said anyway
+    with pytest.raises(InputError, match="splits it into 2 tokens"):
+        banned_token_ids(tok, ["red circle"])

@@ -55,6 +55,7 @@ class GenerationConfig:
     top_p: float = 1.0                 # nucleus sampling threshold; 1.0 = off
     seed: int | None = None            # sampling seed for reproducible samples
     return_attention: bool = False
+    banned_ids: tuple[int, ...] = ()   # tokens never generated (a user's "must not mention"; HF's bad_words_ids)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -217,8 +218,8 @@ class BeamBatch:
 
     def __init__(self, step: StepFn, bos_id: int, eos_id: int, cfg: GenerationConfig,
                  join: Callable[[State, State], State] = concat_states, suppress_ids: Sequence[int] = ()):
-        if suppress_ids:  # as `generate` does: <bos> and these are never generated
-            step = suppressing(step, sorted({bos_id, *suppress_ids}))
+        if suppress_ids or cfg.banned_ids:  # as `generate` does: <bos> and these are never generated
+            step = suppressing(step, sorted({bos_id, *suppress_ids, *cfg.banned_ids}))
         self.step, self.bos_id, self.eos_id, self.cfg, self.join = step, bos_id, eos_id, cfg, join
         self.k = cfg.beam_size
         self.keys: list[Hashable] = []
@@ -383,8 +384,8 @@ def generate(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: Generati
              suppress_ids: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
     """Run the configured strategy; returns, per input, its hypotheses sorted best first.
 
-    `<bos>` and `suppress_ids` are never generated.
+    `<bos>`, `suppress_ids` and the config's `banned_ids` are never generated.
     """
     cfg = cfg or GenerationConfig()
-    step = suppressing(step, sorted({bos_id, *suppress_ids}))
+    step = suppressing(step, sorted({bos_id, *suppress_ids, *cfg.banned_ids}))
     return STRATEGIES.get(cfg.strategy)(step, state, bos_id, eos_id, cfg)

@@ -39,12 +39,17 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
             beam: int = typer.Option(3, help="beam size; 1 = greedy"),
             nbest: int = typer.Option(1, help="captions per image (n-best from the beam)"),
             as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of text"),
+            ban: str = typer.Option("", "--ban", help="comma-separated words the captions must not say, e.g. "
+                                    "red,blue (constrained decoding)"),
             heatmaps: Path | None = typer.Option(
                 None, "--heatmaps", metavar="OUT_DIR",
                 help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
             ) -> None:
     """Caption images with a trained model."""
+    from ..models.captioner import banned_token_ids
+
     model = load_for("caption", model_dir)
+    banned = banned_token_ids(model.tokenizer, [w.strip() for w in ban.split(",") if w.strip()])
     strategy = "beam" if beam > 1 else "greedy"
     used_dirs: set[Path] = set()
     for path in images:
@@ -55,10 +60,10 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
 
             folder = _unique_dir(heatmaps / path.stem, used_dirs)
             results, written = caption_heatmaps(model, path, folder, strategy=strategy, beam_size=beam,
-                                                num_return_sequences=min(nbest, beam))
+                                                num_return_sequences=min(nbest, beam), banned_ids=banned)
         else:
             results = model.caption_nbest([path], strategy=strategy, beam_size=beam,
-                                          num_return_sequences=min(nbest, beam))[0]
+                                          num_return_sequences=min(nbest, beam), banned_ids=banned)[0]
         if as_json:
             extra = {"heatmaps": [str(p) for p in written]} if heatmaps is not None else {}
             typer.echo(json.dumps({"image": str(path), "captions": results, **check, **extra}))

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.images import images_to_batch
+from ..errors import InputError
 from ..generate import BeamBatch, GenerationConfig, Hypothesis, State, StepFn, generate
 from ..nn.decoders import build_decoder
 from ..nn.encoders import build_encoder
@@ -31,6 +32,27 @@ from ..text.tokenizer import Tokenizer
 from .base import SavedModel
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
+
+
+def banned_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
+    """The token ids that must never be generated so that none of `words` is said. A word the vocabulary does
+    not hold cannot be said anyway; a word split into several tokens cannot be banned token by token.
+
+    Example:
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tok = WordTokenizer.build(["a red circle"])
+        >>> banned_token_ids(tok, ["red", "zebra"]) == (tok.encode("red")[0],)
+        True
+    """
+    ids = []
+    for word in words:
+        pieces = tokenizer.encode(word)
+        if len(pieces) > 1:
+            raise InputError(f"cannot ban {word!r}: this tokenizer splits it into {len(pieces)} tokens; ban single "
+                             f"words of the model's vocabulary")
+        if pieces and pieces[0] != getattr(tokenizer, "unk_id", None):
+            ids.append(pieces[0])
+    return tuple(ids)
 
 
 class Captioner(SavedModel, nn.Module):
@@ -112,8 +134,16 @@ class Captioner(SavedModel, nn.Module):
         """Best caption for each image. `generation` keys are GenerationConfig fields (beam_size=5, ...)."""
         return [hyps[0] for hyps in self.caption_nbest(images, **generation)]
 
-    def caption_nbest(self, images: list[ImageInput] | ImageInput, **generation: Any) -> list[list[str]]:
+    def generation_config(self, banned_words: Sequence[str] = (), **generation: Any) -> GenerationConfig:
+        """GenerationConfig fields with this model's defaults (its max length); `banned_words` are never said."""
         generation.setdefault("max_len", self.cfg.decoder.max_len)
+        if banned_words:
+            generation["banned_ids"] = (*generation.get("banned_ids", ()), *banned_token_ids(self.tokenizer, banned_words))
+        return GenerationConfig(**generation)
+
+    def caption_nbest(self, images: list[ImageInput] | ImageInput, banned_words: Sequence[str] = (),
+                      **generation: Any) -> list[list[str]]:
+        """n-best captions per image (`generation`: GenerationConfig fields); `banned_words` are never said."""
         self.eval()
-        hyps = self.generate(self.preprocess(images), GenerationConfig(**generation))
+        hyps = self.generate(self.preprocess(images), self.generation_config(banned_words, **generation))
         return [[self.tokenizer.decode(h.tokens) for h in per_image] for per_image in hyps]

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,10 +166,10 @@ class RefiningCaptioner(Captioner):
         tok = self.tokenizer
         return generate(self.refiner.step, state, tok.bos_id, tok.eos_id, cfg, suppress_ids=(tok.pad_id,))
 
-    def caption_nbest(self, images: Any, refine: bool = True, **generation: Any) -> list[list[str]]:
-        generation.setdefault("max_len", self.cfg.decoder.max_len)
+    def caption_nbest(self, images: Any, refine: bool = True, banned_words: Sequence[str] = (),
+                      **generation: Any) -> list[list[str]]:
         self.eval()
-        hyps = self.generate(self.preprocess(images), GenerationConfig(**generation), refine=refine)
+        hyps = self.generate(self.preprocess(images), self.generation_config(banned_words, **generation), refine=refine)
         return [[self.tokenizer.decode(h.tokens) for h in per_image] for per_image in hyps]
 
     def caption(self, images: Any, refine: bool = True, **generation: Any) -> list[str]:

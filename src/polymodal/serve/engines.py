@@ -35,6 +35,7 @@ from ..eval.viz import (  # imported with the server, so the first heatmap reque
     explanation_overlay,
 )
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
+from ..models.captioner import banned_token_ids
 from .schemas import CaptionOptions
 from .uploads import RequestError
 
@@ -138,11 +139,15 @@ def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationCon
     cfg = getattr(entry.model, "cfg", None)
     default_len = getattr(getattr(cfg, "decoder", None), "max_len", 24)
     try:
+        banned = banned_token_ids(entry.model.tokenizer, opts.banned_words) if opts.banned_words else ()
         return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
                                 num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
-                                seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention))
-    except ConfigError as err:
-        raise RequestError(str(err), 422) from None
+                                seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention),
+                                banned_ids=banned)
+    except (ConfigError, InputError) as err:
+        raise RequestError(f"banned_words: {err}" if isinstance(err, InputError) else str(err), 422) from None
+    except AttributeError:  # a captioner without a tokenizer: its words cannot be banned
+        raise RequestError(f"banned_words: model {entry.name!r} cannot ban words (it has no tokenizer)", 422) from None
 
 
 def caption_key(entry: LoadedModel, generation: GenerationConfig) -> Hashable:

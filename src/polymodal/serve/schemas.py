@@ -44,6 +44,8 @@ class CaptionOptions(BaseModel):
     max_len: int | None = Field(None, ge=1, le=64, description="most tokens to generate (default: the model's)")
     heatmaps: bool = Field(False, description="return one attention overlay (base64 PNG) per word of the best caption")
     seed: int | None = Field(None, description="sampling seed, for reproducible samples")
+    banned_words: list[str] = Field(default_factory=list, max_length=100,
+                                    description="words the captions must not say (e.g. [\"red\", \"blue\"])")
 
     @model_validator(mode="after")
     def _nbest_fits_beam(self) -> CaptionOptions:
