@@ -1,8 +1,9 @@
-"""The main job behind `make demo`: the bundled captioner on Shapes World, end to end, in under a minute.
+"""The main job behind `make demo`: the bundled models on Shapes World, end to end, in under a minute.
 
-Writes Shapes World (once, into the cache), captions sample test images with beam search and n-best,
-evaluates the test and held-out-composition splits, draws attention heatmaps and a training curve,
-and writes a markdown report. Every picture the report shows sits beside it (images/, heatmaps/) and is
+Writes Shapes World (once, into the cache), captions sample test images with beam search and n-best, asks
+the bundled VQA model about them, searches the bundled index by text, asks one question aloud (espeak-ng ->
+the bundled recognizer -> VQA -> a spoken answer), evaluates the test and held-out-composition splits,
+draws attention heatmaps and a training curve, and writes a markdown report. Every picture the report shows sits beside it (images/, heatmaps/) and is
 linked by a relative path, so the output folder can be moved, zipped or shared as it is.
 """
 
@@ -42,7 +43,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
     print(f"model: {model_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
     test = load_split(data, "test")
-    lines = ["# polymodal demo: the bundled captioner on Shapes World", "",
+    lines = ["# polymodal demo: the bundled models on Shapes World", "",
              f"Model: `{model_dir.name}`. Decoding: beam search, beam 3.", "", "## Sample captions (test split)", ""]
     print("\nsample test images, beam 3 n-best beside the references:")
     vqa = load(bundled_model_dir(BUNDLED_VQA))  # the page's other capability: questions about the image
