@@ -33,7 +33,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, DataError, InputError, PolymodalError
 from ..eval.explain import explain as explain_output
-from ..eval.ood import check_inputs
 from . import engines, schemas, speech_routes
 from .service import ServeConfig, Service, require
 from .uploads import LingeringClose, RequestError, validation_message
@@ -133,7 +132,7 @@ async def caption(request: Request) -> schemas.CaptionResponse:
         objects = engines.object_markers(entry, result["words"], result["attention"])
     elif opts.heatmaps:
         note = f"model {entry.name!r} has no attention, so there are no heatmaps"
-    check = (await svc.in_model_thread(check_inputs, entry.model, [image]) or [{}])[0]  # is it like the training data?
+    check = await svc.ood_check(entry.model, image)  # is it like the training data?
     return schemas.CaptionResponse(**check,
         model=entry.name, captions=[{"text": t, "score": s} for t, s in result["captions"]], words=result["words"],
         heatmaps=heatmaps, view=view, objects=objects, note=note, width=image.width, height=image.height, batch_size=batch,
@@ -170,7 +169,7 @@ async def vqa(request: Request) -> schemas.VQAResponse:
     else:
         answers = [{"answer": (await svc.in_model_thread(entry.model.answer, image, question))[0]}]
     if "vqa" in entry.tasks:  # is the image like the training data?
-        check.update((await svc.in_model_thread(check_inputs, entry.model, [image]) or [{}])[0])
+        check.update(await svc.ood_check(entry.model, image))
     return schemas.VQAResponse(**check, model=entry.name, question=question, transcript=transcript, answers=answers,
                                elapsed_ms=_ms(start))
 
@@ -188,7 +187,7 @@ async def chat(request: Request) -> Response:
     entry = svc.models.pick("chat", opts.model)
     messages = [m.model_dump() for m in opts.messages]
     reply = await svc.in_model_thread(entry.model.chat, require(image), messages)
-    check = (await svc.in_model_thread(check_inputs, entry.model, [image]) or [{}])[0]  # like the training images?
+    check = await svc.ood_check(entry.model, image)  # like the training images?
     response = schemas.ChatResponse(**check, model=entry.name, message={"role": "assistant", "content": reply},
                                     elapsed_ms=_ms(start))
     if not opts.stream:
@@ -217,7 +216,7 @@ async def retrieve(request: Request) -> schemas.RetrieveResponse:
     hits = await svc.in_model_thread(svc.search.search, image if image is not None else opts.text, opts.k)
     check: dict[str, Any] = {}
     if image is not None and svc.search.encoder is not None:  # an example image unlike the encoder's training data?
-        check = (await svc.in_model_thread(check_inputs, svc.search.encoder, [image]) or [{}])[0]
+        check = await svc.ood_check(svc.search.encoder, image)
     return schemas.RetrieveResponse(**check, query=opts.text or "<image>", elapsed_ms=_ms(start),
                                     hits=[{"id": i, "path": p, "score": s} for i, p, s in hits])
 

@@ -139,15 +139,25 @@ def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationCon
     cfg = getattr(entry.model, "cfg", None)
     default_len = getattr(getattr(cfg, "decoder", None), "max_len", 24)
     try:
-        banned = banned_token_ids(entry.model.tokenizer, opts.banned_words) if opts.banned_words else ()
         return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
                                 num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
                                 seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention),
-                                banned_ids=banned)
-    except (ConfigError, InputError) as err:
-        raise RequestError(f"banned_words: {err}" if isinstance(err, InputError) else str(err), 422) from None
-    except AttributeError:  # a captioner without a tokenizer: its words cannot be banned
-        raise RequestError(f"banned_words: model {entry.name!r} cannot ban words (it has no tokenizer)", 422) from None
+                                banned_ids=banned_ids(entry, opts.banned_words))
+    except ConfigError as err:
+        raise RequestError(str(err), 422) from None
+
+
+def banned_ids(entry: LoadedModel, words: Sequence[str]) -> tuple[int, ...]:
+    """The token ids of a request's `banned_words`; 422 when the model cannot ban them."""
+    if not words:
+        return ()
+    tokenizer = getattr(entry.model, "tokenizer", None)
+    if tokenizer is None:
+        raise RequestError(f"banned_words: model {entry.name!r} cannot ban words (it has no tokenizer)", 422)
+    try:
+        return banned_token_ids(tokenizer, words)
+    except InputError as err:
+        raise RequestError(f"banned_words: {err}", 422) from None
 
 
 def caption_key(entry: LoadedModel, generation: GenerationConfig) -> Hashable:

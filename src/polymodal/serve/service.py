@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from PIL import Image
 
+from ..eval.ood import check_inputs
 from . import engines
 from .batching import DynamicBatcher
 from .uploads import Limits, RequestError, decode_image, read_fields, validate
@@ -75,6 +76,11 @@ class Service:
 
     async def in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.timed(asyncio.get_running_loop().run_in_executor(self.executor, fn, *args))
+
+    async def ood_check(self, model: Any, item: Any) -> dict[str, Any]:
+        """{"in_distribution", "ood_score"} of one input (an image or a waveform) against the statistics saved with
+        `model` (eval/ood.py), in the model thread; {} when the model has none."""
+        return (await self.in_model_thread(check_inputs, model, [item]) or [{}])[0]
 
     async def read_options(self, request: Request, options: type[T]) -> tuple[T, bytes | None, str]:
         """The validated options, the raw image bytes (None if the request has none) and the image's name."""

@@ -23,7 +23,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..data.speech import INSTALL_HINT, espeak_available, espeak_wav
-from ..eval.ood import check_inputs
 from . import schemas
 from .uploads import RequestError, decode_audio
 
@@ -54,7 +53,7 @@ async def transcribe_upload(svc: Any, audio: schemas.AudioUpload, model: str | N
     wave = await asyncio.to_thread(decode_audio, audio.data, audio.name, svc.limits, SAMPLE_RATE)
     # the length was checked against the server's limit while decoding
     texts = await svc.in_model_thread(functools.partial(entry.model.transcribe, [wave], beam_size, max_seconds=None))
-    check = (await svc.in_model_thread(check_inputs, entry.model, [wave]) or [{}])[0]  # like its training audio?
+    check = await svc.ood_check(entry.model, wave)  # like its training audio?
     return schemas.TranscribeResponse(**check, text=texts[0], duration_s=round(len(wave) / SAMPLE_RATE, 3),
                                       elapsed_ms=_ms(start), model=entry.name)
 
