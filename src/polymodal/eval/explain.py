@@ -98,62 +98,56 @@ def explainer(name: str) -> Callable[..., torch.Tensor]:
 # ----------------------------------------------------------------------------- targets
 @dataclass
 class Target:
-    """What is explained: a score over images, what it is (the answer, the text, the caption) and, when the
-    output depends on words, the score with each word left out."""
+    """What is explained: a score over images and what it is (the answer, the text, the caption). When the output
+    rests on words, `rescore(text)` is the same score with another text (the words with one left out; `blank`
+    stands in for a text left empty)."""
 
     kind: str                                     # "vqa" | "retrieval" | "caption"
     output: str                                   # the answer, the matched text, the caption
     score: ScoreFn
     words: list[str] = field(default_factory=list)
-    without_word: Callable[[torch.Tensor, int], float] | None = None  # (image, i) -> score without word i
+    rescore: Callable[[str], ScoreFn] | None = None
+    blank: str = ""
+
+    def without_word(self, image: torch.Tensor, i: int) -> float:
+        """The score of `image` with word i of the text left out."""
+        rest = " ".join(w for j, w in enumerate(self.words) if j != i) or self.blank
+        with torch.no_grad():
+            return float(self.rescore(rest)(image[None]))  # type: ignore[misc]
 
 
 def vqa_target(model: Any, image: torch.Tensor, question: str) -> Target:
     """The weight of evidence for the model's answer to `question` (its top answer on the intact image): the
     calibrated log-odds log p / (1 - p), because a confident answer's probability (0.9999) barely moves when part
     of the evidence is hidden, and its gradient vanishes (Zintgraf et al. 2017 score in log-odds for this)."""
-    max_len = model.cfg.question.max_len
+    def tokens_of(text: str) -> torch.Tensor:
+        return torch.tensor([encode_text(model.tokenizer, text, model.cfg.question.max_len)], device=model.device)
 
-    def prob_of(tokens: torch.Tensor, answer: int | None = None) -> ScoreFn:
+    with torch.no_grad():
+        logits, _ = model.fused_logits(model.encoder(image[None].to(model.device)), tokens_of(question))
+    answer = int(logits.argmax(-1))
+
+    def log_odds(text: str) -> ScoreFn:
+        tokens = tokens_of(text)
+
         def score(images: torch.Tensor) -> torch.Tensor:
             logits, _ = model.fused_logits(model.encoder(images), tokens.expand(len(images), -1))
             z = logits.float() / model.temperature
-            a = z.argmax(-1) if answer is None else torch.full((len(z),), answer, device=z.device)
-            others = z.scatter(1, a[:, None], float("-inf")).logsumexp(-1)
-            return z.gather(1, a[:, None])[:, 0] - others  # log-odds: log p / (1 - p)
+            others = torch.cat([z[:, :answer], z[:, answer + 1:]], dim=1).logsumexp(-1)
+            return z[:, answer] - others  # log p / (1 - p)
         return score
 
-    tokens = torch.tensor([encode_text(model.tokenizer, question, max_len)], device=model.device)
-    with torch.no_grad():
-        logits, _ = model.fused_logits(model.encoder(image[None].to(model.device)), tokens)
-    answer = int(logits.argmax(-1))
-    words = question.rstrip("?").split()
-
-    def without_word(img: torch.Tensor, i: int) -> float:
-        rest = " ".join(w for j, w in enumerate(words) if j != i)
-        ids = torch.tensor([encode_text(model.tokenizer, rest or "?", max_len)], device=model.device)
-        with torch.no_grad():
-            return float(prob_of(ids, answer)(img[None].to(model.device))[0])
-
-    return Target("vqa", model.answers[answer], prob_of(tokens, answer), words, without_word)
+    return Target("vqa", model.answers[answer], log_odds(question), question.rstrip("?").split(), log_odds, "?")
 
 
 def retrieval_target(model: Any, text: str) -> Target:
     """The cosine similarity of the image to `text` in a dual encoder's shared space."""
     def cosine_to(t: str) -> ScoreFn:
-        query = model.encode_text(model.tokenize([t]).to(model.device))[0]
+        with torch.no_grad():  # the query is fixed: only the image side is explained
+            query = model.encode_text(model.tokenize([t]).to(model.device))[0]
         return lambda images: model.encode_image(images) @ query
 
-    words = text.split()
-
-    def without_word(img: torch.Tensor, i: int) -> float:
-        rest = " ".join(w for j, w in enumerate(words) if j != i) or "a"
-        with torch.no_grad():
-            return float(cosine_to(rest)(img[None].to(model.device))[0])
-
-    with torch.no_grad():
-        score = cosine_to(text)
-    return Target("retrieval", text, score, words, without_word)
+    return Target("retrieval", text, cosine_to(text), text.split(), cosine_to, "a")
 
 
 def caption_target(model: Any, caption: str) -> Target:
@@ -236,7 +230,7 @@ def explain(model: Any, image: Any, question: str | None = None, text: str | Non
         regions = explainer(method)(target.score, x, grid=grid)
         with torch.no_grad():
             base = float(target.score(x[None])[0])
-        words = [(w, base - target.without_word(x, i)) for i, w in enumerate(target.words)] if target.without_word else []
+        words = [(w, base - target.without_word(x, i)) for i, w in enumerate(target.words)] if target.rescore else []
     finally:
         model.train(was_training)
     return Explanation(target.kind, target.output, method, base, regions, words)
