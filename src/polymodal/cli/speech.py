@@ -12,7 +12,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -56,15 +58,26 @@ def say(text: str, out: Path, voice: str = "en-us", speed: int = 160) -> Path:
     return path
 
 
-def hear(audio: Path, asr: Path | None, max_seconds: float) -> str:
-    """What is said in `audio`, by the recognizer in `asr` (default: the bundled one); InputError on silence."""
+@functools.cache
+def recognizer(asr: Path | None) -> Any:
+    """The speech recognizer in `asr` (default: the bundled one), loaded once per command (a chat hears many turns)."""
     from ..assets import ASSETS, BUNDLED_ASR
 
-    recognizer = load_for("transcribe", asr or ASSETS / BUNDLED_ASR)
-    text = recognizer.transcribe([audio], max_seconds=max_seconds)[0]
+    return load_for("transcribe", asr or ASSETS / BUNDLED_ASR)
+
+
+def hear(audio: Path, asr: Path | None, max_seconds: float) -> str:
+    """What is said in `audio`, by the recognizer in `asr` (default: the bundled one); InputError on silence."""
+    from ..assets import BUNDLED_ASR
+    from ..data.audio import load_audio
+    from ..models.asr import SAMPLE_RATE
+
+    model = recognizer(asr)
+    wave = load_audio(audio, SAMPLE_RATE, max_seconds=max_seconds)  # decoded once: transcribed, then checked
+    text = model.transcribe([wave], max_seconds=None)[0]
     if not text:
         raise InputError(f"{audio}: no speech heard (silence); record the question again, nearer the microphone")
-    warn_if_unlike(recognizer, asr or BUNDLED_ASR, [audio], [str(audio)], "the transcript", "recordings")
+    warn_if_unlike(model, asr or BUNDLED_ASR, [wave], [str(audio)], "the transcript", "recordings")
     return text
 
 
@@ -91,10 +104,11 @@ def transcribe_command(model_dir: Path = typer.Argument(..., help="speech recogn
     Silence prints an empty line.
     """
     from ..data.audio import load_audio
+    from ..models.asr import SAMPLE_RATE
 
     model = load_for("transcribe", model_dir)
     # a missing, non-audio or too long file: one error line, nothing printed
-    waves = [load_audio(path, 16000, max_seconds=max_seconds) for path in audio]
+    waves = [load_audio(path, SAMPLE_RATE, max_seconds=max_seconds) for path in audio]
     texts = model.transcribe(waves, beam_size=beam or None, max_seconds=None)
     heard = [i for i, text in enumerate(texts) if text]  # silence prints an empty line, no warning
     warn_if_unlike(model, model_dir, [waves[i] for i in heard], [str(audio[i]) for i in heard], "the transcript",

@@ -23,10 +23,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..data.speech import INSTALL_HINT, espeak_available, espeak_wav
+from ..models.asr import SAMPLE_RATE
 from . import schemas
 from .uploads import RequestError, decode_audio
 
-SAMPLE_RATE = 16000  # what the recognizers take (models/asr.py)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorResponse}
                                            for code in (400, 404, 408, 413, 415, 422, 503, 504)}
 TRANSCRIBE_BODY = {"requestBody": {"required": True, "content": {
