@@ -31,13 +31,13 @@ from polymodal.data.shapes import HELDOUT_PAIRS, ShapesWorld  # noqa: E402
 from polymodal.eval.caption_metrics import caption_metrics  # noqa: E402
 from polymodal.eval.generation import GROUPS, ObjectParser, grade, match_scene, prompt_groups  # noqa: E402
 from polymodal.eval.generation_stats import (  # noqa: E402
-    encoder_features,
     frechet_distance,
     image_grid,
     nearest_distances,
     pairwise_diversity,
     to_unit_tensor,
 )
+from polymodal.eval.ood import pooled_image_features  # noqa: E402
 from polymodal.models.text_to_image import to_pil  # noqa: E402
 
 SAMPLE_PROMPTS = ["a small red circle to the left of a large blue square", "a large green star",
@@ -167,9 +167,9 @@ def run(args: argparse.Namespace) -> dict:
     # Fréchet distance on the bundled VQA model's CNN features
     test_real_all = [world.image("test", i) for i in range(500)]
     val_real = [world.image("val", i) for i in range(500)]
-    f_test = encoder_features(vqa, test_real_all)
-    res["frechet"] = {"generated_vs_test": frechet_distance(encoder_features(vqa, test_images), f_test),
-                      "real_val_vs_test": frechet_distance(encoder_features(vqa, val_real), f_test),
+    f_test = pooled_image_features(vqa, test_real_all).double()
+    res["frechet"] = {"generated_vs_test": frechet_distance(pooled_image_features(vqa, test_images).double(), f_test),
+                      "real_val_vs_test": frechet_distance(pooled_image_features(vqa, val_real).double(), f_test),
                       "generated_n": len(test_images), "features": "bundled VQA small_cnn, mean-pooled regions"}
     log("frechet", res["frechet"])
 

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.shapes import COLOURS, SIZES, Scene, ShapeObject
-from ..data.shapes_text import NUMBER_WORDS, article, canonical, left_to_right, noun, relation
+from ..data.shapes_text import NUMBER_WORDS, canonical, left_to_right, noun, relation
 
 PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # (8, 3)
 PALETTE_NAMES = list(COLOURS)
@@ -260,8 +260,3 @@ def grade(prompt: Prompt, parsed: list[ParsedObject]) -> bool:
         as_objects = [ShapeObject(p.shape, p.colour, "small", p.x, p.y) for p in pair]
         return relation(*as_objects) == relation(*want)
     raise ValueError(f"unknown group {g!r}")
-
-
-def describe_parsed(objects: list[ParsedObject]) -> str:
-    """A readable list of parsed objects, e.g. "a small red circle @ (0.30, 0.50)" (for reports)."""
-    return "; ".join(f"{article(f'{o.size} {o.colour} {o.shape}')} @ ({o.x:.2f}, {o.y:.2f})" for o in objects) or "nothing"

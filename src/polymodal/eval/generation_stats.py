@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,16 +28,6 @@ def to_unit_tensor(images: Sequence[Image.Image], size: int = 64) -> torch.Tenso
     arrs = [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255.0
             for im in images]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
-
-
-@torch.inference_mode()
-def encoder_features(model: Any, images: Sequence[Image.Image], batch_size: int = 128) -> torch.Tensor:
-    """Mean-pooled encoder regions (B, C) of a model with `encoder` and `preprocess` (VQA, captioner, ...)."""
-    feats = []
-    for start in range(0, len(images), batch_size):
-        regions = model.encoder(model.preprocess(list(images[start:start + batch_size])))  # (B, N, C)
-        feats.append(regions.float().mean(1) if regions.ndim == 3 else regions.float().flatten(1))
-    return torch.cat(feats).double()
 
 
 def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:

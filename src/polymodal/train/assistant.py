@@ -144,12 +144,12 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
     best = Path(cfg.train.out_dir) / "model"
     if stop_at is not None and summary.get("stopped_at") or not best.is_dir():
         return summary
+    trained = InstructionAssistant.from_pretrained(best).eval()
     summary["ood_threshold"] = save_model_stats(  # replies about an image unlike these say so
-        InstructionAssistant.from_pretrained(best).eval(), best, [d.image for d in splits[cfg.data.train_split]],
-        [d.image for d in splits[cfg.data.val_split]])
+        trained, best, [d.image for d in splits[cfg.data.train_split]], [d.image for d in splits[cfg.data.val_split]])
     if cfg.data.format != "shapes":
         return summary
-    summary.update(evaluate_splits(InstructionAssistant.from_pretrained(best), cfg, report, progress))
+    summary.update(evaluate_splits(trained, cfg, report, progress))
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
     return summary
 
