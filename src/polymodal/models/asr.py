@@ -57,6 +57,20 @@ class ASRConfig:
     beam_size: int = 8                # transcribe(): 1 = greedy
 
 
+def speech_features(wave: torch.Tensor, mel_cfg: MelConfig) -> torch.Tensor:
+    """Normalised log-mel (n_mels, T) of a 16 kHz mono waveform (S,): what the recognizer (and any model built
+    on its front end) reads; each utterance is normalised on its own."""
+    mel = log_mel(wave, mel_cfg)
+    return (mel - mel.mean(-1, keepdim=True)) / (mel.std(-1, keepdim=True) + 1e-5)
+
+
+def to_wave(item: AudioInput, max_seconds: float | None) -> torch.Tensor:
+    """A 16 kHz mono waveform (S,) from a file, a file's bytes or samples; refused over `max_seconds`."""
+    if isinstance(item, (str, os.PathLike, bytes)):
+        return load_audio(item, SAMPLE_RATE, max_seconds=max_seconds)  # refused before decoding it all
+    return check_length(torch.as_tensor(np.asarray(item, dtype=np.float32)).flatten(), SAMPLE_RATE, max_seconds)
+
+
 def pad_mels(mels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (F, T_i) spectrograms into (B, F, max T), zero-padded, and their lengths (B,)."""
     lengths = torch.tensor([m.shape[-1] for m in mels])
@@ -98,14 +112,10 @@ class SpeechRecognizer(SavedModel, nn.Module):
     # ---- features ---------------------------------------------------------------------------------
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel (n_mels, T) of a 16 kHz mono waveform (S,)."""
-        mel = log_mel(wave, self.mel_cfg)
-        return (mel - mel.mean(-1, keepdim=True)) / (mel.std(-1, keepdim=True) + 1e-5)
+        return speech_features(wave, self.mel_cfg)
 
     def _wave(self, item: AudioInput, max_seconds: float | None) -> torch.Tensor:
-        """A 16 kHz mono waveform (S,) from a file, a file's bytes or samples; refused over `max_seconds`."""
-        if isinstance(item, (str, os.PathLike, bytes)):
-            return load_audio(item, SAMPLE_RATE, max_seconds=max_seconds)  # refused before decoding it all
-        return check_length(torch.as_tensor(np.asarray(item, dtype=np.float32)).flatten(), SAMPLE_RATE, max_seconds)
+        return to_wave(item, max_seconds)
 
     # ---- the network ------------------------------------------------------------------------------
     def log_probs(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

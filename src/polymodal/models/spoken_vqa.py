@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.audio import MAX_SPEECH_SECONDS, MelConfig, check_length, is_silent, load_audio, log_mel
+from ..data.audio import MAX_SPEECH_SECONDS, MelConfig, is_silent
 from ..errors import CheckpointError, InputError
 from ..nn.question import QuestionEncoderConfig
 from ..nn.speech import BiLSTMEncoder, ConvSubsample
 from ..text.tokenizer import Tokenizer
-from .asr import SAMPLE_RATE, ASRConfig, AudioInput, SpeechRecognizer, pad_mels
+from .asr import SAMPLE_RATE, ASRConfig, AudioInput, SpeechRecognizer, pad_mels, speech_features, to_wave
 from .vqa import VQAModel, VQAModelConfig, pair_up
 
 FRONT_END = ("subsample", "encoder")  # the recognizer's modules that the spoken question goes through
@@ -97,8 +97,7 @@ class SpeechQuestionEncoder(nn.Module):
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel (n_mels, T) of a 16 kHz waveform (S,), exactly as the recognizer computes it."""
-        mel = log_mel(wave, self.mel_cfg)
-        return (mel - mel.mean(-1, keepdim=True)) / (mel.std(-1, keepdim=True) + 1e-5)
+        return speech_features(wave, self.mel_cfg)
 
     def states(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n_mels, T) normalised log-mel -> front-end states (B, T', 2 * hidden) and lengths T' (B,)."""
@@ -126,10 +125,7 @@ class SpeechQuestionEncoder(nn.Module):
 
 def load_wave(item: AudioInput, max_seconds: float | None) -> torch.Tensor:
     """A 16 kHz mono waveform (S,) from a file, a file's bytes or samples; InputError on silence."""
-    if isinstance(item, (str, os.PathLike, bytes)):
-        wave = load_audio(item, SAMPLE_RATE, max_seconds=max_seconds)
-    else:
-        wave = check_length(torch.as_tensor(np.asarray(item, dtype=np.float32)).flatten(), SAMPLE_RATE, max_seconds)
+    wave = to_wave(item, max_seconds)
     if is_silent(wave, SAMPLE_RATE):
         name = item if isinstance(item, (str, os.PathLike)) else "the audio"
         raise InputError(f"{name}: no speech heard (silence); record the question again, nearer the microphone")
