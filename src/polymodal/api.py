@@ -32,12 +32,13 @@ def load(path: str | Path) -> nn.Module:
 
     A folder of pretrained CLIP weights (Hugging Face `CLIPModel` or OpenCLIP layout) loads as a
     dual encoder (models/clip_folder.py, docs/pretrained.md). Out-of-distribution statistics saved with the
-    model (`ood_stats.safetensors`, eval/ood.py) come along as `model.ood_stats` (None when there are none).
+    model (`ood_stats.safetensors`, eval/ood.py) come along as `model.ood_stats` (None when there are none); a video model's, one per
+    modality, as `model.ood_stats_by_input`.
 
     Raises:
         CheckpointError: the directory is missing, incomplete, corrupt or mixes files of different saves.
     """
-    from .eval.ood import FeatureStats
+    from .eval.ood import FeatureStats, load_clip_stats
     from .models.clip_folder import clip_layout, load_clip_folder
 
     if clip_layout(path) is not None:
@@ -53,6 +54,7 @@ def load(path: str | Path) -> nn.Module:
     except ConfigError as err:  # a bad config.json is a broken checkpoint, whatever section it is in
         raise CheckpointError(str(err)) from None
     model.ood_stats = FeatureStats.load(folder)  # None: saved without them, so inputs are not checked
+    model.ood_stats_by_input = load_clip_stats(model, folder)  # video models: one per modality
     return model
 
 

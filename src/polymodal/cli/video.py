@@ -122,6 +122,7 @@ def describe(video: Path = typer.Argument(..., help="video or sound file (mp4, m
         result.pop("event_probs", None)
         typer.echo(json.dumps({"video": str(video), **result}))
         return
+    warn_if_unlike_clip(result, video, model, "the description")
     typer.echo(f"read: {' + '.join(result['modalities'])}")
     typer.echo(f"summary: {result['summary']}")
     typer.echo("events:")
@@ -139,4 +140,18 @@ def videoqa(model_dir: Path = typer.Argument(..., help="video QA model directory
             question: str = typer.Argument(..., help='e.g. "what shape is heard off screen?"')) -> None:
     """Answer a question about a video (its frames and its sound)."""
     _require_video(video, "videoqa")
-    typer.echo(load_for("videoqa", model_dir).answer(video, question))
+    result = load_for("videoqa", model_dir).ask(video, question)
+    warn_if_unlike_clip(result, video, model_dir, "the answer")
+    typer.echo(result["answers"])
+
+
+def warn_if_unlike_clip(check: dict[str, Any], video: Path, model_dir: Path, guess: str) -> None:
+    """One stderr line when a clip's modalities are unlike the model's training clips (eval/ood.py `check_clip`),
+    or when the model has no statistics to check them with."""
+    if "in_distribution" not in check:
+        typer.echo(f"note: {model_dir} has no out-of-distribution statistics for these inputs (saved before them), "
+                   f"so {video} was not checked against its training clips", err=True)
+    elif not check["in_distribution"]:
+        unlike = [m for m, c in check["by_modality"].items() if not c["in_distribution"]]
+        typer.echo(f"warning: {video}: its {' and '.join(unlike)} is unlike the clips {model_dir} was trained on "
+                   f"(out-of-distribution score {check['ood_score']:.1f} x the threshold); {guess} is a guess", err=True)

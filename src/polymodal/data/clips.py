@@ -127,19 +127,62 @@ def event_targets(times: torch.Tensor, events: list[dict]) -> torch.Tensor:
     return out
 
 
+def event_fields(clips: list[dict]) -> dict[str, list[str]]:
+    """Every text field the clips' events annotate -> its values, "" (none) first; the first field (the
+    event's kind) also says whether anything starts at a step.
+
+    Example:
+        >>> event_fields([{"events": [{"kind": "enters", "colour": "red", "side": "left", "time": 0.5},
+        ...                           {"kind": "appears", "colour": "blue", "side": "", "time": 1.0}]}])
+        {'kind': ['', 'appears', 'enters'], 'colour': ['', 'blue', 'red'], 'side': ['', 'left']}
+    """
+    values: dict[str, set[str]] = {}
+    for clip in clips:
+        for e in clip.get("events", []):
+            for name, v in e.items():
+                if isinstance(v, str):
+                    values.setdefault(name, set()).add(v)
+    return {name: ["", *sorted(v - {""})] for name, v in values.items()}
+
+
+def event_labels(times: torch.Tensor, events: list[dict], fields: dict[str, list[str]]) -> torch.Tensor:
+    """(T, fields) value indices: at the sampled frame nearest each event's start, its value of every field
+    (-100 for a value the fields do not know); elsewhere the first field is "" (nothing starts) and the
+    rest -100 (nothing to say).
+
+    Example:
+        >>> fields = {"kind": ["", "enters"], "colour": ["", "red"]}
+        >>> event_labels(torch.tensor([0.0, 0.5, 1.0]), [{"kind": "enters", "colour": "red", "time": 0.6}], fields)
+        tensor([[   0, -100],
+                [   1,    1],
+                [   0, -100]])
+    """
+    out = torch.full((len(times), len(fields)), -100, dtype=torch.long)
+    if fields:
+        out[:, 0] = 0
+    for e in events:
+        step = int((times - float(e["time"])).abs().argmin())
+        for i, (name, vocab) in enumerate(fields.items()):
+            value = str(e.get(name, ""))
+            out[step, i] = vocab.index(value) if value in vocab else -100
+    return out
+
+
 class ClipCaptionDataset(Dataset):
-    """Items (clip row, mode, caption ids, event targets): each clip twice, its event caption and its summary."""
+    """Items (clip row, mode, caption ids, event targets, event labels): each clip twice, its event caption
+    and its summary. `fields` (see `event_fields`) adds per-step event labels."""
 
     def __init__(self, clips: list[dict], bank: ClipBank, tokenizer: Tokenizer, max_len: int,
-                 modes: tuple[str, ...] = ("events", "summary")):
-        self.bank, self.items = bank, []
+                 modes: tuple[str, ...] = ("events", "summary"), fields: dict[str, list[str]] | None = None):
+        self.bank, self.items, self.fields = bank, [], fields or {}
         for clip in clips:
             row = bank.row[clip["id"]]
             targets = event_targets(bank.tensors["times"][row], clip["events"])
+            labels = event_labels(bank.tensors["times"][row], clip["events"], self.fields)
             for m, mode in enumerate(modes):
                 text = clip["caption"] if mode == "events" else clip["summary"]
                 ids = [tokenizer.bos_id, *tokenizer.encode(text, max_len - 2), tokenizer.eos_id]
-                self.items.append((row, m, torch.tensor(ids), targets))
+                self.items.append((row, m, torch.tensor(ids), targets, labels))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -152,8 +195,11 @@ class ClipCaptionDataset(Dataset):
         tokens = torch.zeros(len(items), max(len(it[2]) for it in items), dtype=torch.long)
         for r, it in enumerate(items):
             tokens[r, : len(it[2])] = it[2]
-        return {**self.bank.inputs(rows), "mode": torch.tensor([it[1] for it in items]), "tokens": tokens,
-                "event_targets": torch.stack([it[3] for it in items])}
+        out = {**self.bank.inputs(rows), "mode": torch.tensor([it[1] for it in items]), "tokens": tokens,
+               "event_targets": torch.stack([it[3] for it in items])}
+        if self.fields:
+            out["event_labels"] = torch.stack([it[4] for it in items])
+        return out
 
 
 class ClipQADataset(Dataset):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,8 +125,9 @@ class FeatureStats:
         """True for each row whose score is within the threshold -> BoolTensor (N,)."""
         return self.score(features) <= self.threshold
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write `folder/ood_stats.safetensors` (tensors + scalars in its metadata) and return its path.
+    def save(self, folder: str | os.PathLike, name: str = "") -> Path:
+        """Write `folder/ood_stats.safetensors` (tensors + scalars in its metadata) and return its path; with a
+        `name` (one input of several, e.g. "audio"), `folder/ood_stats-{name}.safetensors`.
 
         Example:
             >>> import tempfile
@@ -135,7 +136,7 @@ class FeatureStats:
             ...     FeatureStats.load(stats.save(tmp).parent).threshold
             1.5
         """
-        path = Path(folder) / FILE
+        path = stats_path(folder, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"threshold": repr(self.threshold), "score_name": self.score_name, "quantile": repr(self.quantile),
                 "shrinkage": repr(self.shrinkage), "format": "polymodal.eval.ood/1"}
@@ -146,13 +147,14 @@ class FeatureStats:
         return path
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> FeatureStats | None:
-        """The statistics saved in `folder`, or None when it has none (a checkpoint older than OOD scoring).
+    def load(cls, folder: str | os.PathLike, name: str = "") -> FeatureStats | None:
+        """The statistics saved in `folder` (under `name`), or None when it has none (a checkpoint older than
+        OOD scoring).
 
         Raises:
             CheckpointError: the file is there but unreadable or incomplete.
         """
-        path = Path(folder) / FILE
+        path = stats_path(folder, name)
         if not path.is_file():
             return None
         try:
@@ -164,6 +166,11 @@ class FeatureStats:
         except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{path}: unreadable OOD statistics ({type(err).__name__}: {err}); delete it and "
                                   f"refit with bench/ood.py") from None
+
+
+def stats_path(folder: str | os.PathLike, name: str = "") -> Path:
+    """Where statistics are saved: `ood_stats.safetensors`, or `ood_stats-{name}.safetensors` for one named input."""
+    return Path(folder) / (FILE if not name else FILE.replace(".safetensors", f"-{name}.safetensors"))
 
 
 def _encoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -296,5 +303,41 @@ def save_model_stats(model: torch.nn.Module, folder: str | os.PathLike, train_in
     return stats.threshold
 
 
-__all__ = ["FILE", "FeatureStats", "auroc", "check_inputs", "fit_model_stats", "input_features",
-           "ledoit_wolf_shrinkage", "pooled_image_features", "save_model_stats"]
+# ----------------------------------------------------------------------------- clips: one statistic per modality
+def fit_clip_stats(model: torch.nn.Module, train: Iterable[dict[str, torch.Tensor]],
+                   calibration: Iterable[dict[str, torch.Tensor]], quantile: float = 0.98) -> dict[str, FeatureStats]:
+    """Per modality of a video model (`model.media`, nn/media.py), statistics of its time-pooled tokens: fit on
+    the `train` batches, threshold on the `calibration` ones. One per modality, so that a silent video (video
+    alone) or a sound file (audio alone) is checked against what it has, not flagged for what it lacks."""
+    feats: dict[str, list[list[torch.Tensor]]] = {}
+    for i, batches in enumerate((train, calibration)):
+        for batch in batches:
+            for name, x in model.media.pooled(batch).items():
+                feats.setdefault(name, [[], []])[i].append(x.cpu())
+    return {name: FeatureStats.fit(torch.cat(a), torch.cat(b), quantile) for name, (a, b) in feats.items() if a and b}
+
+
+def load_clip_stats(model: torch.nn.Module, folder: str | os.PathLike) -> dict[str, FeatureStats]:
+    """The per-modality statistics saved beside a video model (empty when it has none)."""
+    found = {m: FeatureStats.load(folder, m) for m in getattr(model, "ood_inputs", ())}
+    return {m: s for m, s in found.items() if s is not None}
+
+
+def check_clip(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """One clip's modalities against a video model's per-modality statistics (`model.ood_stats_by_input`):
+    {"in_distribution": every modality it has is in, "ood_score": the score furthest past its threshold
+    (relative: 1.0 = at the threshold), "by_modality": {name: {"in_distribution", "ood_score"}}}; None when
+    the model has no statistics for the modalities the clip has."""
+    stats = getattr(model, "ood_stats_by_input", None) or {}
+    scores = {name: (float(stats[name].score(x)[0]), stats[name].threshold)
+              for name, x in model.media.pooled(batch).items() if name in stats}
+    if not scores:
+        return None
+    by = {name: {"in_distribution": s <= t, "ood_score": round(s, 3)} for name, (s, t) in scores.items()}
+    return {"in_distribution": all(v["in_distribution"] for v in by.values()),
+            "ood_score": round(max(s / max(t, 1e-9) for s, t in scores.values()), 3), "by_modality": by}
+
+
+__all__ = ["FILE", "FeatureStats", "auroc", "check_clip", "check_inputs", "fit_clip_stats", "fit_model_stats",
+           "input_features", "ledoit_wolf_shrinkage", "load_clip_stats", "pooled_image_features", "save_model_stats",
+           "stats_path"]

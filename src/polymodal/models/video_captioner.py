@@ -31,6 +31,7 @@ from torch import nn
 
 from ..config import DecoderConfig
 from ..errors import InputError
+from ..eval.ood import check_clip
 from ..generate import GenerationConfig, generate
 from ..nn.decoders import build_decoder
 from ..nn.media import MODALITIES, MediaConfig, MediaEncoder
@@ -50,6 +51,12 @@ class VideoCaptionerConfig:
                                       # the model cannot lean on one modality alone (needs 2 modalities)
     event_weight: float = 1.0         # weight of the event-time loss
     event_pos_weight: float = 4.0     # event frames are rare: weight positives in the BCE
+    event_fields: dict[str, list[str]] = field(default_factory=dict)  # what the clips annotate per event: field ->
+                                      # values ("" first = none), e.g. {"kind": ["", "enters", ...], "colour": ...};
+                                      # filled from the training clips. Then every time step learns to name the event
+                                      # that starts there, and the decoder reads those steps (see EventReader)
+    event_layers: int = 2             # transformer layers over the fused time steps of the EventReader
+    event_attr_weight: float = 1.0    # weight of the per-step event attribute loss
 
 
 def load_clip(path: str | Path, media: MediaConfig) -> dict[str, torch.Tensor]:
@@ -89,6 +96,48 @@ def used_modalities(clip: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, key in (("video", "frames"), ("audio", "mel")) if key in clip]
 
 
+class EventReader(nn.Module):
+    """The modalities fused per time step -> a transformer over time -> per step, what starts there.
+
+    Each step's token is trained to name the event that starts at it (a cross-entropy per annotated field:
+    kind, colour, shape, side, ...; kind "" = nothing starts here), so the tokens the decoder reads say
+    which object did what, and a caption that copies them is true. Fields are whatever the training clips
+    annotate; a dataset without per-event annotations trains no reader.
+    """
+
+    def __init__(self, fields: dict[str, list[str]], dim: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.fields = dict(fields)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.Linear(dim, sum(len(v) for v in self.fields.values()))
+
+    def forward(self, steps: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.encoder(steps))  # (B, T, D)
+
+    def field_logits(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per field, (B, T, values) logits."""
+        sizes = [len(v) for v in self.fields.values()]
+        return dict(zip(self.fields, self.heads(hidden).split(sizes, dim=-1), strict=True))
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """labels (B, T, fields): value indices, -100 where a field says nothing (no event, or not annotated)."""
+        parts = [F.cross_entropy(logits.flatten(0, 1).float(), labels[..., i].flatten(), ignore_index=-100)
+                 for i, logits in enumerate(self.field_logits(hidden).values()) if (labels[..., i] >= 0).any()]
+        return torch.stack(parts).mean() if parts else hidden.sum() * 0.0
+
+    def read(self, hidden: torch.Tensor) -> list[list[dict[str, Any]]]:
+        """Per clip, per step: {field: most likely value} and "p_event" (1 - P(kind is nothing))."""
+        logits = self.field_logits(hidden)
+        best = {name: x.argmax(-1).tolist() for name, x in logits.items()}
+        first = next(iter(logits))
+        p_event = (1 - logits[first].softmax(-1)[..., 0]).tolist()
+        return [[{"p_event": round(p_event[b][t], 3),
+                  **{name: self.fields[name][best[name][b][t]] for name in logits}}
+                 for t in range(hidden.shape[1])] for b in range(hidden.shape[0])]
+
+
 class VideoCaptioner(SavedModel, nn.Module):
     """Captions and summarises clips, and finds when their events happen; see the module docstring."""
 
@@ -103,32 +152,58 @@ class VideoCaptioner(SavedModel, nn.Module):
         self.mode_embed = nn.Embedding(len(MODES), dim)
         self.decoder = build_decoder(cfg.decoder, dim, len(tokenizer))
         self.event_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.ood_stats_by_input: dict = {}  # per-modality OOD statistics (eval/ood.py), set by polymodal.load
+        self.reader = (EventReader(cfg.event_fields, dim, cfg.media.heads, cfg.event_layers, cfg.media.dropout)
+                       if cfg.event_fields else None)
+        if self.reader is not None:
+            self.events_embed = nn.Parameter(torch.zeros(dim))  # marks the reader's steps in the memory
 
-    def memory(self, tokens: dict[str, torch.Tensor], mode: torch.Tensor) -> torch.Tensor:
-        """Mode token + every modality's tokens (each with its modality embedding): (B, 1 + N, D)."""
+    @property
+    def ood_inputs(self) -> tuple[str, ...]:
+        """The modalities with their own out-of-distribution statistics (eval/ood.py `check_clip`)."""
+        return tuple(self.cfg.media.modalities)
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Modality tokens, and the EventReader's per-step tokens (B, frames, D) when the model has one."""
+        tokens = self.media(batch, self.cfg.modality_dropout)
+        if self.reader is None:
+            return tokens, None
+        return tokens, self.reader(self.media.time_tokens(tokens, self.cfg.media.frames))
+
+    def memory(self, tokens: dict[str, torch.Tensor], mode: torch.Tensor,
+               events: torch.Tensor | None = None) -> torch.Tensor:
+        """Mode token + every modality's tokens (each with its modality embedding) + the event steps: (B, 1 + N, D)."""
         parts = [self.mode_embed(mode)[:, None]]
         for name, x in tokens.items():
             parts.append(x + self.modality_embed.weight[MODALITIES.index(name)])
+        if events is not None:
+            parts.append(events + self.events_embed)
         return torch.cat(parts, dim=1)
 
-    def event_logits(self, tokens: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-        return self.event_head(self.media.time_tokens(tokens, steps)).squeeze(-1)  # (B, steps)
+    def event_logits(self, tokens: dict[str, torch.Tensor], events: torch.Tensor | None, steps: int) -> torch.Tensor:
+        """(B, steps) scores that an event starts at each step (from the reader's steps when there is one)."""
+        x = self.media.time_tokens(tokens, steps) if events is None else F.interpolate(
+            events.transpose(1, 2), size=steps, mode="linear", align_corners=False).transpose(1, 2)
+        return self.event_head(x).squeeze(-1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: media ("frame_features"/"frames", "mel"), "mode" (B,), "tokens" (B, L) = <bos> words <eos>,
-        optional "event_targets" (B, T) in {0, 1}. Returns caption logits and named losses."""
-        tokens = self.media(batch, self.cfg.modality_dropout)
+        optional "event_targets" (B, T) in {0, 1} and "event_labels" (B, T, fields). Returns caption logits
+        and named losses."""
+        tokens, events = self.encode(batch)
         words = batch["tokens"]
-        logits, aux = self.decoder(self.memory(tokens, batch["mode"]), words[:, :-1])
+        logits, aux = self.decoder(self.memory(tokens, batch["mode"], events), words[:, :-1])
         losses = {"caption_loss": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                   words[:, 1:].reshape(-1), ignore_index=self.tokenizer.pad_id)}
         losses.update(aux["losses"])
         if "event_targets" in batch and self.cfg.event_weight:
             target = batch["event_targets"].float()
-            scores = self.event_logits(tokens, target.shape[1])
+            scores = self.event_logits(tokens, events, target.shape[1])
             pos = torch.tensor(self.cfg.event_pos_weight, device=scores.device)
             losses["event_loss"] = self.cfg.event_weight * F.binary_cross_entropy_with_logits(
                 scores.float(), target, pos_weight=pos)
+        if "event_labels" in batch and self.reader is not None and self.cfg.event_attr_weight:
+            losses["event_attr_loss"] = self.cfg.event_attr_weight * self.reader.loss(events, batch["event_labels"])
         losses["loss"] = sum(losses.values())
         return logits, losses
 
@@ -138,9 +213,10 @@ class VideoCaptioner(SavedModel, nn.Module):
                       generation: GenerationConfig | None = None) -> list[str]:
         """Best caption (mode "events") or summary (mode "summary") of every clip in a batch."""
         self.eval()
-        tokens = self.media(batch, self.cfg.modality_dropout)
+        tokens, events = self.encode(batch)
         b = next(iter(tokens.values())).shape[0]
-        memory = self.memory(tokens, torch.full((b,), MODES.index(mode), dtype=torch.long, device=self.device))
+        memory = self.memory(tokens, torch.full((b,), MODES.index(mode), dtype=torch.long, device=self.device),
+                             events)
         cfg = generation or GenerationConfig(strategy="beam", beam_size=3, max_len=self.cfg.decoder.max_len)
         tok = self.tokenizer
         hyps = generate(self.decoder.step, self.decoder.init_state(memory), tok.bos_id, tok.eos_id, cfg,
@@ -151,7 +227,14 @@ class VideoCaptioner(SavedModel, nn.Module):
     def event_probs(self, batch: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
         """Probability (B, steps) that an event starts at each time step."""
         self.eval()
-        return self.event_logits(self.media(batch, self.cfg.modality_dropout), steps).sigmoid()
+        return self.event_logits(*self.encode(batch), steps).sigmoid()
+
+    @torch.inference_mode()
+    def read_events(self, batch: dict[str, torch.Tensor]) -> list[list[dict[str, Any]]] | None:
+        """Per clip, per sampled frame: what the EventReader says starts there (None without a reader)."""
+        self.eval()
+        _, events = self.encode(batch)
+        return None if events is None else self.reader.read(events)
 
     def describe(self, path: str | Path, beam_size: int = 3) -> dict[str, Any]:
         """Summary, events with start times, and the modalities used, for one video or sound file.
@@ -168,8 +251,8 @@ class VideoCaptioner(SavedModel, nn.Module):
             >>> tmp = tempfile.TemporaryDirectory()
             >>> folder = write_shapes_video(f"{tmp.name}/shapes_video", n=3, size=64, progress=False)
             >>> out = model.describe(folder / "videos/test/test_00000.mp4", beam_size=1)
-            >>> sorted(out), out["events"][0]
-            (['caption', 'event_probs', 'events', 'modalities', 'summary'], {'time': 0.62, 'event': 'a green star appears'})
+            >>> {"caption", "events", "modalities", "summary"} <= set(out), sorted(out["events"][0])
+            (True, ['event', 'time'])
             >>> tmp.cleanup()
         """
         clip = load_clip(path, self.cfg.media)
@@ -182,10 +265,15 @@ class VideoCaptioner(SavedModel, nn.Module):
         clauses = [c.strip() for c in caption.split(", then ") if c.strip()]
         probs = self.event_probs(batch, len(times))[0].cpu()
         peaks = pick_peaks(probs, len(clauses), min_gap=2)
-        return {"summary": summary, "caption": caption, "modalities": used,
-                "events": [{"time": round(float(times[i]), 2), "event": c}
-                           for i, c in zip(sorted(peaks), clauses, strict=False)],
-                "event_probs": [round(float(p), 3) for p in probs]}
+        reads = self.read_events(batch)
+        events = [{"time": round(float(times[i]), 2), "event": c} for i, c in zip(sorted(peaks), clauses, strict=False)]
+        if reads is not None and len(reads[0]) == len(times):  # what the reader names at each picked step
+            for e, i in zip(events, sorted(peaks), strict=False):
+                e["read"] = {k: v for k, v in reads[0][i].items() if v != ""}
+        out = {"summary": summary, "caption": caption, "modalities": used, "events": events,
+               "event_probs": [round(float(p), 3) for p in probs]}
+        check = check_clip(self, batch)  # None: no statistics saved with the model
+        return out if check is None else {**out, **check}
 
 
 def pick_peaks(scores: torch.Tensor, k: int, min_gap: int = 2) -> list[int]:

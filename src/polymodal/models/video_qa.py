@@ -36,12 +36,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.qa import encode_text
 from ..errors import CheckpointError, InputError
+from ..eval.ood import check_clip
 from ..nn.fusion.base import FusionConfig, build_fusion
 from ..nn.media import MediaConfig, MediaEncoder
 from ..nn.question import QuestionEncoderConfig
@@ -98,13 +100,23 @@ class VideoQA(SavedAnswerModel, nn.Module):
             losses["loss"] = sum(losses.values())
         return logits, losses
 
-    @torch.inference_mode()
+    @property
+    def ood_inputs(self) -> tuple[str, ...]:
+        """The modalities with their own out-of-distribution statistics (eval/ood.py `check_clip`)."""
+        return tuple(self.cfg.media.modalities)
+
     def answer(self, video: str | Path, questions: str | list[str]) -> list[str] | str:
         """Answer one question (returns a string) or several (a list) about one video file.
 
         Raises:
             InputError: no question, or a question with no known word.
         """
+        return self.ask(video, questions)["answers"]
+
+    @torch.inference_mode()
+    def ask(self, video: str | Path, questions: str | list[str]) -> dict[str, Any]:
+        """`answer`, with the clip's out-of-distribution check beside it: {"answers": ..., "in_distribution",
+        "ood_score", "by_modality"} (the check's keys only when the model has statistics)."""
         self.eval()
         qs = [questions] if isinstance(questions, str) else list(questions)
         if not qs:
@@ -118,4 +130,5 @@ class VideoQA(SavedAnswerModel, nn.Module):
         batch = {k: v[None].expand(len(qs), *v.shape).to(self.device) for k, v in clip.items()}
         logits, _ = self({**batch, "tokens": tokens.to(self.device)})
         out = [self.answers[int(i)] for i in logits.argmax(-1)]
-        return out[0] if isinstance(questions, str) else out
+        check = check_clip(self, {k: v[:1] for k, v in batch.items()})
+        return {"answers": out[0] if isinstance(questions, str) else out, **(check or {})}

@@ -10,7 +10,18 @@ Example:
 """
 
 from ..registry import DECODERS, ENCODERS, FUSION, QUESTION_ENCODERS, TEMPORAL, TEXT_ENCODERS
-from . import clip, decoders, encoders, hf_vision, media, question, space_time, text_encoders, transformer
+from . import (
+    clip,
+    decoders,
+    encoders,
+    hf_vision,
+    media,
+    motion,
+    question,
+    space_time,
+    text_encoders,
+    transformer,
+)
 from .fusion import base, joint, recurrent, votes, word_pairs
 
 ENCODERS.fill({
@@ -40,6 +51,7 @@ TEMPORAL.fill({
     "transformer": media.temporal_transformer,
     "attention_pool": media.attention_pool,
     "space_time": space_time.space_time_transformer,
+    "motion_slots": motion.motion_slots,
 })
 # Each variant class is its own builder: cls(cfg, dims, num_classes).
 FUSION.fill({

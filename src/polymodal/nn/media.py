@@ -48,7 +48,7 @@ class MediaConfig:
     grid: int = 4                     # per-frame regions pooled to grid x grid before projection
     frame_diff: bool = False          # each frame token also sees how its features changed since the last frame
     dim: int = 128                    # token width of every modality
-    temporal: str = "transformer"     # a key of TEMPORAL: transformer | attention_pool | space_time (region tokens)
+    temporal: str = "transformer"     # a key of TEMPORAL: transformer | attention_pool; per region: space_time | motion_slots
     temporal_layers: int = 1
     heads: int = 4
     audio_width: int = 16             # audio CNN channels: width -> 2 width -> 4 width
@@ -190,14 +190,7 @@ class MediaEncoder(nn.Module):
         no frames) and, in training, one that `dropout` removes from a clip (the chance a clip loses one
         random modality) are stood in for by the missing token (`missing_token`) or zeros.
         """
-        found = {}
-        if "video" in self.modalities and ("frame_features" in batch or "frames" in batch):
-            feats = batch["frame_features"] if "frame_features" in batch else self.frame_features(batch["frames"])
-            found["video"] = self.encode_video(feats)
-        if "audio" in self.modalities and "mel" in batch:
-            found["audio"] = self.audio(batch["mel"].float())
-        if not found:
-            raise InputError(f"the clip has none of the modalities the model uses ({', '.join(self.modalities)})")
+        found = self.encode_present(batch)
         ref = next(iter(found.values()))
         keep = self.modality_mask(len(ref), ref.device, dropout)
         out = {}
@@ -206,6 +199,27 @@ class MediaEncoder(nn.Module):
             x = found.get(name)
             out[name] = (missing.expand(len(ref), self.token_count(name), -1) if x is None
                          else x * keep[:, m, None, None] + missing * (1 - keep[:, m, None, None]))
+        return out
+
+    def encode_present(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tokens of only the modalities the batch has (nothing stood in): {"video": (B, T', D), ...}."""
+        found = {}
+        if "video" in self.modalities and ("frame_features" in batch or "frames" in batch):
+            feats = batch["frame_features"] if "frame_features" in batch else self.frame_features(batch["frames"])
+            found["video"] = self.encode_video(feats)
+        if "audio" in self.modalities and "mel" in batch:
+            found["audio"] = self.audio(batch["mel"].float())
+        if not found:
+            raise InputError(f"the clip has none of the modalities the model uses ({', '.join(self.modalities)})")
+        return found
+
+    @torch.inference_mode()
+    def pooled(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality the batch has, encoded and averaged over time: {"video": (B, D), ...} (for OOD scores)."""
+        was = self.training
+        self.eval()
+        out = {name: x.float().mean(1) for name, x in self.encode_present(batch).items()}
+        self.train(was)
         return out
 
     def modality_mask(self, b: int, device: torch.device, dropout: float) -> torch.Tensor:

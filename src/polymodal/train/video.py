@@ -29,11 +29,12 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import write_json
 from ..config import TrainConfig
-from ..data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, read_annotations
+from ..data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, event_fields, read_annotations
 from ..data.datasets import cache_root
 from ..data.shapes_video import write_shapes_video
 from ..eval.caption_metrics import caption_metrics
-from ..eval.video_events import score_events
+from ..eval.ood import fit_clip_stats
+from ..eval.video_events import score_events, score_reads
 from ..eval.vqa_metrics import vqa_accuracy
 from ..generate import GenerationConfig
 from ..models.video_captioner import VideoCaptioner, VideoCaptionerConfig, pick_peaks
@@ -57,6 +58,8 @@ class VideoDataConfig:
     question_len: int = 12
     cache_features: bool = True       # frozen encoder: keep per-frame features, not frames
     tolerance: float = 0.25           # event-time hit: seconds between a predicted and an annotated start
+    read_events: bool = True          # captioning: learn the clips' per-event annotations at every time step
+                                      # (model.event_fields, the EventReader) when the clips have them
 
 
 @dataclass
@@ -116,6 +119,8 @@ def prepare_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = Tr
     folder, splits = _splits(cfg, progress)
     train = splits[cfg.data.train_split]
     tokenizer = WordTokenizer.build([c["caption"] for c in train] + [c["summary"] for c in train])
+    if cfg.data.read_events and not cfg.model.event_fields:
+        cfg.model.event_fields = event_fields(train)
     prepare_media(cfg.model.media, cfg.pretrain, cfg.seed, progress)
     torch.manual_seed(cfg.seed)
     model = VideoCaptioner(cfg.model, tokenizer)
@@ -142,6 +147,8 @@ def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: Clip
     examples = []
     generated: dict[str, dict[str, str]] = {}
     picked_times: dict[str, list[float]] = {}
+    reads: dict[str, list[dict]] = {}
+    read_times: dict[str, list[float]] = {}
     for mode, key in (("events", "caption"), ("summary", "summary")):
         results = {}
         for i in range(0, len(clips), batch_size):
@@ -153,6 +160,8 @@ def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: Clip
                 results[c["id"]] = text
             if mode == "events":  # event times: the k most likely starts, k = annotated events
                 times = bank.tensors["times"][rows]
+                for c, r, t in zip(chunk, model.read_events(batch) or [], times, strict=False):
+                    reads[c["id"]], read_times[c["id"]] = r, t.tolist()
                 probs = model.event_probs(batch, times.shape[1]).cpu()
                 for c, p, t in zip(chunk, probs, times, strict=True):
                     k = len(c["events"])
@@ -170,9 +179,26 @@ def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: Clip
     out["event_time_hit_rate"] = hits / max(total, 1)
     out["event_time_hit_rate_evenly_spaced"] = even_hits / max(total, 1)
     out["structured"] = score_events(generated["events"], clips, generated["summary"], picked_times)
+    if reads:
+        out["reader"] = score_reads(reads, clips, read_times)
     out["examples"] = examples
     model.train()
     return out
+
+
+def save_clip_stats(model: Any, folder: Path, bank: ClipBank, train: list[dict], calibration: list[dict],
+                    batch_size: int = 100, limit: int = 2000) -> dict[str, float]:
+    """Fit and save a trained video model's per-modality OOD statistics (eval/ood.py `fit_clip_stats`) on
+    (up to `limit`) training clips, thresholds on held-out ones; returns each modality's threshold."""
+    def batches(clips: list[dict]) -> Any:
+        for i in range(0, len(clips), batch_size):
+            rows = [bank.row[c["id"]] for c in clips[i:i + batch_size]]
+            yield {k: v.to(model.device) for k, v in bank.inputs(rows).items()}
+
+    stats = fit_clip_stats(model, batches(train[:limit]), batches(calibration))
+    for name, s in stats.items():
+        s.save(folder, name)
+    return {name: round(s.threshold, 3) for name, s in stats.items()}
 
 
 def validation_loss(model: Any, dataset: Any, batch_size: int = 256) -> dict[str, float]:
@@ -203,12 +229,15 @@ def train_video_caption(cfg: VideoCaptionExperimentConfig, progress: bool = True
     """Train a video captioner; score the best one on the test clips; writes `{out_dir}/metrics.json`."""
     model, splits, bank = prepare_video_caption(cfg, progress)
     d = cfg.data
-    train_set = ClipCaptionDataset(splits[d.train_split], bank, model.tokenizer, d.max_len)
-    val_set = ClipCaptionDataset(splits[d.val_split], bank, model.tokenizer, d.max_len)
+    fields = model.cfg.event_fields
+    train_set = ClipCaptionDataset(splits[d.train_split], bank, model.tokenizer, d.max_len, fields=fields)
+    val_set = ClipCaptionDataset(splits[d.val_split], bank, model.tokenizer, d.max_len, fields=fields)
     summary = _fit(model, train_set, val_set, cfg, progress, stop_at)
     if stop_at is not None and summary.get("stopped_at"):
         return summary
     best = VideoCaptioner.from_pretrained(Path(cfg.train.out_dir) / "model")
+    summary["ood_thresholds"] = save_clip_stats(best, Path(cfg.train.out_dir) / "model", bank,
+                                                splits[d.train_split], splits[d.val_split])
     summary["test"] = evaluate_video_captions(best, splits[d.test_split], bank, d.tolerance)
     if best.cfg.media.missing_token and len(best.cfg.media.modalities) > 1:  # one checkpoint, each input alone
         summary["test_by_input"] = {m: evaluate_video_captions(best, splits[d.test_split], bank, d.tolerance,
@@ -265,6 +294,8 @@ def train_video_qa(cfg: VideoQAExperimentConfig, progress: bool = True, stop_at:
     if stop_at is not None and summary.get("stopped_at"):
         return summary
     best = VideoQA.from_pretrained(Path(cfg.train.out_dir) / "model")
+    summary["ood_thresholds"] = save_clip_stats(best, Path(cfg.train.out_dir) / "model", bank,
+                                                splits[d.train_split], splits[d.val_split])
     test_set = ClipQADataset(splits[d.test_split], bank, best.tokenizer, best.answers, d.question_len)
     summary["test"] = evaluate_video_qa(best, test_set)
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
