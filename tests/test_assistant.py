@@ -145,8 +145,9 @@ def test_tiny_assistant_trains_saves_and_reloads(trained, world):
     question = [{"role": "user", "content": "how many shapes are there?"}]
     assert model.chat(image, question) == first.chat(image, question)  # the same weights came back
     replies = model.answer(image, ["how many shapes are there?", "is there a red circle?"])
-    assert replies == [model.chat(image, [{"role": "user", "content": q}])  # the VQA API is a one-turn chat
-                       for q in ("how many shapes are there?", "is there a red circle?")]
+    assert replies == [model.chat_reply(image, [{"role": "user", "content": q}]).guess  # the VQA API: a one-turn chat
+                       for q in ("how many shapes are there?", "is there a red circle?")]  # (without "not sure")
+    assert model.calibration is not None and summary["calibration"]["temperature"] == model.calibration.temperature
 
 
 def test_bad_input_gives_a_reply_or_one_error(trained, world, caplog):

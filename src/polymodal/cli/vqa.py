@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -94,6 +95,7 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
     check_speak(speak)
     assistant = load_for("chat", model_dir)
     picture = load_image(image)
+    warn_if_unlike(assistant, model_dir, [picture], [str(image)], "every reply")
     interactive = sys.stdin.isatty()
     generation = {"strategy": "beam", "beam_size": beam} if beam > 1 else {}
     messages: list[dict[str, str]] = []
@@ -119,16 +121,29 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
             typer.echo(f"heard: {text}")
         messages.append({"role": "user", "content": text})
         try:
-            reply = assistant.chat(picture, messages, **generation)
+            said = chat_reply(assistant, picture, messages, generation)
         except InputError as err:  # a bad line should not end the conversation
             messages.pop()
             typer.echo(f"error: {err}", err=True)
             continue
-        messages.append({"role": "assistant", "content": reply})
+        reply = said.text  # "I am not sure; my best guess is: ..." below the model's threshold
+        messages.append({"role": "assistant", "content": said.guess})
         typer.echo(f"assistant: {reply}")
+        if said.confidence is not None:  # on stderr: stdout stays the conversation
+            typer.echo(f"confidence: p={said.confidence:.2f}" + (" (not sure)" if said.not_sure else ""), err=True)
         if speak is not None:
             turn = len(messages) // 2
             say(reply, speak.with_name(f"{speak.stem}-{turn}{speak.suffix or '.wav'}"))
+
+
+def chat_reply(assistant: Any, image: Any, messages: list[dict[str, str]], generation: dict[str, Any]) -> Any:
+    """The reply with its confidence (`chat_reply`), or, for a model without one, its `chat` text alone."""
+    from ..models.assistant import ChatReply
+
+    if callable(getattr(assistant, "chat_reply", None)):
+        return assistant.chat_reply(image, messages, **generation)
+    text = assistant.chat(image, messages, **generation)
+    return ChatReply(text, text)
 
 
 @app.command()

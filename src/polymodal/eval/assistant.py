@@ -80,15 +80,46 @@ def scene_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, 
 def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
                 batch_size: int = 128, progress: bool = True) -> list[str]:
     """Greedy replies of `model` (an InstructionAssistant) to every query; `image(path)` gives uint8 (3, S, S)."""
+    return scored_queries(model, queries, image, batch_size, progress, score=False)[0]
+
+
+@torch.inference_mode()
+def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
+                   batch_size: int = 128, progress: bool = True, score: bool = True) -> tuple[list[str], Any]:
+    """Greedy replies to every query and, with `score`, the logits behind them (models.assistant.ReplyScores,
+    reply i = query i) from which `confidence(T)` gives each reply's probability under any temperature."""
+    from ..models.assistant import ReplyScores
+
     order = sorted(range(len(queries)), key=lambda i: (queries[i].kind == "describe", i))  # similar lengths together
     replies: list[str] = [""] * len(queries)
+    parts = []
     for start in tqdm(range(0, len(order), batch_size), desc="replies", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
         images = normalize(torch.stack([image(queries[i].image) for i in rows])).to(model.device)
-        for i, reply in zip(rows, model.reply(images, [model.prompt_ids(queries[i].messages) for i in rows]),
-                            strict=True):
-            replies[i] = reply
-    return replies
+        prompts = [model.prompt_ids(queries[i].messages) for i in rows]
+        ids = model.reply_ids(images, prompts)
+        for i, reply in zip(rows, ids, strict=True):
+            replies[i] = model.tokenizer.decode(reply)
+        if score:
+            parts.append(model.score(images, prompts, ids))
+    if not score:
+        return replies, None
+    scores = ReplyScores.cat(parts)
+    scores.reply = torch.tensor(order)[scores.reply]  # batch order -> query order
+    return replies, scores
+
+
+def reply_correct(query: Query, reply: str) -> bool:
+    """Whether a reply is right: it equals the reference after `normalize_answer`; a "describe" reply may equal
+    any of the image's reference captions (kind_report counts only the first; captions have many right answers).
+
+    Example:
+        >>> reply_correct(Query("a.png", [], "describe", "a red circle", references=["a small red circle"]),
+        ...               "a small red circle")
+        True
+    """
+    said = normalize_answer(reply)
+    return said == normalize_answer(query.answer) or any(said == normalize_answer(r) for r in query.references)
 
 
 def kind_report(queries: Sequence[Query], replies: Sequence[str]) -> dict[str, float]:
@@ -149,5 +180,5 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
     return out
 
 
-__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pope_report", "run_queries",
-           "scene_queries"]
+__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pope_report", "reply_correct",
+           "run_queries", "scene_queries", "scored_queries"]

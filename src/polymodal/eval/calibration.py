@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -96,6 +96,24 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
     return float(torch.nn.functional.cross_entropy(logits.double() / temperature, labels.long()))
 
 
+def _golden_log_search(loss: Callable[[float], float], low: float, high: float, steps: int) -> float:
+    """The T in [low, high] minimising a unimodal `loss(T)`: golden-section search on log T."""
+    a, b = math.log(low), math.log(high)
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(math.exp(c)), loss(math.exp(d))
+    for _ in range(steps):  # each step shrinks the bracket by 0.618: 80 steps reach float precision
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(math.exp(d))
+    return math.exp((a + b) / 2)
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.05, high: float = 20.0,
                     steps: int = 80) -> float:
     """The temperature T in [low, high] that minimises the NLL of `labels` (N,) under softmax(`logits` (N, K) / T).
@@ -121,20 +139,58 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.0
     if bool(((y < 0) | (y >= z.shape[1])).any()) or not bool(torch.isfinite(z).all()):
         raise ConfigError(f"fit_temperature: labels must lie in [0, {z.shape[1]}) and logits be finite; "
                           f"drop rows without a known answer before fitting")
-    a, b = math.log(low), math.log(high)
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(z, y, math.exp(c)), nll(z, y, math.exp(d))
-    for _ in range(steps):  # each step shrinks the bracket by 0.618: 80 steps reach float precision
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = nll(z, y, math.exp(c))
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = nll(z, y, math.exp(d))
-    return math.exp((a + b) / 2)
+    return _golden_log_search(lambda t: nll(z, y, t), low, high, steps)
+
+
+def binary_nll(confidences: Values, correct: Values) -> float:
+    """Mean negative log-likelihood of right/wrong (1/0) under the stated confidences (clamped to [1e-6, 1 - 1e-6]).
+
+    Example:
+        >>> round(binary_nll([0.5, 0.5], [1, 0]), 4) == round(math.log(2), 4)
+        True
+    """
+    conf, hit = _vectors(confidences, correct, 1)
+    conf = conf.clamp(1e-6, 1 - 1e-6)
+    return float(-(hit * conf.log() + (1 - hit) * (1 - conf).log()).mean())
+
+
+def fit_confidence_temperature(confidence_at: Callable[[float], torch.Tensor], correct: Values, low: float = 0.05,
+                               high: float = 20.0, steps: int = 80) -> float:
+    """The temperature T in [low, high] whose confidences `confidence_at(T)` (N,) best predict `correct` (N,).
+
+    For answers that are not one choice among K classes, such as a generated reply whose confidence is the
+    product of its tokens' probabilities under logits / T: T minimises the NLL of right/wrong (`binary_nll`)
+    with the same golden-section search as `fit_temperature`.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0]] * 4)
+        >>> t = fit_confidence_temperature(lambda t: (logits / t).softmax(-1)[:, 0], [1, 1, 1, 0])
+        >>> round(float((logits[0] / t).softmax(-1)[0]), 3)
+        0.75
+    """
+    return _golden_log_search(lambda t: binary_nll(confidence_at(t), correct), low, high, steps)
+
+
+def choose_threshold(confidences: Values, correct: Values, accuracy: float = 0.5) -> float:
+    """The confidence below which answers are right less often than `accuracy`: the t that maximises
+    sum over answers with confidence >= t of (correct - accuracy). Answering at t or above gains on balance;
+    below it, saying "not sure" does. Returns a confidence that occurs (0.0 when every answer is worth giving).
+
+    Example:
+        >>> choose_threshold([0.9, 0.8, 0.6, 0.4, 0.3, 0.2], [1, 1, 1, 0, 1, 0])
+        0.6
+        >>> choose_threshold([0.9, 0.2], [1, 1])
+        0.0
+    """
+    conf, hit = _vectors(confidences, correct, 1)
+    order = conf.argsort(descending=True)
+    gain = (hit[order] - accuracy).cumsum(0)  # answering everything down to each confidence
+    best = int(gain.argmax())
+    if float(gain[best]) <= 0:
+        return 1.0  # nothing is worth answering: every reply is "not sure"
+    if best == len(order) - 1:
+        return 0.0
+    return round(float(conf[order][best]), 6)
 
 
 def confidence_split(confidences: Values, correct: Values, threshold: float) -> dict[str, float | None]:
@@ -169,4 +225,5 @@ def reliability_markdown(rows: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["confidence_split", "ece", "fit_temperature", "nll", "reliability_markdown", "reliability_table"]
+__all__ = ["binary_nll", "choose_threshold", "confidence_split", "ece", "fit_confidence_temperature", "fit_temperature",
+           "nll", "reliability_markdown", "reliability_table"]

@@ -8,6 +8,9 @@ memory = [grounded context; regions] -> attention LSTM decoder -> answer words
 The decoder follows the project's step interface (`init_state`, `step` over a dict of batch-first
 tensors), so the shared `generate` runs greedy or beam search over it. Follow-ups such as "what size
 is it?" are answered by attending to the earlier turn that named "it", grounded in the image.
+`chat_reply` adds the reply's confidence and "not sure" state, as the instruction assistant's
+(models/assistant.py: product of the reply's token probabilities, temperature and threshold from
+config.json's "calibration"; without that section: T = 1 and never "not sure").
 
 Example:
     A trained assistant (`polymodal train configs/chat.yaml` writes runs/chat); replies are at most
@@ -24,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +47,7 @@ from ..nn.question import QuestionEncoderConfig
 from ..nn.state import State
 from ..registry import QUESTION_ENCODERS
 from ..text.tokenizer import Tokenizer
+from .assistant import ChatReply, ReplyCalibration, judge, load_calibration, score_replies, strip_not_sure
 from .base import SavedModel
 from .vqa import ImageInput, RegionProjector
 
@@ -103,6 +108,7 @@ class Assistant(SavedModel, nn.Module):
                                         for _ in range(cfg.grounding_layers)])
         self.decoder = DialogueDecoder(cfg, len(tokenizer))
         self.never = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.index[USER], tokenizer.index[ASSISTANT])  # type: ignore[attr-defined]
+        self.calibration: ReplyCalibration | None = None  # config.json's "calibration", when saved with one
 
     def init_state(self, regions: torch.Tensor, tokens: torch.Tensor) -> State:
         """Raw encoder regions (B, N, C) and context ids (B, L) -> the decoder's initial state."""
@@ -135,12 +141,18 @@ class Assistant(SavedModel, nn.Module):
     def generate_answers(self, regions: torch.Tensor, tokens: torch.Tensor,
                          cfg: GenerationConfig | None = None) -> list[str]:
         """Answers for a batch of raw encoder regions (B, N, C) and context ids (B, L)."""
+        return [self.tokenizer.decode(ids) for ids in self.answer_ids(regions, tokens, cfg)]
+
+    @torch.inference_mode()
+    def answer_ids(self, regions: torch.Tensor, tokens: torch.Tensor,
+                   cfg: GenerationConfig | None = None) -> list[list[int]]:
+        """The answers' token ids (no <bos>/<eos>) for raw encoder regions (B, N, C) and context ids (B, L)."""
         self.eval()
         cfg = cfg or GenerationConfig(strategy="greedy", max_len=self.cfg.max_answer_len + 1)
         hyps = generate(self.decoder.step, self.init_state(regions, tokens), self.tokenizer.bos_id,
                         self.tokenizer.eos_id, cfg, suppress_ids=self.never)
         # max_len leaves room for <eos>; a model that never says it still answers max_answer_len words at most
-        return [self.tokenizer.decode(h[0].tokens[: self.cfg.max_answer_len]) for h in hyps]
+        return [h[0].tokens[: self.cfg.max_answer_len] for h in hyps]
 
     def chat(self, image: ImageInput, messages: list[Message], **generation: Any) -> str:
         """The assistant's reply to the last user message, given the whole conversation.
@@ -168,10 +180,36 @@ class Assistant(SavedModel, nn.Module):
             Traceback (most recent call last):
             polymodal.errors.InputError: the last message must be the user's question
         """
+        return self.chat_reply(image, messages, **generation).text
+
+    @torch.inference_mode()
+    def chat_reply(self, image: ImageInput, messages: list[Message], **generation: Any) -> ChatReply:
+        """As `chat`, with the reply's confidence and whether it is below the model's threshold (ChatReply)."""
+        messages = [dict(m, content=strip_not_sure(m["content"])) if isinstance(m, dict)  # the guess, not our words
+                    and m.get("role") == "assistant" and isinstance(m.get("content"), str) else m for m in messages]
         ids = context_ids(self.tokenizer, messages, self.cfg.context.max_len)
         images = images_to_batch(image, self.cfg.image_size, self.device)
         generation = {"strategy": "greedy", "max_len": self.cfg.max_answer_len + 1, **generation}
+        tokens = torch.tensor([ids], device=self.device)
         with torch.inference_mode():
             regions = self.encoder(images)
-        return self.generate_answers(regions, torch.tensor([ids], device=self.device),
-                                     GenerationConfig(**generation))[0]
+        reply = self.answer_ids(regions, tokens, GenerationConfig(**generation))
+        cal = self.calibration or ReplyCalibration()
+        scores = score_replies(self.decoder.step, self.init_state(regions, tokens), self.tokenizer.bos_id,
+                               self.tokenizer.eos_id, reply, self.never)
+        return judge(self.tokenizer.decode(reply[0]), float(scores.confidence(cal.temperature, cal.method)[0]),
+                     self.calibration)
+
+    # ---- save / load: the calibration, when fitted, rides in config.json ------------------------
+    def config_dict(self) -> dict[str, Any]:
+        out = super().config_dict()
+        if self.calibration is not None:
+            out["calibration"] = dataclasses.asdict(self.calibration)
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer | None, source: str = "config.json") -> Any:
+        """As SavedModel's, plus the reply calibration (None for a model saved without one)."""
+        model = super().from_config(config, tokenizer, source)
+        model.calibration = load_calibration(config, source)
+        return model

@@ -186,9 +186,14 @@ async def chat(request: Request) -> Response:
     opts, image = await svc.read_image_request(request, schemas.ChatOptions)
     entry = svc.models.pick("chat", opts.model)
     messages = [m.model_dump() for m in opts.messages]
-    reply = await svc.in_model_thread(entry.model.chat, require(image), messages)
+    sure: dict[str, Any] = {}
+    if callable(getattr(entry.model, "chat_reply", None)):  # the reply with its calibrated confidence
+        said = await svc.in_model_thread(entry.model.chat_reply, require(image), messages)
+        reply, sure = said.text, {"confidence": said.confidence, "not_sure": said.not_sure}
+    else:
+        reply = await svc.in_model_thread(entry.model.chat, require(image), messages)
     check = await svc.ood_check(entry.model, image)  # like the training images?
-    response = schemas.ChatResponse(**check, model=entry.name, message={"role": "assistant", "content": reply},
+    response = schemas.ChatResponse(**check, **sure, model=entry.name, message={"role": "assistant", "content": reply},
                                     elapsed_ms=_ms(start))
     if not opts.stream:
         return JSONResponse(response.model_dump())

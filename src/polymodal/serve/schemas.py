@@ -213,6 +213,12 @@ class ChatResponse(BaseModel):
     in_distribution: bool | None = Field(None, description="False: the image is unlike the model's training data, "
                                          "so the reply is a guess; null: the model has no statistics saved")
     ood_score: float | None = Field(None, description="out-of-distribution score of the image")
+    confidence: float | None = Field(None, ge=0.0, le=1.0, description="the reply's calibrated probability: the "
+                                     "product of its tokens' probabilities, temperature-scaled (docs/reliability.md); "
+                                     "null for a model that gives none")
+    not_sure: bool | None = Field(None, description="True: the confidence is below the model's threshold, so the "
+                                  "reply says it is not sure and gives its best guess; null: the model has no "
+                                  "threshold saved")
 
 
 class RetrieveOptions(BaseModel):

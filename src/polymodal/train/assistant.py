@@ -3,7 +3,10 @@
 config -> conversations (data/instructions.py: Shapes World scenes, or any caption dataset plus an
 optional VQA question file) -> a word tokenizer with role markers -> InstructionAssistant (the image-prefix
 LM) -> generic Trainer, loss on the assistant's replies only -> per-kind accuracy, follow-ups and declines
-of the best model on the test splits (bench/assistant.py adds POPE, captions and the comparison).
+of the best model on the test splits (bench/assistant.py adds POPE, captions and the comparison). The best
+model is then calibrated: the temperature and the "not sure" threshold of its reply confidence are fitted on
+the validation conversations and saved in its config.json (`calibrate_assistant` does the same for a model
+saved before this; bench/chat_confidence.py runs it and measures it, docs/reliability.md).
 
     polymodal train configs/assistant.yaml
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +33,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import write_json
+from ..checkpoint import resolve_model_dir, write_json
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.datasets import load_split, shapes_folder
-from ..data.dialogue import DialogueRecord, build_chat_tokenizer, read_scenes
+from ..data.dialogue import DialogueRecord, build_chat_tokenizer, read_scenes, turn_messages
 from ..data.instructions import (
     SCOPE,
     InstructionConfig,
@@ -43,9 +48,16 @@ from ..data.instructions import (
 )
 from ..data.qa import ImageBank, read_qa
 from ..data.records import SkipReport
-from ..eval.assistant import assistant_report
+from ..eval.assistant import Query, assistant_report, reply_correct, scene_queries, scored_queries
+from ..eval.calibration import (
+    choose_threshold,
+    confidence_split,
+    ece,
+    fit_confidence_temperature,
+    reliability_table,
+)
 from ..eval.ood import save_model_stats
-from ..models.assistant import AssistantConfig, InstructionAssistant
+from ..models.assistant import AssistantConfig, InstructionAssistant, ReplyCalibration
 from ..models.prefix_lm import PrefixConfig
 from ..text.tokenizer import WordTokenizer
 from .prefix_lm import _pretrain_encoder
@@ -147,6 +159,7 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
     trained = InstructionAssistant.from_pretrained(best).eval()
     summary["ood_threshold"] = save_model_stats(  # replies about an image unlike these say so
         trained, best, [d.image for d in splits[cfg.data.train_split]], [d.image for d in splits[cfg.data.val_split]])
+    summary["calibration"] = calibrate_and_save(trained, cfg, best, report, progress)  # "not sure" below a threshold
     if cfg.data.format != "shapes":
         return summary
     summary.update(evaluate_splits(trained, cfg, report, progress))
@@ -166,6 +179,112 @@ def evaluate_splits(model: InstructionAssistant, cfg: AssistantExperimentConfig,
         out[split] = assistant_report(model, folder, split, captions, lambda path, bank=bank: bank[bank.index[path]],
                                       cfg.data.eval_images, progress=progress)
     return out
+
+
+def split_queries(cfg: AssistantExperimentConfig, split: str, report: SkipReport,
+                  limit: int = 0) -> tuple[list[Query], Callable[[str], torch.Tensor]]:
+    """The requests of one split to score replies on, and `image(path)` -> uint8 (3, S, S). Shapes World: the
+    evaluation's queries (eval.assistant.scene_queries) of its first `limit` images; elsewhere every turn of
+    the split's conversations, with the reference turns before it.
+
+    Example:
+        >>> queries, image = split_queries(cfg, "val", SkipReport(source="val"), limit=10)  # doctest: +SKIP
+        >>> image(queries[0].image).shape  # doctest: +SKIP
+        torch.Size([3, 64, 64])
+    """
+    if cfg.data.format == "shapes":
+        scenes = read_scenes(shapes_folder(cfg.data), split)[: limit or None]
+        queries = scene_queries(scenes, split_captions(cfg.data, split, report))
+    else:
+        queries = [Query(d.image, turn_messages(d.turns, t), d.turns[t].kind, d.turns[t].answer)
+                   for d in conversations(cfg.data, split, report)[: limit or None] for t in range(len(d.turns))]
+    bank = ImageBank(sorted({q.image for q in queries}), cfg.model.image_size, report=report, progress=False)
+    return [q for q in queries if q.image in bank.index], lambda path: bank[bank.index[path]]
+
+
+def reply_calibration(model: InstructionAssistant, queries: list[Query], image: Callable[[str], torch.Tensor],
+                      fit: bool = False, progress: bool = True) -> dict[str, Any]:
+    """`reply_figures` of the model's greedy replies to these queries (fitting its calibration first with `fit`).
+
+    Example:
+        >>> reply_calibration(model, *split_queries(cfg, "test", report))["ece_after"]  # doctest: +SKIP
+        0.0313
+    """
+    replies, scores = scored_queries(model, queries, image, progress=progress)
+    return reply_figures(model, queries, replies, scores, fit)
+
+
+def reply_figures(model: InstructionAssistant, queries: list[Query], replies: list[str], scores: Any,
+                  fit: bool = False, method: str = "sequence", accuracy: float = 0.5) -> dict[str, Any]:
+    """ECE of the reply confidence before (T = 1) and after the model's temperature, the share "not sure" and the
+    accuracy on each side of its threshold, for replies and their `scores` (eval.assistant.scored_queries). With
+    `fit`, first set the model's calibration from them: the temperature minimising the NLL of right/wrong, and the
+    threshold below which replies are right less often than `accuracy` (eval.calibration.choose_threshold).
+
+    Example:
+        >>> replies, scores = scored_queries(model, queries, image)  # doctest: +SKIP
+        >>> reply_figures(model, queries, replies, scores, fit=True)["threshold"]  # doctest: +SKIP
+        0.53861
+    """
+    hit = [reply_correct(q, r) for q, r in zip(queries, replies, strict=True)]
+    if fit:
+        t = fit_confidence_temperature(lambda t: scores.confidence(t, method), hit)
+        threshold = choose_threshold(scores.confidence(t, method), hit, accuracy)
+        model.calibration = ReplyCalibration(round(t, 6), threshold, method)
+    cal = model.calibration or ReplyCalibration()
+    after = scores.confidence(cal.temperature, cal.method)
+    out: dict[str, Any] = {"replies": len(hit), "accuracy": round(sum(hit) / max(len(hit), 1), 4),
+                           "temperature": cal.temperature, "threshold": cal.threshold,
+                           "ece_before": round(ece(scores.confidence(1.0, cal.method), hit), 4),
+                           "ece_after": round(ece(after, hit), 4)}
+    if cal.threshold is not None:
+        out |= confidence_split(after, hit, cal.threshold)
+    return out | {"reliability": reliability_table(after, hit, bins=10)}
+
+
+def save_calibration(model: InstructionAssistant, model_dir: str | Path) -> None:
+    """Set the "calibration" section of the model's saved config.json; the rest of it, the weights and the other
+    files stay as they are.
+
+    Example:
+        >>> save_calibration(model, "runs/assistant/model")  # doctest: +SKIP
+    """
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    write_json(path, {**config, "calibration": model.config_dict()["calibration"]})
+
+
+def calibrate_and_save(model: InstructionAssistant, cfg: AssistantExperimentConfig, model_dir: str | Path,
+                       report: SkipReport, progress: bool = True, limit: int = 0) -> dict[str, Any]:
+    """Fit the reply calibration on the validation split (first `limit` images; 0 = all) and write it into
+    `model_dir`/config.json (nothing else there changes). Returns the temperature, threshold and fit figures.
+
+    Example:
+        >>> calibrate_and_save(model, cfg, "runs/assistant/model", report)["temperature"]  # doctest: +SKIP
+        0.921118
+    """
+    queries, image = split_queries(cfg, cfg.data.val_split, report, limit)
+    fitted = reply_calibration(model, queries, image, fit=True, progress=progress)
+    save_calibration(model, model_dir)
+    return {"temperature": fitted["temperature"], "threshold": fitted["threshold"], "val": fitted}
+
+
+def calibrate_assistant(model_dir: str | Path, config: str | Path | None = "configs/assistant.yaml",
+                        overrides: list[str] | None = None, progress: bool = True, limit: int = 0) -> dict[str, Any]:
+    """Calibrate an assistant saved before calibration existed, without retraining: its reply temperature and
+    "not sure" threshold are fitted on the validation split of the data it was trained on (`config` and
+    `overrides`, as given to `polymodal train`) and saved in its config.json.
+
+    Example:
+        >>> calibrate_assistant("runs/assistant/model")["threshold"]  # doctest: +SKIP
+        0.41
+    """
+    from .tasks import load_task_config
+
+    _, cfg = load_task_config(config, ["task=assistant", *(overrides or [])])
+    model_dir = resolve_model_dir(model_dir)
+    model = InstructionAssistant.from_pretrained(model_dir)
+    return calibrate_and_save(model, cfg, model_dir, SkipReport(source="instruction data"), progress, limit)
 
 
 train_assistant.config_cls = AssistantExperimentConfig  # type: ignore[attr-defined]

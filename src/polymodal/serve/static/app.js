@@ -232,11 +232,10 @@ function renderCaption(result) {
     $("hint").textContent = result.note || "";
   }
   $("play").hidden = !state.heatmaps.length;
-  const ood = $("ood-notice");  // the image is unlike the training data: say so instead of presenting a fact
-  ood.hidden = result.in_distribution !== false;
-  ood.textContent = ood.hidden ? "" : "This image is unlike anything the model was trained on " +
-    `(out-of-distribution score ${result.ood_score.toFixed(1)}), so the caption below is a guess, not a description.`;
-  p.classList.toggle("doubtful", !ood.hidden);
+  const ood = $("ood-notice"), unlike = oodNotice(result, "the caption below is a guess, not a description");
+  ood.hidden = !unlike;
+  ood.textContent = unlike;
+  p.classList.toggle("doubtful", !!unlike);
   const scores = result.captions.map((c) => (c.score === null ? 0 : Math.exp(c.score)));
   const top = Math.max(...scores, 1e-9);
   $("nbest-list").replaceChildren(...(result.captions.length > 1 ? result.captions : []).map((c, i) =>
@@ -246,6 +245,13 @@ function renderCaption(result) {
       el("span", { class: "bar" }, Object.assign(el("i"), { style: `width:${(100 * scores[i] / top).toFixed(0)}%` })))));
   const batch = result.batch_size > 1 ? ` · batch of ${result.batch_size}` : "";
   $("meta").textContent = `${result.model} · ${Math.round(result.elapsed_ms)} ms${batch}`;
+}
+
+// The image is unlike the training data: say so instead of presenting the output as fact ("" when it is like it).
+function oodNotice(result, guess) {
+  if (result.in_distribution !== false) return "";
+  return "This image is unlike anything the model was trained on " +
+    `(out-of-distribution score ${result.ood_score.toFixed(1)}), so ${guess}.`;
 }
 
 function renderMarks(objects) {
@@ -324,8 +330,9 @@ async function ask(question) {
       const messages = [...state.history, { role: "user", content: question }];
       form.append("messages", JSON.stringify(messages));
       form.append("stream", "true");
-      const text = await streamChat(await api("/v1/chat", form), reply);
-      state.history = [...messages, { role: "assistant", content: text }];
+      const result = await streamChat(await api("/v1/chat", form), reply);
+      markReply(reply, result, "this reply is a guess");
+      state.history = [...messages, { role: "assistant", content: result.message.content }];
     } else {
       form.append("question", question);
       form.append("k", "3");
@@ -339,9 +346,23 @@ async function ask(question) {
   }
 }
 
+// Under a reply: how sure the model is (calibrated probability) and, before it, the out-of-distribution notice.
+function markReply(reply, result, guess) {
+  const unlike = oodNotice(result, guess);
+  if (unlike) reply.before(el("p", { class: "ood-notice", role: "alert", text: unlike }));
+  reply.classList.toggle("doubtful", !!unlike);
+  reply.classList.toggle("not-sure", result.not_sure === true);
+  const p = result.confidence ?? result.probability;
+  if (p === null || p === undefined) return;
+  const unsure = result.not_sure === true || result.confident === false;
+  reply.append(el("span", { class: "confidence", text: `${unsure ? "not sure · " : ""}${(100 * p).toFixed(0)}% sure`,
+    title: "the model's calibrated probability that this reply is right (docs/reliability.md)" }));
+}
+
 function showAnswers(reply, result) {
   const [best, ...alts] = result.answers;
   reply.textContent = best.answer;
+  markReply(reply, { ...result, probability: alts.length ? null : result.probability }, "this answer is a guess");
   if (alts.length && best.score !== null) {
     const pct = (a) => `${a.answer} ${(100 * a.score).toFixed(0)}%`;
     reply.append(el("span", { class: "alts", text: [best, ...alts].map(pct).join(" · ") }));
@@ -492,10 +513,10 @@ async function streamChat(response, bubbleEl) {
       const type = (event.match(/^event: (.*)$/m) || [])[1];
       const data = JSON.parse((event.match(/^data: (.*)$/m) || [, "{}"])[1]);
       if (type === "token") { words.push(data.token); bubbleEl.textContent = words.join(" "); }
-      if (type === "done") return data.message.content;
+      if (type === "done") { bubbleEl.textContent = data.message.content; return data; }
     }
   }
-  return words.join(" ");
+  return { message: { content: words.join(" ") } };
 }
 
 // ---------------------------------------------------------------- search
