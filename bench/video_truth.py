@@ -49,6 +49,9 @@ def score(run: str, data: VideoDataConfig) -> dict:
                                                      "summary_kind_accuracy", "exact_clip_rate", "time_mae")},
                      "seen_recall": round(s["seen"]["recall"], 3), "seen_precision": round(s["seen"]["precision"], 3),
                      "seen_side_accuracy": round(s["seen"]["side_accuracy"], 3), "clips": m["clips"]}
+        if "reader" in m:  # what the EventReader names at each annotated start (no caption in between)
+            out[name].update(read_core=round(m["reader"]["kind_core"], 3),
+                             read_side=round(m["reader"].get("field/side", 0.0), 3))
         print(run, name, json.dumps(out[name]), flush=True)
     return {"inputs": out, "modalities": list(model.cfg.media.modalities),
             "missing_token": bool(model.cfg.media.missing_token),
@@ -60,7 +63,8 @@ COLUMNS = [("events CIDEr-D", "events_cider", "{:.2f}"), ("event recall", "recal
            ("side right of matched", "side_accuracy", "{:.1%}"),
            ("seen-event recall", "seen_recall", "{:.1%}"), ("summary kinds", "summary_kind_accuracy", "{:.1%}"),
            ("clips all right", "exact_clip_rate", "{:.1%}"), ("time hit 0.25 s", "event_time_hit", "{:.3f}"),
-           ("time error s", "time_mae", "{:.2f}")]
+           ("time error s", "time_mae", "{:.2f}"), ("reader: kind, colour, shape", "read_core", "{:.1%}"),
+           ("reader: side", "read_side", "{:.1%}")]
 
 
 def page(results: dict) -> str:
@@ -71,19 +75,30 @@ def page(results: dict) -> str:
              "annotated entrances and exits matched by an event that names the right side (*of matched*: among "
              "those matched at all, a rate that means little when few match); *seen-event recall*: the "
              "events that can be seen (not the off-screen sounds); *summary kinds*: the summary names exactly "
-             "the clip's kinds of event; *time hit*: an annotated start with a predicted start within 0.25 s.", "",
+             "the clip's kinds of event; *time hit*: an annotated start with a predicted start within 0.25 s; "
+             "*reader*: for models with an EventReader, what it names at the step of each annotated start, "
+             "without a caption in between (side: over entrances and exits).", "",
              f"Reproduce: `{results['command']}`", "",
              "| model | input | " + " | ".join(c[0] for c in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for row in results["rows"]:
         for name, s in row["inputs"].items():
-            lines.append(f"| {row['label']} | {name} | " + " | ".join(f.format(s[k]) for _, k, f in COLUMNS) + " |")
+            lines.append(f"| {row['label']} | {name} | " + " | ".join(f.format(s[k]) if k in s else "-"
+                                                                        for _, k, f in COLUMNS) + " |")
     lines += ["", "Targets (issue 23, held-out test clips):", ""]
     for label, key, target in TARGETS:
         best = max(((r["inputs"][i][key], r["label"], i) for r in results["rows"] for i in r["inputs"]),
                    default=(0.0, "-", "-"))
         lines.append(f"- {label} >= {target:.0%}: best {best[0]:.1%} ({best[1]}, {best[2]}, "
                      f"{'met' if best[0] >= target else 'not met'})")
+    for r in results["rows"]:  # one checkpoint's inputs against each other
+        full, silent = r["inputs"].get("video + audio"), r["inputs"].get("silent video")
+        if full and silent:
+            ok = silent["seen_recall"] >= 0.9 * full["seen_recall"]
+            lines.append(f"- {r['label']}: silent video seen-event recall {silent['seen_recall']:.1%} vs "
+                         f"{full['seen_recall']:.1%} with sound (within 10%: {'met' if ok else 'not met'}); "
+                         f"time hit {full['event_time_hit']:.3f} (>= 0.95: "
+                         f"{'met' if full['event_time_hit'] >= 0.95 else 'not met'})")
     return "\n".join(lines) + "\n"
 
 

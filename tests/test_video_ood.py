@@ -13,8 +13,8 @@ from polymodal.data.audio import MelConfig
 from polymodal.data.clips import ClipBank, read_annotations
 from polymodal.data.shapes_video import write_shapes_video
 from polymodal.data.video import write_video
-from polymodal.eval.ood import fit_clip_stats, stats_path
-from polymodal.models.video_captioner import VideoCaptioner, VideoCaptionerConfig
+from polymodal.eval.ood import check_clip, fit_clip_stats, stats_path
+from polymodal.models.video_captioner import VideoCaptioner, VideoCaptionerConfig, load_clip
 from polymodal.nn.media import MediaConfig
 from polymodal.text.tokenizer import WordTokenizer
 
@@ -56,14 +56,18 @@ def test_stats_per_modality_are_saved_and_loaded(saved):
     assert polymodal.load(root / "plain").ood_stats_by_input == {}
 
 
-def test_describe_says_whether_each_input_is_like_the_training_clips(saved):
+def _check(model, path):
+    return check_clip(model, load_clip(path, model.cfg.media))
+
+
+def test_clips_are_checked_against_the_training_clips(saved):
     root, folder, clips, _ = saved
     model = polymodal.load(root / "model")
-    seen = model.describe(folder / clips[0]["video"], beam_size=1)  # a training clip
+    seen = _check(model, folder / clips[0]["video"])  # a training clip
     assert seen["in_distribution"] is True and set(seen["by_modality"]) == {"video", "audio"}
-    noise = model.describe(root / "noise.mp4", beam_size=1)
+    noise = _check(model, root / "noise.mp4")
     assert noise["in_distribution"] is False and noise["ood_score"] > 1.0
-    assert "in_distribution" not in polymodal.load(root / "plain").describe(root / "noise.mp4", beam_size=1)
+    assert _check(polymodal.load(root / "plain"), root / "noise.mp4") is None
 
 
 def test_silent_video_is_checked_on_its_frames_only(saved, tmp_path):
@@ -72,8 +76,8 @@ def test_silent_video_is_checked_on_its_frames_only(saved, tmp_path):
 
     frames = read_frames(folder / clips[0]["video"], 32, 32).frames.permute(0, 2, 3, 1).numpy()
     write_video(tmp_path / "silent.mp4", frames, fps=8)
-    out = polymodal.load(root / "model").describe(tmp_path / "silent.mp4", beam_size=1)
-    assert out["modalities"] == ["video"] and set(out["by_modality"]) == {"video"}
+    check = _check(polymodal.load(root / "model"), tmp_path / "silent.mp4")
+    assert set(check["by_modality"]) == {"video"} and check["in_distribution"] is True
 
 
 def test_cli_warns_on_an_unlike_clip_and_notes_missing_statistics(saved, monkeypatch, capsys):

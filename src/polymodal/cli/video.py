@@ -101,6 +101,8 @@ def describe(video: Path = typer.Argument(..., help="video or sound file (mp4, m
              as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Summarise a video (or a silent video, or a sound file): summary, timestamped events and key frames."""
     from ..eval.keyframes import encoder_features, extract_keyframes, pixel_features, save_keyframes
+    from ..eval.ood import check_clip
+    from ..models.video_captioner import load_clip
 
     if model is None:
         from ..assets import ASSETS
@@ -110,7 +112,9 @@ def describe(video: Path = typer.Argument(..., help="video or sound file (mp4, m
             raise InputError(f"{model}: bundled video captioner missing; pass --model DIR ({TRAIN_HINT})")
     _require_video(video, "describe")
     captioner = load_for("describe", model)
-    result = captioner.describe(video, beam_size=max(beam, 1))
+    clip = load_clip(video, captioner.cfg.media)
+    result = captioner.describe_clip(clip, beam_size=max(beam, 1))
+    result.update(check_clip(captioner, clip) or {})
     media = captioner.cfg.media
     features = encoder_features(captioner.media.encoder, media.grid) if "video" in media.modalities \
         else pixel_features
@@ -139,10 +143,15 @@ def videoqa(model_dir: Path = typer.Argument(..., help="video QA model directory
             video: Path = typer.Argument(..., help="video file"),
             question: str = typer.Argument(..., help='e.g. "what shape is heard off screen?"')) -> None:
     """Answer a question about a video (its frames and its sound)."""
+    from ..eval.ood import check_clip
+    from ..models.video_captioner import load_clip
+
     _require_video(video, "videoqa")
-    result = load_for("videoqa", model_dir).ask(video, question)
-    warn_if_unlike_clip(result, video, model_dir, "the answer")
-    typer.echo(result["answers"])
+    model = load_for("videoqa", model_dir)
+    clip = load_clip(video, model.cfg.media)
+    answer = model.answer_clip(clip, question)
+    warn_if_unlike_clip(check_clip(model, clip) or {}, video, model_dir, "the answer")
+    typer.echo(answer)
 
 
 def warn_if_unlike_clip(check: dict[str, Any], video: Path, model_dir: Path, guess: str) -> None:

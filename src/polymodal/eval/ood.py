@@ -323,12 +323,14 @@ def load_clip_stats(model: torch.nn.Module, folder: str | os.PathLike) -> dict[s
     return {m: s for m, s in found.items() if s is not None}
 
 
-def check_clip(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-    """One clip's modalities against a video model's per-modality statistics (`model.ood_stats_by_input`):
+def check_clip(model: torch.nn.Module, clip: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """One clip (`models.video_captioner.load_clip`: "frames" and/or "mel", unbatched) against a video model's
+    per-modality statistics (`model.ood_stats_by_input`):
     {"in_distribution": every modality it has is in, "ood_score": the score furthest past its threshold
     (relative: 1.0 = at the threshold), "by_modality": {name: {"in_distribution", "ood_score"}}}; None when
     the model has no statistics for the modalities the clip has."""
     stats = getattr(model, "ood_stats_by_input", None) or {}
+    batch = {k: v[None].to(next(model.parameters()).device) for k, v in clip.items() if k in ("frames", "mel")}
     scores = {name: (float(stats[name].score(x)[0]), stats[name].threshold)
               for name, x in model.media.pooled(batch).items() if name in stats}
     if not scores:

@@ -283,9 +283,10 @@ def score_reads(reads: Mapping[str, Sequence[Mapping[str, Any]]], clips: Sequenc
                 times: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """How well a model's per-step event reads (`VideoCaptioner.read_events`) name the annotated events.
 
-    At the step nearest each annotated start: `field/<name>` the share of events whose <name> is read right,
-    `all_fields` events read right in every field, `kind_core` kind + colour + shape right (the caption
-    targets' triple); `false_alarms` steps read as an event (p_event > 0.5) with none annotated there, per clip.
+    At the step nearest each annotated start: `field/<name>` the share of events read right in <name>, among the
+    events that have one (a side only for entrances and exits), `all_fields` events read right in every field,
+    `kind_core` kind + colour + shape right (the caption targets' triple); `false_alarms` steps read as an event
+    (p_event > 0.5) with none annotated there, per clip.
 
     Example:
         >>> clip = {"id": "1", "events": [{"kind": "enters", "colour": "red", "time": 0.5}]}
@@ -294,6 +295,7 @@ def score_reads(reads: Mapping[str, Sequence[Mapping[str, Any]]], clips: Sequenc
         {'events': 1, 'all_fields': 0.0, 'kind_core': 0.0, 'false_alarms': 0.0, 'field/kind': 1.0, 'field/colour': 0.0}
     """
     right: Counter[str] = Counter()
+    having: Counter[str] = Counter()
     n = alarms = 0
     for clip in clips:
         steps, read = list(times[clip["id"]]), reads[clip["id"]]
@@ -303,11 +305,12 @@ def score_reads(reads: Mapping[str, Sequence[Mapping[str, Any]]], clips: Sequenc
             hit_steps.add(step)
             names = [k for k in read[step] if k != "p_event"]
             ok = {k: read[step][k] == str(e.get(k, "")) for k in names}
-            right.update(k for k, v in ok.items() if v)
+            right.update(k for k, v in ok.items() if v and e.get(k, ""))
+            having.update(k for k in names if e.get(k, ""))
             right["all_fields"] += all(ok.values())
             right["kind_core"] += all(ok.get(k, True) for k in ("kind", "colour", "shape"))
             n += 1
         alarms += sum(1 for i, r in enumerate(read) if r["p_event"] > 0.5 and i not in hit_steps)
     names = [k for k in (reads[clips[0]["id"]][0] if clips else {}) if k != "p_event"]
     return {"events": n, "all_fields": _ratio(right["all_fields"], n), "kind_core": _ratio(right["kind_core"], n),
-            "false_alarms": _ratio(alarms, len(clips)), **{f"field/{k}": _ratio(right[k], n) for k in names}}
+            "false_alarms": _ratio(alarms, len(clips)), **{f"field/{k}": _ratio(right[k], having[k]) for k in names}}

@@ -31,7 +31,6 @@ from torch import nn
 
 from ..config import DecoderConfig
 from ..errors import InputError
-from ..eval.ood import check_clip
 from ..generate import GenerationConfig, generate
 from ..nn.decoders import build_decoder
 from ..nn.media import MODALITIES, MediaConfig, MediaEncoder
@@ -57,6 +56,8 @@ class VideoCaptionerConfig:
                                       # that starts there, and the decoder reads those steps (see EventReader)
     event_layers: int = 2             # transformer layers over the fused time steps of the EventReader
     event_attr_weight: float = 1.0    # weight of the per-step event attribute loss
+    read_each_modality: bool = True   # training: the reader also learns from each modality alone (the others
+                                      # missing), so the frames learn to see events, not lean on the sound
 
 
 def load_clip(path: str | Path, media: MediaConfig) -> dict[str, torch.Tensor]:
@@ -203,7 +204,14 @@ class VideoCaptioner(SavedModel, nn.Module):
             losses["event_loss"] = self.cfg.event_weight * F.binary_cross_entropy_with_logits(
                 scores.float(), target, pos_weight=pos)
         if "event_labels" in batch and self.reader is not None and self.cfg.event_attr_weight:
-            losses["event_attr_loss"] = self.cfg.event_attr_weight * self.reader.loss(events, batch["event_labels"])
+            labels = batch["event_labels"]
+            parts = [self.reader.loss(events, labels)]
+            if self.cfg.read_each_modality and len(tokens) > 1:
+                for name in tokens:
+                    alone = self.media.keep_only(tokens, name)
+                    steps = self.media.time_tokens(alone, self.cfg.media.frames)
+                    parts.append(self.reader.loss(self.reader(steps), labels))
+            losses["event_attr_loss"] = self.cfg.event_attr_weight * sum(parts) / len(parts)
         losses["loss"] = sum(losses.values())
         return logits, losses
 
@@ -255,7 +263,11 @@ class VideoCaptioner(SavedModel, nn.Module):
             (True, ['event', 'time'])
             >>> tmp.cleanup()
         """
-        clip = load_clip(path, self.cfg.media)
+        return self.describe_clip(load_clip(path, self.cfg.media), beam_size)
+
+    def describe_clip(self, clip: dict[str, torch.Tensor], beam_size: int = 3) -> dict[str, Any]:
+        """`describe` of a clip already loaded with `load_clip` (a caller that also checks it decodes it once)."""
+        clip = dict(clip)
         times, used = clip.pop("times"), used_modalities(clip)
         batch = {k: v[None].to(self.device) for k, v in clip.items()}
         gen = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
@@ -270,10 +282,8 @@ class VideoCaptioner(SavedModel, nn.Module):
         if reads is not None and len(reads[0]) == len(times):  # what the reader names at each picked step
             for e, i in zip(events, sorted(peaks), strict=False):
                 e["read"] = {k: v for k, v in reads[0][i].items() if v != ""}
-        out = {"summary": summary, "caption": caption, "modalities": used, "events": events,
-               "event_probs": [round(float(p), 3) for p in probs]}
-        check = check_clip(self, batch)  # None: no statistics saved with the model
-        return out if check is None else {**out, **check}
+        return {"summary": summary, "caption": caption, "modalities": used, "events": events,
+                "event_probs": [round(float(p), 3) for p in probs]}
 
 
 def pick_peaks(scores: torch.Tensor, k: int, min_gap: int = 2) -> list[int]:

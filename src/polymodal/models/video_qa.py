@@ -36,14 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.qa import encode_text
 from ..errors import CheckpointError, InputError
-from ..eval.ood import check_clip
 from ..nn.fusion.base import FusionConfig, build_fusion
 from ..nn.media import MediaConfig, MediaEncoder
 from ..nn.question import QuestionEncoderConfig
@@ -111,18 +109,16 @@ class VideoQA(SavedAnswerModel, nn.Module):
         Raises:
             InputError: no question, or a question with no known word.
         """
-        return self.ask(video, questions)["answers"]
+        return self.answer_clip(load_clip(video, self.cfg.media), questions)
 
     @torch.inference_mode()
-    def ask(self, video: str | Path, questions: str | list[str]) -> dict[str, Any]:
-        """`answer`, with the clip's out-of-distribution check beside it: {"answers": ..., "in_distribution",
-        "ood_score", "by_modality"} (the check's keys only when the model has statistics)."""
+    def answer_clip(self, clip: dict[str, torch.Tensor], questions: str | list[str]) -> list[str] | str:
+        """`answer` about a clip already loaded with `load_clip` (a caller that also checks it decodes it once)."""
         self.eval()
         qs = [questions] if isinstance(questions, str) else list(questions)
         if not qs:
             raise InputError("no question given")
-        clip = load_clip(video, self.cfg.media)
-        clip.pop("times")
+        clip = {k: v for k, v in clip.items() if k != "times"}
         ids = [encode_text(self.tokenizer, q, self.cfg.question.max_len) for q in qs]
         tokens = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
         for r, row in enumerate(ids):
@@ -130,5 +126,4 @@ class VideoQA(SavedAnswerModel, nn.Module):
         batch = {k: v[None].expand(len(qs), *v.shape).to(self.device) for k, v in clip.items()}
         logits, _ = self({**batch, "tokens": tokens.to(self.device)})
         out = [self.answers[int(i)] for i in logits.argmax(-1)]
-        check = check_clip(self, {k: v[:1] for k, v in batch.items()})
-        return {"answers": out[0] if isinstance(questions, str) else out, **(check or {})}
+        return out[0] if isinstance(questions, str) else out

@@ -222,6 +222,15 @@ class MediaEncoder(nn.Module):
         self.train(was)
         return out
 
+    def keep_only(self, tokens: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+        """`forward`'s tokens as if the clip had only modality `name`: the others stood in for as when missing."""
+        out = {}
+        for m, other in enumerate(self.modalities):
+            x = tokens[other]
+            missing = self.missing[m] if self.cfg.missing_token else x.new_zeros(self.cfg.dim)
+            out[other] = x if other == name else missing.expand_as(x)
+        return out
+
     def modality_mask(self, b: int, device: torch.device, dropout: float) -> torch.Tensor:
         """(B, M) 1 = keep; in training, with `dropout`, one random modality of some clips is 0."""
         keep = torch.ones(b, len(self.modalities), device=device)
