@@ -6,6 +6,8 @@ import json
 from collections import Counter
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from polymodal.config import EncoderConfig, TrainConfig
 from polymodal.data.formats import read_coco, read_karpathy
@@ -14,8 +16,10 @@ from polymodal.data.qa import read_qa
 from polymodal.data.shapes import SHAPES
 from polymodal.errors import ConfigError
 from polymodal.models.vqa import VQAModelConfig
+from polymodal.nn.encoders import build_encoder
 from polymodal.nn.fusion.base import FusionConfig
 from polymodal.nn.question import QuestionEncoderConfig
+from polymodal.train.answer_pretraining import AnswerProbe
 from polymodal.train.pretraining import PretrainConfig, QADataConfig
 from polymodal.train.vqa import VQAExperimentConfig, train_vqa
 
@@ -87,3 +91,26 @@ def test_no_pretraining_and_a_bad_kind(outside, tmp_path, capsys):
         train_vqa(_tiny_cfg(str(outside / "qa.jsonl"), str(tmp_path / "bad"), kind="bogus"), progress=False)
     with pytest.raises(ConfigError, match="needs data.format=shapes"):
         train_vqa(_tiny_cfg(str(outside / "qa.jsonl"), str(tmp_path / "regions"), kind="regions"), progress=False)
+
+
+def test_the_answer_warm_up_keeps_what_the_answers_ignore():
+    """The probe's colour term: answers that never depend on brightness still leave each quarter's mean colour
+    readable from the encoder (R^2 on unseen images), the cue that flat vs gradient backgrounds need."""
+    def images(n: int) -> torch.Tensor:  # 2x2 blocks of random grey levels, plus noise
+        blocks = torch.rand(n, 1, 2, 2).repeat(1, 3, 1, 1)
+        return F.interpolate(blocks, size=32) * 4 - 2 + 0.1 * torch.randn(n, 3, 32, 32)
+
+    torch.manual_seed(0)
+    probe = AnswerProbe(build_encoder(EncoderConfig(width=4)), vocab_size=4, num_answers=2, dim=16)
+    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    tokens, targets = torch.full((16, 2), 3), F.one_hot(torch.randint(0, 2, (16,)), 2).float()  # answers: noise
+    for _ in range(80):
+        opt.zero_grad()
+        probe({"images": images(16), "tokens": tokens, "targets": targets})[1]["loss"].backward()
+        opt.step()
+    probe.eval()
+    test = images(64)
+    with torch.no_grad():
+        colour = probe({"images": test, "tokens": tokens[:1].repeat(64, 1), "targets": targets[:1].repeat(64, 1)})
+    truth = F.adaptive_avg_pool2d(test, 2)
+    assert 1 - colour[1]["colour"] / truth.var() > 0.8
