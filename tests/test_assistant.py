@@ -175,3 +175,20 @@ def test_unknown_kind_weights_are_ignored_not_crashing(world):
     assert convs and {t.kind for c in convs for t in c.turns} == {"count"}
     again = conversations_from_scenes(world, "val", {}, cfg)
     assert [t.question for c in again for t in c.turns] == [t.question for c in convs for t in c.turns]  # seeded
+
+
+def test_training_goes_on_from_a_trained_assistant(trained, world, tmp_path):
+    out, _ = trained
+    start = InstructionAssistant.from_pretrained(out / "model")
+    task, cfg = load_task_config("configs/assistant.yaml", [
+        f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=4", "pretrain.steps=0",
+        f"train.out_dir={tmp_path / 'more'}", "train.steps=2", "train.batch_size=8", "train.eval_every=2",
+        "model.image_size=32", f"init_from={out / 'model'}"])  # the model's own config wins over the file's
+    summary = task(cfg, progress=False)
+    more = InstructionAssistant.from_pretrained(tmp_path / "more" / "model")
+    assert summary["step"] == 2 and more.cfg == start.cfg and more.tokenizer.to_dict() == start.tokenizer.to_dict()
+    before, after = start.state_dict(), more.state_dict()
+    moved = sum(float((after[n].float() - p.float()).abs().sum()) for n, p in before.items())
+    torch.manual_seed(1)
+    fresh = type(start)(start.cfg, start.tokenizer, start.prefix_cfg, start.assistant_cfg).state_dict()
+    assert 0 < moved < sum(float((fresh[n].float() - p.float()).abs().sum()) for n, p in before.items())

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..api import load_expecting
 from ..checkpoint import resolve_model_dir, write_json
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.datasets import load_split, shapes_folder
@@ -83,6 +84,8 @@ class AssistantExperimentConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # steps > 0: start from a region encoder
     data: InstructionDataConfig = field(default_factory=InstructionDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/assistant"))
+    init_from: str = ""               # a trained assistant (model or run directory) to go on training: its weights,
+                                      # vocabulary and model config are kept; the schedule starts afresh
 
 
 def split_captions(data: DataConfig, split: str, report: SkipReport) -> dict[str, list[str]]:
@@ -133,11 +136,16 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
     """Train the assistant as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="instruction data")
     splits = {s: conversations(cfg.data, s, report) for s in (cfg.data.train_split, cfg.data.val_split)}
-    tokenizer = mixture_tokenizer(splits[cfg.data.train_split])
-    model_cfg = copy.deepcopy(cfg.model)
-    _pretrain_encoder(cfg, model_cfg, progress)  # type: ignore[arg-type]  # reads pretrain, data, seed
     torch.manual_seed(cfg.seed)
-    model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix, cfg.assistant)
+    if cfg.init_from:  # go on from a trained assistant, with its own vocabulary and config
+        model = load_expecting(cfg.init_from, InstructionAssistant.architecture, "train one with "
+                               "`polymodal train configs/assistant.yaml`, or leave init_from empty")
+        tokenizer, model_cfg = model.tokenizer, model.cfg
+    else:
+        tokenizer = mixture_tokenizer(splits[cfg.data.train_split])
+        model_cfg = copy.deepcopy(cfg.model)
+        _pretrain_encoder(cfg, model_cfg, progress)  # type: ignore[arg-type]  # reads pretrain, data, seed
+        model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix, cfg.assistant)
     bank = ImageBank([d.image for convs in splits.values() for d in convs], model_cfg.image_size, report=report,
                      progress=progress)
     if report.count:
