@@ -89,3 +89,16 @@ def polymodal_cli(monkeypatch, capsys, *args: str, stdin: str = "") -> tuple[int
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="session")
+def tiny_video_world(tmp_path_factory):
+    """12 Shapes World clips of 32 px (folder, annotations, a bank of 8 raw frames per clip), shared by video tests."""
+    from polymodal.data.audio import MelConfig
+    from polymodal.data.clips import ClipBank, read_annotations
+    from polymodal.data.shapes_video import write_shapes_video
+
+    folder = write_shapes_video(tmp_path_factory.mktemp("sv") / "world", n=12, size=32, progress=False)
+    clips = read_annotations(folder)
+    bank = ClipBank.build(clips, folder, frames=8, size=32, mel=MelConfig(), encode=None, progress=False)
+    return folder, clips, bank

@@ -11,7 +11,7 @@ import torch
 
 from polymodal.config import DecoderConfig, EncoderConfig
 from polymodal.data.audio import MelConfig, load_audio, log_mel, mel_frequencies, tone
-from polymodal.data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, read_annotations
+from polymodal.data.clips import ClipCaptionDataset, ClipQADataset, read_annotations
 from polymodal.data.shapes_video import (
     FRAMES,
     PITCH_HZ,
@@ -19,7 +19,6 @@ from polymodal.data.shapes_video import (
     Event,
     event_sound,
     sample_clip,
-    write_shapes_video,
 )
 from polymodal.data.video import probe, read_frames, write_video
 from polymodal.errors import DataError
@@ -106,14 +105,6 @@ def test_shapes_video_clip_is_seeded_and_consistent():
     assert len(click) < 0.05 * SAMPLE_RATE
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    folder = write_shapes_video(tmp_path_factory.mktemp("sv") / "world", n=12, size=32, progress=False)
-    clips = read_annotations(folder)
-    bank = ClipBank.build(clips, folder, frames=8, size=32, mel=MelConfig(), encode=None, progress=False)
-    return folder, clips, bank
-
-
 def _media() -> MediaConfig:
     return MediaConfig(encoder=EncoderConfig(name="small_cnn", width=4), image_size=32, frames=8, grid=2, dim=32, frame_diff=True,
                        audio_width=4, audio_tokens=8, heads=2)
@@ -131,8 +122,8 @@ def _overfit(model, batch, steps: int = 25) -> tuple[float, float]:
     return first, float(losses["loss"].detach())
 
 
-def test_video_captioner_learns_saves_and_describes(tiny_world, tmp_path):
-    folder, clips, bank = tiny_world
+def test_video_captioner_learns_saves_and_describes(tiny_video_world, tmp_path):
+    folder, clips, bank = tiny_video_world
     tok = WordTokenizer.build([c["caption"] for c in clips] + [c["summary"] for c in clips])
     torch.manual_seed(0)
     cfg = VideoCaptionerConfig(media=_media(), decoder=DecoderConfig(embed_dim=16, hidden_dim=32, attention_dim=16,
@@ -156,8 +147,8 @@ def test_video_captioner_learns_saves_and_describes(tiny_world, tmp_path):
 
 
 @pytest.mark.parametrize("fusion", ["cross_attention", "vote_learned"])
-def test_video_qa_learns_with_feature_and_decision_fusion(tiny_world, fusion):
-    _, clips, bank = tiny_world
+def test_video_qa_learns_with_feature_and_decision_fusion(tiny_video_world, fusion):
+    _, clips, bank = tiny_video_world
     questions = [q for c in clips for q in c["questions"]]
     tok = WordTokenizer.build(q["question"] for q in questions)
     answers = sorted({q["answer"] for q in questions})
@@ -168,7 +159,7 @@ def test_video_qa_learns_with_feature_and_decision_fusion(tiny_world, fusion):
     batch = data.collate([data[i] for i in range(len(data))])
     first, last = _overfit(model, batch, steps=30)
     assert last < 0.6 * first
-    assert isinstance(model.answer(tiny_world[0] / clips[0]["video"], "what shape is heard off screen?"), str)
+    assert isinstance(model.answer(tiny_video_world[0] / clips[0]["video"], "what shape is heard off screen?"), str)
 
 
 
@@ -209,11 +200,11 @@ def test_modality_dropout_only_in_training():
     assert bool((model.eval().media.modality_mask(200, torch.device("cpu"), 0.5) == 1).all())
 
 
-def test_one_checkpoint_describes_video_with_sound_silent_video_and_sound_alone(tiny_world, tmp_path, monkeypatch,
+def test_one_checkpoint_describes_video_with_sound_silent_video_and_sound_alone(tiny_video_world, tmp_path, monkeypatch,
                                                                                   capsys):
     """A missing-token model with space-time region tokens: every input kind works from one saved checkpoint,
     the result names what it read, and the CLI takes a wav."""
-    folder, clips, bank = tiny_world
+    folder, clips, bank = tiny_video_world
     tok = WordTokenizer.build([c["caption"] for c in clips] + [c["summary"] for c in clips])
     torch.manual_seed(0)
     media = _media()

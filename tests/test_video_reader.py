@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from polymodal.config import DecoderConfig, EncoderConfig
-from polymodal.data.audio import MelConfig
-from polymodal.data.clips import ClipBank, ClipCaptionDataset, event_fields, event_labels, read_annotations
-from polymodal.data.shapes_video import write_shapes_video
+from polymodal.data.clips import ClipCaptionDataset, event_fields, event_labels
 from polymodal.eval.video_events import score_reads
 from polymodal.models.video_captioner import VideoCaptioner, VideoCaptionerConfig
 from polymodal.nn.media import MediaConfig, MediaEncoder
@@ -18,16 +16,8 @@ from polymodal.text.tokenizer import WordTokenizer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    folder = write_shapes_video(tmp_path_factory.mktemp("sv") / "world", n=12, size=32, progress=False)
-    clips = read_annotations(folder)
-    bank = ClipBank.build(clips, folder, frames=8, size=32, mel=MelConfig(), encode=None, progress=False)
-    return folder, clips, bank
-
-
-def test_event_fields_and_labels_follow_the_annotations(world):
-    _, clips, bank = world
+def test_event_fields_and_labels_follow_the_annotations(tiny_video_world):
+    _, clips, bank = tiny_video_world
     fields = event_fields(clips)
     assert list(fields)[0] == "kind" and {"colour", "shape", "side"} <= set(fields)
     assert all(v[0] == "" for v in fields.values()) and "enters" in fields["kind"] + ["enters"]
@@ -54,8 +44,8 @@ def test_motion_slots_keep_where_things_are():
     assert not torch.allclose(video[0, 2], video[1, 2], atol=1e-3)  # left is not right
 
 
-def test_reader_learns_per_step_events_saves_and_describes(world, tmp_path):
-    folder, clips, bank = world
+def test_reader_learns_per_step_events_saves_and_describes(tiny_video_world, tmp_path):
+    folder, clips, bank = tiny_video_world
     tok = WordTokenizer.build([c["caption"] for c in clips] + [c["summary"] for c in clips])
     fields = event_fields(clips)
     media = MediaConfig(encoder=EncoderConfig(name="small_cnn", width=4), image_size=32, frames=8, grid=2, dim=32,
