@@ -171,6 +171,10 @@ class MediaEncoder(nn.Module):
             return self.temporal(x[:, :, 0])
         side = int(r ** 0.5)
         x = x + sincos_2d(side, side, self.cfg.dim, x.device)  # where in the frame each region is
+        if getattr(self.temporal, "uses_change", False):  # each region's raw change since the previous frame
+            raw = features.float()
+            diff = raw - torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+            return self.temporal(x, change=(diff.pow(2).sum(-1) + 1e-8).sqrt())  # + eps: no nan gradient at 0
         return self.temporal(x)
 
     def token_count(self, modality: str) -> int:
