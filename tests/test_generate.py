@@ -214,6 +214,7 @@ def test_a_word_the_tokenizer_splits_cannot_be_banned():
     from polymodal.text.tokenizer import WordTokenizer
 
     tok = WordTokenizer.build(["a red circle"])
-    assert banned_token_ids(tok, ["zebra"]) == ()  # unknown: it cannot be said anyway
+    with pytest.raises(InputError, match="does not know the word 'zebra'"):  # a typo must not silently do nothing
+        banned_token_ids(tok, ["zebra"])
     with pytest.raises(InputError, match="splits it into 2 tokens"):
         banned_token_ids(tok, ["red circle"])

@@ -1,4 +1,7 @@
-"""One batched text generator for every decoder: greedy, beam search and sampling.
+"""One batched text generator for every decoder: greedy, beam search and sampling, with word controls.
+
+Banned words are never generated; forced words are said through constrained beam search (constrained.py);
+omitted words are left out of the outputs.
 
 A model plugs in through two functions over a dict of batch-first tensors (its decoding state):
 
@@ -33,6 +36,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import constrained as forcing
+from .constrained import banned_ngram_tokens as _banned_ngram_tokens  # noqa: F401 - tests use it
+from .constrained import constrain as _constrain
+from .constrained import suppressing  # noqa: F401 - part of this module's API (models/assistant.py)
 from .errors import ConfigError
 from .nn.state import State, StepFn, concat_states, reorder
 from .registry import Registry
@@ -56,6 +63,11 @@ class GenerationConfig:
     seed: int | None = None            # sampling seed for reproducible samples
     return_attention: bool = False
     banned_ids: tuple[int, ...] = ()   # tokens never generated (a user's "must not mention"; HF's bad_words_ids)
+    # token sequences every output must contain (a user's "must mention"; HF's force_words_ids, disjunctive
+    # lists too): constrained beam search, see constrained.py. Normalized to a tuple of constraints.
+    force_ids: tuple = ()
+    omit_ids: tuple[int, ...] = ()     # tokens left out of the outputs (the model may say them: "a red circle" ->
+    #                                    "a circle"; a user's "leave out" for modifiers, see docs/control.md)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,6 +79,15 @@ class GenerationConfig:
                               f"cannot exceed beam_size ({self.beam_size})")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError("generation: temperature must be > 0 and top_p in (0, 1]")
+        try:
+            self.force_ids = forcing.normalize(self.force_ids)
+            forcing.check(self.force_ids, (*self.banned_ids, *self.omit_ids))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"generation: force_ids: {err}") from None
+        if self.force_ids and (self.strategy != "beam" or self.beam_size < 2):
+            # one beam would have to say the forced words at once (as HF, which also asks for num_beams > 1)
+            raise ConfigError(f"generation: forced words need beam search with beam_size >= 2, not "
+                              f"{self.strategy!r} with beam_size {self.beam_size}")
 
 
 @dataclass
@@ -76,39 +97,6 @@ class Hypothesis:
     tokens: list[int]
     score: float
     attention: torch.Tensor | None = field(default=None, repr=False)
-
-
-def _banned_ngram_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
-    """For each row, the tokens that would complete an n-gram already present in that row."""
-    banned: list[list[int]] = [[] for _ in range(history.shape[0])]
-    if n <= 0 or history.shape[1] < n - 1:
-        return banned
-    rows = history.tolist()
-    for r, seq in enumerate(rows):
-        prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
-        for i in range(len(seq) - n + 1):
-            if tuple(seq[i:i + n - 1]) == prefix:
-                banned[r].append(seq[i + n - 1])
-    return banned
-
-
-def _constrain(logprobs: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig, eos_id: int) -> torch.Tensor:
-    """Apply min length and no-repeat-ngram to log-probabilities of the next token.
-
-    When the two together ban every token (a short vocabulary, a long `min_len`), <eos> is allowed
-    again: ending early breaks min_len, any other token would break no-repeat or the suppressed ids.
-    """
-    eos = logprobs[:, eos_id].clone()
-    if history.shape[1] < cfg.min_len:
-        logprobs[:, eos_id] = -math.inf
-    if cfg.no_repeat_ngram_size:
-        for r, tokens in enumerate(_banned_ngram_tokens(history, cfg.no_repeat_ngram_size)):
-            if tokens:
-                logprobs[r, tokens] = -math.inf
-    stuck = torch.isneginf(logprobs).all(dim=-1)
-    if bool(stuck.any()):
-        logprobs[stuck, eos_id] = eos[stuck]
-    return logprobs
 
 
 def _strip(tokens: list[int], eos_id: int) -> list[int]:
@@ -225,6 +213,7 @@ class BeamBatch:
         self.keys: list[Hashable] = []
         self.finished: list[list[Hypothesis]] = []
         self.steps: list[int] = []  # tokens each live input has generated so far
+        self.forced: list[forcing.Constraints] = []  # each live input's forced words (may differ per input)
         self.state: State = {}
         self.beam_scores = self.tokens = self.history = torch.empty(0)
         self.attn_history: torch.Tensor | None = None
@@ -235,11 +224,15 @@ class BeamBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def add(self, state: State, keys: Sequence[Hashable]) -> None:
-        """Start a search for each row of `state` (an init_state of len(keys) inputs), named by `keys`."""
+    def add(self, state: State, keys: Sequence[Hashable], force: Sequence[Sequence] | None = None) -> None:
+        """Start a search for each row of `state` (an init_state of len(keys) inputs), named by `keys`;
+        `force`: per input, its forced ids (as GenerationConfig.force_ids; default: the config's)."""
         n, k = _num_rows(state), self.k
-        if n != len(keys):
-            raise ValueError(f"{n} state rows but {len(keys)} keys")
+        if n != len(keys) or (force is not None and len(force) != n):
+            raise ValueError(f"{n} state rows but {len(keys)} keys" + (f", {len(force)} forced" if force else ""))
+        forced = [forcing.normalize(f) for f in force] if force is not None else [self.cfg.force_ids] * n
+        for constraints in forced:
+            forcing.check(constraints, (*self.cfg.banned_ids, *self.cfg.omit_ids))
         device = next(iter(state.values())).device
         state = reorder(state, torch.arange(n, device=device).repeat_interleave(k))
         # Only beam 0 is live at the start, so the first step does not pick K copies of one token.
@@ -260,6 +253,7 @@ class BeamBatch:
         self.keys += list(keys)
         self.finished += [[] for _ in range(n)]
         self.steps += [0] * n
+        self.forced += forced
 
     def _constrain(self, logprobs: torch.Tensor) -> torch.Tensor:
         """`_constrain` on each group of inputs of one history length (all of them, offline)."""
@@ -282,34 +276,49 @@ class BeamBatch:
             attn = attn[:-1] if ended else attn  # drop the <eos> step
         return Hypothesis(tokens, score / (length + ended) ** self.cfg.length_penalty, attn)
 
-    def advance(self) -> list[tuple[Hashable, list[Hypothesis]]]:
-        """One step for every live input; returns (key, hypotheses best first) of the inputs that ended."""
-        cfg, k, batch = self.cfg, self.k, len(self.keys)
-        logits, new_state, alpha = self.step(self.tokens, self.state)
-        self.unchanged = frozenset(n for n in self.unchanged if new_state.get(n) is self.state[n])
-        logprobs = self._constrain(logits.float().log_softmax(-1))
+    def _select(self, logprobs: torch.Tensor) -> tuple[list[tuple[int, int, float]], torch.Tensor]:
+        """Plain beam search's choice: (inputs, rows, scores) that end in <eos>, and the rows to continue."""
+        k, batch = self.k, len(self.keys)
         vocab = logprobs.shape[-1]
         candidates = (self.beam_scores.reshape(-1, 1) + logprobs).view(batch, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K); at most K of them end in <eos>
         top_beam, top_token = top_index // vocab, top_index % vocab
-        if alpha is not None and cfg.return_attention:
-            self.attn_history = alpha[:, None] if self.attn_history is None else \
-                torch.cat([self.attn_history, alpha[:, None]], 1)
         is_eos = top_token == self.eos_id
         # HF semantics: an <eos> ranked below the beam width is not kept.
         hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
+        finished = []
         if hits:
             scores_list, beams_list = top_scores.tolist(), top_beam.tolist()
-            for b, j in hits:
-                row = b * k + beams_list[b][j]
-                self.finished[b].append(self._hypothesis(row, self.steps[b], scores_list[b][j], ended=True))
+            finished = [(b, b * k + beams_list[b][j], scores_list[b][j]) for b, j in hits]
         # Continue with the K best candidates that did not end, in score order.
         rank = torch.arange(2 * k, device=is_eos.device).expand(batch, -1) + is_eos.long() * (2 * k)
         keep = rank.topk(k, dim=1, largest=False).indices  # (B, K)
         self.beam_scores = top_scores.gather(1, keep)
         base = (torch.arange(batch, device=keep.device) * k)[:, None]  # row offset of each input's beams
-        rows = (base + top_beam.gather(1, keep)).reshape(-1)
         self.tokens = top_token.gather(1, keep).reshape(-1)
+        return finished, (base + top_beam.gather(1, keep)).reshape(-1)
+
+    def _histories(self) -> list[list[int]]:
+        """Each row's own tokens (without the left padding of inputs that joined later)."""
+        width, rows = self.history.shape[1], self.history.tolist()
+        return [rows[r][width - self.steps[r // self.k]:] for r in range(len(rows))]
+
+    def advance(self) -> list[tuple[Hashable, list[Hypothesis]]]:
+        """One step for every live input; returns (key, hypotheses best first) of the inputs that ended."""
+        cfg, k = self.cfg, self.k
+        logits, new_state, alpha = self.step(self.tokens, self.state)
+        self.unchanged = frozenset(n for n in self.unchanged if new_state.get(n) is self.state[n])
+        logprobs = self._constrain(logits.float().log_softmax(-1))
+        if alpha is not None and cfg.return_attention:
+            self.attn_history = alpha[:, None] if self.attn_history is None else \
+                torch.cat([self.attn_history, alpha[:, None]], 1)
+        if any(self.forced):
+            hits, rows, self.tokens, self.beam_scores = forcing.select(
+                logprobs, self.beam_scores, self._histories(), self.forced, k, self.eos_id)
+        else:
+            hits, rows = self._select(logprobs)
+        for b, row, score in hits:
+            self.finished[b].append(self._hypothesis(row, self.steps[b], score, ended=True))
         self.state = reorder(new_state, rows, self.unchanged)
         self.history = torch.cat([self.history.index_select(0, rows), self.tokens[:, None]], dim=1)
         if self.attn_history is not None:
@@ -320,7 +329,9 @@ class BeamBatch:
     def _done(self) -> list[int]:
         """Inputs whose search is over: K finished hypotheses none of the live beams can beat, or max_len."""
         cfg, done = self.cfg, []
-        running = self.beam_scores[:, 0].tolist() if any(len(f) >= self.k for f in self.finished) else None
+        # the best live score (beam 0 in plain beam search; forced words keep banks, not score order)
+        running = self.beam_scores.max(dim=1).values.tolist() if any(len(f) >= self.k for f in self.finished) \
+            else None
         for b, (finished, length) in enumerate(zip(self.finished, self.steps, strict=True)):
             if running is not None and len(finished) >= self.k:
                 worst = min(h.score for h in finished)
@@ -328,9 +339,13 @@ class BeamBatch:
                     done.append(b)
                     continue
             if length >= cfg.max_len:  # still running at max_len: the live beams count as they are
-                scores = self.beam_scores[b].tolist()
+                scores, beams = self.beam_scores[b].tolist(), range(self.k)
+                if self.forced[b]:  # those that met the forced words; the others only if nothing did
+                    rows = self._histories()[b * self.k:(b + 1) * self.k]
+                    met = [j for j in beams if forcing.status(rows[j], self.forced[b])[2]]
+                    beams = met if met or finished else beams
                 finished += [self._hypothesis(b * self.k + j, length, scores[j], ended=False)
-                             for j in range(self.k) if math.isfinite(scores[j])]
+                             for j in beams if math.isfinite(scores[j])]
                 done.append(b)
         return done
 
@@ -339,12 +354,15 @@ class BeamBatch:
         if not done:
             return []
         n = self.cfg.num_return_sequences
-        results = [(self.keys[b], sorted(self.finished[b], key=lambda h: -h.score)[:n]) for b in done]
+        omit = self.cfg.omit_ids
+        results = [(self.keys[b], forcing.omitted(sorted(self.finished[b], key=lambda h: -h.score), omit)[:n])
+                   for b in done]
         gone = set(done)
         live = [b for b in range(len(self.keys)) if b not in gone]
         self.keys = [self.keys[b] for b in live]
         self.finished = [self.finished[b] for b in live]
         self.steps = [self.steps[b] for b in live]
+        self.forced = [self.forced[b] for b in live]
         if not live:
             self.state = {}
             return results
@@ -360,32 +378,32 @@ class BeamBatch:
 
 
 @STRATEGIES.register("beam")
-def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int,
-                cfg: GenerationConfig) -> list[list[Hypothesis]]:
+def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig,
+                force: Sequence[Sequence] | None = None) -> list[list[Hypothesis]]:
     """Beam search over the whole batch at once: B inputs x K beams are one (B*K)-row step; an input's
-    rows leave the batch when its search ends."""
+    rows leave the batch when its search ends. `force`: per input, its forced ids (default: the config's)."""
     beams = BeamBatch(step, bos_id, eos_id, cfg)
-    beams.add(state, range(_num_rows(state)))
+    beams.add(state, range(_num_rows(state)), force)
     results: dict[Hashable, list[Hypothesis]] = {}
     while beams:
         results.update(beams.advance())
     return [results[b] for b in range(len(results))]
 
 
-def suppressing(step: StepFn, token_ids: list[int]) -> StepFn:
-    """Wrap a step function so that `token_ids` (e.g. <pad>, <bos>) are never generated."""
-    def wrapped(tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
-        logits, state, attention = step(tokens, state)
-        return logits.index_fill(1, torch.tensor(token_ids, device=logits.device), -math.inf), state, attention
-    return wrapped
-
-
 def generate(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig | None = None,
-             suppress_ids: tuple[int, ...] = ()) -> list[list[Hypothesis]]:
+             suppress_ids: tuple[int, ...] = (), force: Sequence[Sequence] | None = None) -> list[list[Hypothesis]]:
     """Run the configured strategy; returns, per input, its hypotheses sorted best first.
 
-    `<bos>`, `suppress_ids` and the config's `banned_ids` are never generated.
+    `<bos>`, `suppress_ids` and the config's `banned_ids` are never generated, `omit_ids` are left out of the
+    outputs (n-best that become equal merge into the best of them); every output contains the
+    config's `force_ids`, or with `force` each input its own (a list per input, as `force_ids`; beam only).
     """
     cfg = cfg or GenerationConfig()
     step = suppressing(step, sorted({bos_id, *suppress_ids, *cfg.banned_ids}))
-    return STRATEGIES.get(cfg.strategy)(step, state, bos_id, eos_id, cfg)
+    if force is not None and any(force):
+        if cfg.strategy != "beam" or cfg.beam_size < 2:
+            raise ConfigError(f"generation: forced words need beam search with beam_size >= 2, not "
+                              f"{cfg.strategy!r} with beam_size {cfg.beam_size}")
+        return beam_search(step, state, bos_id, eos_id, cfg, force)
+    hyps = STRATEGIES.get(cfg.strategy)(step, state, bos_id, eos_id, cfg)
+    return [forcing.omitted(per_input, cfg.omit_ids) for per_input in hyps] if cfg.omit_ids else hyps

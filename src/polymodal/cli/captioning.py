@@ -39,17 +39,24 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
             beam: int = typer.Option(3, help="beam size; 1 = greedy"),
             nbest: int = typer.Option(1, help="captions per image (n-best from the beam)"),
             as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of text"),
-            ban: str = typer.Option("", "--ban", help="comma-separated words the captions must not say, e.g. "
-                                    "red,blue (constrained decoding)"),
+            ban: str | None = typer.Option(None, "--ban", help="comma-separated words the captions must not say, "
+                                           "e.g. red,blue, or a group: colours, shapes, sizes, positions"),
+            force: str | None = typer.Option(None, "--force", help="comma-separated words every caption must say, "
+                                             "e.g. red,circle (constrained beam search); a group (colours, ...) "
+                                             "means any one of its words"),
+            omit: str | None = typer.Option(None, "--omit", help="comma-separated words left out of what the model "
+                                            "says, e.g. colours: 'a red circle' -> 'a circle' (for modifiers)"),
             heatmaps: Path | None = typer.Option(
                 None, "--heatmaps", metavar="OUT_DIR",
                 help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
             ) -> None:
     """Caption images with a trained model."""
-    from ..models.captioner import banned_token_ids
+    from ..models.captioner import control_ids
 
+    banned_words, force_words, omit_words = _word_list("--ban", ban), _word_list("--force", force), \
+        _word_list("--omit", omit)
     model = load_for("caption", model_dir)
-    banned = banned_token_ids(model.tokenizer, [w.strip() for w in ban.split(",") if w.strip()])
+    controls = control_ids(model.tokenizer, banned_words, force_words, omit_words)
     strategy = "beam" if beam > 1 else "greedy"
     used_dirs: set[Path] = set()
     for path in images:
@@ -60,10 +67,10 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
 
             folder = _unique_dir(heatmaps / path.stem, used_dirs)
             results, written = caption_heatmaps(model, path, folder, strategy=strategy, beam_size=beam,
-                                                num_return_sequences=min(nbest, beam), banned_ids=banned)
+                                                num_return_sequences=min(nbest, beam), **controls)
         else:
             results = model.caption_nbest([path], strategy=strategy, beam_size=beam,
-                                          num_return_sequences=min(nbest, beam), banned_ids=banned)[0]
+                                          num_return_sequences=min(nbest, beam), **controls)[0]
         if as_json:
             extra = {"heatmaps": [str(p) for p in written]} if heatmaps is not None else {}
             typer.echo(json.dumps({"image": str(path), "captions": results, **check, **extra}))
@@ -74,6 +81,18 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
     if getattr(model, "ood_stats", None) is None:  # said once, after the captions
         typer.echo(f"note: {model_dir} has no out-of-distribution statistics (saved before them), so the images "
                    f"were not checked against its training data", err=True)
+
+
+def _word_list(flag: str, text: str | None) -> list[str]:
+    """"red, circle" -> ["red", "circle"]; a flag given with no word at all is an error, not "no control"."""
+    if text is None:
+        return []
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words:
+        from ..errors import InputError
+
+        raise InputError(f"{flag} {text!r} names no word; give comma-separated words, e.g. {flag} red,circle")
+    return words
 
 
 def _unique_dir(folder: Path, used: set[Path]) -> Path:

@@ -42,6 +42,9 @@ SIZES = {"small": 0.10, "large": 0.17}  # radius of the object's bounding circle
 # Caption words that can stand for one another (hard negative captions, text/perturb.py)
 WORD_GROUPS = (tuple(COLOURS), SHAPES, tuple(SIZES), ("two", "three", "four"), ("left", "right"),
                ("above", "below"), ("top", "bottom"))
+# Attribute groups a user can name instead of words ("--ban colours"): every word of that kind a caption can use.
+ATTRIBUTE_GROUPS = {"colours": tuple(COLOURS), "shapes": SHAPES, "sizes": tuple(SIZES),
+                    "positions": ("left", "right", "above", "below", "top", "bottom", "middle")}
 HELDOUT_PAIRS = (("green", "triangle"), ("red", "square"), ("blue", "star"), ("yellow", "hexagon"))
 ALL_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)
 SEEN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELDOUT_PAIRS)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.images import images_to_batch
+from ..data.shapes import ATTRIBUTE_GROUPS
 from ..errors import InputError
 from ..generate import BeamBatch, GenerationConfig, Hypothesis, State, StepFn, generate
 from ..nn.decoders import build_decoder
@@ -34,25 +35,98 @@ from .base import SavedModel
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
 
 
+def _pieces(tokenizer: Any, word: str) -> tuple[int, ...]:
+    """The tokens `word` is said with inside a caption (after "a ", so that a BPE tokenizer gives its
+    in-sentence pieces); InputError for an empty word or one the vocabulary does not hold."""
+    word = word.strip().lower()
+    if not word:
+        raise InputError("an empty word: give words separated by commas, e.g. red,circle")
+    context = tokenizer.encode("a")
+    pieces = tokenizer.encode(f"a {word}")
+    pieces = pieces[len(context):] if pieces[:len(context)] == context else tokenizer.encode(word)
+    if not pieces or getattr(tokenizer, "unk_id", None) in pieces:
+        raise InputError(f"the model does not know the word {word!r}; use words of its vocabulary or a group "
+                         f"({', '.join(ATTRIBUTE_GROUPS)})")
+    return tuple(pieces)
+
+
+def _group(tokenizer: Any, name: str) -> list[str]:
+    """The words of attribute group `name` (colours, shapes, sizes, positions) that the model knows."""
+    known = []
+    for word in ATTRIBUTE_GROUPS[name]:
+        try:
+            _pieces(tokenizer, word)
+        except InputError:  # a word this model never learnt: it cannot say it anyway
+            continue
+        known.append(word)
+    if not known:
+        raise InputError(f"the model knows no word of the group {name!r} ({', '.join(ATTRIBUTE_GROUPS[name])})")
+    return known
+
+
 def banned_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
-    """The token ids that must never be generated so that none of `words` is said. A word the vocabulary does
-    not hold cannot be said anyway; a word split into several tokens cannot be banned token by token.
+    """The token ids that must never be generated so that none of `words` is said; a group name
+    (colours, shapes, sizes, positions) stands for all its words the model knows. InputError for a word the
+    model does not know, or one the tokenizer splits into several tokens (it cannot be banned token by token).
 
     Example:
         >>> from polymodal.text.tokenizer import WordTokenizer
-        >>> tok = WordTokenizer.build(["a red circle"])
-        >>> banned_token_ids(tok, ["red", "zebra"]) == (tok.encode("red")[0],)
+        >>> tok = WordTokenizer.build(["a red circle", "a blue square"])
+        >>> banned_token_ids(tok, ["colours"]) == tuple(tok.encode("red blue"))
         True
     """
     ids = []
     for word in words:
-        pieces = tokenizer.encode(word)
-        if len(pieces) > 1:
-            raise InputError(f"cannot ban {word!r}: this tokenizer splits it into {len(pieces)} tokens; ban single "
-                             f"words of the model's vocabulary")
-        if pieces and pieces[0] != getattr(tokenizer, "unk_id", None):
+        for said in _group(tokenizer, word.strip().lower()) if word.strip().lower() in ATTRIBUTE_GROUPS else [word]:
+            pieces = _pieces(tokenizer, said)
+            if len(pieces) > 1:
+                raise InputError(f"cannot ban {said!r}: this tokenizer splits it into {len(pieces)} tokens; ban "
+                                 f"single words of the model's vocabulary")
             ids.append(pieces[0])
     return tuple(ids)
+
+
+def forced_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[tuple[tuple[int, ...], ...], ...]:
+    """GenerationConfig.force_ids for `words`, each of which must be said; a group name (colours, ...) must
+    be said through any one of its words. InputError for a word the model does not know.
+
+    Example:
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tok = WordTokenizer.build(["a red circle", "a blue square"])
+        >>> red, blue, circle = tok.encode("red blue circle")
+        >>> forced_token_ids(tok, ["circle", "colours"]) == (((circle,),), ((red,), (blue,)))
+        True
+    """
+    out = []
+    for word in words:
+        name = word.strip().lower()
+        said = _group(tokenizer, name) if name in ATTRIBUTE_GROUPS else [word]
+        out.append(tuple(dict.fromkeys(_pieces(tokenizer, w) for w in said)))
+    return tuple(out)
+
+
+def control_ids(tokenizer: Any, banned_words: Sequence[str] = (), force_words: Sequence[str] = (),
+                omit_words: Sequence[str] = ()) -> dict[str, tuple]:
+    """GenerationConfig fields for a user's "must not mention" (`banned_words`: never generated), "must mention"
+    (`force_words`) and "leave out" (`omit_words`: the model may say them, the caption leaves them out) words;
+    InputError for bad words, or a word both forced and banned or omitted.
+
+    Example:
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> tok = WordTokenizer.build(["a red circle", "a blue square"])
+        >>> control_ids(tok, banned_words=["red"], force_words=["red"])
+        Traceback (most recent call last):
+        ...
+        polymodal.errors.InputError: 'red' is both forced and banned: a caption cannot say it and not say it
+    """
+    banned, omitted = banned_token_ids(tokenizer, banned_words), banned_token_ids(tokenizer, omit_words)
+    forced = forced_token_ids(tokenizer, force_words)
+    for word, alternatives in zip(force_words, forced, strict=True):
+        if all(set(alt) & {*banned, *omitted} for alt in alternatives):
+            how = "banned" if all(set(alt) & set(banned) for alt in alternatives) else "omitted"
+            raise InputError(f"{word.strip()!r} is both forced and {how}: a caption cannot say it and not say it")
+    out = {"banned_ids": banned}
+    return out | ({"force_ids": forced} if forced else {}) | ({"omit_ids": omitted} if omitted else {})
 
 
 class Captioner(SavedModel, nn.Module):
@@ -134,16 +208,35 @@ class Captioner(SavedModel, nn.Module):
         """Best caption for each image. `generation` keys are GenerationConfig fields (beam_size=5, ...)."""
         return [hyps[0] for hyps in self.caption_nbest(images, **generation)]
 
-    def generation_config(self, banned_words: Sequence[str] = (), **generation: Any) -> GenerationConfig:
-        """GenerationConfig fields with this model's defaults (its max length); `banned_words` are never said."""
+    def generation_config(self, banned_words: Sequence[str] = (), force_words: Sequence[str] = (),
+                          omit_words: Sequence[str] = (), **generation: Any) -> GenerationConfig:
+        """GenerationConfig fields with this model's defaults (its max length) and the word controls of
+        `caption_nbest`."""
         generation.setdefault("max_len", self.cfg.decoder.max_len)
-        if banned_words:
-            generation["banned_ids"] = (*generation.get("banned_ids", ()), *banned_token_ids(self.tokenizer, banned_words))
+        for name, ids in control_ids(self.tokenizer, banned_words, force_words, omit_words).items():
+            generation[name] = (*generation.get(name, ()), *ids)
         return GenerationConfig(**generation)
 
     def caption_nbest(self, images: list[ImageInput] | ImageInput, banned_words: Sequence[str] = (),
+                      force_words: Sequence[str] = (), omit_words: Sequence[str] = (),
                       **generation: Any) -> list[list[str]]:
-        """n-best captions per image (`generation`: GenerationConfig fields); `banned_words` are never said."""
+        """n-best captions per image (`generation`: GenerationConfig fields). `banned_words` are never said,
+        `force_words` always are (constrained beam search), `omit_words` are left out of what the model says
+        ("a red circle" -> "a circle"); each may name a group: colours, shapes, sizes, positions.
+
+        Example:
+            >>> import polymodal
+            >>> from polymodal.assets import BUNDLED_CAPTIONER, bundled_model_dir
+            >>> from polymodal.data.shapes import Scene, ShapeObject, render
+            >>> model = polymodal.load(bundled_model_dir(BUNDLED_CAPTIONER))
+            >>> image = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
+            >>> caption = model.caption_nbest([image], banned_words=["colours"], force_words=["circle"])[0][0]
+            >>> "circle" in caption.split() and "red" not in caption.split()
+            True
+            >>> model.caption_nbest([image], omit_words=["colours"])[0][0]
+            'a large circle'
+        """
         self.eval()
-        hyps = self.generate(self.preprocess(images), self.generation_config(banned_words, **generation))
+        cfg = self.generation_config(banned_words, force_words, omit_words, **generation)
+        hyps = self.generate(self.preprocess(images), cfg)
         return [[self.tokenizer.decode(h.tokens) for h in per_image] for per_image in hyps]

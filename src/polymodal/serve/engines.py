@@ -35,7 +35,7 @@ from ..eval.viz import (  # imported with the server, so the first heatmap reque
     explanation_overlay,
 )
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
-from ..models.captioner import banned_token_ids
+from ..models.captioner import control_ids
 from .schemas import CaptionOptions
 from .uploads import RequestError
 
@@ -142,22 +142,27 @@ def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationCon
         return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
                                 num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
                                 seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention),
-                                banned_ids=banned_ids(entry, opts.banned_words))
+                                **word_controls(entry, opts.banned_words, opts.force_words, opts.omit_words))
     except ConfigError as err:
         raise RequestError(str(err), 422) from None
 
 
-def banned_ids(entry: LoadedModel, words: Sequence[str]) -> tuple[int, ...]:
-    """The token ids of a request's `banned_words`; 422 when the model cannot ban them."""
-    if not words:
-        return ()
+def word_controls(entry: LoadedModel, banned: Sequence[str], forced: Sequence[str],
+                  omitted: Sequence[str] = ()) -> dict[str, tuple]:
+    """GenerationConfig's banned_ids / force_ids / omit_ids of a request's `banned_words` / `force_words` /
+    `omit_words`; 422 when the model cannot take them (no tokenizer, an unknown word, a word forced and banned)."""
+    given = [name for name, words in (("banned_words", banned), ("force_words", forced), ("omit_words", omitted))
+             if words]
+    if not given:
+        return {}
+    field = "/".join(given)
     tokenizer = getattr(entry.model, "tokenizer", None)
     if tokenizer is None:
-        raise RequestError(f"banned_words: model {entry.name!r} cannot ban words (it has no tokenizer)", 422)
+        raise RequestError(f"{field}: model {entry.name!r} cannot take word controls (it has no tokenizer)", 422)
     try:
-        return banned_token_ids(tokenizer, words)
+        return control_ids(tokenizer, banned, forced, omitted)
     except InputError as err:
-        raise RequestError(f"banned_words: {err}", 422) from None
+        raise RequestError(f"{field}: {err}", 422) from None
 
 
 def caption_key(entry: LoadedModel, generation: GenerationConfig) -> Hashable:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 # Forbid unknown keys: a typo such as "beam" for "beam_size" must fail loudly, not be ignored.
@@ -45,7 +45,27 @@ class CaptionOptions(BaseModel):
     heatmaps: bool = Field(False, description="return one attention overlay (base64 PNG) per word of the best caption")
     seed: int | None = Field(None, description="sampling seed, for reproducible samples")
     banned_words: list[str] = Field(default_factory=list, max_length=100,
-                                    description="words the captions must not say (e.g. [\"red\", \"blue\"])")
+                                    description="words the captions must not say (e.g. [\"red\", \"blue\"]), or "
+                                                "groups: colours, shapes, sizes, positions")
+    force_words: list[str] = Field(default_factory=list, max_length=8,
+                                   description="words every caption must say (e.g. [\"red\", \"circle\"]; "
+                                               "constrained beam search, beam_size >= 2); a group (colours, ...) "
+                                               "means any one of its words")
+    omit_words: list[str] = Field(default_factory=list, max_length=100,
+                                  description="words left out of what the model says (e.g. [\"colours\"]: 'a red "
+                                              "circle' -> 'a circle'); for modifiers, where banning makes the model "
+                                              "invent something else")
+
+    @field_validator("banned_words", "force_words", "omit_words", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """A form field (multipart keeps one value per name) may list its words comma-separated: "red,circle"."""
+        if isinstance(value, str):
+            words = [w.strip() for w in value.split(",") if w.strip()]
+            if not words:
+                raise ValueError(f"{value!r} names no word; give comma-separated words, e.g. red,circle")
+            return words
+        return value
 
     @model_validator(mode="after")
     def _nbest_fits_beam(self) -> CaptionOptions:

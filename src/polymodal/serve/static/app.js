@@ -184,6 +184,10 @@ async function caption() {
   form.append("beam_size", $("beam").value);
   form.append("nbest", $("nbest").value);
   form.append("heatmaps", "true");
+  // content controls: sent as comma-separated form fields (the server splits them)
+  if ($("no-colours").checked) form.append("omit_words", "colours");  // omitted, not banned: the caption stays true (docs/control.md)
+  const mention = $("must-mention").value.split(",").map((w) => w.trim()).filter(Boolean);
+  if (mention.length) form.append("force_words", mention.join(","));
   try {
     const result = await (await api("/v1/caption", form)).json();
     renderCaption(result);
@@ -577,6 +581,9 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["strategy", "beam", "nbest"]) $(id).addEventListener("change", caption);
   syncControls();
   $("again").addEventListener("click", caption);
+  $("no-colours").addEventListener("change", caption);
+  $("must-mention").addEventListener("change", caption);  // on Enter or when the field loses focus (once)
+  $("control-form").addEventListener("submit", (e) => e.preventDefault());  // Enter: "change" has captioned
   $("play").addEventListener("click", togglePlay);
   $("ask-form").addEventListener("submit", (e) => {
     e.preventDefault();
