@@ -78,3 +78,55 @@ def test_chunked_search_finds_the_nearest_neighbours(monkeypatch):
         monkeypatch.setattr(similar_batches, "DENSE_LIMIT", limit)
         near = nearest_texts(texts, k=3, chunk=7)  # chunks that do not divide N
         assert torch.allclose(sim.gather(1, near), sim.topk(3, dim=-1).values)
+
+
+def _zipf_captions(n: int, vocab: int, lengths: tuple[int, int], seed: int = 0) -> list[str]:
+    """n distinct captions of `lengths` words drawn with weights 1/rank: rare words like COCO's."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    words, weights = [f"w{i}" for i in range(vocab)], list(itertools.accumulate(1 / (r + 1) for r in range(vocab)))
+    out: dict[str, None] = {}
+    while len(out) < n:
+        out[" ".join(rng.choices(words, cum_weights=weights, k=rng.randint(*lengths)))] = None
+    return list(out)
+
+
+def test_approximate_search_agrees_with_the_exact_one():
+    vectors = tfidf_vectors(_zipf_captions(1500, 800, (5, 9)))
+    exact = similar_batches.exact_nearest(vectors, k=8, chunk=256)
+    dense = vectors.to_dense()
+    sim = dense @ dense.T
+    # every word of every caption and no cap: all captions sharing a word are compared, so the same cosines
+    full = similar_batches.approximate_nearest(vectors, k=8, words=100, cap=10**6, chunk=100)
+    assert torch.allclose(sim.gather(1, full), sim.gather(1, exact), atol=1e-6)
+    # the defaults (4 rarest words, 256 captions each): most of the exact neighbours, never itself
+    near = similar_batches.approximate_nearest(vectors, k=8)
+    overlap = sum(len(set(a) & set(e)) for a, e in zip(near.tolist(), exact.tolist(), strict=True)) / exact.numel()
+    assert overlap > 0.8
+    assert not (near == torch.arange(1500)[:, None]).any()
+
+
+def test_approximate_groups_still_skip_the_same_image_and_identical_captions(monkeypatch):
+    monkeypatch.setattr(similar_batches, "EXACT_LIMIT", 0)  # the approximate search, even for 4 captions
+    test_groups_skip_the_same_image_and_identical_captions()
+    texts = ["a red circle", "a red star", "a red circle", "a blue circle", "a red square"]
+    order = SimilarCaptionOrder(texts, owners=[0, 0, 1, 2, 3], group=3, candidates=4)
+    assert all(-1 not in near for near in order.neighbours)
+
+
+def test_a_50k_caption_set_takes_the_approximate_search_and_gives_a_valid_order(monkeypatch):
+    calls = []
+    approximate = similar_batches.approximate_nearest
+    monkeypatch.setattr(similar_batches, "approximate_nearest", lambda *a, **kw: calls.append(1) or approximate(*a, **kw))
+    texts = _zipf_captions(50_000, 20_000, (3, 5))
+    order = SimilarCaptionOrder(texts, owners=[i // 5 for i in range(50_000)], group=4, candidates=8)
+    assert calls == [1]
+    items = order(torch.Generator().manual_seed(0))
+    assert sorted(items) == list(range(50_000))
+    # groups are look-alikes: neighbours in the order share a word far more often than in a shuffle
+    def shared(order: list[int]) -> int:
+        return sum(bool(set(texts[a].split()) & set(texts[b].split())) for a, b in zip(order[:4000], order[1:4001], strict=True))
+
+    assert shared(items) > shared(torch.randperm(50_000).tolist()) + 800
