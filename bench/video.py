@@ -26,7 +26,7 @@ from polymodal.train.tasks import load_task_config
 from polymodal.train.video import VideoDataConfig, video_folder
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CAPTION = "configs/video_caption.yaml"
+CAPTION = "configs/video_caption_pooled.yaml"  # the pooled-frame baseline; the default captioner: bench/video_truth.py
 QA = "configs/video_qa.yaml"
 CAPTION_RUNS = {
     "video + audio": (CAPTION, [], "runs/video_caption"),

@@ -2,7 +2,7 @@
 for every input one checkpoint accepts: video with sound, the same clips silent, and their sound alone.
 
     OMP_NUM_THREADS=1 python bench/video_truth.py \
-        --run 'bundled (grid 1, before)=src/polymodal/assets/shapes_video_captioner' --run 'space-time=runs/video_st'
+        --run 'motion slots + event reader=src/polymodal/assets/shapes_video_captioner' --run 'space-time=runs/video_st'
 
 Beam 3 on the 200 test clips of `polymodal data shapes-video` (n=1200, seed 0); CIDEr-D beside the structured
 scores of `polymodal.eval.video_events` (event recall / precision on (kind, colour, shape), entry/exit side,
