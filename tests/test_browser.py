@@ -218,6 +218,20 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
     assert not outside, f"the page tried to reach beyond the server: {outside}"
 
 
+@contextlib.contextmanager
+def chromium_page(extra_args: tuple[str, ...] = ()) -> Iterator[tuple[sync_api.Page, list[str]]]:
+    """A page of the system's headless Chromium, and the list its JavaScript errors are appended to."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            yield page, errors
+        finally:
+            browser.close()
+
+
 def loopback_only(page: object, base: str) -> list[str]:
     """Let `page` fetch only from the server at `base` (and data:/blob: URLs); returns the list that collects every
     other URL it tried (aborted), for the test to assert empty at the end."""

@@ -15,7 +15,7 @@ from playwright import sync_api
 from polymodal.data.shapes import COLOURS
 from polymodal.eval.hallucination import words
 from tests.conftest import tiny_model
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, loopback_only, serving
+from tests.test_browser import chromium_page, loopback_only, serving
 
 
 @pytest.fixture(scope="module")
@@ -50,45 +50,38 @@ def _recaption(page: sync_api.Page, action) -> None:
 
 
 def test_page_without_colours_and_must_mention(base: str, scene_png: Path) -> None:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            sent: list[str] = []
-            page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/caption") else None)
-            outside = loopback_only(page, base)
-            page.goto(base + "/")
-            page.wait_for_selector("#models .model")
-            page.set_input_files("#file", str(scene_png))
-            page.wait_for_selector("#caption .word", timeout=30_000)
-            assert "omit_words" not in sent[-1] and "force_words" not in sent[-1]
+    with chromium_page() as (page, errors):
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/caption") else None)
+        outside = loopback_only(page, base)
+        page.goto(base + "/")
+        page.wait_for_selector("#models .model")
+        page.set_input_files("#file", str(scene_png))
+        page.wait_for_selector("#caption .word", timeout=30_000)
+        assert "omit_words" not in sent[-1] and "force_words" not in sent[-1]
 
-            # "without colours": the request omits the colour group; no caption of the n-best names a colour.
-            _recaption(page, lambda: page.check("#no-colours"))
-            assert 'name="omit_words"' in sent[-1] and "colours" in sent[-1]
-            captions = _captions(page)
-            assert captions[0] and all(not set(c) & set(COLOURS) for c in captions), captions
+        # "without colours": the request omits the colour group; no caption of the n-best names a colour.
+        _recaption(page, lambda: page.check("#no-colours"))
+        assert 'name="omit_words"' in sent[-1] and "colours" in sent[-1]
+        captions = _captions(page)
+        assert captions[0] and all(not set(c) & set(COLOURS) for c in captions), captions
 
-            # "must mention": every caption says the words, and still no colour.
-            _recaption(page, lambda: (page.fill("#must-mention", "star, square"), page.press("#must-mention", "Enter")))
-            assert 'name="force_words"' in sent[-1] and "star,square" in sent[-1]
-            captions = _captions(page)
-            assert all({"star", "square"} <= set(c) and not set(c) & set(COLOURS) for c in captions), captions
+        # "must mention": every caption says the words, and still no colour.
+        _recaption(page, lambda: (page.fill("#must-mention", "star, square"), page.press("#must-mention", "Enter")))
+        assert 'name="force_words"' in sent[-1] and "star,square" in sent[-1]
+        captions = _captions(page)
+        assert all({"star", "square"} <= set(c) and not set(c) & set(COLOURS) for c in captions), captions
 
-            # A word the model does not know: the server's one-line message, on the page.
-            _recaption(page, lambda: (page.fill("#must-mention", "zebra"), page.press("#must-mention", "Enter")))
-            page.wait_for_selector("#toast.on")
-            assert "does not know the word 'zebra'" in page.inner_text("#toast")
-            assert "No caption" in page.inner_text("#caption")
+        # A word the model does not know: the server's one-line message, on the page.
+        _recaption(page, lambda: (page.fill("#must-mention", "zebra"), page.press("#must-mention", "Enter")))
+        page.wait_for_selector("#toast.on")
+        assert "does not know the word 'zebra'" in page.inner_text("#toast")
+        assert "No caption" in page.inner_text("#caption")
 
-            # Cleared controls: a plain caption again.
-            _recaption(page, lambda: (page.fill("#must-mention", ""), page.press("#must-mention", "Enter")))
-            _recaption(page, lambda: page.uncheck("#no-colours"))
-            assert "omit_words" not in sent[-1] and "force_words" not in sent[-1]
-            assert page.locator("#caption .word").count() >= 1
-            assert not errors, f"JavaScript errors: {errors}"
-        finally:
-            browser.close()
+        # Cleared controls: a plain caption again.
+        _recaption(page, lambda: (page.fill("#must-mention", ""), page.press("#must-mention", "Enter")))
+        _recaption(page, lambda: page.uncheck("#no-colours"))
+        assert "omit_words" not in sent[-1] and "force_words" not in sent[-1]
+        assert page.locator("#caption .word").count() >= 1
+        assert not errors, f"JavaScript errors: {errors}"
     assert not outside, f"the page tried to reach beyond the server: {outside}"

@@ -17,8 +17,7 @@ import pytest
 from polymodal.data.speech import espeak_available
 
 from .test_browser import (  # skips this module too without chromium
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    chromium_page,
     loopback_only,
     serving,
 )
@@ -62,44 +61,37 @@ def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_spoken_question_transcript_answer_and_spoken_reply(server: str, question_wav: Path, scene_png: Path) -> None:
-    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-audio-capture={question_wav}%noloop", "--autoplay-policy=no-user-gesture-required"]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            outside = loopback_only(page, server)
-            page.goto(server + "/")
-            page.wait_for_selector("#mic", state="visible")
-            page.set_input_files("#file", str(scene_png))
+    args = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-audio-capture={question_wav}%noloop", "--autoplay-policy=no-user-gesture-required")
+    with chromium_page(args) as (page, errors):
+        outside = loopback_only(page, server)
+        page.goto(server + "/")
+        page.wait_for_selector("#mic", state="visible")
+        page.set_input_files("#file", str(scene_png))
 
-            page.click("#mic")  # start: the fake microphone plays the question from its start
-            page.wait_for_selector("#mic.recording")
-            page.wait_for_timeout(3000)  # 0.3 s silence + ~1.6 s of speech, then silence
-            page.click("#mic")  # stop: the recording goes to /v1/vqa
-            page.wait_for_function("document.body.dataset.spoken === '1'", timeout=30_000)
+        page.click("#mic")  # start: the fake microphone plays the question from its start
+        page.wait_for_selector("#mic.recording")
+        page.wait_for_timeout(3000)  # 0.3 s silence + ~1.6 s of speech, then silence
+        page.click("#mic")  # stop: the recording goes to /v1/vqa
+        page.wait_for_function("document.body.dataset.spoken === '1'", timeout=30_000)
 
-            reply = page.locator(".bubble.assistant").last
-            assert "error" not in (reply.get_attribute("class") or ""), reply.inner_text()
-            heard = page.inner_text("#heard")
-            assert QUESTION in heard and page.inner_text(".bubble.user").strip() == QUESTION  # the transcript
-            assert reply.inner_text().split()[0] == "red"  # the answer to it, about this image
-            page.wait_for_selector("#reply-audio", state="visible")
-            assert page.get_attribute("#reply-audio", "src").startswith("blob:")
-            assert not page.inner_text("#ask-note").startswith("Spoken answers are off")
+        reply = page.locator(".bubble.assistant").last
+        assert "error" not in (reply.get_attribute("class") or ""), reply.inner_text()
+        heard = page.inner_text("#heard")
+        assert QUESTION in heard and page.inner_text(".bubble.user").strip() == QUESTION  # the transcript
+        assert reply.inner_text().split()[0] == "red"  # the answer to it, about this image
+        page.wait_for_selector("#reply-audio", state="visible")
+        assert page.get_attribute("#reply-audio", "src").startswith("blob:")
+        assert not page.inner_text("#ask-note").startswith("Spoken answers are off")
 
-            # Without a speech recognizer (as GET /v1/models would say), there is no microphone.
-            page.route("**/v1/models", lambda route: route.fulfill(
-                status=200, content_type="application/json",
-                body=json.dumps(_without_recognizer(route.fetch().json()))))
-            page.reload()
-            page.wait_for_selector("#models .model")
-            assert page.is_hidden("#mic") and page.is_disabled("#mic")
-            assert not errors, f"JavaScript errors: {errors}"
-        finally:
-            browser.close()
+        # Without a speech recognizer (as GET /v1/models would say), there is no microphone.
+        page.route("**/v1/models", lambda route: route.fulfill(
+            status=200, content_type="application/json",
+            body=json.dumps(_without_recognizer(route.fetch().json()))))
+        page.reload()
+        page.wait_for_selector("#models .model")
+        assert page.is_hidden("#mic") and page.is_disabled("#mic")
+        assert not errors, f"JavaScript errors: {errors}"
     assert not outside, f"the page tried to reach beyond the server: {outside}"
 
 

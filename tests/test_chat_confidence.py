@@ -192,10 +192,9 @@ def test_page_shows_not_sure_and_unlike_notice_for_chat(image, tmp_path):
     and a reply below the threshold is marked "not sure" with its confidence."""
     if not Path("/usr/bin/chromium").is_file():
         pytest.skip("needs Debian's chromium (/usr/bin/chromium)")
-    from playwright import sync_api
 
     from polymodal.eval.ood import FeatureStats, pooled_image_features
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, loopback_only, serving
+    from tests.test_browser import chromium_page, loopback_only, serving
 
     torch.manual_seed(0)
     model = _assistant().eval()
@@ -204,26 +203,19 @@ def test_page_shows_not_sure_and_unlike_notice_for_chat(image, tmp_path):
     model.ood_stats = FeatureStats.fit(features + 0.01 * torch.randn_like(features), features)
     model.ood_stats.threshold = -1.0  # every image is "unlike": the notice must show
     image.save(tmp_path / "scene.png")
-    with serving(create_app({"tiny-assistant": model})) as base, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            outside = loopback_only(page, base)
-            page.goto(base + "/")
-            page.wait_for_selector("#models .model")
-            page.set_input_files("#file", str(tmp_path / "scene.png"))
-            page.fill("#question", QUESTIONS[0])
-            page.press("#question", "Enter")
-            page.wait_for_selector(".bubble.assistant:not(.typing) .confidence", timeout=30_000)
-            assert "unlike anything the model was trained on" in page.inner_text("#chat .ood-notice")
-            assert page.locator(".bubble.assistant.not-sure").count() == 1
-            assert page.inner_text(".bubble.assistant .confidence").startswith("not sure · ")
-            assert page.inner_text(".bubble.assistant").startswith("I am not sure; my best guess is:")
-            assert not errors, errors
-        finally:
-            browser.close()
+    with serving(create_app({"tiny-assistant": model})) as base, chromium_page() as (page, errors):
+        outside = loopback_only(page, base)
+        page.goto(base + "/")
+        page.wait_for_selector("#models .model")
+        page.set_input_files("#file", str(tmp_path / "scene.png"))
+        page.fill("#question", QUESTIONS[0])
+        page.press("#question", "Enter")
+        page.wait_for_selector(".bubble.assistant:not(.typing) .confidence", timeout=30_000)
+        assert "unlike anything the model was trained on" in page.inner_text("#chat .ood-notice")
+        assert page.locator(".bubble.assistant.not-sure").count() == 1
+        assert page.inner_text(".bubble.assistant .confidence").startswith("not sure · ")
+        assert page.inner_text(".bubble.assistant").startswith("I am not sure; my best guess is:")
+        assert not errors, errors
     assert not outside, outside
 
 
