@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -187,6 +188,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="images per split (0 = all)")
     parser.add_argument("--previous", action="append", default=[], help="LABEL=metrics.json of an earlier run")
     parser.add_argument("--train-minutes", type=float, default=None, help="wall time of the training run")
+    parser.add_argument("--train-command", default="OMP_NUM_THREADS=1 polymodal train configs/assistant.yaml",
+                        help="the command(s) that trained the model, as the page should show them")
     args = parser.parse_args()
     splits = measure(args.model, args.chat, args.images)
     model = load(args.model)
@@ -199,9 +202,9 @@ def main() -> None:
                        f"generator) are quoted", "test": published["test"], "heldout": published["heldout"]}
     results = {"model": str(args.model), "images": args.images, "machine": machine(),
                "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-               "train_command": "OMP_NUM_THREADS=1 polymodal train configs/assistant.yaml",
+               "train_command": args.train_command,
                "train_wall_minutes": args.train_minutes,
-               "command": " ".join(["OMP_NUM_THREADS=1 python bench/assistant.py", *sys.argv[1:]]),
+               "command": "OMP_NUM_THREADS=1 python bench/assistant.py " + shlex.join(sys.argv[1:]),
                "previous": {label: {"file": file, **json.loads(Path(file).read_text())}
                             for label, file in (p.split("=", 1) for p in args.previous)},
                "best_captioner": BEST_CAPTIONER, "old_chat": old, "splits": splits}
