@@ -3,6 +3,7 @@ Shapes World video, and tiny video models that learn, save, load and describe.""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -160,6 +161,30 @@ def test_video_qa_learns_with_feature_and_decision_fusion(tiny_video_world, fusi
     first, last = _overfit(model, batch, steps=30)
     assert last < 0.6 * first
     assert isinstance(model.answer(tiny_video_world[0] / clips[0]["video"], "what shape is heard off screen?"), str)
+
+
+def test_video_qa_with_missing_token_answers_from_each_modality_alone(tiny_video_world):
+    from polymodal.train.video import evaluate_video_qa
+
+    _, clips, bank = tiny_video_world
+    questions = [q for c in clips for q in c["questions"]]
+    tok = WordTokenizer.build(q["question"] for q in questions)
+    answers = sorted({q["answer"] for q in questions})
+    torch.manual_seed(0)
+    media = dataclasses.replace(_media(), missing_token=True)
+    model = VideoQA(VideoQAConfig(media=media, modality_dropout=0.5,
+                                  fusion=FusionConfig(dim=32, hidden=32, heads=2, query="text")), tok, answers)
+    data = ClipQADataset(clips[:3], bank, tok, answers, 12)
+    first, last = _overfit(model, data.collate([data[i] for i in range(len(data))]), steps=30)
+    assert last < 0.8 * first
+    for inputs in (("video",), ("audio",), None):
+        scores = evaluate_video_qa(model, data, inputs=inputs)
+        assert scores["questions"] == len(data) and 0.0 <= scores["accuracy"] <= 1.0
+    model.eval()
+    batch = data.collate([data[0]])
+    with torch.no_grad():  # a missing modality is the learned token, not the clip's own input
+        silent = model({k: v for k, v in batch.items() if k != "mel"})[0]
+        assert not torch.allclose(silent, model(batch)[0])
 
 
 

@@ -58,6 +58,8 @@ class VideoQAConfig:
     question: QuestionEncoderConfig = field(default_factory=QuestionEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     dropout: float = 0.1
+    modality_dropout: float = 0.0     # training: chance a clip loses one modality (with media.missing_token, one
+                                      # checkpoint answers about video with sound, silent video and sound alone)
 
 
 class VideoQA(SavedAnswerModel, nn.Module):
@@ -82,7 +84,7 @@ class VideoQA(SavedAnswerModel, nn.Module):
         """batch: media ("frame_features"/"frames", "mel"), "tokens" (B, L) question ids, optional "targets"
         (B, answers) soft scores. Returns answer logits (B, answers) and named losses."""
         text, mask = self.question(batch["tokens"])
-        features = {**self.media(batch), "text": text}
+        features = {**self.media(batch, self.cfg.modality_dropout), "text": text}
         masks = {"text": mask}
         heads: dict[str, torch.Tensor] = {}
         if self.decision_level:

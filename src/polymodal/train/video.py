@@ -265,12 +265,15 @@ def prepare_video_qa(cfg: VideoQAExperimentConfig, progress: bool = True
 
 
 @torch.inference_mode()
-def evaluate_video_qa(model: VideoQA, dataset: ClipQADataset, batch_size: int = 256) -> dict[str, Any]:
-    """Accuracy overall, on audio-only and on visual questions, and per question type."""
+def evaluate_video_qa(model: VideoQA, dataset: ClipQADataset, batch_size: int = 256,
+                      inputs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Accuracy overall, on audio-only and on visual questions, and per question type; `inputs` keeps only
+    some modalities of each clip (as `evaluate_video_captions`)."""
     model.eval()
     preds: list[str] = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate):
-        batch = {k: v.to(model.device) for k, v in batch.items()}
+        batch = {k: v.to(model.device) for k, v in batch.items()
+                 if inputs is None or k not in INPUT_KEYS or INPUT_KEYS[k] in inputs}
         logits, _ = model(batch)
         preds += [model.answers[int(i)] for i in logits.argmax(-1)]
     groups: dict[str, list[float]] = defaultdict(list)
@@ -298,6 +301,8 @@ def train_video_qa(cfg: VideoQAExperimentConfig, progress: bool = True, stop_at:
                                                 splits[d.train_split], splits[d.val_split])
     test_set = ClipQADataset(splits[d.test_split], bank, best.tokenizer, best.answers, d.question_len)
     summary["test"] = evaluate_video_qa(best, test_set)
+    if best.cfg.media.missing_token and len(best.cfg.media.modalities) > 1:  # one checkpoint, each input alone
+        summary["test_by_input"] = {m: evaluate_video_qa(best, test_set, inputs=(m,)) for m in best.cfg.media.modalities}
     write_json(Path(cfg.train.out_dir) / "metrics.json", summary)
     return summary
 
