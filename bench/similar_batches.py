@@ -15,6 +15,7 @@ Rewrites the "Look-alike-caption batches at COCO size" paragraph of docs/scaling
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import random
 import sys
@@ -103,13 +104,17 @@ def _exact_rows(vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+_DEFAULTS = inspect.signature(approximate_nearest).parameters
+WORDS, CAP = _DEFAULTS["words"].default, _DEFAULTS["cap"].default  # what the bench runs (its defaults)
+
+
 def markdown(shapes: dict[str, float] | None, big: dict[str, float], command: str) -> str:
     n = f"{big['n'] // 1000}k"
     text = (f"{HEADING} (`train.similar_batches`, `train/similar_batches.py`), `{command}` on {today()}, "
             f"shared 2-core CPU ({load_average()}), {machine()}. Above `EXACT_LIMIT` = {EXACT_LIMIT:,} distinct "
             "captions the neighbour search is approximate: each caption is compared only with the captions "
-            "that share one of its two rarest words (an inverted index; a word held by more than 1,024 "
-            "captions lends 1,024 of them, evenly spaced), by exact cosine. With "
+            f"that share one of its {WORDS} rarest words (an inverted index; a word held by more than {CAP:,} "
+            f"captions lends {CAP:,} of them, evenly spaced), by exact cosine. With "
             f"{n} distinct synthetic captions (8-14 words drawn Zipf-like from 10k words) the TF-IDF "
             f"matrix builds in {big['tfidf_s']:.1f} s and the approximate search takes "
             f"**{big['approx_s']:.0f} s** ({big['approx_s'] / 60:.1f} min), against "
@@ -118,13 +123,13 @@ def markdown(shapes: dict[str, float] | None, big: dict[str, float], command: st
             f"it replaced was ~15x slower). On those rows the approximate top-{K} holds "
             f"**{100 * big['recall']:.1f}%** of the exact top-{K} (recall); {100 * big['missing']:.2f}% of its "
             f"slots are empty (fewer than {K} captions share a rare word). A whole `SimilarCaptionOrder` over "
-            f"50k of these captions (exact) builds in {big['order_50k_s']:.0f} s.")
+            f"50k of these captions builds in {big['order_50k_s']:.0f} s.")
     if shapes:
         text += (f" Shapes World's {shapes['n']:,} distinct training captions stay under the limit, so they "
                  f"get the exact search ({shapes['exact_s']:.0f} s) and the same neighbours as before; forced "
                  f"through the approximate search they would take {shapes['approx_s']:.0f} s and keep "
                  f"{100 * shapes['recall']:.1f}% of the exact top-{K}, as its ~40 words are all common "
-                 "(each rare-word list is cut to 1,024 of thousands): hence the limit on N, not only speed.")
+                 f"(each rare-word list is cut to {CAP:,} of thousands): hence the exact search below the limits.")
     return text + "\n"
 
 
