@@ -88,3 +88,16 @@ def test_cli_warns_on_an_unlike_clip_and_notes_missing_statistics(saved, monkeyp
     code, _, err = polymodal_cli(monkeypatch, capsys, "describe", str(root / "noise.mp4"), "--model",
                                  str(root / "plain"), "--beam", "1")
     assert code == 0 and "no out-of-distribution statistics" in err
+
+
+def test_too_few_clips_skip_the_statistics_instead_of_failing_the_run(saved, tmp_path, capsys):
+    from polymodal.train.video import save_clip_stats
+
+    root, folder, clips, _ = saved
+    model = polymodal.load(root / "plain")
+    bank = ClipBank.build(clips, folder, frames=8, size=32, mel=MelConfig(), encode=None, progress=False)
+    assert save_clip_stats(model, tmp_path, bank, clips[:1], clips[1:2]) == {}  # one training clip: no covariance
+    assert "out-of-distribution statistics: skipped" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+    thresholds = save_clip_stats(model, tmp_path, bank, clips[:16], clips[16:])
+    assert set(thresholds) == {"video", "audio"} and stats_path(tmp_path, "video").is_file()

@@ -221,7 +221,12 @@ class VideoCaptioner(SavedModel, nn.Module):
                       generation: GenerationConfig | None = None) -> list[str]:
         """Best caption (mode "events") or summary (mode "summary") of every clip in a batch."""
         self.eval()
-        tokens, events = self.encode(batch)
+        return self._caption(self.encode(batch), mode, generation)
+
+    def _caption(self, encoded: tuple[dict[str, torch.Tensor], torch.Tensor | None], mode: str,
+                 generation: GenerationConfig | None) -> list[str]:
+        """`caption_batch` from the clips' `encode` output (so one encoding serves both modes)."""
+        tokens, events = encoded
         b = next(iter(tokens.values())).shape[0]
         memory = self.memory(tokens, torch.full((b,), MODES.index(mode), dtype=torch.long, device=self.device),
                              events)
@@ -272,12 +277,15 @@ class VideoCaptioner(SavedModel, nn.Module):
         batch = {k: v[None].to(self.device) for k, v in clip.items()}
         gen = GenerationConfig(strategy="beam" if beam_size > 1 else "greedy", beam_size=beam_size,
                                max_len=self.cfg.decoder.max_len)
-        caption = self.caption_batch(batch, "events", gen)[0]
-        summary = self.caption_batch(batch, "summary", gen)[0]
+        with torch.inference_mode():  # the clip is encoded once for captions, summary, times and reads
+            self.eval()
+            encoded = self.encode(batch)
+            caption = self._caption(encoded, "events", gen)[0]
+            summary = self._caption(encoded, "summary", gen)[0]
+            probs = self.event_logits(*encoded, len(times)).sigmoid()[0].cpu()
+            reads = None if encoded[1] is None else self.reader.read(encoded[1])
         clauses = [c.strip() for c in caption.split(", then ") if c.strip()]
-        probs = self.event_probs(batch, len(times))[0].cpu()
         peaks = pick_peaks(probs, len(clauses), min_gap=2)
-        reads = self.read_events(batch)
         events = [{"time": round(float(times[i]), 2), "event": c} for i, c in zip(sorted(peaks), clauses, strict=False)]
         if reads is not None and len(reads[0]) == len(times):  # what the reader names at each picked step
             for e, i in zip(events, sorted(peaks), strict=False):

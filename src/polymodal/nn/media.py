@@ -199,7 +199,7 @@ class MediaEncoder(nn.Module):
         keep = self.modality_mask(len(ref), ref.device, dropout)
         out = {}
         for m, name in enumerate(self.modalities):
-            missing = self.missing[m] if self.cfg.missing_token else ref.new_zeros(self.cfg.dim)
+            missing = self.stand_in(m, ref)
             x = found.get(name)
             out[name] = (missing.expand(len(ref), self.token_count(name), -1) if x is None
                          else x * keep[:, m, None, None] + missing * (1 - keep[:, m, None, None]))
@@ -228,12 +228,12 @@ class MediaEncoder(nn.Module):
 
     def keep_only(self, tokens: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
         """`forward`'s tokens as if the clip had only modality `name`: the others stood in for as when missing."""
-        out = {}
-        for m, other in enumerate(self.modalities):
-            x = tokens[other]
-            missing = self.missing[m] if self.cfg.missing_token else x.new_zeros(self.cfg.dim)
-            out[other] = x if other == name else missing.expand_as(x)
-        return out
+        return {other: x if other == name else self.stand_in(m, x).expand_as(x)
+                for m, (other, x) in enumerate((o, tokens[o]) for o in self.modalities)}
+
+    def stand_in(self, m: int, like: torch.Tensor) -> torch.Tensor:
+        """(D,) what stands in for the m-th modality when a clip lacks it: the missing token, or zeros."""
+        return self.missing[m] if self.cfg.missing_token else like.new_zeros(self.cfg.dim)
 
     def modality_mask(self, b: int, device: torch.device, dropout: float) -> torch.Tensor:
         """(B, M) 1 = keep; in training, with `dropout`, one random modality of some clips is 0."""

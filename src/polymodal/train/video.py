@@ -26,12 +26,14 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..checkpoint import write_json
 from ..config import TrainConfig
 from ..data.clips import ClipBank, ClipCaptionDataset, ClipQADataset, event_fields, read_annotations
 from ..data.datasets import cache_root
 from ..data.shapes_video import write_shapes_video
+from ..errors import PolymodalError
 from ..eval.caption_metrics import caption_metrics
 from ..eval.ood import fit_clip_stats
 from ..eval.video_events import score_events, score_reads
@@ -189,13 +191,18 @@ def evaluate_video_captions(model: VideoCaptioner, clips: list[dict], bank: Clip
 def save_clip_stats(model: Any, folder: Path, bank: ClipBank, train: list[dict], calibration: list[dict],
                     batch_size: int = 100, limit: int = 2000) -> dict[str, float]:
     """Fit and save a trained video model's per-modality OOD statistics (eval/ood.py `fit_clip_stats`) on
-    (up to `limit`) training clips, thresholds on held-out ones; returns each modality's threshold."""
+    (up to `limit`) training clips, thresholds on held-out ones; returns each modality's threshold ({} and a
+    message when the clips are too few to fit them, as `save_model_stats` does)."""
     def batches(clips: list[dict]) -> Any:
         for i in range(0, len(clips), batch_size):
             rows = [bank.row[c["id"]] for c in clips[i:i + batch_size]]
             yield {k: v.to(model.device) for k, v in bank.inputs(rows).items()}
 
-    stats = fit_clip_stats(model, batches(train[:limit]), batches(calibration))
+    try:
+        stats = fit_clip_stats(model, batches(train[:limit]), batches(calibration))
+    except PolymodalError as err:  # too few clips: trained all the same, only the inputs go unchecked
+        tqdm.write(f"out-of-distribution statistics: skipped ({err})")
+        return {}
     for name, s in stats.items():
         s.save(folder, name)
     return {name: round(s.threshold, 3) for name, s in stats.items()}
