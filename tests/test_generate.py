@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from polymodal.constrained import banned_ngram_tokens
 from polymodal.errors import ConfigError
-from polymodal.generate import GenerationConfig, _banned_ngram_tokens
+from polymodal.generate import GenerationConfig
 
 from .conftest import tiny_model
 
@@ -91,8 +92,8 @@ def test_no_repeat_ngram_obeyed(strategy):
 
 def test_banned_ngrams_hand_case():
     history = torch.tensor([[5, 6, 5], [1, 2, 3]])
-    assert _banned_ngram_tokens(history, 2) == [[6], []]
-    assert _banned_ngram_tokens(history, 1) == [[5, 6, 5], [1, 2, 3]]
+    assert banned_ngram_tokens(history, 2) == [[6], []]
+    assert banned_ngram_tokens(history, 1) == [[5, 6, 5], [1, 2, 3]]
 
 
 def test_min_len_and_special_tokens_respected():

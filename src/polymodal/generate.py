@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import torch
 
 from . import constrained as forcing
-from .constrained import banned_ngram_tokens as _banned_ngram_tokens  # noqa: F401 - tests use it
 from .constrained import constrain as _constrain
 from .constrained import suppressing  # noqa: F401 - part of this module's API (models/assistant.py)
 from .errors import ConfigError
@@ -84,8 +83,13 @@ class GenerationConfig:
             forcing.check(self.force_ids, (*self.banned_ids, *self.omit_ids))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"generation: force_ids: {err}") from None
-        if self.force_ids and (self.strategy != "beam" or self.beam_size < 2):
-            # one beam would have to say the forced words at once (as HF, which also asks for num_beams > 1)
+        if self.force_ids:
+            self.require_beams_for_forcing()
+
+    def require_beams_for_forcing(self) -> None:
+        """ConfigError unless forced words can be searched for: beam search with 2 beams or more (one beam
+        would have to say them at once; HF also asks for num_beams > 1)."""
+        if self.strategy != "beam" or self.beam_size < 2:
             raise ConfigError(f"generation: forced words need beam search with beam_size >= 2, not "
                               f"{self.strategy!r} with beam_size {self.beam_size}")
 
@@ -329,6 +333,7 @@ class BeamBatch:
     def _done(self) -> list[int]:
         """Inputs whose search is over: K finished hypotheses none of the live beams can beat, or max_len."""
         cfg, done = self.cfg, []
+        histories: list[list[int]] | None = None  # every row's tokens, listed once if a forced search ends
         # the best live score (beam 0 in plain beam search; forced words keep banks, not score order)
         running = self.beam_scores.max(dim=1).values.tolist() if any(len(f) >= self.k for f in self.finished) \
             else None
@@ -341,7 +346,8 @@ class BeamBatch:
             if length >= cfg.max_len:  # still running at max_len: the live beams count as they are
                 scores, beams = self.beam_scores[b].tolist(), range(self.k)
                 if self.forced[b]:  # those that met the forced words; the others only if nothing did
-                    rows = self._histories()[b * self.k:(b + 1) * self.k]
+                    histories = histories if histories is not None else self._histories()
+                    rows = histories[b * self.k:(b + 1) * self.k]
                     met = [j for j in beams if forcing.status(rows[j], self.forced[b])[2]]
                     beams = met if met or finished else beams
                 finished += [self._hypothesis(b * self.k + j, length, scores[j], ended=False)
@@ -401,9 +407,7 @@ def generate(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: Generati
     cfg = cfg or GenerationConfig()
     step = suppressing(step, sorted({bos_id, *suppress_ids, *cfg.banned_ids}))
     if force is not None and any(force):
-        if cfg.strategy != "beam" or cfg.beam_size < 2:
-            raise ConfigError(f"generation: forced words need beam search with beam_size >= 2, not "
-                              f"{cfg.strategy!r} with beam_size {cfg.beam_size}")
+        cfg.require_beams_for_forcing()
         return beam_search(step, state, bos_id, eos_id, cfg, force)
     hyps = STRATEGIES.get(cfg.strategy)(step, state, bos_id, eos_id, cfg)
     return [forcing.omitted(per_input, cfg.omit_ids) for per_input in hyps] if cfg.omit_ids else hyps

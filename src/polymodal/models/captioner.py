@@ -64,6 +64,12 @@ def _group(tokenizer: Any, name: str) -> list[str]:
     return known
 
 
+def _words(tokenizer: Any, word: str) -> list[str]:
+    """The words a user's `word` stands for: a group name (colours, ...) -> its words the model knows, else itself."""
+    name = word.strip().lower()
+    return _group(tokenizer, name) if name in ATTRIBUTE_GROUPS else [word]
+
+
 def banned_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
     """The token ids that must never be generated so that none of `words` is said; a group name
     (colours, shapes, sizes, positions) stands for all its words the model knows. InputError for a word the
@@ -77,7 +83,7 @@ def banned_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
     """
     ids = []
     for word in words:
-        for said in _group(tokenizer, word.strip().lower()) if word.strip().lower() in ATTRIBUTE_GROUPS else [word]:
+        for said in _words(tokenizer, word):
             pieces = _pieces(tokenizer, said)
             if len(pieces) > 1:
                 raise InputError(f"cannot ban {said!r}: this tokenizer splits it into {len(pieces)} tokens; ban "
@@ -99,9 +105,7 @@ def forced_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[tuple[tuple[
     """
     out = []
     for word in words:
-        name = word.strip().lower()
-        said = _group(tokenizer, name) if name in ATTRIBUTE_GROUPS else [word]
-        out.append(tuple(dict.fromkeys(_pieces(tokenizer, w) for w in said)))
+        out.append(tuple(dict.fromkeys(_pieces(tokenizer, w) for w in _words(tokenizer, word))))
     return tuple(out)
 
 
