@@ -1,5 +1,6 @@
-"""Text -> image, graded GenEval-style by the project's own perception; writes docs/generation.md and
-docs/results/generation.json (and docs/generation_samples.png).
+"""Text -> image, graded GenEval-style by the project's own perception; writes the model family's results
+(docs/results/generation.json or generation_tokens.json, and its sample pictures) and rewrites docs/generation.md
+(bench/generation_report.py) with both families side by side.
 
     OMP_NUM_THREADS=1 python bench/generation.py --model runs/text_to_image
 
@@ -25,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from generation_report import FAMILIES, write_report  # noqa: E402  (bench/, beside this file)
+
 import polymodal  # noqa: E402
 from polymodal.assets import ASSETS, BUNDLED_CAPTIONER, BUNDLED_VQA  # noqa: E402
 from polymodal.data.shapes import HELDOUT_PAIRS, ShapesWorld  # noqa: E402
@@ -38,7 +41,7 @@ from polymodal.eval.generation_stats import (  # noqa: E402
     to_unit_tensor,
 )
 from polymodal.eval.ood import pooled_image_features  # noqa: E402
-from polymodal.models.text_to_image import to_pil  # noqa: E402
+from polymodal.models.image_generation import to_pil  # noqa: E402
 
 SAMPLE_PROMPTS = ["a small red circle to the left of a large blue square", "a large green star",
                   "a yellow triangle above a white hexagon", "three shapes: a small cyan diamond, a large orange "
@@ -64,8 +67,13 @@ class Drawer:
         noise = {t: torch.randn(3, size, size, generator=g) for t in dict.fromkeys(texts)}
         for start in range(0, len(todo), self.batch):
             chunk = todo[start:start + self.batch]
-            x = self.model.sample(chunk, torch.stack([noise[t] for t in chunk]), steps, guidance)
-            for t, im in zip(chunk, to_pil(x), strict=True):
+            if getattr(self.model, "fixed_steps", False):  # image tokens: the prompts of a chunk sample together
+                with torch.inference_mode():
+                    codes = self.model.sample_codes(chunk, 1, seed + start, guidance)
+                    images = to_pil(self.model.image_tokenizer.decode(codes))
+            else:  # continuous: each text starts from its own noise
+                images = to_pil(self.model.sample(chunk, torch.stack([noise[t] for t in chunk]), steps, guidance))
+            for t, im in zip(chunk, images, strict=True):
                 self.cache[(t, steps, seed, guidance)] = im
         return [self.cache[(t, steps, seed, guidance)] for t in texts]
 
@@ -114,12 +122,14 @@ def run(args: argparse.Namespace) -> dict:
     started = time.time()
     torch.manual_seed(0)
     model = polymodal.load(args.model)
+    if getattr(model, "fixed_steps", False):  # one step per image token: no steps to choose or sweep
+        args.steps, args.curve = model.cfg.steps, []
     vqa = polymodal.load(ASSETS / BUNDLED_VQA)
     captioner = polymodal.load(ASSETS / BUNDLED_CAPTIONER)
     parser = ObjectParser(vqa)
     world = ShapesWorld(n=5000, seed=0, image_size=128)  # the scenes every other Shapes World figure uses
     drawer = Drawer(model, args.steps, args.guidance)
-    res: dict = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "image_size": model.cfg.image_size,
+    res: dict = {"model": args.model, "architecture": model.architecture, "steps": args.steps, "guidance": args.guidance, "image_size": model.cfg.image_size,
                  "parameters": sum(p.numel() for p in model.parameters())}
     log = print
     res["grader_on_real"] = grader_accuracy(parser, world, args.real)
@@ -199,7 +209,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # speed and accuracy against steps
     speed = {}
-    for steps in sorted({args.steps, 10}):
+    for steps in sorted({args.steps, 10} if args.curve else {args.steps}):
         times = []
         for _ in range(3):
             t = time.perf_counter()
@@ -219,129 +229,14 @@ def run(args: argparse.Namespace) -> dict:
 
     sheet_prompts = SAMPLE_PROMPTS
     sheet = [seeds[s][k] for k in range(len(div_prompts)) for s in range(4)]
-    image_grid([im.resize((96, 96), 0) for im in sheet], columns=8, pad=3).save(ROOT / "docs" / "generation_samples.png")
-    image_grid([im.resize((96, 96), 0) for im in nn_pair], columns=2, pad=3).save(ROOT / "docs" / "generation_nearest.png")
+    suffix = "_tokens" if getattr(model, "fixed_steps", False) else ""  # one pair of pictures per family
+    res["samples_png"], res["nearest_png"] = f"generation_samples{suffix}.png", f"generation_nearest{suffix}.png"
+    image_grid([im.resize((96, 96), 0) for im in sheet], columns=8, pad=3).save(ROOT / "docs" / res["samples_png"])
+    image_grid([im.resize((96, 96), 0) for im in nn_pair], columns=2, pad=3).save(ROOT / "docs" / res["nearest_png"])
     res["sample_prompts"] = sheet_prompts[: len(div_prompts)]
     res["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     res["bench_minutes"] = (time.time() - started) / 60
     return res
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def write_markdown(res: dict, path: Path) -> None:
-    """docs/generation.md from the results dict (every number below is read from it)."""
-    g, real, t = res["groups"], res["groups_real_images"], res.get("training", {})
-    lines = ["# Text -> image generation (continuous family: flow matching + classifier-free guidance)", "",
-             "Generated by `bench/generation.py` from `docs/results/generation.json`; every figure comes from the run "
-             "recorded there.", "",
-             f"Model: a conditional U-Net ({res['parameters'] / 1e6:.2f} M parameters, {res['image_size']} px, "
-             "2x2 pixel folding, cross-attention to a word-level transformer text tower) trained by rectified flow "
-             "with 10% caption dropout; sampled with Euler steps and classifier-free guidance "
-             f"(here {res['steps']} steps, guidance {res['guidance']:g}).", "",
-             "```", t.get("command", "polymodal train configs/text_to_image.yaml"), res["command"], "```", ""]
-    if t:
-        lines += [f"Training: {t['steps']} steps of batch {t['batch_size']} in {t['minutes']:.1f} CPU-minutes "
-                  f"({t.get('machine', res['machine'])}); final validation flow loss "
-                  f"{t.get('val_loss', float('nan')):.3f} (EMA weights).", ""]
-    lines += ["![samples](generation_samples.png)", "",
-              "Rows: " + "; ".join(f"{i + 1}. \"{p}\"" for i, p in enumerate(res["sample_prompts"])) +
-              " (4 seeds each, two prompts per row of 8).", "",
-              "## The grader, on real rendered scenes", "",
-              "Objects are found as connected regions that stand out from the background; colour is the nearest "
-              "palette colour; shape is the bundled VQA model's answer about the object alone (repainted white); "
-              "size comes from the extent. Measured against the scene ground truth (colour, shape, size and centre "
-              "within 0.06 of the side):", "",
-              "| split | images | objects | object exact | image exact | count exact |", "|---|---|---|---|---|---|"]
-    for split, r in res["grader_on_real"].items():
-        lines.append(f"| {split} | {r['images']} | {r['objects']} | {_pct(r['object_exact'])} | "
-                     f"{_pct(r['image_exact'])} | {_pct(r['count_exact'])} |")
-    lines += ["", "## GenEval-style groups: fully-correct rate", "",
-              "One image per prompt (seed 0). Prompts come from test and heldout scenes in the captions' own "
-              "grammar; 'real' grades the rendered scene the prompt was made from (the grader's ceiling).", "",
-              "| group | prompt example | test | heldout | real (test) |", "|---|---|---|---|---|"]
-    examples = {"single_object": "a small red circle", "two_objects": "a red circle and a blue square",
-                "count": "there are three shapes", "colour": "a red circle", "size": "a large blue star",
-                "position": "a small red circle to the left of a large blue square",
-                "attribute_binding": "a red circle and a blue square (both pairs)"}
-    for grp in GROUPS:
-        cells = [f"{_pct(x[grp]['correct'])} (n={x[grp]['n']})" if grp in x else "-" for x in
-                 (g["test"], g["heldout"], real["test"])]
-        lines.append(f"| {grp} | {examples[grp]} | " + " | ".join(cells) + " |")
-    for grp, r in res["heldout_compositions"].items():
-        lines.append(f"| held-out compositions, {grp} | a pair never seen in training | - | "
-                     f"{_pct(r['correct'])} (n={r['n']}) | - |")
-    lines += _reading(res) + _targets(res) + _rest(res)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _reading(res: dict) -> list[str]:
-    """Where the fully-correct rate is lost, read from the groups that check one thing each."""
-    g = res["groups"]["test"]
-    held = res["heldout_compositions"].get("single_object", {"correct": float("nan")})
-    return ["", f"Reading the table: the number of objects is right for {_pct(g['count']['correct'])} of count prompts and "
-            f"the size for {_pct(g['size']['correct'])} of single-object prompts, but colour and shape together only "
-            f"for {_pct(g['colour']['correct'])}. In the contact sheet the objects have the asked colours but come out "
-            "as rounded blobs, whose outlines the grader (100% on real scenes) mostly does not read as the asked "
-            f"shape. Held-out colour-shape pairs are fully correct in {_pct(held['correct'])} of single-object prompts. "
-            "Not measured here, but likely: more training steps would sharpen the outlines (the run stopped at "
-            f"{res.get('training', {}).get('steps', '?')} steps, with validation loss still falling)."]
-
-
-def _targets(res: dict) -> list[str]:
-    g, t, sp = res["groups"]["test"], res.get("training", {}), res["speed"]
-    held = res["heldout_compositions"].get("single_object", {"correct": float("nan")})
-    s16 = sp[str(res["steps"])]["seconds_16_images"]
-    rows = [("single object fully correct", ">= 95%", g["single_object"]["correct"], 0.95, _pct),
-            ("two objects with a relation", ">= 80%", g["position"]["correct"], 0.80, _pct),
-            ("held-out compositions (single object)", ">= 80%", held["correct"], 0.80, _pct)]
-    out = ["", "## Targets (issue 19)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
-    for name, goal, value, bar, fmt in rows:
-        out.append(f"| {name} | {goal} | {fmt(value)} | {'yes' if value >= bar else '**no**'} |")
-    if t:
-        out.append(f"| training time | <= 60 CPU-minutes | {t['minutes']:.1f} min | {'yes' if t['minutes'] <= 60 else '**no**'} |")
-    out.append(f"| 16 images at {res['image_size']} px ({res['steps']} steps) | <= 2 s | {s16:.2f} s | "
-               f"{'yes' if s16 <= 2 else '**no**'} |")
-    return out
-
-
-def _rest(res: dict) -> list[str]:
-    rt, fd, dv, nn, sp = (res[k] for k in ("caption_round_trip", "frechet", "diversity", "nearest_training_image",
-                                           "speed"))
-    out = ["", "## Caption round trip", "",
-           f"The bundled captioner (beam 3) captions each generated image of the single-object, position and count "
-           f"prompts (n={rt['n']}); CIDEr-D against the prompt: **{rt['cider_generated']:.3f}** for generated images, "
-           f"{rt['cider_real']:.3f} for the real renderings of the same scenes.", "",
-           "| prompt | caption of the generated image |", "|---|---|"]
-    out += [f"| {e['prompt']} | {e['caption_of_generated']} |" for e in rt["examples"]]
-    out += ["", "## Fréchet distance, diversity, copying", "",
-            f"- Fréchet distance on {fd['features']} features: generated (n={fd['generated_n']}) vs real test "
-            f"**{fd['generated_vs_test']:.2f}**; real val vs real test (the floor) {fd['real_val_vs_test']:.2f}.",
-            f"- Diversity (8 seeds of each sample prompt): mean absolute pixel difference between two images of one "
-            f"prompt {dv['mean_pixel_difference']:.3f} (real test images of different scenes: "
-            f"{dv['real_test_mean_pixel_difference']:.3f}); {_pct(dv['distinct_pairs'])} of pairs differ by more than 0.02.",
-            f"- Nearest training image (RMS pixel distance over all {nn['train_images']} training images, 200 images "
-            f"each): generated median {nn['generated_median']:.3f} (min {nn['generated_min']:.3f}), real test median "
-            f"{nn['real_test_median']:.3f} (min {nn['real_test_min']:.3f}); "
-            f"{_pct(nn['generated_below_real_min'])} of generated images are closer to a training image than the "
-            "closest real test image is. Closest pair (generated, training):", "",
-            "![nearest](generation_nearest.png)", "",
-            "## Speed and accuracy against sampler steps", "",
-            f"16 images at {res['image_size']} px with guidance (two network passes per step), median of 3 runs, "
-            f"{res['machine']}:", "", "| steps | seconds | steps/s |", "|---|---|---|"]
-    out += [f"| {k} | {v['seconds_16_images']:.2f} | {v['steps_per_second']:.1f} |" for k, v in sp.items()]
-    out += ["", "| steps | single object (test) | position (test) |", "|---|---|---|"]
-    for k, v in res["steps_curve"].items():
-        out.append(f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |")
-    if res.get("guidance_sweep_val"):
-        out += ["", "Guidance scale, chosen on validation scenes (fully-correct rate, "
-                f"{res['steps']} steps):", "", "| guidance | single object (val) | position (val) |", "|---|---|---|"]
-        for k, v in res["guidance_sweep_val"].items():
-            out.append(f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |")
-    out += ["", f"Bench wall time: {res['bench_minutes']:.1f} min."]
-    return out
 
 
 def main() -> None:
@@ -359,20 +254,18 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=30000, help="Shapes World n the model was trained on")
     ap.add_argument("--training", default=None, help="JSON of the training run: command, steps, batch_size, "
                     "minutes, val_loss")
-    ap.add_argument("--json", default="docs/results/generation.json")
-    ap.add_argument("--markdown-only", action="store_true", help="rewrite --markdown from an existing --json")
-    ap.add_argument("--markdown", default="docs/generation.md")
+    ap.add_argument("--json", default=None, help="results file; default: the model family's in "
+                    "bench/generation_report.py FAMILIES")
     args = ap.parse_args()
-    if args.markdown_only:
-        write_markdown(json.loads(Path(args.json).read_text(encoding="utf-8")), Path(args.markdown))
-        return
     torch.set_num_threads(1)
     res = run(args)
     res["training"] = json.loads(Path(args.training).read_text()) if args.training else {}
     res["command"] = "OMP_NUM_THREADS=1 python bench/generation.py " + " ".join(sys.argv[1:])
-    Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
-    write_markdown(res, Path(args.markdown))
-    print(f"wrote {args.json} and {args.markdown}")
+    family = "discrete" if res["architecture"] == "token_image_generator" else "continuous"
+    out = Path(args.json) if args.json else FAMILIES[family]
+    out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    write_report()
+    print(f"wrote {out} and docs/generation.md")
 
 
 if __name__ == "__main__":

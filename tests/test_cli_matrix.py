@@ -148,17 +148,34 @@ def _text_to_image() -> torch.nn.Module:
     return TextToImage(cfg, WordTokenizer.build(CAPTIONS))
 
 
+def _image_tokenizer() -> torch.nn.Module:
+    from polymodal.models.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+
+    return ImageTokenizer(ImageTokenizerConfig(image_size=16, patch=2, channels=(8, 8), levels=(3, 3)))
+
+
+def _token_image_generator() -> torch.nn.Module:
+    from polymodal.models.image_tokenizer import ImageTokenizerConfig
+    from polymodal.models.token_image_generator import TokenImageConfig, TokenImageGenerator
+
+    cfg = TokenImageConfig(image=ImageTokenizerConfig(image_size=16, patch=2, channels=(8, 8), levels=(3, 3)),
+                           width=16, layers=1, heads=2)
+    return TokenImageGenerator(cfg, WordTokenizer.build(CAPTIONS))
+
+
 KINDS: dict[str, Callable[[], torch.nn.Module]] = {
     "asr": _asr, "captioner": _captioner, "refining_captioner": _refining, "prefix_lm": _prefix_lm,
     "dual_encoder": _dual_encoder, "vqa": _vqa, "spoken_vqa": _spoken_vqa, "chat": _chat, "assistant": _assistant,
     "video_captioner": _video_captioner,
-    "video_qa": _video_qa, "text_to_image": _text_to_image,
+    "video_qa": _video_qa, "text_to_image": _text_to_image, "image_tokenizer": _image_tokenizer,
+    "token_image_generator": _token_image_generator,
 }
 NOT_MODELS = ("empty_dir", "junk_dir", "junk_file")  # no model: an empty folder, one with a random file, that file
 CAPTIONERS = ("captioner", "refining_captioner", "prefix_lm")
 FITS = {**dict.fromkeys(CAPTIONERS, "polymodal caption"), "dual_encoder": "polymodal index", "vqa": "polymodal vqa",
         "chat": "polymodal chat", "assistant": "polymodal chat", "video_captioner": "polymodal describe", "video_qa": "polymodal videoqa",
-        "asr": "polymodal transcribe", "text_to_image": "polymodal generate", "spoken_vqa": "polymodal vqa"}
+        "asr": "polymodal transcribe", "text_to_image": "polymodal generate", "spoken_vqa": "polymodal vqa",
+        "token_image_generator": "polymodal generate", "image_tokenizer": "polymodal train"}
 
 
 def test_every_saved_kind_is_built_here():
@@ -249,8 +266,8 @@ RECIPES: dict[str, Recipe] = {
     "zeroshot": Recipe(lambda m, i: _s(m, "--data", i.world), ("dual_encoder",)),
     "retrieval-eval": Recipe(lambda m, i: _s(m, "--data", i.world / "captions.json", "--format", "coco"),
                              ("dual_encoder",)),
-    "generate": Recipe(lambda m, i: _s(m, "a red circle", "--n", 2, "--steps", 2, "--out", i.out, "--quiet"),
-                       ("text_to_image",)),
+    "generate": Recipe(lambda m, i: _s(m, "a red circle", "--n", 2, "--out", i.out, "--quiet"),
+                       ("text_to_image", "token_image_generator")),  # default steps: 2 (tiny U-Net), 16 (tokens)
     "transcribe": Recipe(lambda m, i: _s(m, i.video, "--beam", 2), ("asr",)),  # the clip's sound track
     "explain": Recipe(lambda m, i: _s(m, i.image, "--text", "a red circle", "--grid", 2, "--out", i.out),
                       (*CAPTIONERS, "dual_encoder")),  # a VQA model needs --question: one error line

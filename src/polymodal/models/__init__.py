@@ -5,7 +5,7 @@ This file is the one place that fills `registry.MODELS` (the `architecture` key 
 Example:
     >>> from polymodal.registry import MODELS
     >>> MODELS.names()
-    ['asr', 'assistant', 'captioner', 'chat', 'dual_encoder', 'prefix_lm', 'refining_captioner', 'spoken_vqa', 'text_to_image', 'video_captioner', 'video_qa', 'vqa']
+    ['asr', 'assistant', 'captioner', 'chat', 'dual_encoder', 'image_tokenizer', 'prefix_lm', 'refining_captioner', 'spoken_vqa', 'text_to_image', 'token_image_generator', 'video_captioner', 'video_qa', 'vqa']
 """
 
 from ..registry import MODELS
@@ -14,10 +14,12 @@ from .assistant import InstructionAssistant
 from .captioner import Captioner
 from .chat import Assistant
 from .dual_encoder import DualEncoder
+from .image_tokenizer import ImageTokenizer
 from .prefix_lm import PrefixLM
 from .refine import RefiningCaptioner
 from .spoken_vqa import SpokenVQAModel
 from .text_to_image import TextToImage
+from .token_image_generator import TokenImageGenerator
 from .video_captioner import VideoCaptioner
 from .video_qa import VideoQA
 from .vqa import VQAModel
@@ -28,14 +30,17 @@ MODELS.fill({
     "captioner": Captioner,
     "chat": Assistant,
     "dual_encoder": DualEncoder,
+    "image_tokenizer": ImageTokenizer,
     "prefix_lm": PrefixLM,
     "refining_captioner": RefiningCaptioner,
     "spoken_vqa": SpokenVQAModel,
     "text_to_image": TextToImage,
+    "token_image_generator": TokenImageGenerator,
     "video_captioner": VideoCaptioner,
     "video_qa": VideoQA,
     "vqa": VQAModel,
 })
 
-__all__ = ["Assistant", "Captioner", "DualEncoder", "InstructionAssistant", "PrefixLM", "RefiningCaptioner",
-           "SpeechRecognizer", "SpokenVQAModel", "TextToImage", "VQAModel", "VideoCaptioner", "VideoQA"]
+__all__ = ["Assistant", "Captioner", "DualEncoder", "ImageTokenizer", "InstructionAssistant", "PrefixLM",
+           "RefiningCaptioner", "SpeechRecognizer", "SpokenVQAModel", "TextToImage", "TokenImageGenerator", "VQAModel",
+           "VideoCaptioner", "VideoQA"]

@@ -23,23 +23,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..nn.text_encoders import TextEncoderConfig, TransformerTower
 from ..nn.unet import UNet, UNetConfig
-from ..text.tokenizer import Tokenizer, split_words
-from .base import SavedModel
-
-MAX_PROMPT_CHARS = 500   # longer prompts are refused: captions here are a few words
-MAX_IMAGES = 64          # images per prompt in one call
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
+from ..text.tokenizer import Tokenizer
+from .image_generation import ImageGenerator, to_pil
 
 
 @dataclass
@@ -60,13 +54,7 @@ class TextToImageConfig:
             raise ConfigError(f"text_to_image: cond_drop must be in [0, 1), got {self.cond_drop}")
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """Images in [-1, 1], (B, 3, S, S) -> RGB PIL images."""
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
-
-
-class TextToImage(SavedModel, nn.Module):
+class TextToImage(ImageGenerator, nn.Module):
     """A text-conditioned image generator; `generate_images` is the user API, `forward` the training loss."""
 
     architecture, config_cls = "text_to_image", TextToImageConfig
@@ -107,19 +95,6 @@ class TextToImage(SavedModel, nn.Module):
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
         return x, mask, pooled
 
-    def unknown_words(self, text: str) -> list[str]:
-        """Words of `text` that are not in the vocabulary (the model reads them as <unk>).
-
-        Example:
-            >>> from polymodal.text.tokenizer import WordTokenizer
-            >>> cfg = TextToImageConfig(image_size=16, unet=UNetConfig(channels=(8,), attention=(False,), heads=2),
-            ...                         text=TextEncoderConfig(width=16, layers=1, heads=2))
-            >>> TextToImage(cfg, WordTokenizer.build(["a red circle"])).unknown_words("a red zebra")
-            ['zebra']
-        """
-        unk = self.tokenizer.unk_id
-        return [w for w in split_words(text) if self.tokenizer.encode(w) == [unk]]
-
     # ---- training ---------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Flow-matching loss: batch["pixels"] (B, 3, S, S) in [-1, 1], batch["tokens"] (B, T) caption ids."""
@@ -135,31 +110,6 @@ class TextToImage(SavedModel, nn.Module):
         return v, {"loss": loss, "flow_loss": loss.detach()}
 
     # ---- sampling ---------------------------------------------------------------------------------
-    def check_request(self, texts: list[str], n: int, steps: int, guidance: float) -> None:
-        """Refuse what cannot be drawn, with one line that says what to change (InputError)."""
-        if not texts:
-            raise InputError("no prompt given; pass at least one prompt")
-        for text in texts:
-            if not text.strip():
-                raise InputError("empty prompt; describe the image, e.g. \"a small red circle\"")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise InputError(f"prompt of {len(text)} characters; the most is {MAX_PROMPT_CHARS}")
-            words = split_words(text)
-            if not words or len(self.unknown_words(text)) == len(words):
-                raise InputError(f"prompt {text[:60]!r} has no word this model knows; it knows words such as "
-                                 f"{', '.join(self.known_examples())}")
-        if not 1 <= n <= MAX_IMAGES:
-            raise InputError(f"n={n}: ask for 1 to {MAX_IMAGES} images per prompt")
-        if not 1 <= steps <= MAX_STEPS:
-            raise InputError(f"steps={steps}: use 1 to {MAX_STEPS} sampler steps")
-        if not 0.0 <= guidance <= MAX_GUIDANCE or guidance != guidance:
-            raise InputError(f"guidance={guidance}: use a guidance scale from 0 (ignore the prompt) to {MAX_GUIDANCE}")
-
-    def known_examples(self, k: int = 6) -> list[str]:
-        """A few words of the vocabulary, for error messages."""
-        vocab = [self.tokenizer.decode([i]) for i in range(4, min(len(self.tokenizer), 4 + 40))]
-        return [w for w in vocab if w.isalpha() and len(w) > 2][:k]
-
     def velocity(self, x: torch.Tensor, t: float, cond: tuple, uncond: tuple | None, guidance: float) -> torch.Tensor:
         """The guided velocity at time t for a batch of states x (B, 3, S, S)."""
         tt = torch.full((x.shape[0],), t, device=x.device)

@@ -42,7 +42,7 @@ from . import distributed
 from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
 LOWER_IS_BETTER = ("loss", "perplexity", "rank")
-INPUT_KEYS = ("images", "tokens", "mel", "speech_states")  # a batch with none of these: every item failed to load
+INPUT_KEYS = ("images", "tokens", "mel", "speech_states", "pixels")  # a batch with none of these: every item failed to load
 
 
 class EpochBatchSampler(Sampler[list[int]]):

@@ -1,0 +1,72 @@
+"""What every text -> image generator shares: the prompt checks, unknown words and turning tensors into PNGs.
+
+Two families implement it: TextToImage (continuous: a U-Net trained by flow matching, models/text_to_image.py)
+and TokenImageGenerator (discrete: image tokens written by a decoder-only LM, models/token_image_generator.py).
+Both answer `generate_images(texts, n=..., seed=..., steps=..., guidance=...)`, so the CLI, the server and the
+benchmarks take either.
+
+Example:
+    >>> to_pil(torch.zeros(1, 3, 4, 4))[0].getpixel((0, 0))  # 0 is mid-gray in [-1, 1]
+    (128, 128, 128)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..text.tokenizer import Tokenizer, split_words
+from .base import SavedModel
+
+MAX_PROMPT_CHARS = 500   # longer prompts are refused: captions here are a few words
+MAX_IMAGES = 64          # images per prompt in one call
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """Images in [-1, 1], (B, 3, S, S) -> RGB PIL images."""
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+
+
+class ImageGenerator(SavedModel):
+    """Mixin: prompt validation and vocabulary help for a model with `tokenizer` and `cfg.steps`/`cfg.guidance`."""
+
+    tokenizer: Tokenizer
+    fixed_steps: bool = False  # True where the number of sampler steps is the model's own (one per image token)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` that are not in the vocabulary (the model reads them as <unk>)."""
+        unk = self.tokenizer.unk_id
+        return [w for w in split_words(text) if self.tokenizer.encode(w) == [unk]]
+
+    def known_examples(self, k: int = 6) -> list[str]:
+        """A few words of the vocabulary, for error messages."""
+        vocab = [self.tokenizer.decode([i]) for i in range(4, min(len(self.tokenizer), 4 + 40))]
+        return [w for w in vocab if w.isalpha() and len(w) > 2][:k]
+
+    def check_request(self, texts: list[str], n: int, steps: int, guidance: float) -> None:
+        """Refuse what cannot be drawn, with one line that says what to change (InputError)."""
+        if not texts:
+            raise InputError("no prompt given; pass at least one prompt")
+        for text in texts:
+            if not text.strip():
+                raise InputError("empty prompt; describe the image, e.g. \"a small red circle\"")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(f"prompt of {len(text)} characters; the most is {MAX_PROMPT_CHARS}")
+            words = split_words(text)
+            if not words or len(self.unknown_words(text)) == len(words):
+                raise InputError(f"prompt {text[:60]!r} has no word this model knows; it knows words such as "
+                                 f"{', '.join(self.known_examples())}")
+        if not 1 <= n <= MAX_IMAGES:
+            raise InputError(f"n={n}: ask for 1 to {MAX_IMAGES} images per prompt")
+        if self.fixed_steps and steps != self.cfg.steps:
+            raise InputError(f"steps={steps}: this generator writes its {self.cfg.steps} image tokens one per step; "
+                             f"leave steps out")
+        if not 1 <= steps <= MAX_STEPS:
+            raise InputError(f"steps={steps}: use 1 to {MAX_STEPS} sampler steps")
+        if not 0.0 <= guidance <= MAX_GUIDANCE or guidance != guidance:
+            raise InputError(f"guidance={guidance}: use a guidance scale from 0 (ignore the prompt) to {MAX_GUIDANCE}")

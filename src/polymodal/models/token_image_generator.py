@@ -1,0 +1,227 @@
+"""Text -> image, discrete family: a decoder-only LM reads a caption and writes the image's tokens (Parti, Chameleon).
+
+    caption -> [<bos> w1 ... wn <eos>] -> TransformerLM (nn/transformer.py, the prefix LM's GPT-2 stack)
+      -> 64 (or 128) image tokens, one per step (the shared `generate`: sampling, top-k / top-p, KV cache)
+      -> the image tokenizer's decoder (models/image_tokenizer.py, FSQ codes) -> image
+
+One vocabulary holds the words and, after them, the image codes. The caption's closing <eos> is the
+"begin image" token; image token j always sits at position text_max_len + j, so each position embedding
+means one cell of the grid whatever the caption's length. Captions are left-padded (masked) so the image
+starts at the same column for every row of a batch. Training replaces the caption by the empty one
+([<bos> <eos>]) with probability `cond_drop`, so one network gives both the conditional and the
+unconditional next-token distribution, and sampling mixes them with classifier-free guidance
+(nn/state.py `guided`; Ho & Salimans 2022, for tokens as in Parti / LlamaGen).
+
+Example:
+    >>> from polymodal.text.tokenizer import WordTokenizer
+    >>> from polymodal.models.image_tokenizer import ImageTokenizerConfig
+    >>> cfg = TokenImageConfig(image=ImageTokenizerConfig(image_size=16, patch=2, channels=(8, 8), levels=(3, 3)),
+    ...                        width=32, layers=1, heads=2)
+    >>> model = TokenImageGenerator(cfg, WordTokenizer.build(["a red circle", "a blue square"]))
+    >>> images = model.generate_images(["a red circle"], n=2, seed=0)  # untrained: noise-like
+    >>> len(images), images[0].size, model.cfg.steps  # 16 tokens: a 4 x 4 grid of codes, one per cell
+    (2, (16, 16), 16)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..errors import ConfigError
+from ..generate import GenerationConfig, generate
+from ..nn.state import State, guided, pair_rows
+from ..nn.transformer import TransformerLM, attention_mask
+from ..text.tokenizer import Tokenizer
+from .image_generation import ImageGenerator, to_pil
+from .image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+
+
+@dataclass
+class TokenImageConfig:
+    image: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
+    width: int = 256
+    layers: int = 6
+    heads: int = 8
+    dropout: float = 0.0
+    text_max_len: int = 32      # caption tokens, <bos> and <eos> included
+    cond_drop: float = 0.1      # training: probability that a caption is replaced by the empty one
+    guidance: float = 3.0       # default classifier-free guidance scale
+    temperature: float = 1.0    # default sampling temperature
+    top_k: int = 0              # default: sample among the k likeliest codes; 0 = all
+    top_p: float = 1.0          # default nucleus threshold; 1 = off
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ConfigError(f"token image generator: cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.width % self.heads:
+            raise ConfigError(f"token image generator: width {self.width} must divide by heads {self.heads}")
+
+    @property
+    def tokens(self) -> int:
+        side = self.image.image_size // (self.image.patch * 2 ** (len(self.image.channels) - 1))
+        return side * side * self.image.codes_per_cell
+
+    @property
+    def image_size(self) -> int:
+        return self.image.image_size
+
+    @property
+    def steps(self) -> int:
+        """Sampler steps: one per image token, fixed by the tokenizer's grid."""
+        return self.tokens
+
+
+def left_pad(tokens: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows (B, T) -> the same rows left-padded, and which positions are real (B, T).
+
+    Example:
+        >>> ids, valid = left_pad(torch.tensor([[5, 6, 0], [7, 0, 0]]), pad_id=0)
+        >>> ids.tolist(), valid.int().tolist()
+        ([[0, 5, 6], [0, 0, 7]], [[0, 1, 1], [0, 0, 1]])
+    """
+    width = tokens.shape[1]
+    lengths = (tokens != pad_id).sum(1, keepdim=True)
+    source = (torch.arange(width, device=tokens.device)[None] - (width - lengths)) % width
+    valid = torch.arange(width, device=tokens.device)[None] >= width - lengths
+    return torch.where(valid, tokens.gather(1, source), torch.full_like(tokens, pad_id)), valid
+
+
+class TokenImageGenerator(ImageGenerator, nn.Module):
+    """Caption -> image tokens -> image; `generate_images` is the user API, `forward` the training loss."""
+
+    architecture, config_cls = "token_image_generator", TokenImageConfig
+    fixed_steps = True
+
+    def __init__(self, cfg: TokenImageConfig, tokenizer: Tokenizer):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.image_tokenizer = ImageTokenizer(cfg.image)
+        self.text_vocab, self.codes = len(tokenizer), self.image_tokenizer.vocab_size
+        self.lm = TransformerLM(self.text_vocab + self.codes, cfg.width, cfg.layers, cfg.heads,
+                                cfg.text_max_len + cfg.tokens, cfg.dropout)
+
+    # ---- sequences ---------------------------------------------------------------------------
+    def caption_ids(self, texts: list[str]) -> torch.Tensor:
+        """<bos> words <eos>, right-padded (B, T): the form training reads from its caption tokens."""
+        tok = self.tokenizer
+        rows = [[tok.bos_id, *tok.encode(t, max_len=self.cfg.text_max_len - 2), tok.eos_id] for t in texts]
+        ids = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids.to(self.device)
+
+    def _drop_captions(self, captions: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """Rows where `drop` is True become the empty caption [<bos> <eos>] (right-padded)."""
+        tok = self.tokenizer
+        empty = torch.full_like(captions, tok.pad_id)
+        empty[:, 0], empty[:, 1] = tok.bos_id, tok.eos_id
+        return torch.where(drop[:, None], empty, captions)
+
+    def _embed(self, captions: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[left-padded caption][codes] -> embeddings (B, T + C, D) and which keys are real (B, T + C)."""
+        text, valid = left_pad(captions[:, : self.cfg.text_max_len], self.tokenizer.pad_id)
+        text_pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+        code_pos = self.cfg.text_max_len + torch.arange(codes.shape[1], device=codes.device)
+        x = torch.cat([self.lm.embed(text, text_pos),
+                       self.lm.embed(codes + self.text_vocab, code_pos.expand(len(codes), -1))], dim=1)
+        return x, torch.cat([valid, valid.new_ones(codes.shape)], dim=1)
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., D) -> logits over the image codes only (..., K): words never follow <eos> here."""
+        return hidden @ self.lm.wte.weight[self.text_vocab:].T
+
+    # ---- training ----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Next-code loss: batch["tokens"] (B, T) right-padded caption ids, batch["codes"] (B, C) image codes."""
+        captions, codes = batch["tokens"], batch["codes"]
+        if self.training and self.cfg.cond_drop > 0:
+            captions = self._drop_captions(captions, torch.rand(len(captions), device=codes.device) < self.cfg.cond_drop)
+        x, valid = self._embed(captions, codes[:, :-1])  # the last code predicts nothing
+        hidden, _ = self.lm(x, mask=attention_mask(valid, x.shape[1]))
+        text_len = x.shape[1] - (codes.shape[1] - 1)
+        logits = self.code_logits(hidden[:, text_len - 1:])  # from the caption's <eos> on: (B, C, K)
+        loss = F.cross_entropy(logits.reshape(-1, self.codes).float(), codes.reshape(-1))
+        return logits, {"loss": loss, "code_loss": loss.detach()}
+
+    # ---- sampling ----------------------------------------------------------------------------
+    def init_state(self, captions: torch.Tensor) -> State:
+        """Prefill the KV cache with each caption up to (not including) its <eos>, which the first step feeds."""
+        pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
+        open_captions = torch.where(captions == eos, torch.full_like(captions, pad), captions)
+        x, valid = self._embed(open_captions, captions.new_zeros(len(captions), 0))
+        _, cache = self.lm(x, mask=attention_mask(valid, x.shape[1]))
+        state: State = {"text_pos": valid.sum(1), "made": torch.zeros(len(x), dtype=torch.long, device=x.device),
+                        "valid": valid}
+        for i in range(len(self.lm.h)):
+            state[f"pk{i}"], state[f"pv{i}"] = cache[f"k{i}"], cache[f"v{i}"]
+            state[f"k{i}"], state[f"v{i}"] = cache[f"k{i}"][:, :, :0], cache[f"v{i}"][:, :, :0]
+        return state
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
+        """One token per row against the cache -> logits over the vocabulary (B, V), the words ruled out (-inf)."""
+        made = state["made"]  # tokens are ids of the one vocabulary: <eos> first, then codes after the words
+        pos = torch.where(made == 0, state["text_pos"], self.cfg.text_max_len + made - 1)
+        x = self.lm.embed(tokens[:, None], pos[:, None])
+        prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
+        hidden, cache = self.lm(x, mask=state["valid"][:, None, None, :], cache=state, prefix=prefix)
+        logits = torch.full((len(tokens), self.text_vocab + self.codes), -math.inf, device=x.device)
+        logits[:, self.text_vocab:] = self.code_logits(hidden[:, -1]).float()
+        return logits, {**state, **cache, "made": made + 1}, None
+
+    @torch.inference_mode()
+    def sample_codes(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+        """Image tokens (len(texts) * n, T): n samples of each text, the texts in order."""
+        captions = self.caption_ids(texts)
+        tok, cfg = self.tokenizer, self.cfg
+        generation = GenerationConfig(strategy="sample", max_len=cfg.tokens, num_return_sequences=n, seed=seed,
+                                      temperature=cfg.temperature if temperature is None else temperature,
+                                      top_k=cfg.top_k if top_k is None else top_k,
+                                      top_p=cfg.top_p if top_p is None else top_p)
+        if guidance == 1.0:
+            step, state = self.step, self.init_state(captions)
+        else:  # rows in pairs: (caption, empty caption); guidance 0 follows the empty one alone
+            empty = self._drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
+            both = torch.stack([captions, empty], dim=1).flatten(0, 1)
+            step, state = guided(self.step, guidance), pair_rows(self.init_state(both))
+        hyps = generate(step, state, tok.eos_id, tok.eos_id, generation)
+        codes = [torch.tensor(h.tokens) - self.text_vocab for per_text in hyps for h in per_text]
+        return torch.stack(codes).to(self.device)
+
+    def generate_images(self, texts: str | list[str], n: int = 1, seed: int = 0, steps: int | None = None,
+                        guidance: float | None = None, progress: bool = False, batch_size: int = 32,
+                        ) -> list[Image.Image]:
+        """Draw `n` images per prompt; the same seed and prompt give the same images.
+
+        Args:
+            texts: one prompt or a list; the result lists the n images of the first prompt, then the next.
+            n: images per prompt (1 to 64).
+            seed: sampling seed; a prompt's images depend on it (and batch_size), not on the other prompts.
+            steps: must be left out (or equal `cfg.steps`): one step per image token.
+            guidance: classifier-free guidance scale (default `cfg.guidance`); 0 ignores the prompt.
+            progress: unused (sampling takes well under a second per batch); kept for the shared API.
+            batch_size: images sampled together.
+
+        Example:
+            >>> model = polymodal.load("runs/text_to_image_tokens")  # doctest: +SKIP
+            >>> model.generate_images("a small red circle to the left of a large blue square", n=4, seed=0)  # doctest: +SKIP
+            [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        steps = self.cfg.steps if steps is None else int(steps)
+        guidance = self.cfg.guidance if guidance is None else float(guidance)
+        self.check_request(texts, n, steps, guidance)
+        self.eval()
+        out: list[Image.Image] = []
+        for text in texts:  # one prompt per call: its images do not depend on the other prompts or the batch
+            for start in range(0, n, batch_size):
+                codes = self.sample_codes([text], min(batch_size, n - start), seed + start, guidance)
+                with torch.inference_mode():
+                    out += to_pil(self.image_tokenizer.decode(codes))
+        return out

@@ -1,0 +1,203 @@
+"""The discrete text -> image task: (1) an image tokenizer, (2) a decoder-only LM that writes its codes after captions.
+
+    stage 1  images -> ImageTokenizer (FSQ autoencoder), reconstruction loss       {out_dir}/image_tokenizer/model
+    stage 2  every image -> its codes, once; (caption, codes) pairs -> TokenImageGenerator, next-code loss
+                                                                                    {out_dir}/model
+
+The same `data.*` keys as captioning (Shapes World by default; coco | karpathy | jsonl | csv). Stage 1 is
+skipped when `image_tokenizer` names a trained tokenizer folder (one tokenizer can serve many LMs), and
+resumes from its own checkpoint like any run. Validation: reconstruction MSE (stage 1) and the next-code
+loss on validation pairs with their captions (stage 2).
+
+Example:
+    >>> from polymodal.train.tasks import load_task_config
+    >>> task, cfg = load_task_config("configs/text_to_image_tokens.yaml", ["train.steps=20"])
+    >>> cfg.model.tokens, task.__name__
+    (64, 'train_text_to_image_tokens')
+    >>> summary = task(cfg)  # trains both stages; the model lands in runs/text_to_image_tokens/model  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..config import DataConfig, TrainConfig
+from ..data.datasets import ImageDataset, load_split
+from ..data.records import CaptionRecord, SkipReport
+from ..errors import ConfigError
+from ..models.image_tokenizer import ImageTokenizer
+from ..models.token_image_generator import TokenImageConfig, TokenImageGenerator
+from ..registry import STREAMS
+from ..text.tokenizer import Tokenizer, WordTokenizer
+from .distributed import main_process_first
+from .trainer import Trainer
+
+
+@dataclass
+class TokenImageExperimentConfig:
+    task: str = "text_to_image_tokens"
+    seed: int = 0
+    model: TokenImageConfig = field(default_factory=TokenImageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    image_tokenizer: str | None = None   # a trained image tokenizer folder: skip stage 1
+    # stage 1's run; its out_dir is always {train.out_dir}/image_tokenizer
+    tokenizer_train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1500, batch_size=32, lr=2e-3, warmup_steps=100, grad_clip=1.0, weight_decay=0.0,
+        eval_every=500, checkpoint_every=500, early_stop_metric="val_mse"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/text_to_image_tokens", lr=1e-3,
+                                                                   grad_clip=1.0, early_stop_metric="val_loss"))
+    val_images: int = 256        # validation images (stage 1) and pairs (stage 2) scored at each evaluation
+
+
+def collate_images(items: list[dict | None]) -> dict[str, torch.Tensor]:
+    """uint8 images -> pixels in [-1, 1]; failed items are dropped and counted."""
+    good = [it for it in items if it is not None]
+    batch: dict[str, torch.Tensor] = {"skipped": torch.tensor(len(items) - len(good))}
+    if good:
+        batch["pixels"] = torch.stack([it["image"] for it in good]).float() / 127.5 - 1.0
+    return batch
+
+
+class CodedCaptions(Dataset):
+    """Every (caption, image tokens) pair as one item: {"tokens": <bos> words <eos>, "codes": (T,)}."""
+
+    def __init__(self, records: list[CaptionRecord], codes: list[torch.Tensor | None], tokenizer: Tokenizer,
+                 max_len: int):
+        self.records, self.codes, self.tokenizer, self.max_len = records, codes, tokenizer, max_len
+        self.pairs = [(i, j) for i, rec in enumerate(records) if codes[i] is not None
+                      for j in range(len(rec.captions))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i, j = self.pairs[index]
+        tok = self.tokenizer
+        words = tok.encode(self.records[i].captions[j], max_len=self.max_len)
+        return {"tokens": torch.tensor([tok.bos_id, *words, tok.eos_id]), "codes": self.codes[i].long()}
+
+
+def collate_coded(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    tokens = torch.full((len(items), max(len(it["tokens"]) for it in items)), pad_id, dtype=torch.long)
+    for r, it in enumerate(items):
+        tokens[r, : len(it["tokens"])] = it["tokens"]
+    return {"tokens": tokens, "codes": torch.stack([it["codes"] for it in items]), "skipped": torch.tensor(0)}
+
+
+@torch.no_grad()
+def encode_images(tokenizer: ImageTokenizer, images: ImageDataset, batch_size: int = 128,
+                  progress: bool = True) -> list[torch.Tensor | None]:
+    """Each record's image tokens (T,) as int16; None where its image failed to load."""
+    tokenizer.eval()
+    codes: list[torch.Tensor | None] = [None] * len(images)
+    loader = DataLoader(range(len(images)), batch_size=batch_size, collate_fn=list)
+    for indices in tqdm(loader, desc="image codes", disable=not progress, leave=False):
+        loaded = [(i, images[i]) for i in indices]
+        loaded = [(i, it) for i, it in loaded if it is not None]
+        if not loaded:
+            continue
+        pixels = torch.stack([it["image"] for _, it in loaded]).float().to(tokenizer.device) / 127.5 - 1.0
+        for (i, _), tokens in zip(loaded, tokenizer.encode(pixels).cpu(), strict=True):
+            codes[i] = tokens.to(torch.int16)
+    return codes
+
+
+@torch.no_grad()
+def reconstruction_mse(tokenizer: ImageTokenizer, pixels: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Mean squared error of encode -> decode on validation pixels (B, 3, S, S) in [-1, 1]."""
+    tokenizer.eval()
+    total = sum(float(((tokenizer.decode(tokenizer.encode(x)) - x) ** 2).sum())
+                for x in pixels.to(tokenizer.device).split(batch_size))
+    tokenizer.train()
+    return {"mse": total / pixels.numel()}
+
+
+def train_image_tokenizer(cfg: TokenImageExperimentConfig, train: ImageDataset, val_pixels: torch.Tensor,
+                          progress: bool = True) -> ImageTokenizer:
+    """Stage 1: the FSQ autoencoder, saved in {train.out_dir}/image_tokenizer/model; returns the best one."""
+    run = dataclasses.replace(cfg.tokenizer_train, out_dir=str(Path(cfg.train.out_dir) / "image_tokenizer"))
+    torch.manual_seed(cfg.seed)
+    model = ImageTokenizer(cfg.model.image)
+    trainer = Trainer(model, train, run, collate=collate_images, save_model=model.write_files, seed=cfg.seed,
+                      evaluate=lambda m: reconstruction_mse(m, val_pixels),
+                      run_config={"model": dataclasses.asdict(cfg.model.image), "data": dataclasses.asdict(cfg.data),
+                                  "train": dataclasses.asdict(run)}, progress=progress)
+    trainer.fit()
+    return ImageTokenizer.from_pretrained(Path(run.out_dir) / "model")
+
+
+def load_image_tokenizer(path: str, want: Any) -> ImageTokenizer:
+    tokenizer = ImageTokenizer.from_pretrained(path)
+    if dataclasses.asdict(tokenizer.cfg) != dataclasses.asdict(want):
+        raise ConfigError(f"image_tokenizer={path}: its config {dataclasses.asdict(tokenizer.cfg)} differs from "
+                          f"model.image {dataclasses.asdict(want)}; make them equal or leave image_tokenizer out")
+    return tokenizer
+
+
+@torch.no_grad()
+def code_validation(model: TokenImageGenerator, dataset: CodedCaptions, n_pairs: int,
+                    batch_size: int = 64) -> dict[str, float]:
+    """The next-code loss on the first `n_pairs` validation pairs, with their captions (no dropping)."""
+    model.eval()
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(min(n_pairs, len(dataset)))), batch_size=batch_size,
+                        collate_fn=lambda items: collate_coded(items, model.tokenizer.pad_id))
+    total, count = 0.0, 0
+    for batch in loader:
+        _, losses = model({k: v.to(model.device) for k, v in batch.items() if k != "skipped"})
+        total, count = total + float(losses["loss"]) * len(batch["codes"]), count + len(batch["codes"])
+    model.train()
+    return {"loss": total / max(count, 1)}
+
+
+def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool = True,
+                               stop_at: int | None = None) -> dict[str, Any]:
+    """Train both stages as configured; the generator lands in `{train.out_dir}/model`."""
+    if cfg.data.format in STREAMS:
+        raise ConfigError(f"text_to_image_tokens: data.format={cfg.data.format} is a stream; give an indexed "
+                          "dataset (shapes, coco, karpathy, jsonl, csv)")
+    report = SkipReport(source="training data")
+    with main_process_first():
+        train_records = load_split(cfg.data, cfg.data.train_split, report)
+        val_records = load_split(cfg.data, cfg.data.val_split, report)[: cfg.val_images]
+    size = cfg.model.image_size
+    train_images = ImageDataset(train_records, size, cfg.data.preload, report, progress)
+    val_images = ImageDataset(val_records, size, True, report, progress)
+    val_pixels = collate_images([val_images[i] for i in range(len(val_images))]).get("pixels")
+    if val_pixels is None:
+        raise ConfigError(f"text_to_image_tokens: no validation image of split {cfg.data.val_split!r} could be read")
+
+    image_tokenizer = (load_image_tokenizer(cfg.image_tokenizer, cfg.model.image) if cfg.image_tokenizer
+                       else train_image_tokenizer(cfg, train_images, val_pixels, progress))
+    tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions), min_count=cfg.data.min_count,
+                                    max_size=cfg.data.max_vocab)
+    max_len = min(cfg.data.max_len, cfg.model.text_max_len - 2)
+    train_set = CodedCaptions(train_records, encode_images(image_tokenizer, train_images, progress=progress),
+                              tokenizer, max_len)
+    val_set = CodedCaptions(val_records, encode_images(image_tokenizer, val_images, progress=progress),
+                            tokenizer, max_len)
+    if report.count:
+        tqdm.write(report.summary())
+
+    torch.manual_seed(cfg.seed)
+    model = TokenImageGenerator(cfg.model, tokenizer)
+    model.image_tokenizer.load_state_dict(image_tokenizer.state_dict())
+    model.image_tokenizer.requires_grad_(False).eval()
+    trainer = Trainer(model, train_set, cfg.train, collate=lambda items: collate_coded(items, tokenizer.pad_id),
+                      save_model=model.write_files, seed=cfg.seed,
+                      evaluate=lambda m: code_validation(m, val_set, cfg.val_images, cfg.train.batch_size),
+                      run_config=dataclasses.asdict(cfg), progress=progress)
+    summary = trainer.fit(stop_at=stop_at)
+    summary.update(vocab_size=len(tokenizer), train_pairs=len(train_set), skipped_records=report.count,
+                   image_tokenizer_val_mse=reconstruction_mse(image_tokenizer, val_pixels)["mse"],
+                   parameters=sum(p.numel() for p in model.lm.parameters()))
+    return summary
+
+
+train_text_to_image_tokens.config_cls = TokenImageExperimentConfig  # type: ignore[attr-defined]
