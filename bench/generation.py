@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from generation_report import FAMILIES, write_report  # noqa: E402  (bench/, beside this file)
+from _report import write_section  # noqa: E402  (bench/, beside this file)
+from generation_report import FAMILIES, speed_section, write_report  # noqa: E402
 
 import polymodal  # noqa: E402
 from polymodal.assets import ASSETS, BUNDLED_CAPTIONER, BUNDLED_VQA  # noqa: E402
@@ -54,14 +55,16 @@ class Drawer:
 
     def __init__(self, model, steps: int, guidance: float, seed: int = 0, batch: int = 32):
         self.model, self.steps, self.guidance, self.seed, self.batch = model, steps, guidance, seed, batch
-        self.cache: dict[tuple[str, int, int, float], object] = {}
+        self.temperature: float | None = None  # image tokens: sampling temperature (None: the model's default)
+        self.cache: dict[tuple, object] = {}
 
     def draw(self, texts: list[str], steps: int | None = None, seed: int | None = None,
              guidance: float | None = None) -> list:
         steps = steps or self.steps
         seed = self.seed if seed is None else seed
         guidance = self.guidance if guidance is None else guidance
-        todo = [t for t in dict.fromkeys(texts) if (t, steps, seed, guidance) not in self.cache]
+        key = (steps, seed, guidance, self.temperature)
+        todo = [t for t in dict.fromkeys(texts) if (t, *key) not in self.cache]
         size = self.model.cfg.image_size
         g = torch.Generator().manual_seed(seed)
         noise = {t: torch.randn(3, size, size, generator=g) for t in dict.fromkeys(texts)}
@@ -69,13 +72,13 @@ class Drawer:
             chunk = todo[start:start + self.batch]
             if getattr(self.model, "fixed_steps", False):  # image tokens: the prompts of a chunk sample together
                 with torch.inference_mode():
-                    codes = self.model.sample_codes(chunk, 1, seed + start, guidance)
+                    codes = self.model.sample_codes(chunk, 1, seed + start, guidance, self.temperature)
                     images = to_pil(self.model.image_tokenizer.decode(codes))
             else:  # continuous: each text starts from its own noise
                 images = to_pil(self.model.sample(chunk, torch.stack([noise[t] for t in chunk]), steps, guidance))
             for t, im in zip(chunk, images, strict=True):
-                self.cache[(t, steps, seed, guidance)] = im
-        return [self.cache[(t, steps, seed, guidance)] for t in texts]
+                self.cache[(t, *key)] = im
+        return [self.cache[(t, *key)] for t in texts]
 
 
 def grader_accuracy(parser: ObjectParser, world: ShapesWorld, n: int) -> dict:
@@ -144,6 +147,15 @@ def run(args: argparse.Namespace) -> dict:
         drawer.guidance = res["guidance"] = args.guidance = best
         res["guidance_sweep_val"] = sweep
         log("guidance sweep (val)", sweep, "->", best)
+        if args.temperature_sweep and getattr(model, "fixed_steps", False):  # then the temperature, at that guidance
+            sweep = {}
+            for temp in args.temperature_sweep:
+                drawer.temperature = temp
+                sweep[f"{temp:g}"] = group_rates(val_prompts, drawer.draw([p.text for p in val_prompts]), parser)
+            drawer.temperature = res["temperature"] = max(
+                args.temperature_sweep, key=lambda tt: sum(r["correct"] for r in sweep[f"{tt:g}"].values()))
+            res["temperature_sweep_val"] = sweep
+            log("temperature sweep (val)", sweep, "->", res["temperature"])
 
     groups, real_ceiling, heldout = {}, {}, {}
     for split in ("test", "heldout"):
@@ -213,8 +225,8 @@ def run(args: argparse.Namespace) -> dict:
         times = []
         for _ in range(3):
             t = time.perf_counter()
-            model.generate_images(["a small red circle to the left of a large blue square"] * 16, n=1, seed=0,
-                                  steps=steps, guidance=args.guidance)
+            model.generate_images("a small red circle to the left of a large blue square", n=16, seed=0,
+                                  steps=steps, guidance=args.guidance)  # one batch of 16
             times.append(time.perf_counter() - t)
         speed[str(steps)] = {"seconds_16_images": statistics.median(times), "runs": times,
                              "steps_per_second": steps / statistics.median(times)}
@@ -246,6 +258,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--guidance-sweep", type=lambda s: [float(x) for x in s.split(",")], default=[],
                     help="guidance scales tried on val scenes; the best replaces --guidance")
+    ap.add_argument("--temperature-sweep", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                    help="image-token models: sampling temperatures tried on val scenes after the guidance sweep")
     ap.add_argument("--sweep-per-group", type=int, default=50)
     ap.add_argument("--per-group", type=int, default=100)
     ap.add_argument("--real", type=int, default=500, help="real images per split for the grader's own accuracy")
@@ -265,7 +279,10 @@ def main() -> None:
     out = Path(args.json) if args.json else FAMILIES[family]
     out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     write_report()
-    print(f"wrote {out} and docs/generation.md")
+    results = {f: json.loads(p.read_text(encoding="utf-8")) for f, p in FAMILIES.items() if p.is_file()}
+    markdown, figures = speed_section(results)
+    write_section("generation", markdown, figures, command="python bench/generation.py --model MODEL")
+    print(f"wrote {out}, docs/generation.md and its section of docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ MODELS = {
                   "{steps} Euler steps and classifier-free guidance {guidance:g}",
     "discrete": "an FSQ image tokenizer (64 px -> 8 x 8 codes of 1000) and a decoder-only transformer "
                 "({params:.2f} M parameters with the tokenizer) that reads the caption and writes the 64 codes, "
-                "10% of captions dropped in training; sampled one code per step with the KV cache and "
-                "classifier-free guidance {guidance:g}",
+                "10% of captions dropped in training; sampled one code per step with the KV cache, "
+                "classifier-free guidance {guidance:g} and temperature {temperature:g}",
 }
 GROUP_ROWS = ["single_object", "two_objects", "count", "colour", "size", "position", "attribute_binding"]
 EXAMPLES = {"single_object": "a small red circle", "two_objects": "a red circle and a blue square",
@@ -94,7 +94,8 @@ def targets(res: dict) -> list[str]:
 
 def family_section(family: str, res: dict) -> list[str]:
     g, real, t = res["groups"], res["groups_real_images"], res.get("training", {})
-    model = MODELS[family].format(params=res["parameters"] / 1e6, steps=res["steps"], guidance=res["guidance"])
+    model = MODELS[family].format(params=res["parameters"] / 1e6, steps=res["steps"], guidance=res["guidance"],
+                                  temperature=res.get("temperature", 1.0))
     out = [f"## The {family} family", "", f"Model: {model}.", "",
            "```", t.get("command", ""), res["command"], "```", ""]
     if t:
@@ -153,8 +154,33 @@ def rest(res: dict) -> list[str]:
                 "| guidance | single object (val) | position (val) |", "|---|---|---|"]
         out += [f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |"
                 for k, v in res["guidance_sweep_val"].items()]
+    if res.get("temperature_sweep_val"):
+        out += ["", f"Sampling temperature at guidance {res['guidance']:g}, chosen on validation scenes:", "",
+                "| temperature | single object (val) | position (val) |", "|---|---|---|"]
+        out += [f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |"
+                for k, v in res["temperature_sweep_val"].items()]
     out += ["", f"Bench wall time: {res['bench_minutes']:.1f} min."]
     return out
+
+
+def speed_section(results: dict[str, dict]) -> tuple[str, dict[str, float]]:
+    """The benchmarks page's section: drawing speed of each family (and the continuous one's steps curve)."""
+    lines = ["## Text -> image: drawing speed", "",
+             "`python bench/generation.py --model MODEL` (each family's model; figures from "
+             "docs/results/generation*.json) — 16 images at 64 px, guidance on (two rows per image), median of 3 "
+             "runs. The discrete family writes its image tokens one per step with the KV cache; the continuous one "
+             "runs its U-Net once per Euler step. Accuracy: fully-correct single-object prompts (test).", "",
+             "| family | steps | seconds for 16 images | steps/s | single object |", "|---|---|---|---|---|"]
+    figures = {}
+    for family, res in results.items():
+        for steps, v in res["speed"].items():
+            curve = res.get("steps_curve", {}).get(steps)
+            acc = curve["single_object"]["correct"] if curve else (
+                res["groups"]["test"]["single_object"]["correct"] if int(steps) == res["steps"] else None)
+            lines.append(f"| {family} | {steps} | {v['seconds_16_images']:.2f} | {v['steps_per_second']:.1f} | "
+                         f"{_pct(acc) if acc is not None else '-'} |")
+        figures[f"{family}, 16 images (s)"] = round(_seconds16(res), 2)
+    return "\n".join(lines), figures
 
 
 def grader_section(res: dict) -> list[str]:

@@ -119,3 +119,18 @@ def test_captions_obey_banned_words_from_the_cli_and_the_server(monkeypatch, cap
         bad = client.post("/v1/caption", json={"image": "eA==", "banned_words": ["red circle"]})
     assert len(reply["captions"]) == 3 and all("red" not in c["text"].split() for c in reply["captions"])
     assert bad.status_code == 422
+
+
+def test_a_bundled_model_is_found_by_its_name(monkeypatch, tmp_path):
+    import polymodal
+    from polymodal.checkpoint import resolve_model_dir
+    from polymodal.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    assert resolve_model_dir(BUNDLED_DUAL_ENCODER) == ASSETS / BUNDLED_DUAL_ENCODER
+    assert type(polymodal.load(BUNDLED_DUAL_ENCODER)).__name__ == "DualEncoder"
+    (tmp_path / BUNDLED_DUAL_ENCODER).mkdir()  # a local folder of that name wins (and here holds no model)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        resolve_model_dir(BUNDLED_DUAL_ENCODER)
+    with pytest.raises(CheckpointError, match="polymodal models"):
+        resolve_model_dir("no_such_model")

@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
+from .assets import ASSETS
 from .errors import CheckpointError
 from .text.tokenizer import Tokenizer, load_tokenizer
 
@@ -156,14 +157,17 @@ def save_model_dir(path: str | Path, config: dict[str, Any], model: nn.Module,
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """Accept a model directory, a training run directory (uses its `model/`), or a crash-left `.old`."""
+    """Accept a model directory, a training run directory (uses its `model/`), a crash-left `.old`, or the name of
+    a bundled model (`polymodal models` lists them) where no such path exists here."""
     path = Path(path)
+    if not path.exists() and len(path.parts) == 1 and (ASSETS / path.name / CONFIG_FILE).is_file():
+        return ASSETS / path.name
     for candidate in (path, path / "model", path.parent / f"{path.name}.old"):
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     if not path.exists():
         raise CheckpointError(f"{path}: model directory not found; train one with `polymodal train` "
-                              f"or pass the bundled model")
+                              f"or name a bundled model (`polymodal models` lists them)")
     raise CheckpointError(f"{path}: no {CONFIG_FILE} here; pass a model directory (it holds "
                           f"{CONFIG_FILE}, {TOKENIZER_FILE} and {WEIGHTS_FILE}) or a training run directory")
 
