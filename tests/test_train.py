@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from polymodal.config import load_config
 from polymodal.errors import CheckpointError
 from polymodal.train.captioning import train_captioner
-from polymodal.train.trainer import EpochBatchSampler, lr_at
+from polymodal.train.trainer import EpochBatchSampler, is_better, lr_at
 
 
 def _config(tmp_path, steps: int, decoder: str = "attention_lstm", **extra):
@@ -100,3 +100,9 @@ def test_refinement_trains_on_top_of_a_frozen_first_pass(tmp_path):
     assert refined.caption(images.unbind(0), refine=False) == first.caption(images.unbind(0))
     # ... and the second pass produces captions of its own through the shared generator.
     assert all(isinstance(c, str) for c in refined.caption(images.unbind(0), beam_size=3))
+
+
+def test_error_metrics_are_kept_at_their_lowest():
+    # the image tokenizer's early_stop_metric is val_mse: a lower reconstruction error is the better model
+    assert is_better("val_mse", 0.001, 0.004) and not is_better("val_mse", 0.004, 0.001)
+    assert is_better("val_loss", 1.0, 2.0) and is_better("val_accuracy", 0.9, 0.8) and is_better("cider", 1.2, 1.1)

@@ -41,7 +41,7 @@ from ..errors import CheckpointError, DataError
 from . import distributed
 from .state import drop_partial_line, read_trainer_state, restore_trainer_state, write_trainer_state
 
-LOWER_IS_BETTER = ("loss", "perplexity", "rank")
+LOWER_IS_BETTER = ("loss", "perplexity", "rank", "mse", "error")
 INPUT_KEYS = ("images", "tokens", "mel", "speech_states", "pixels")  # a batch with none of these: every item failed to load
 
 
