@@ -114,6 +114,16 @@ def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Pa
             page.locator("#results figure").first.click()
             page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=60_000)
             assert "circle" in page.inner_text("#caption")
+
+            # Draw: the bundled generator draws the prompt; a drawing clicked is captioned by the bundled captioner.
+            page.fill("#prompt", "a large green star")
+            page.press("#prompt", "Enter")
+            page.wait_for_selector("#drawings figure img", timeout=60_000)
+            assert page.locator("#drawings figure").count() == 4
+            done = page.evaluate("document.body.dataset.captions")
+            page.locator("#drawings figure").first.click()
+            page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=60_000)
+            assert "green" in page.inner_text("#caption")
             assert not errors, f"JavaScript errors: {errors}"
         finally:
             browser.close()

@@ -63,6 +63,8 @@ def test_demo_writes_report_metrics_and_heatmaps(tmp_path):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len([link for link in links if link.startswith("images/")]) == SAMPLES
     assert len([link for link in links if link.startswith("heatmaps/")]) == 3
+    assert len([link for link in links if link.startswith("drawings/")]) == 2  # the bundled generator's, captioned
+    assert "## Drawn from text" in text and text.count("captions: ") == 2
     for link in links:
         assert not link.startswith(("/", "\\")) and ":" not in link, link
         assert (moved / link).is_file(), link

@@ -32,7 +32,7 @@ TINY = ["model.image_size=16", "model.unet.channels=[8,16]", "model.unet.attenti
 def trained(tmp_path_factory):
     """A tiny generator trained 6 steps on a 40-image Shapes World; returns (run dir, training summary)."""
     tmp = tmp_path_factory.mktemp("t2i")
-    task, cfg = load_task_config("configs/text_to_image.yaml",
+    task, cfg = load_task_config("configs/text_to_image_flow.yaml",
                                  [*TINY, f"data.path={tmp / 'shapes'}", f"train.out_dir={tmp / 'run'}"])
     summary = task(cfg, progress=False)
     return tmp / "run", summary
@@ -159,7 +159,7 @@ def test_trains_on_a_jsonl_caption_file(tmp_path):
         lines.append(json.dumps({"image": f"{i}.png", "caption": f"picture {i} of shapes",
                                  "split": "val" if i >= 8 else "train"}))
     (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    task, cfg = load_task_config("configs/text_to_image.yaml", [
+    task, cfg = load_task_config("configs/text_to_image_flow.yaml", [
         *TINY, "data.format=jsonl", f"data.path={tmp_path / 'captions.jsonl'}", f"data.images={tmp_path / 'img'}",
         "train.steps=2", f"train.out_dir={tmp_path / 'run'}"])
     summary = task(cfg, progress=False)
@@ -170,7 +170,7 @@ def test_trains_on_a_jsonl_caption_file(tmp_path):
 def test_weight_average_is_saved_and_checkpoint_keeps_trained_weights(tmp_path):
     from polymodal.checkpoint import load_weights
 
-    task, cfg = load_task_config("configs/text_to_image.yaml", [
+    task, cfg = load_task_config("configs/text_to_image_flow.yaml", [
         *TINY, "ema_decay=0.9", "train.steps=4", "train.checkpoint_every=2", f"data.path={tmp_path / 'shapes'}",
         f"train.out_dir={tmp_path / 'run'}"])
     task(cfg, progress=False)

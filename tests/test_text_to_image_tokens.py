@@ -169,9 +169,9 @@ def test_generate_images_seeded_counts_and_guidance():
         assert codes.shape == (2, 16) and int(codes.min()) >= 0 and int(codes.max()) < model.codes
         assert len(model.generate_images("a red circle", n=2, seed=0, guidance=guidance)) == 2
     # guidance 0 ignores the prompt: two prompts (one call each, the same seed), the same codes; guided, they differ
-    x0 = model.sample_codes(["a red circle"], n=1, seed=3, guidance=0.0)
-    assert torch.equal(x0, model.sample_codes(["a green star"], n=1, seed=3, guidance=0.0))
-    assert not torch.equal(x0, model.sample_codes(["a green star"], n=1, seed=3, guidance=3.0))
+    x0 = model.sample_codes(["a red circle"], n=8, seed=3, guidance=0.0)
+    assert torch.equal(x0, model.sample_codes(["a green star"], n=8, seed=3, guidance=0.0))
+    assert not torch.equal(x0, model.sample_codes(["a green star"], n=8, seed=3, guidance=3.0))
     assert len(model.generate_images(["a red circle", "circle", "a green star"], n=2, seed=0, batch_size=1)) == 6
     # a prompt's images depend on the seed (and batch size), not on the prompts beside it
     alone = model.generate_images(["a green star"], n=2, seed=0)
@@ -267,7 +267,7 @@ def one_line(stderr: str) -> list[str]:
 def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch, capsys):
     tmp = tmp_path_factory.mktemp("t2it")
     data, run = f"data.path={tmp / 'shapes'}", tmp / "run"
-    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image_tokens.yaml", *TINY_TASK,
+    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image.yaml", *TINY_TASK,
                                    data, f"train.out_dir={run}", "--quiet")
     assert code == 0, err
     summary = json.loads(out[out.index("{"):])
@@ -277,7 +277,8 @@ def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch
     assert (run / "model" / "model.safetensors").is_file()
     assert polymodal.load(run / "image_tokenizer" / "model").architecture == "image_tokenizer"
     model = polymodal.load(run)
-    assert isinstance(model, TokenImageGenerator) and model.cfg.tokens == 16
+    assert isinstance(model, TokenImageGenerator) and model.cfg.tokens == 4 * 4 * 2  # 32 px: a 4 x 4 grid, 2 codes a cell
+    assert model.image_tokenizer.encoder is None  # a generator ships the decoder only
 
     pngs = tmp / "png"
     code, out, err = polymodal_cli(monkeypatch, capsys, "generate", str(run), "a red circle", "--n", "2",
@@ -292,7 +293,7 @@ def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch
 
     # a trained image tokenizer: stage 1 is skipped
     again = tmp / "again"
-    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image_tokens.yaml", *TINY_TASK,
+    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image.yaml", *TINY_TASK,
                                    data, f"train.out_dir={again}", f"image_tokenizer={run / 'image_tokenizer' / 'model'}",
                                    "--quiet")
     assert code == 0, err
@@ -302,7 +303,7 @@ def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch
         assert torch.equal(value, loaded.image_tokenizer.state_dict()[name]), name
 
     # ... and one that does not fit model.image is refused in one line
-    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image_tokens.yaml", *TINY_TASK,
+    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image.yaml", *TINY_TASK,
                                    data, f"train.out_dir={tmp / 'bad'}", "model.image.levels=[5,5]",
                                    f"image_tokenizer={run / 'image_tokenizer' / 'model'}", "--quiet")
     lines = one_line(err)

@@ -15,7 +15,8 @@ BUNDLED_VQA = "shapes_vqa"  # questions about an image, calibrated
 BUNDLED_ASR = "shapes_asr"  # speech -> text (CTC), for spoken questions
 BUNDLED_DUAL_ENCODER = "shapes_dual_encoder"  # text <-> image embeddings: search
 BUNDLED_INDEX = "shapes_scenes_index"  # built-in test scenes (images inside) embedded by that dual encoder
-SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR, BUNDLED_DUAL_ENCODER)  # what `polymodal serve` loads given no model: one per capability of the page
+BUNDLED_GENERATOR = "shapes_generator"  # text -> image: draws what a caption says
+SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR, BUNDLED_DUAL_ENCODER, BUNDLED_GENERATOR)  # what `polymodal serve` loads given no model: one per capability of the page
 CARD_FILE = "card.json"  # beside a model's weights: what it does, what it was trained on, its figures
 
 

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 from ..api import load
-from ..assets import ASSETS, BUNDLED_ASR, BUNDLED_DUAL_ENCODER, BUNDLED_INDEX, BUNDLED_VQA, bundled_model_dir
+from ..assets import (
+    ASSETS,
+    BUNDLED_ASR,
+    BUNDLED_DUAL_ENCODER,
+    BUNDLED_GENERATOR,
+    BUNDLED_INDEX,
+    BUNDLED_VQA,
+    bundled_model_dir,
+)
 from ..checkpoint import write_json
 from ..config import DataConfig
 from ..data.datasets import load_split, shapes_folder
@@ -30,6 +38,7 @@ from .app import out_folder
 SAMPLES = 6
 QUESTION = "how many shapes are there?"
 SEARCH = "a large red circle"  # a text query over the bundled index of built-in scenes
+DRAW = ("a large red circle to the left of a small blue square", "a green star")  # prompts for the generator
 EVAL_IMAGES = 200  # per split: enough for stable metrics, small enough for a one-minute demo
 
 
@@ -59,7 +68,7 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
                   f"- references: {' / '.join(rec.captions[:3])}",
                   f"- asked the bundled VQA model \"{QUESTION}\": **{answer}** (p={p:.2f})", ""]
 
-    lines += _search_section(out) + _speech_section(out, vqa, test[0].image)
+    lines += _search_section(out) + _drawing_section(out, model) + _speech_section(out, vqa, test[0].image)
     generation = GenerationConfig(strategy="beam", beam_size=3, max_len=model.cfg.decoder.max_len)
     truth = ObjectTruth.shapes(shapes_folder(data))  # are the named objects in the picture?
     all_metrics = {}
@@ -110,6 +119,26 @@ def _search_section(out: Path, k: int = 3) -> list[str]:
     lines = ["## Text search (bundled dual encoder and index)", "",
              f"The {k} best of {len(index.items)} built-in scenes for \"{SEARCH}\", with cosine scores:", ""]
     return lines + [f"![{Path(path).stem}]({_beside(path, out, 'search')}) {score:.2f}" for path, score in hits] + [""]
+
+
+def _drawing_section(out: Path, captioner: object, n: int = 4) -> list[str]:
+    """Text -> image with the bundled generator, and the loop closed: the captioner describes what was drawn."""
+    from ..eval.generation_stats import image_grid
+
+    generator = load(bundled_model_dir(BUNDLED_GENERATOR))
+    folder = out / "drawings"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["## Drawn from text (bundled generator), then captioned", "",
+             f"{n} images per prompt (seed 0); under each row, the bundled captioner's caption of each image.", ""]
+    print()
+    for k, prompt in enumerate(DRAW):
+        images = generator.generate_images(prompt, n=n, seed=0)
+        image_grid([im.resize((128, 128), 0) for im in images], columns=n).save(folder / f"prompt_{k}.png")
+        captions = captioner.caption(images, beam_size=3)  # type: ignore[attr-defined]
+        print(f"drew {prompt!r} x{n}; captioned as: {' | '.join(captions)}")
+        lines += [f"**\"{prompt}\"**", "", f"![{prompt}](drawings/prompt_{k}.png)", "",
+                  "captions: " + " / ".join(captions), ""]
+    return lines
 
 
 def _speech_section(out: Path, vqa: object, image: str) -> list[str]:

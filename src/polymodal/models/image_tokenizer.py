@@ -71,21 +71,14 @@ class ImageTokenizer(SavedModel, nn.Module):
     architecture, config_cls = "image_tokenizer", ImageTokenizerConfig
     needs_tokenizer = False  # images only: no word vocabulary
 
-    def __init__(self, cfg: ImageTokenizerConfig, tokenizer: None = None):
+    def __init__(self, cfg: ImageTokenizerConfig, tokenizer: None = None, with_encoder: bool = True):
         super().__init__()
         self.cfg, self.tokenizer = cfg, None
-        chs, g = cfg.channels, cfg.groups
+        chs, g, p = cfg.channels, cfg.groups, cfg.patch
         self.quantizer = FSQ(cfg.levels)
-        p = cfg.patch
-        down: list[nn.Module] = [nn.PixelUnshuffle(p), nn.Conv2d(3 * p * p, chs[0], 3, padding=1)]
-        for i, ch in enumerate(chs):
-            down.append(ResBlock(ch, ch, g))
-            if i < len(chs) - 1:
-                down.append(nn.Conv2d(ch, chs[i + 1], 3, stride=2, padding=1))
         code_channels = len(cfg.levels) * cfg.codes_per_cell
-        down += [ResBlock(chs[-1], chs[-1], g), nn.GroupNorm(g, chs[-1]), nn.SiLU(),
-                 nn.Conv2d(chs[-1], code_channels, 1)]
-        self.encoder = nn.Sequential(*down)
+        # A generator only decodes: without the encoder it carries (and ships) half the weights.
+        self.encoder = self._encoder(chs, g, p, code_channels) if with_encoder else None
         up: list[nn.Module] = [nn.Conv2d(code_channels, chs[-1], 3, padding=1), ResBlock(chs[-1], chs[-1], g)]
         for i in reversed(range(len(chs))):
             up.append(ResBlock(chs[min(i + 1, len(chs) - 1)], chs[i], g))
@@ -93,6 +86,16 @@ class ImageTokenizer(SavedModel, nn.Module):
                 up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i], 3, padding=1)]
         up += [nn.GroupNorm(g, chs[0]), nn.SiLU(), nn.Conv2d(chs[0], 3 * p * p, 3, padding=1), nn.PixelShuffle(p)]
         self.decoder = nn.Sequential(*up)
+
+    @staticmethod
+    def _encoder(chs: tuple[int, ...], g: int, p: int, code_channels: int) -> nn.Sequential:
+        down: list[nn.Module] = [nn.PixelUnshuffle(p), nn.Conv2d(3 * p * p, chs[0], 3, padding=1)]
+        for i, ch in enumerate(chs):
+            down.append(ResBlock(ch, ch, g))
+            if i < len(chs) - 1:
+                down.append(nn.Conv2d(ch, chs[i + 1], 3, stride=2, padding=1))
+        down += [ResBlock(chs[-1], chs[-1], g), nn.GroupNorm(g, chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], code_channels, 1)]
+        return nn.Sequential(*down)
 
     @property
     def grid(self) -> int:
@@ -116,6 +119,8 @@ class ImageTokenizer(SavedModel, nn.Module):
 
     def quantize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, S, S) in [-1, 1] -> quantized values (B, G * d, g, g) and tokens (B, g * g * G)."""
+        if self.encoder is None:
+            raise ConfigError("this image tokenizer was built without its encoder (a generator's): it only decodes")
         if images.shape[-1] != self.cfg.image_size or images.shape[-2] != self.cfg.image_size:
             raise ConfigError(f"image tokenizer: images of {tuple(images.shape[-2:])} px, the tokenizer takes "
                               f"{self.cfg.image_size} x {self.cfg.image_size}")

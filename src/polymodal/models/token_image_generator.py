@@ -101,7 +101,7 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
     def __init__(self, cfg: TokenImageConfig, tokenizer: Tokenizer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.image_tokenizer = ImageTokenizer(cfg.image)
+        self.image_tokenizer = ImageTokenizer(cfg.image, with_encoder=False)  # drawing needs the decoder alone
         self.text_vocab, self.codes = len(tokenizer), self.image_tokenizer.vocab_size
         self.lm = TransformerLM(self.text_vocab + self.codes, cfg.width, cfg.layers, cfg.heads,
                                 cfg.text_max_len + cfg.tokens, cfg.dropout)

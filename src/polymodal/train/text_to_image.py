@@ -7,7 +7,7 @@ validated and saved (the trained weights themselves stay in the checkpoint for r
 
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> task, cfg = load_task_config("configs/text_to_image.yaml", ["train.steps=20", "train.out_dir=runs/t2i"])
+    >>> task, cfg = load_task_config("configs/text_to_image_flow.yaml", ["train.steps=20", "train.out_dir=runs/t2i"])
     >>> cfg.model.image_size, task.__name__
     (64, 'train_text_to_image')
     >>> summary = task(cfg)  # trains; the model lands in runs/t2i/model  # doctest: +SKIP

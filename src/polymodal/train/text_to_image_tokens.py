@@ -11,7 +11,7 @@ loss on validation pairs with their captions (stage 2).
 
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> task, cfg = load_task_config("configs/text_to_image_tokens.yaml", ["train.steps=20"])
+    >>> task, cfg = load_task_config("configs/text_to_image.yaml", ["train.steps=20"])
     >>> cfg.model.tokens, task.__name__
     (64, 'train_text_to_image_tokens')
     >>> summary = task(cfg)  # trains both stages; the model lands in runs/text_to_image_tokens/model  # doctest: +SKIP
@@ -187,7 +187,8 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
 
     torch.manual_seed(cfg.seed)
     model = TokenImageGenerator(cfg.model, tokenizer)
-    model.image_tokenizer.load_state_dict(image_tokenizer.state_dict())
+    model.image_tokenizer.load_state_dict({k: v for k, v in image_tokenizer.state_dict().items()
+                                           if not k.startswith("encoder.")})
     model.image_tokenizer.requires_grad_(False).eval()
     trainer = Trainer(model, train_set, cfg.train, collate=lambda items: collate_coded(items, tokenizer.pad_id),
                       save_model=model.write_files, seed=cfg.seed,
