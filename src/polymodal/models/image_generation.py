@@ -48,6 +48,15 @@ class ImageGenerator(SavedModel):
         vocab = [self.tokenizer.decode([i]) for i in range(4, min(len(self.tokenizer), 4 + 40))]
         return [w for w in vocab if w.isalpha() and len(w) > 2][:k]
 
+    def prepare_request(self, texts: str | list[str], n: int, steps: int | None,
+                        guidance: float | None) -> tuple[list[str], int, float]:
+        """`generate_images`' arguments with the model's defaults filled in, checked (InputError)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        steps = self.cfg.steps if steps is None else int(steps)
+        guidance = self.cfg.guidance if guidance is None else float(guidance)
+        self.check_request(texts, n, steps, guidance)
+        return texts, steps, guidance
+
     def check_request(self, texts: list[str], n: int, steps: int, guidance: float) -> None:
         """Refuse what cannot be drawn, with one line that says what to change (InputError)."""
         if not texts:

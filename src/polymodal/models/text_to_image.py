@@ -158,10 +158,7 @@ class TextToImage(ImageGenerator, nn.Module):
             >>> model.generate_images("a small red circle to the left of a large blue square", n=4, seed=0)  # doctest: +SKIP
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        steps = self.cfg.steps if steps is None else int(steps)
-        guidance = self.cfg.guidance if guidance is None else float(guidance)
-        self.check_request(texts, n, steps, guidance)
+        texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
         self.eval()
         size = self.cfg.image_size
         noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))  # shared by the prompts

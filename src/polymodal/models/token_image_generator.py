@@ -213,10 +213,7 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
             >>> model.generate_images("a small red circle to the left of a large blue square", n=4, seed=0)  # doctest: +SKIP
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        steps = self.cfg.steps if steps is None else int(steps)
-        guidance = self.cfg.guidance if guidance is None else float(guidance)
-        self.check_request(texts, n, steps, guidance)
+        texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
         self.eval()
         out: list[Image.Image] = []
         for text in texts:  # one prompt per call: its images do not depend on the other prompts or the batch
