@@ -81,11 +81,18 @@ class Drawer:
         return [self.cache[(t, *key)] for t in texts]
 
 
-def grader_accuracy(parser: ObjectParser, world: ShapesWorld, n: int) -> dict:
+def grader_accuracy(parser: ObjectParser, world: ShapesWorld, n: int, tokenizer=None) -> dict:
+    """The grader on real test / heldout scenes against their ground truth; with an image `tokenizer`, on the
+    scenes passed through it (encode -> decode): the best a generator writing its tokens can be graded."""
     out = {}
     for split in ("test", "heldout"):
         scenes = [world.scene(split, i) for i in range(n)]
-        parsed = parser.parse([world.image(split, i) for i in range(n)])
+        images = [world.image(split, i) for i in range(n)]
+        if tokenizer is not None:
+            with torch.inference_mode():
+                x = to_unit_tensor(images, tokenizer.cfg.image_size) * 2 - 1
+                images = to_pil(torch.cat([tokenizer.decode(tokenizer.encode(b)) for b in x.split(64)]))
+        parsed = parser.parse(images)
         hits = [match_scene(s, p) for s, p in zip(scenes, parsed, strict=True)]
         out[split] = {"images": n, "objects": sum(k for _, k in hits),
                       "object_exact": sum(h for h, _ in hits) / sum(k for _, k in hits),
@@ -270,8 +277,21 @@ def main() -> None:
                     "minutes, val_loss")
     ap.add_argument("--json", default=None, help="results file; default: the model family's in "
                     "bench/generation_report.py FAMILIES")
+    ap.add_argument("--tokenizer-ceiling", default=None, help="image tokenizer folder of a token model's run: grade "
+                    "real scenes passed through it and add the result to the family's existing --json, nothing else")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.tokenizer_ceiling:
+        out = Path(args.json) if args.json else FAMILIES["discrete"]
+        res = json.loads(out.read_text(encoding="utf-8"))
+        parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
+        res["tokenizer_ceiling"] = grader_accuracy(parser, ShapesWorld(n=5000, seed=0, image_size=128), args.real,
+                                                   polymodal.load(args.tokenizer_ceiling))
+        res["tokenizer_ceiling"]["command"] = "OMP_NUM_THREADS=1 python bench/generation.py " + " ".join(sys.argv[1:])
+        out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+        write_report()
+        print(f"tokenizer ceiling {res['tokenizer_ceiling']} -> {out}")
+        return
     res = run(args)
     res["training"] = json.loads(Path(args.training).read_text()) if args.training else {}
     res["command"] = "OMP_NUM_THREADS=1 python bench/generation.py " + " ".join(sys.argv[1:])

@@ -116,6 +116,13 @@ def family_section(family: str, res: dict) -> list[str]:
     for grp, r in res["heldout_compositions"].items():
         out.append(f"| held-out compositions, {grp} | a pair never seen in training | - | "
                    f"{_pct(r['correct'])} (n={r['n']}) | - |")
+    if res.get("tokenizer_ceiling"):
+        c = res["tokenizer_ceiling"]
+        out += ["", f"The ceiling of this family: real scenes passed through its image tokenizer (encode, then decode) "
+                f"are graded object-exact {_pct(c['test']['object_exact'])} (test) and "
+                f"{_pct(c['heldout']['object_exact'])} (heldout), image-exact {_pct(c['test']['image_exact'])} / "
+                f"{_pct(c['heldout']['image_exact'])}; most misses are the outlines of small objects, read as another shape "
+                f"(`{c['command']}`)."]
     out += ["", "### Targets (issue 19)", ""] + targets(res) + rest(res)
     return out
 
