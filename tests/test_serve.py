@@ -211,7 +211,8 @@ def test_endpoints_without_a_model_say_so(client: TestClient) -> None:
 def test_models_health_docs_and_page(client: TestClient) -> None:
     models = client.get("/v1/models").json()
     assert models["models"][0] | {"parameters": 0} == {"name": "tiny", "architecture": "captioner", "tasks": ["caption"],
-                                                       "image_size": 32, "parameters": 0, "attention": True}
+                                                       "image_size": 32, "parameters": 0, "attention": True,
+                                                       "controls": []}
     assert models["index"] is None and models["limits"]["max_bytes"] == 2 * 2**20
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["models"] == 1

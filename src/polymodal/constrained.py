@@ -63,7 +63,7 @@ def banned_ngram_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
 
 
 def constrain(logprobs: torch.Tensor, history: torch.Tensor, cfg: GenerationConfig, eos_id: int) -> torch.Tensor:
-    """Apply min length and no-repeat-ngram to log-probabilities of the next token.
+    """Apply min length, the word budget and no-repeat-ngram to log-probabilities of the next token.
 
     When the two together ban every token (a short vocabulary, a long `min_len`), <eos> is allowed
     again: ending early breaks min_len, any other token would break no-repeat or the suppressed ids.
@@ -71,6 +71,14 @@ def constrain(logprobs: torch.Tensor, history: torch.Tensor, cfg: GenerationConf
     eos = logprobs[:, eos_id].clone()
     if history.shape[1] < cfg.min_len:
         logprobs[:, eos_id] = -math.inf
+    if cfg.max_new_words:  # the word budget: a row that has said its words may only end (or finish a word)
+        said = torch.isin(history, torch.tensor(cfg.word_ids, device=history.device, dtype=history.dtype)).sum(1)
+        spent = said >= cfg.max_new_words
+        if bool(spent.any()):
+            closed = torch.ones(logprobs.shape[-1], dtype=torch.bool, device=logprobs.device)
+            closed[[eos_id, *cfg.continuation_ids]] = False
+            logprobs[spent] = logprobs[spent].masked_fill(closed, -math.inf)
+            eos[spent] = eos[spent].clamp(min=-1e9)  # if min_len also forbids <eos>, the budget wins
     if cfg.no_repeat_ngram_size:
         for r, tokens in enumerate(banned_ngram_tokens(history, cfg.no_repeat_ngram_size)):
             if tokens:

@@ -67,12 +67,15 @@ class GenerationConfig:
     force_ids: tuple = ()
     omit_ids: tuple[int, ...] = ()     # tokens left out of the outputs (the model may say them: "a red circle" ->
     #                                    "a circle"; a user's "leave out" for modifiers, see docs/control.md)
+    max_new_words: int = 0             # word budget: once this many `word_ids` are said only <eos> (or a word's
+    word_ids: tuple[int, ...] = ()     # `continuation_ids`, BPE pieces) may follow; 0 = none (constrained.py)
+    continuation_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             STRATEGIES.get(self.strategy)  # raises with a did-you-mean
-        if self.beam_size < 1 or self.max_len < 1 or self.num_return_sequences < 1:
-            raise ConfigError("generation: beam_size, max_len and num_return_sequences must be >= 1")
+        if min(self.beam_size, self.max_len, self.num_return_sequences) < 1 or self.max_new_words < 0:
+            raise ConfigError("generation: beam_size, max_len and num_return_sequences must be >= 1, max_new_words >= 0")
         if self.strategy == "beam" and self.num_return_sequences > self.beam_size:
             raise ConfigError(f"generation: num_return_sequences ({self.num_return_sequences}) "
                               f"cannot exceed beam_size ({self.beam_size})")

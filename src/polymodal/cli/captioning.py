@@ -49,14 +49,37 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
             heatmaps: Path | None = typer.Option(
                 None, "--heatmaps", metavar="OUT_DIR",
                 help="write attention heatmaps of the best caption into OUT_DIR/<image stem>/ (attention models)"),
+            length: str | None = typer.Option(None, "--length", help="short | normal | detailed (a model trained "
+                                              "with controls, configs/prefix_lm_controls.yaml)"),
+            form: str | None = typer.Option(None, "--form", help="list (the objects, comma separated) | sentence "
+                                            "(one relational sentence); a model trained with controls"),
+            focus_point: str | None = typer.Option(None, "--focus-point", metavar="X,Y",
+                                                   help="describe the object at this point, x and y in [0, 1]"),
+            focus_box: str | None = typer.Option(None, "--focus-box", metavar="X0,Y0,X1,Y1",
+                                                 help="describe the object in this box, coordinates in [0, 1]"),
+            focus: str | None = typer.Option(None, "--focus", help="describe the object a phrase names, e.g. "
+                                             "'the red one'"),
+            max_new_words: int | None = typer.Option(None, "--max-new-words", help="word budget: every caption "
+                                                     "ends within this many words (constrained decoding)"),
             ) -> None:
     """Caption images with a trained model."""
-    from ..models.captioner import control_ids
+    from ..data.caption_controls import CaptionControls
+    from ..models.captioner import control_ids, word_budget
 
     banned_words, force_words, omit_words = _word_list("--ban", ban), _word_list("--force", force), \
         _word_list("--omit", omit)
+    trained = CaptionControls(length, form, _numbers("--focus-point", focus_point, 2),
+                              _numbers("--focus-box", focus_box, 4), focus)
     model = load_for("caption", model_dir)
     controls = control_ids(model.tokenizer, banned_words, force_words, omit_words)
+    controls.update(word_budget(model.tokenizer, max_new_words))
+    if trained.kinds:
+        model.control_prompt(trained)  # a control the model was not trained with fails here, before any image
+        if heatmaps is not None:
+            from ..errors import InputError
+
+            raise InputError(f"--heatmaps cannot be combined with --{trained.kinds[0]} yet; leave one out")
+        controls.update((k, v) for k, v in vars(trained).items() if v is not None)
     strategy = "beam" if beam > 1 else "greedy"
     used_dirs: set[Path] = set()
     for path in images:
@@ -93,6 +116,22 @@ def _word_list(flag: str, text: str | None) -> list[str]:
 
         raise InputError(f"{flag} {text!r} names no word; give comma-separated words, e.g. {flag} red,circle")
     return words
+
+
+def _numbers(flag: str, text: str | None, count: int) -> tuple[float, ...] | None:
+    """"0.2,0.5" -> (0.2, 0.5); InputError unless `count` comma-separated numbers."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        from ..errors import InputError
+
+        raise InputError(f"{flag} {text!r}: give {count} comma-separated numbers in [0, 1], e.g. "
+                         f"{flag} {','.join(['0.5'] * count)}")
+    return values
 
 
 def _unique_dir(folder: Path, used: set[Path]) -> Path:

@@ -124,12 +124,13 @@ def collate_captions(items: list[dict | None], pad_id: int = 0) -> dict[str, tor
     if "image_features" in good[0]:  # from the feature cache (data/cache.py)
         batch["image_features"] = torch.stack([it["image_features"] for it in good])
     batch["record"] = torch.tensor([it["record"] for it in good])
-    if "tokens" in good[0]:
-        length = max(len(it["tokens"]) for it in good)
-        tokens = torch.full((len(good), length), pad_id, dtype=torch.long)
-        for r, it in enumerate(good):
-            tokens[r, : len(it["tokens"])] = it["tokens"]
-        batch["tokens"] = tokens
+    for key in ("tokens", "targets"):  # targets: a control prompt's items (data/controlled_captions.py)
+        if key in good[0]:
+            length = max(len(it[key]) for it in good)
+            padded = torch.full((len(good), length), pad_id, dtype=torch.long)
+            for r, it in enumerate(good):
+                padded[r, : len(it[key])] = it[key]
+            batch[key] = padded
     return batch
 
 

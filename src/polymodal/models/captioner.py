@@ -23,6 +23,8 @@ from PIL import Image
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.caption_controls import GRID, CaptionControls
+from ..data.controlled_captions import prompt_ids
 from ..data.images import images_to_batch
 from ..data.shapes import ATTRIBUTE_GROUPS
 from ..errors import InputError
@@ -133,6 +135,35 @@ def control_ids(tokenizer: Any, banned_words: Sequence[str] = (), force_words: S
     return out | ({"force_ids": forced} if forced else {}) | ({"omit_ids": omitted} if omitted else {})
 
 
+def word_budget(tokenizer: Any, max_new_words: int | None) -> dict[str, Any]:
+    """GenerationConfig fields for a word budget (None: no budget); InputError for a budget below 1. A word
+    vocabulary counts its words (not commas); a byte-level BPE the pieces that start a word (`Ġ`, `▁`), and lets a
+    word's later pieces finish it; any other tokenizer counts every token.
+
+    Example:
+        >>> from polymodal.text.tokenizer import WordTokenizer
+        >>> word_budget(WordTokenizer.build(["a red circle, a square"]), 3)["max_new_words"]
+        3
+    """
+    if max_new_words is None:
+        return {}
+    if isinstance(max_new_words, bool) or not isinstance(max_new_words, int) or max_new_words < 1:
+        raise InputError(f"max_new_words must be a whole number of at least 1, got {max_new_words!r}")
+    if tokenizer is None:
+        raise InputError("max_new_words: this model has no tokenizer to count words with")
+    words = getattr(tokenizer, "words", None)
+    if words is None and hasattr(tokenizer, "hf"):
+        pieces = {i: tokenizer.hf.id_to_token(i) or "" for i in range(4, len(tokenizer))}
+        starts = {i for i, p in pieces.items() if p.startswith(("Ġ", "▁"))}
+        later = tuple(i for i, p in pieces.items() if i not in starts and any(c.isalnum() for c in p))
+        return {"max_new_words": max_new_words, "word_ids": tuple(sorted(starts)), "continuation_ids": later}
+    ids = range(4, len(tokenizer)) if words is None else (i for i, w in enumerate(words) if w[:1].isalnum())
+    return {"max_new_words": max_new_words, "word_ids": tuple(ids)}
+
+
+CONTROL_ARGS = ("length", "form", "focus_point", "focus_box", "focus_phrase")  # CaptionControls' fields
+
+
 class Captioner(SavedModel, nn.Module):
     """encoder (B, 3, H, W) -> regions (B, N, C) -> decoder -> caption logits."""
 
@@ -199,7 +230,7 @@ class Captioner(SavedModel, nn.Module):
         if join is None:
             return None
         tok = self.tokenizer
-        return BeamBatch(step, tok.bos_id, tok.eos_id, cfg, join, suppress_ids=(tok.pad_id,))
+        return BeamBatch(step, tok.bos_id, tok.eos_id, cfg, join, suppress_ids=self.unsaid_ids)
 
     def _decoding(self) -> tuple[StepFn, Callable[[State, State], State] | None]:
         return self.decoder.step, self.decoder.join_states
@@ -208,25 +239,54 @@ class Captioner(SavedModel, nn.Module):
         """Paths, bytes, PIL images or tensors -> one normalized batch (B, 3, S, S)."""
         return images_to_batch(images, self.cfg.image_size, self.device)
 
+    @property
+    def unsaid_ids(self) -> tuple[int, ...]:
+        """Tokens never generated: <pad>, and control tokens (`<short>`, ...: prompt inputs only)."""
+        words = getattr(self.tokenizer, "words", ())
+        return (self.tokenizer.pad_id, *(i for i, w in enumerate(words) if i > 3 and w.startswith("<")))
+
+    @property
+    def trained_controls(self) -> tuple[str, ...]:
+        """The caption controls this model was trained with (length, form, focus); none for this architecture."""
+        return ()
+
+    def control_prompt(self, controls: CaptionControls) -> list[int] | None:
+        """The prompt ids of `controls` (None when none is asked); InputError for one the model was not trained with."""
+        if not controls.kinds:
+            return None
+        missing = [k for k in controls.kinds if k not in self.trained_controls]
+        if missing:
+            raise InputError(f"this model was not trained with the {missing[0]} control; train one with "
+                             f"configs/prefix_lm_controls.yaml")
+        return prompt_ids(self.tokenizer, controls.prompt(getattr(self, "control_grid", GRID)))
+
     def caption(self, images: list[ImageInput] | ImageInput, **generation: Any) -> list[str]:
         """Best caption for each image. `generation` keys are GenerationConfig fields (beam_size=5, ...)."""
         return [hyps[0] for hyps in self.caption_nbest(images, **generation)]
 
     def generation_config(self, banned_words: Sequence[str] = (), force_words: Sequence[str] = (),
-                          omit_words: Sequence[str] = (), **generation: Any) -> GenerationConfig:
-        """GenerationConfig fields with this model's defaults (its max length) and the word controls of
-        `caption_nbest`."""
+                          omit_words: Sequence[str] = (), max_new_words: int | None = None,
+                          **generation: Any) -> GenerationConfig:
+        """GenerationConfig fields with this model's defaults (its max length) and the word controls and word
+        budget of `caption_nbest`."""
+        asked = CaptionControls(**{k: generation.pop(k) for k in CONTROL_ARGS if k in generation})
+        if asked.kinds:  # reached only by a subclass without prompts (refine.py): InputError naming the control
+            self.control_prompt(asked)
         generation.setdefault("max_len", self.cfg.decoder.max_len)
+        generation.update(word_budget(self.tokenizer, max_new_words))
         for name, ids in control_ids(self.tokenizer, banned_words, force_words, omit_words).items():
             generation[name] = (*generation.get(name, ()), *ids)
         return GenerationConfig(**generation)
 
     def caption_nbest(self, images: list[ImageInput] | ImageInput, banned_words: Sequence[str] = (),
                       force_words: Sequence[str] = (), omit_words: Sequence[str] = (),
-                      **generation: Any) -> list[list[str]]:
+                      max_new_words: int | None = None, **generation: Any) -> list[list[str]]:
         """n-best captions per image (`generation`: GenerationConfig fields). `banned_words` are never said,
         `force_words` always are (constrained beam search), `omit_words` are left out of what the model says
-        ("a red circle" -> "a circle"); each may name a group: colours, shapes, sizes, positions.
+        ("a red circle" -> "a circle"); each may name a group: colours, shapes, sizes, positions. A caption
+        ends within `max_new_words` words. A model trained with controls (`trained_controls`) also takes
+        `length` ("short" | "normal" | "detailed"), `form` ("list" | "sentence") and a focus: `focus_point=(x, y)`,
+        `focus_box=(x0, y0, x1, y1)` (in [0, 1], y down) or `focus_phrase="the red one"` (docs/control.md).
 
         Example:
             >>> import polymodal
@@ -241,6 +301,13 @@ class Captioner(SavedModel, nn.Module):
             'a large circle'
         """
         self.eval()
-        cfg = self.generation_config(banned_words, force_words, omit_words, **generation)
-        hyps = self.generate(self.preprocess(images), cfg)
+        prompt = self.control_prompt(CaptionControls(**{k: generation.pop(k) for k in CONTROL_ARGS if k in generation}))
+        cfg = self.generation_config(banned_words, force_words, omit_words, max_new_words, **generation)
+        batch = self.preprocess(images)
+        if cfg.max_new_words and prompt is None and "length" in self.trained_controls:  # say less, not cut off
+            from .caption_budget import longest_within
+
+            hyps = longest_within(self, batch, cfg)
+        else:
+            hyps = self.generate(batch, cfg, **({"prompts": [prompt] * len(batch)} if prompt else {}))
         return [[self.tokenizer.decode(h.tokens) for h in per_image] for per_image in hyps]

@@ -44,7 +44,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class PrefixConfig:
     # Architectures read from Hugging Face folders, saved so that a model reloads without them:
     lm: LlamaDims | None = None      # a Llama-family LM (init_lm_from a Llama folder); None = GPT-2 layout
     vision: VisionTowerDims | None = None  # the hf_vision encoder's tower (filled from encoder.pretrained)
+    controls: list[str] = field(default_factory=list)  # caption controls trained with (length, form, focus)
+    control_grid: int = 8            # focus points are read on a grid of this many cells a side
 
 
 def pixel_shuffle(regions: torch.Tensor, s: int) -> torch.Tensor:
@@ -140,6 +142,14 @@ class PrefixLM(Captioner):
         self.projector = ModalityProjector(self.encoder.out_dim, width, self.prefix_cfg)
         self.lm = LlamaLM(llama) if llama is not None else TransformerLM(
             len(tokenizer), d.hidden_dim, d.num_layers, d.num_heads, d.max_positions, d.dropout)
+
+    @property
+    def trained_controls(self) -> tuple[str, ...]:
+        return tuple(self.prefix_cfg.controls)
+
+    @property
+    def control_grid(self) -> int:
+        return self.prefix_cfg.control_grid
 
     # ---- training ----------------------------------------------------------------------------
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -315,7 +325,7 @@ class PrefixLM(Captioner):
             block.attn.keep_query = explain
         try:
             return generate(self.step if use_cache else self.step_uncached, state, tok.bos_id, tok.eos_id, cfg,
-                            suppress_ids=(tok.pad_id,))
+                            suppress_ids=self.unsaid_ids)
         finally:
             for block in self.lm.h:
                 block.attn.keep_query, block.attn.query = False, None

@@ -123,9 +123,9 @@ async def caption(request: Request) -> schemas.CaptionResponse:
     with svc.batcher.announce():  # a batch being formed now waits for this request (up to max_wait_ms)
         opts, data, name = await svc.read_options(request, schemas.CaptionOptions)
         entry = svc.models.pick("caption", opts.model)
-        generation = engines.generation_config(entry, opts)
+        generation, prompt = engines.generation_config(entry, opts), engines.caption_prompt(entry, opts)
         image, item = await asyncio.to_thread(svc.decode_for_caption, entry, data, name)
-    result, batch = await svc.timed(svc.batcher.submit(engines.caption_key(entry, generation), item))
+    result, batch = await svc.timed(svc.batcher.submit(engines.caption_key(entry, generation, prompt), item))
     view = heatmaps = note = objects = None
     if opts.heatmaps and result["attention"] is not None:
         view, heatmaps = await asyncio.to_thread(engines.render_heatmaps, image, result["attention"])

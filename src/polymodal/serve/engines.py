@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..data.caption_controls import CaptionControls
 from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
 from ..eval.grounding import locate_objects, vocabulary_for
@@ -35,7 +36,8 @@ from ..eval.viz import (  # imported with the server, so the first heatmap reque
     explanation_overlay,
 )
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
-from ..models.captioner import control_ids
+from ..models.caption_budget import longest_within
+from ..models.captioner import control_ids, word_budget
 from .schemas import CaptionOptions
 from .uploads import RequestError
 
@@ -70,7 +72,8 @@ class LoadedModel:
         params = sum(p.numel() for p in self.model.parameters()) if hasattr(self.model, "parameters") else 0
         return {"name": self.name, "architecture": str(getattr(self.model, "architecture", type(self.model).__name__)),
                 "tasks": self.tasks, "image_size": getattr(cfg, "image_size", None), "parameters": params,
-                "attention": bool(self.attention) if "caption" in self.tasks else False}
+                "attention": bool(self.attention) if "caption" in self.tasks else False,
+                "controls": list(getattr(self.model, "trained_controls", ()))}  # the page enables what it can take
 
 
 class ModelSet:
@@ -142,8 +145,23 @@ def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationCon
         return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
                                 num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
                                 seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention),
-                                **word_controls(entry, opts.banned_words, opts.force_words, opts.omit_words))
-    except ConfigError as err:
+                                **word_controls(entry, opts.banned_words, opts.force_words, opts.omit_words),
+                                **word_budget(getattr(entry.model, "tokenizer", None), opts.max_new_words))
+    except (ConfigError, InputError) as err:
+        raise RequestError(f"max_new_words: {err}" if isinstance(err, InputError) else str(err), 422) from None
+
+
+def caption_prompt(entry: LoadedModel, opts: CaptionOptions) -> tuple[int, ...]:
+    """The control prompt of a request's length / form / focus (empty: none); 422 for bad values or a control
+    the model was not trained with."""
+    try:
+        controls = CaptionControls(opts.length, opts.form, opts.focus_point, opts.focus_box, opts.focus_phrase)
+        if not controls.kinds:
+            return ()
+        if not callable(getattr(entry.model, "control_prompt", None)):
+            raise InputError(f"model {entry.name!r} takes no {controls.kinds[0]} control")
+        return tuple(entry.model.control_prompt(controls))
+    except InputError as err:
         raise RequestError(str(err), 422) from None
 
 
@@ -165,9 +183,20 @@ def word_controls(entry: LoadedModel, banned: Sequence[str], forced: Sequence[st
         raise RequestError(f"{field}: {err}", 422) from None
 
 
-def caption_key(entry: LoadedModel, generation: GenerationConfig) -> Hashable:
-    """Requests batch together only with the same model and the same decoding settings."""
-    return entry.name, tuple(sorted(vars(generation).items()))
+def caption_key(entry: LoadedModel, generation: GenerationConfig, prompt: tuple[int, ...] = ()) -> Hashable:
+    """Requests batch together only with the same model, the same decoding settings and the same control prompt."""
+    return entry.name, tuple(sorted(vars(generation).items())), prompt
+
+
+def _says_less(model: Any, generation: GenerationConfig, prompt: tuple[int, ...]) -> bool:
+    """A word budget for a model trained with the length control: it picks the longest length that fits
+    (models/caption_budget.py), as `caption_nbest` does, rather than being cut off at the budget."""
+    return bool(generation.max_new_words) and not prompt and "length" in getattr(model, "trained_controls", ())
+
+
+def _prompts(prompt: tuple[int, ...], rows: int) -> dict[str, Any]:
+    """generate / init_state's `prompts` for a batch that shares one control prompt (nothing without one)."""
+    return {"prompts": [list(prompt)] * rows} if prompt else {}
 
 
 def prepare_caption(entry: LoadedModel, image: Image.Image) -> Any:
@@ -177,14 +206,17 @@ def prepare_caption(entry: LoadedModel, image: Image.Image) -> Any:
 
 def run_caption_batch(models: ModelSet, key: Hashable, items: list[Any]) -> list[dict[str, Any]]:
     """Caption a batch in the model thread; one {"captions", "words", "attention"} per item."""
-    name, settings = key  # type: ignore[misc]
+    name, settings, prompt = key  # type: ignore[misc]
     entry, generation = models.entries[name], GenerationConfig(**dict(settings))
     model = entry.model
     if not entry.batched:  # a captioner without generate/preprocess: still one call for the batch
         texts = model.caption_nbest(items, **vars(generation))
         return [{"captions": [(t, None) for t in per], "words": per[0].split(), "attention": None} for per in texts]
     device = getattr(model, "device", torch.device("cpu"))
-    hyps = model.generate(torch.stack(items).to(device), generation)
+    if _says_less(model, generation, prompt):
+        hyps = longest_within(model, torch.stack(items).to(device), generation)
+    else:
+        hyps = model.generate(torch.stack(items).to(device), generation, **_prompts(prompt, len(items)))
     return [caption_result(model.tokenizer, per_image) for per_image in hyps]
 
 
@@ -200,8 +232,8 @@ class CaptionSession:
     """Continuous batching of caption requests with one model and decoding settings (`batching.Session`):
     images join the model's running beam search (`beam_batch`) between steps and leave when done."""
 
-    def __init__(self, model: Any, beams: BeamBatch):
-        self.model, self.beams = model, beams
+    def __init__(self, model: Any, beams: BeamBatch, prompt: tuple[int, ...] = ()):
+        self.model, self.beams, self.prompt = model, beams, prompt
 
     def __len__(self) -> int:
         return len(self.beams)
@@ -209,7 +241,7 @@ class CaptionSession:
     @torch.inference_mode()
     def add(self, items: list[torch.Tensor], keys: list[Hashable]) -> None:
         device = getattr(self.model, "device", torch.device("cpu"))
-        self.beams.add(self.model.init_state(torch.stack(items).to(device)), keys)
+        self.beams.add(self.model.init_state(torch.stack(items).to(device), **_prompts(self.prompt, len(items))), keys)
 
     @torch.inference_mode()
     def advance(self) -> list[tuple[Hashable, dict[str, Any]]]:
@@ -219,13 +251,14 @@ class CaptionSession:
 def open_caption_session(models: ModelSet, key: Hashable) -> CaptionSession | None:
     """A continuous batch for these caption settings, or None (not beam search, or a model whose
     decoding states cannot join a running batch): those run as whole batches."""
-    name, settings = key  # type: ignore[misc]
+    name, settings, prompt = key  # type: ignore[misc]
     entry, generation = models.entries[name], GenerationConfig(**dict(settings))
     beam_batch = getattr(entry.model, "beam_batch", None)
-    if generation.strategy != "beam" or not entry.batched or not callable(beam_batch):
+    if generation.strategy != "beam" or not entry.batched or not callable(beam_batch) or \
+            _says_less(entry.model, generation, prompt):
         return None
     beams = beam_batch(generation)
-    return CaptionSession(entry.model, beams) if beams is not None else None
+    return CaptionSession(entry.model, beams, prompt) if beams is not None else None
 
 
 def png_base64(image: Image.Image) -> str:

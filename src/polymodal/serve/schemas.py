@@ -56,6 +56,30 @@ class CaptionOptions(BaseModel):
                                               "circle' -> 'a circle'); for modifiers, where banning makes the model "
                                               "invent something else")
 
+    max_new_words: int | None = Field(None, ge=1, le=64, description="word budget: the caption ends within this "
+                                                                    "many words (constrained decoding)")
+    length: Literal["short", "normal", "detailed"] | None = Field(
+        None, description="caption length; only for a captioner trained with controls (GET /v1/models: controls)")
+    form: Literal["list", "sentence"] | None = Field(
+        None, description="a list of the objects or one relational sentence; a captioner trained with controls")
+    focus_point: list[float] | None = Field(None, min_length=2, max_length=2, description="describe the object at "
+                                            "x, y (in [0, 1], y down; a form field may say \"0.3,0.6\")")
+    focus_box: list[float] | None = Field(None, min_length=4, max_length=4,
+                                          description="describe the object in the box x0, y0, x1, y1 (in [0, 1])")
+    focus_phrase: str | None = Field(None, min_length=1, max_length=100,
+                                     description="describe the object a phrase names, e.g. \"the red one\"")
+
+    @field_validator("focus_point", "focus_box", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        """A form field may give the numbers comma-separated: "0.3,0.6"."""
+        if isinstance(value, str):
+            try:
+                return [float(v) for v in value.split(",")]
+            except ValueError:
+                raise ValueError(f"{value!r}: give comma-separated numbers in [0, 1], e.g. 0.3,0.6") from None
+        return value
+
     @field_validator("banned_words", "force_words", "omit_words", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -342,6 +366,8 @@ class ModelInfo(BaseModel):
     image_size: int | None = None
     parameters: int
     attention: bool = False
+    controls: list[str] = Field(default_factory=list, description="caption controls the model was trained with "
+                                                                  "(length, form, focus)")
 
 
 class ModelsResponse(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,9 @@ def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int |
 
 
 def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipReport, progress: bool = True,
-                  stop_at: int | None = None) -> dict[str, Any]:
-    """Build train/val datasets for `model` and run the Trainer; shared by every captioning task."""
+                  stop_at: int | None = None, wrap_train: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Build train/val datasets for `model` and run the Trainer; shared by every captioning task.
+    `wrap_train` turns the training set into another (control prompts sampled per example, train/controls.py)."""
     with main_process_first():
         val_records = load_split(cfg.data, cfg.data.val_split, report)
     if cfg.data.format in STREAMS:
@@ -115,6 +116,8 @@ def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipR
         val_set = CaptionDataset(val_records, tokenizer, size, max_len, cfg.data.preload, report, progress)
     if report.count:
         tqdm.write(report.summary())
+    if wrap_train is not None:
+        train_set = wrap_train(train_set)
 
     def evaluate(m: Captioner) -> dict[str, float]:
         return caption_validation(m, val_set, cfg.train.batch_size, cfg.train.eval_batches)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..checkpoint import TOKENIZER_FILE, read_model_dir
 from ..config import DataConfig, DecoderConfig, ModelConfig, TrainConfig, from_dict
+from ..data.controlled_captions import with_control_tokens
 from ..data.datasets import load_split
 from ..data.records import SkipReport
 from ..errors import ConfigError
@@ -38,6 +39,7 @@ from ..nn.llama import LlamaDims, is_llama_folder, read_llama_config
 from ..text.hf_tokenizer import HFTokenizer
 from ..text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .captioning import fit_captioner
+from .controls import ControlsConfig, control_wrapper, load_grown, trainable_kinds
 from .pretraining import PretrainConfig, QADataConfig, pretrain_region_encoder
 
 
@@ -46,12 +48,14 @@ class PrefixLMExperimentConfig:
     task: str = "prefix_lm"
     seed: int = 0
     init_lm_from: str = ""           # an lm_pretrain / prefix_lm model or run dir, or a GPT-2 / Llama HF folder
+    init_from: str = ""              # a trained prefix_lm model or run dir to go on from (its sizes, vocabulary)
     freeze_lm: bool = False          # train only the encoder and the projector (LLaVA stage 1)
     model: ModelConfig = field(default_factory=ModelConfig)
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # steps > 0: start from a region encoder
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)  # trained caption controls (train/controls.py)
 
 
 def _folder_tokenizer(source: Path, vocab_size: int) -> Tokenizer:
@@ -120,21 +124,36 @@ def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
     report = SkipReport(source="training data")
     train_records = load_split(cfg.data, cfg.data.train_split, report)
     model_cfg, prefix_cfg = copy.deepcopy(cfg.model), copy.deepcopy(cfg.prefix)
-    if cfg.init_lm_from:
+    start = PrefixLM.from_pretrained(cfg.init_from) if cfg.init_from else None
+    if start is not None:  # go on from a trained prefix LM: its sizes and vocabulary
+        model_cfg, tokenizer, prefix_cfg = start.cfg, start.tokenizer, copy.deepcopy(start.prefix_cfg)
+    elif cfg.init_lm_from:
         model_cfg.decoder, tokenizer, prefix_cfg.lm = _lm_source(cfg)
     else:
         tokenizer = build_tokenizer(model_cfg.tokenizer, (c for r in train_records for c in r.captions),
                                     cfg.data.min_count, cfg.data.max_vocab, model_cfg.bpe_vocab_size)
-    _pretrain_encoder(cfg, model_cfg, progress)
+    wrap = None
+    if cfg.controls.enabled:
+        if cfg.init_lm_from and start is None:
+            raise ConfigError("controls with init_lm_from: the LM's vocabulary has no control tokens; start from a "
+                              "prefix_lm model (init_from) or from scratch")
+        prefix_cfg.controls, prefix_cfg.control_grid = trainable_kinds(cfg.controls, cfg.data), cfg.controls.grid
+        model_cfg.decoder.max_len = max(model_cfg.decoder.max_len, cfg.data.max_len)  # detailed captions are long
+        tokenizer = with_control_tokens(tokenizer, cfg.controls.grid)
+        wrap = control_wrapper(cfg.controls, cfg.data, prefix_cfg.controls, cfg.seed)
+    if start is None:
+        _pretrain_encoder(cfg, model_cfg, progress)
     torch.manual_seed(cfg.seed)
     model = PrefixLM(model_cfg, tokenizer, prefix_cfg)
-    if cfg.init_lm_from:
+    if start is not None:
+        tqdm.write(f"initialised from {cfg.init_from}: {load_grown(model, start.state_dict())} tensors")
+    elif cfg.init_lm_from:
         loaded = model.load_lm(cfg.init_lm_from)
         tqdm.write(f"LM initialised from {cfg.init_lm_from}: {getattr(loaded, 'loaded', loaded)} tensors")
     if cfg.freeze_lm:
         for p in model.lm.parameters():
             p.requires_grad_(False)
-    summary = fit_captioner(model, cfg, train_records, report, progress, stop_at)
+    summary = fit_captioner(model, cfg, train_records, report, progress, stop_at, wrap_train=wrap)
     summary["lm_parameters"] = sum(p.numel() for p in model.lm.parameters())
     return summary
 

@@ -49,6 +49,7 @@ async function loadModels() {
     `${m.parameters.toLocaleString()} parameters` }, el("b", { text: m.name }), ...m.tasks.map((t) =>
     el("span", { class: "tag", text: t })))));
   if (!info.models.length) box.append(el("span", { class: "model", text: "no models loaded" }));
+  setupTrainedControls(state.tasks.caption?.controls || []);
   setupAsk();
   setupMic();
   if (state.tasks.generate) {
@@ -70,6 +71,8 @@ function setImage(blob, name) {
     return;
   }
   state.image = blob;
+  state.focus = null;  // a new image: the old point means nothing on it
+  $("focus-clear").hidden = true;
   state.name = name || "image.png";
   state.history = [];
   $("chat").replaceChildren();
@@ -188,6 +191,7 @@ async function caption() {
   if ($("no-colours").checked) form.append("omit_words", "colours");  // omitted, not banned: the caption stays true (docs/control.md)
   const mention = $("must-mention").value.split(",").map((w) => w.trim()).filter(Boolean);
   if (mention.length) form.append("force_words", mention.join(","));
+  appendTrainedControls(form);
   try {
     const result = await (await api("/v1/caption", form)).json();
     renderCaption(result);

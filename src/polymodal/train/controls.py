@@ -1,0 +1,91 @@
+"""Trained caption controls for the prefix LM: the config block, the training set, and a start from a trained model.
+
+    controls: {enabled: true, p_none: 0.5, kinds: [length, form, focus]}   (configs/prefix_lm_controls.yaml)
+
+Each training pair gets, with chance 1 - p_none, one control prompt and the caption it asks for
+(data/caption_controls.py); the model saves `prefix.controls` so that `caption(length=...)` knows what it can do.
+
+Example:
+    >>> ControlsConfig(enabled=True, kinds=["length", "colour"]).check()
+    Traceback (most recent call last):
+    ...
+    polymodal.errors.ConfigError: controls.kinds: unknown control 'colour'; use some of length, form, focus
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..config import DataConfig
+from ..data.caption_controls import GRID, KINDS
+from ..data.controlled_captions import ControlledCaptionDataset, read_scenes
+from ..data.datasets import shapes_folder
+from ..errors import ConfigError
+from ..models.prefix_lm import PrefixLM
+
+
+@dataclass
+class ControlsConfig:
+    enabled: bool = False             # off: the prefix LM trains exactly as before (no control tokens)
+    p_none: float = 0.5               # share of examples with no control, so plain captioning stays as good
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    grid: int = GRID                  # focus points are given on a grid x grid raster
+
+    def check(self) -> None:
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown or not self.kinds:
+            raise ConfigError(f"controls.kinds: unknown control {unknown[0]!r}; use some of {', '.join(KINDS)}"
+                              if unknown else f"controls.kinds is empty; use some of {', '.join(KINDS)}")
+        if not 0.0 <= self.p_none < 1.0:
+            raise ConfigError(f"controls.p_none must be in [0, 1), got {self.p_none}")
+        if not 2 <= self.grid <= 32:
+            raise ConfigError(f"controls.grid must be between 2 and 32, got {self.grid}")
+
+
+def trainable_kinds(controls: ControlsConfig, data: DataConfig) -> list[str]:
+    """The controls the data can teach: all of them on Shapes World (scene annotations), only length elsewhere."""
+    controls.check()
+    if data.format == "shapes":
+        return list(controls.kinds)
+    dropped = [k for k in controls.kinds if k != "length"]
+    if dropped:
+        tqdm.write(f"controls: {', '.join(dropped)} need scene annotations (Shapes World); training length only")
+    if "length" not in controls.kinds:
+        raise ConfigError(f"controls.kinds {controls.kinds} cannot be trained on data.format={data.format}: "
+                          f"only length can (from reference caption lengths)")
+    return ["length"]
+
+
+def control_wrapper(controls: ControlsConfig, data: DataConfig, kinds: list[str],
+                    seed: int) -> Callable[[Any], ControlledCaptionDataset]:
+    """fit_captioner's `wrap_train`: the caption pairs with a control prompt sampled per example."""
+    scenes = read_scenes(shapes_folder(data)) if data.format == "shapes" else None
+    return lambda base: ControlledCaptionDataset(base, kinds, controls.p_none, scenes, seed, controls.grid)
+
+
+def _fits(old: torch.Size, new: torch.Size) -> bool:
+    """The same shape, or more rows of the same width (a vocabulary with tokens appended)."""
+    return old == new or (len(old) > 0 and len(old) == len(new) and old[1:] == new[1:] and new[0] >= old[0])
+
+
+def load_grown(model: PrefixLM, state: dict[str, torch.Tensor]) -> int:
+    """Copy a trained model's weights into `model`, whose vocabulary may be longer (control tokens appended):
+    a tensor with more rows gets the old rows, the new ones keep their fresh init. Returns tensors copied."""
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or not _fits(v.shape, own[k].shape)]
+    if bad or set(own) - set(state):
+        raise ConfigError(f"init_from: the saved model does not fit (e.g. {(bad or sorted(set(own) - set(state)))[:3]}); "
+                          f"use a prefix_lm model with the same sizes")
+    with torch.no_grad():
+        for key, value in state.items():
+            if value.ndim:
+                own[key][: value.shape[0]] = value
+            else:
+                own[key].copy_(value)
+    model.load_state_dict(own)
+    return len(state)

@@ -1,0 +1,74 @@
+"""The page's trained caption controls in chromium: the length slider and click-on-the-image-to-focus appear only
+for a captioner trained with them, and send `length` / `focus_point` (docs/control.md)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CAPTIONS
+from tests.test_browser import chromium_page, loopback_only, serving
+from tests.test_browser_control import _recaption
+
+
+def _controlled_model():
+    """An untrained prefix LM that says it was trained with every control: the page only reads what it can take."""
+    import torch
+
+    from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
+    from polymodal.data.controlled_captions import with_control_tokens
+    from polymodal.models.prefix_lm import PrefixConfig, PrefixLM
+    from polymodal.text.tokenizer import WordTokenizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8),
+                      decoder=DecoderConfig(hidden_dim=32, num_layers=1, num_heads=4, dropout=0.0, max_len=8))
+    prefix = PrefixConfig(pixel_shuffle=2, controls=["length", "form", "focus"])
+    return PrefixLM(cfg, with_control_tokens(WordTokenizer.build(CAPTIONS)), prefix).eval()
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[str]:
+    from polymodal.serve import create_app
+
+    with serving(create_app({"controlled": _controlled_model()})) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from polymodal.data.shapes import render, sample_scene
+
+    path = tmp_path_factory.mktemp("page") / "scene.png"
+    render(sample_scene(random.Random(3), min_objects=2, max_objects=3), size=128).save(path)
+    return path
+
+
+def test_length_slider_and_click_to_focus(base: str, scene_png: Path) -> None:
+    with chromium_page() as (page, errors):
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/caption") else None)
+        outside = loopback_only(page, base)
+        page.goto(base + "/")
+        page.wait_for_selector("#models .model")
+        assert page.is_visible("#length-field") and page.is_enabled("#length") and page.is_visible("#focus-hint")
+        page.set_input_files("#file", str(scene_png))
+        page.wait_for_function("document.body.dataset.captions === '1'", timeout=30_000)
+        assert 'name="length"' not in sent[-1] and 'name="focus_point"' not in sent[-1]  # normal: as without
+
+        _recaption(page, lambda: page.eval_on_selector(
+            "#length", "el => { el.value = 0; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }"))
+        assert 'name="length"' in sent[-1] and "short" in sent[-1] and page.inner_text("#length-out") == "short"
+
+        box = page.locator("#base").bounding_box()
+        _recaption(page, lambda: page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75))
+        sent_point = sent[-1].split('name="focus_point"')[1].split()[0]  # the click, in [0, 1] of the image
+        assert [abs(float(v) - want) < 0.01 for v, want in zip(sent_point.split(","), (0.25, 0.75), strict=True)] == [True, True]
+        assert 'name="length"' not in sent[-1]  # one control at a time: the focus wins
+        assert page.is_visible("#focus-clear")
+        _recaption(page, lambda: page.click("#focus-clear"))
+        assert 'name="focus_point"' not in sent[-1]
+        assert not errors and not outside
