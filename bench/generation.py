@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from _report import write_section  # noqa: E402  (bench/, beside this file)
-from generation_report import FAMILIES, speed_section, write_report  # noqa: E402
+from generation_report import FAMILIES, SPEED_FIGURES, speed_section, write_report  # noqa: E402
 
 import polymodal  # noqa: E402
 from polymodal.assets import ASSETS, BUNDLED_CAPTIONER, BUNDLED_VQA  # noqa: E402
@@ -301,7 +301,8 @@ def main() -> None:
     write_report()
     results = {f: json.loads(p.read_text(encoding="utf-8")) for f, p in FAMILIES.items() if p.is_file()}
     markdown, figures = speed_section(results)
-    write_section("generation", markdown, figures, command="python bench/generation.py --model MODEL")
+    write_section("generation", markdown, figures, described=SPEED_FIGURES,
+                  command="python bench/generation.py --model MODEL")
     print(f"wrote {out}, docs/generation.md and its section of docs/benchmarks.md")
 
 

@@ -170,6 +170,14 @@ def rest(res: dict) -> list[str]:
     return out
 
 
+SPEED_FIGURES = {  # what the benchmarks page's figures are (docs/results/bench_generation.json)
+    "continuous, 16 images (s)": {"what": "continuous family (U-Net, 20 Euler steps): 16 images at 64 px",
+                                  "format": ".2f", "unit": " s"},
+    "discrete, 16 images (s)": {"what": "discrete family (128 image tokens, KV cache): 16 images at 64 px",
+                                "format": ".2f", "unit": " s"},
+}
+
+
 def speed_section(results: dict[str, dict]) -> tuple[str, dict[str, float]]:
     """The benchmarks page's section: drawing speed of each family (and the continuous one's steps curve)."""
     lines = ["## Text -> image: drawing speed", "",

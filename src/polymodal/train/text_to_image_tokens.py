@@ -13,7 +13,7 @@ Example:
     >>> from polymodal.train.tasks import load_task_config
     >>> task, cfg = load_task_config("configs/text_to_image.yaml", ["train.steps=20"])
     >>> cfg.model.tokens, task.__name__
-    (64, 'train_text_to_image_tokens')
+    (128, 'train_text_to_image_tokens')
     >>> summary = task(cfg)  # trains both stages; the model lands in runs/text_to_image_tokens/model  # doctest: +SKIP
 """
 
