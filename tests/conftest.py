@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +39,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Shapes World scene of 2-3 objects as a PNG, for the page tests (a module may define its own)."""
+    from polymodal.data.shapes import render, sample_scene
+
+    path = tmp_path_factory.mktemp("page") / "scene.png"
+    render(sample_scene(random.Random(3), min_objects=2, max_objects=3), size=128).save(path)
+    return path
 
 
 def tiny_model(decoder: str = "attention_lstm", seed: int = 0, size: int = 32) -> Captioner:

@@ -5,7 +5,6 @@ a word the model does not know gives the server's one-line message. The rest of 
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,15 +23,6 @@ def base() -> Iterator[str]:
 
     with serving(create_app({"tiny-captioner": tiny_model(seed=2)})) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from polymodal.data.shapes import render, sample_scene
-
-    path = tmp_path_factory.mktemp("page") / "scene.png"
-    render(sample_scene(random.Random(3), min_objects=2, max_objects=3), size=128).save(path)
-    return path
 
 
 def _captions(page: sync_api.Page) -> list[list[str]]:

@@ -3,7 +3,6 @@ for a captioner trained with them, and send `length` / `focus_point` (docs/contr
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,15 +35,6 @@ def base() -> Iterator[str]:
 
     with serving(create_app({"controlled": _controlled_model()})) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from polymodal.data.shapes import render, sample_scene
-
-    path = tmp_path_factory.mktemp("page") / "scene.png"
-    render(sample_scene(random.Random(3), min_objects=2, max_objects=3), size=128).save(path)
-    return path
 
 
 def test_length_slider_and_click_to_focus(base: str, scene_png: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import InputError
 from ..text.tokenizer import Tokenizer, split_words
@@ -37,6 +38,14 @@ class ImageGenerator(SavedModel):
 
     tokenizer: Tokenizer
     fixed_steps: bool = False  # True where the number of sampler steps is the model's own (one per image token)
+    max_caption_tokens: int    # the longest caption the text side reads, <bos> and <eos> included
+
+    def caption_ids(self, texts: list[str]) -> torch.Tensor:
+        """<bos> words <eos>, right-padded (B, T): the form training reads from its caption tokens."""
+        tok = self.tokenizer
+        rows = [torch.tensor([tok.bos_id, *tok.encode(t, max_len=self.max_caption_tokens - 2), tok.eos_id])
+                for t in texts]
+        return pad_sequence(rows, batch_first=True, padding_value=tok.pad_id).to(self.device)
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` that are not in the vocabulary (the model reads them as <unk>)."""

@@ -43,13 +43,23 @@ class ImageTokenizerConfig:
     groups: int = 8                                 # GroupNorm groups (divide every width)
 
     def __post_init__(self) -> None:
-        factor = self.patch * 2 ** (len(self.channels) - 1)
+        factor = self.patch * 2 ** (len(self.channels) - 1) if self.channels else 0
         if not self.channels or self.image_size % factor:
             raise ConfigError(f"image tokenizer: image_size {self.image_size} must divide by patch x 2^(len(channels)-1) "
                               f"= {factor}")
         if any(c % self.groups for c in self.channels):
             raise ConfigError(f"image tokenizer: every channel width {self.channels} must divide by groups "
                               f"{self.groups}")
+
+    @property
+    def grid(self) -> int:
+        """Codes per side: image_size / (patch x 2^(levels - 1))."""
+        return self.image_size // (self.patch * 2 ** (len(self.channels) - 1))
+
+    @property
+    def tokens(self) -> int:
+        """Image tokens per image: grid cells x codes per cell."""
+        return self.grid * self.grid * self.codes_per_cell
 
 
 class ResBlock(nn.Module):
@@ -99,8 +109,7 @@ class ImageTokenizer(SavedModel, nn.Module):
 
     @property
     def grid(self) -> int:
-        """Codes per side: image_size / (patch x 2^(levels - 1))."""
-        return self.cfg.image_size // (self.cfg.patch * 2 ** (len(self.cfg.channels) - 1))
+        return self.cfg.grid
 
     @property
     def codebook_size(self) -> int:
@@ -114,8 +123,7 @@ class ImageTokenizer(SavedModel, nn.Module):
 
     @property
     def tokens(self) -> int:
-        """Image tokens per image: grid cells x codes per cell."""
-        return self.grid * self.grid * self.cfg.codes_per_cell
+        return self.cfg.tokens
 
     def quantize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, S, S) in [-1, 1] -> quantized values (B, G * d, g, g) and tokens (B, g * g * G)."""

@@ -68,14 +68,9 @@ class TextToImage(ImageGenerator, nn.Module):
         self.unet = UNet(cfg.unet, in_channels=3, context_dim=width)
 
     # ---- text -----------------------------------------------------------------------------------
-    def text_ids(self, texts: list[str]) -> torch.Tensor:
-        """<bos> words <eos>, right-padded: (B, T); the same form training reads from its caption tokens."""
-        rows = [[self.tokenizer.bos_id, *self.tokenizer.encode(t, max_len=self.cfg.text.max_len - 2),
-                 self.tokenizer.eos_id] for t in texts]
-        ids = torch.full((len(rows), max(len(r) for r in rows)), self.tokenizer.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-        return ids.to(self.device)
+    @property
+    def max_caption_tokens(self) -> int:
+        return self.cfg.text.max_len
 
     def encode_text(self, ids: torch.Tensor, drop: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,7 +119,7 @@ class TextToImage(ImageGenerator, nn.Module):
     def sample(self, texts: list[str], noise: torch.Tensor, steps: int, guidance: float,
                progress: bool = False) -> torch.Tensor:
         """Euler integration of the guided flow from `noise` (B, 3, S, S) at t = 0 to images at t = 1 (one text per row)."""
-        ids = self.text_ids(texts)
+        ids = self.caption_ids(texts)
         cond = self.encode_text(ids)
         uncond = self.encode_text(ids, torch.ones(len(texts), dtype=torch.bool, device=ids.device))
         if guidance == 0.0:

@@ -64,8 +64,7 @@ class TokenImageConfig:
 
     @property
     def tokens(self) -> int:
-        side = self.image.image_size // (self.image.patch * 2 ** (len(self.image.channels) - 1))
-        return side * side * self.image.codes_per_cell
+        return self.image.tokens
 
     @property
     def image_size(self) -> int:
@@ -107,14 +106,9 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
                                 cfg.text_max_len + cfg.tokens, cfg.dropout)
 
     # ---- sequences ---------------------------------------------------------------------------
-    def caption_ids(self, texts: list[str]) -> torch.Tensor:
-        """<bos> words <eos>, right-padded (B, T): the form training reads from its caption tokens."""
-        tok = self.tokenizer
-        rows = [[tok.bos_id, *tok.encode(t, max_len=self.cfg.text_max_len - 2), tok.eos_id] for t in texts]
-        ids = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-        return ids.to(self.device)
+    @property
+    def max_caption_tokens(self) -> int:
+        return self.cfg.text_max_len
 
     def _drop_captions(self, captions: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """Rows where `drop` is True become the empty caption [<bos> <eos>] (right-padded)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -105,10 +106,7 @@ def collate_pixels(items: list[dict | None], pad_id: int = 0) -> dict[str, torch
     if not good:
         return batch
     batch["pixels"] = torch.stack([it["image"] for it in good]).float() / 127.5 - 1.0
-    tokens = torch.full((len(good), max(len(it["tokens"]) for it in good)), pad_id, dtype=torch.long)
-    for r, it in enumerate(good):
-        tokens[r, : len(it["tokens"])] = it["tokens"]
-    batch["tokens"] = tokens
+    batch["tokens"] = pad_sequence([it["tokens"] for it in good], batch_first=True, padding_value=pad_id)
     return batch
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -85,10 +86,8 @@ class CodedCaptions(Dataset):
 
 
 def collate_coded(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    tokens = torch.full((len(items), max(len(it["tokens"]) for it in items)), pad_id, dtype=torch.long)
-    for r, it in enumerate(items):
-        tokens[r, : len(it["tokens"])] = it["tokens"]
-    return {"tokens": tokens, "codes": torch.stack([it["codes"] for it in items]), "skipped": torch.tensor(0)}
+    return {"tokens": pad_sequence([it["tokens"] for it in items], batch_first=True, padding_value=pad_id),
+            "codes": torch.stack([it["codes"] for it in items]), "skipped": torch.tensor(0)}
 
 
 @torch.no_grad()
@@ -97,9 +96,8 @@ def encode_images(tokenizer: ImageTokenizer, images: ImageDataset, batch_size: i
     """Each record's image tokens (T,) as int16; None where its image failed to load."""
     tokenizer.eval()
     codes: list[torch.Tensor | None] = [None] * len(images)
-    loader = DataLoader(range(len(images)), batch_size=batch_size, collate_fn=list)
-    for indices in tqdm(loader, desc="image codes", disable=not progress, leave=False):
-        loaded = [(i, images[i]) for i in indices]
+    for start in tqdm(range(0, len(images), batch_size), desc="image codes", disable=not progress, leave=False):
+        loaded = [(i, images[i]) for i in range(start, min(start + batch_size, len(images)))]
         loaded = [(i, it) for i, it in loaded if it is not None]
         if not loaded:
             continue
