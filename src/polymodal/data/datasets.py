@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -126,11 +127,7 @@ def collate_captions(items: list[dict | None], pad_id: int = 0) -> dict[str, tor
     batch["record"] = torch.tensor([it["record"] for it in good])
     for key in ("tokens", "targets"):  # targets: a control prompt's items (data/controlled_captions.py)
         if key in good[0]:
-            length = max(len(it[key]) for it in good)
-            padded = torch.full((len(good), length), pad_id, dtype=torch.long)
-            for r, it in enumerate(good):
-                padded[r, : len(it[key])] = it[key]
-            batch[key] = padded
+            batch[key] = pad_sequence([it[key] for it in good], batch_first=True, padding_value=pad_id)
     return batch
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ..errors import DataError, InputError
@@ -272,20 +273,14 @@ class ChatDataset(Dataset):
         return {"image": self.images(row), "context": torch.tensor(context), "answer": torch.tensor(answer), "index": i}
 
 
-def _pad(seqs: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
-    for r, s in enumerate(seqs):
-        out[r, : len(s)] = s
-    return out
-
-
 def collate_chat(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """"images" or "image_features", "tokens" (context ids), "answer_tokens", "index"."""
     images = torch.stack([it["image"] for it in items])
     key = "images" if images.dtype == torch.uint8 else "image_features"
     return {key: normalize(images) if key == "images" else images.float(),
-            "tokens": _pad([it["context"] for it in items], pad_id),
-            "answer_tokens": _pad([it["answer"] for it in items], pad_id),
+            "tokens": pad_sequence([it["context"] for it in items], batch_first=True, padding_value=pad_id),
+            "answer_tokens": pad_sequence([it["answer"] for it in items], batch_first=True,
+                                          padding_value=pad_id),
             "index": torch.tensor([it["index"] for it in items])}
 
 
