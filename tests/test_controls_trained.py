@@ -264,11 +264,48 @@ def test_init_from_a_trained_prefix_lm_grows_its_vocabulary(trained, tmp_path):
         grown.caption(list(torch.randn(1, 3, 32, 32)), focus_phrase="red")
 
 
+def test_focus_marks_the_visual_token_under_the_point(trained):
+    """The focus point's cell is marked on the image itself: one visual token changes, the one under the point."""
+    assert trained.prefix_cfg.focus_marker
+    tok, images = trained.tokenizer, torch.randn(2, 3, 32, 32)
+    prompt = torch.tensor([[tok.index[w] for w in ("<focus>", "<x1>", "<y4>")], [tok.index["<short>"]] * 3])
+    with torch.no_grad():
+        changed = (trained.visual_tokens(images, prompt) - trained.visual_tokens(images)).abs().sum(-1) > 0
+    side = int(changed.shape[1] ** 0.5)
+    assert changed[0].nonzero().flatten().tolist() == [(4 * side // 8) * side + 1 * side // 8]
+    assert not changed[1].any()  # no focus point: the image as it was
+
+
+def test_a_new_focus_marker_starts_as_a_no_op(trained):
+    """Going on from a model trained without the marker: it is added at zero, so the model starts unchanged."""
+    import dataclasses
+
+    from polymodal.models.prefix_lm import PrefixLM
+    from polymodal.train.controls import load_grown
+
+    plain = PrefixLM(trained.cfg, trained.tokenizer, dataclasses.replace(trained.prefix_cfg, focus_marker=False))
+    marked = PrefixLM(trained.cfg, trained.tokenizer, trained.prefix_cfg)
+    load_grown(marked, plain.state_dict())
+    tok, images = trained.tokenizer, torch.randn(1, 3, 32, 32)
+    prompt = torch.tensor([[tok.index[w] for w in ("<focus>", "<x6>", "<y2>")]])
+    assert not marked.focus_marker.any()
+    assert torch.equal(marked.visual_tokens(images, prompt), plain.visual_tokens(images, prompt))
+
+
+def test_control_weights_draw_some_kinds_more_often():
+    rng, scene = random.Random(0), TWO
+    drawn = [sample_control("a red circle", scene, rng, ["length", "form", "focus"], 0.0, weights=[1, 1, 8])[0][0]
+             for _ in range(400)]
+    assert sum(w == "<focus>" for w in drawn) > 250  # 80% expected, against 33% unweighted
+
+
 def test_controls_config_is_checked():
     from polymodal.train.controls import ControlsConfig
 
     with pytest.raises(ConfigError, match="unknown control 'colour'"):
         ControlsConfig(kinds=["colour"]).check()
+    with pytest.raises(ConfigError, match="controls.weights"):
+        ControlsConfig(kinds=["length"], weights={"focus": 2.0}).check()
     with pytest.raises(ConfigError, match="p_none"):
         ControlsConfig(p_none=1.0).check()
 

@@ -222,9 +222,11 @@ class LengthBins:
 
 
 def sample_control(caption: str, scene: Scene | None, rng: random.Random, kinds: Sequence[str],
-                   p_none: float = 0.5, bins: LengthBins | None = None, grid: int = GRID) -> tuple[list[str], str]:
+                   p_none: float = 0.5, bins: LengthBins | None = None, grid: int = GRID,
+                   weights: Sequence[float] | None = None) -> tuple[list[str], str]:
     """(control prompt words, target caption) for one training pair: with chance `p_none` no control and the
-    reference itself, else one control of `kinds` and the caption it asks for.
+    reference itself, else one control of `kinds` (drawn with `weights`, one per kind; default uniform) and
+    the caption it asks for.
 
     Example:
         >>> from polymodal.data.shapes import ShapeObject
@@ -234,10 +236,11 @@ def sample_control(caption: str, scene: Scene | None, rng: random.Random, kinds:
     """
     if rng.random() < p_none:
         return [], caption
+    weight_of = dict(zip(kinds, weights or [1.0] * len(kinds), strict=True))
     usable = [k for k in kinds if scene is not None or k == "length"]
     if not usable or (scene is None and bins is None):
         return [], caption
-    kind = rng.choice(usable)
+    kind = rng.choices(usable, [weight_of[k] for k in usable])[0] if weights else rng.choice(usable)
     if scene is None:  # any data: the reference labelled with its length tercile
         return [f"<{bins.label(caption)}>"], caption  # type: ignore[union-attr]
     if kind == "length":

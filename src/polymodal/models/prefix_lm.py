@@ -76,6 +76,7 @@ class PrefixConfig:
     vision: VisionTowerDims | None = None  # the hf_vision encoder's tower (filled from encoder.pretrained)
     controls: list[str] = field(default_factory=list)  # caption controls trained with (length, form, focus)
     control_grid: int = 8            # focus points are read on a grid of this many cells a side
+    focus_marker: bool = False       # add a learnt vector to the visual token under a focus point (visual prompt)
 
 
 def pixel_shuffle(regions: torch.Tensor, s: int) -> torch.Tensor:
@@ -123,6 +124,18 @@ def _rotary_positions(visual: int, text_valid: torch.Tensor) -> torch.Tensor:
     return torch.cat([before, _text_positions(text_valid)], dim=1)
 
 
+def _cell_lookup(tokenizer: Tokenizer, grid: int) -> torch.Tensor:
+    """(V, 2): for each token id the grid x (column 0) or y (column 1) that a <xI> / <yJ> control token names,
+    -1 elsewhere."""
+    index = getattr(tokenizer, "index", {})
+    out = torch.full((len(tokenizer), 2), -1, dtype=torch.long)
+    for i in range(grid):
+        for axis, name in enumerate((f"<x{i}>", f"<y{i}>")):
+            if name in index:
+                out[index[name], axis] = i
+    return out
+
+
 class PrefixLM(Captioner):
     """encoder -> projector -> visual tokens + text -> causal TransformerLM; the Captioner user API."""
 
@@ -142,6 +155,11 @@ class PrefixLM(Captioner):
         self.projector = ModalityProjector(self.encoder.out_dim, width, self.prefix_cfg)
         self.lm = LlamaLM(llama) if llama is not None else TransformerLM(
             len(tokenizer), d.hidden_dim, d.num_layers, d.num_heads, d.max_positions, d.dropout)
+        if self.prefix_cfg.focus_marker:
+            # zero at first, so a captioner that goes on training with it starts exactly where it was
+            self.focus_marker = nn.Parameter(torch.zeros(width))
+            self.register_buffer("_cell_of_token", _cell_lookup(tokenizer, self.prefix_cfg.control_grid),
+                                 persistent=False)
 
     @property
     def trained_controls(self) -> tuple[str, ...]:
@@ -152,8 +170,26 @@ class PrefixLM(Captioner):
         return self.prefix_cfg.control_grid
 
     # ---- training ----------------------------------------------------------------------------
-    def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(images))  # (B, P, D)
+    def visual_tokens(self, images: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, P, D) visual tokens; with `tokens` (a focus prompt's <xI> <yJ>), the one under that point marked."""
+        visual = self.projector(self.encoder(images))
+        if tokens is None or not tokens.shape[1] or not self.prefix_cfg.focus_marker:
+            return visual
+        return self._mark_focus(visual, tokens)
+
+    def _mark_focus(self, visual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Add `focus_marker` to the visual token whose cell holds the prompt's focus point (rows without one:
+        unchanged). Pointing at the image itself, beside the <xI> <yJ> words, is what tells the LM which object
+        to describe (a visual prompt, as ViP-LLaVA draws marks on the image)."""
+        cells = self._cell_of_token[tokens]  # (B, L, 2): the x / y index a token names, -1 elsewhere
+        x, y = cells[..., 0].amax(1), cells[..., 1].amax(1)
+        side = math.isqrt(visual.shape[1])
+        if side * side != visual.shape[1]:
+            raise ConfigError(f"a focus marker needs a square grid of visual tokens, got {visual.shape[1]}")
+        grid = self.prefix_cfg.control_grid
+        index = (y * side // grid) * side + x * side // grid
+        hit = F.one_hot(index.clamp(min=0), visual.shape[1]) * ((x >= 0) & (y >= 0))[:, None]
+        return visual + hit[..., None].to(visual.dtype) * self.focus_marker
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher forcing; without "images" in the batch the LM trains on text alone (task lm_pretrain).
@@ -165,7 +201,7 @@ class PrefixLM(Captioner):
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], batch.get("targets", tokens[:, 1:])
         x = self.lm.embed(inputs, torch.arange(inputs.shape[1], device=inputs.device))
-        prefix = self.visual_tokens(batch["images"]) if "images" in batch else x[:, :0]
+        prefix = self.visual_tokens(batch["images"], inputs) if "images" in batch else x[:, :0]
         # Right padding needs no mask: padding keys come after every real query, so causality hides them.
         positions = torch.arange(-prefix.shape[1], inputs.shape[1], device=inputs.device)
         hidden, _ = self.lm(torch.cat([prefix, x], dim=1), is_causal=True, positions=positions)
@@ -203,8 +239,8 @@ class PrefixLM(Captioner):
         rows of different lengths are left-padded and the padding masked out of every attention.
         Without the cache the state keeps the inputs and every step recomputes the whole sequence.
         """
-        visual = self.visual_tokens(images)
-        text, text_valid = self._prompts(prompts, visual.shape[0], visual.device)
+        text, text_valid = self._prompts(prompts, len(images), images.device)
+        visual = self.visual_tokens(images, text)
         if not use_cache:
             return {"visual": visual, "text": text, "text_valid": text_valid}
         x, valid = self._sequence(visual, text, text_valid)

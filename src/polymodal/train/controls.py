@@ -35,6 +35,8 @@ class ControlsConfig:
     p_none: float = 0.5               # share of examples with no control, so plain captioning stays as good
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     grid: int = GRID                  # focus points are given on a grid x grid raster
+    marker: bool = True               # also mark the visual token under a focus point (prefix.focus_marker)
+    weights: dict[str, float] = field(default_factory=dict)  # kind -> how often it is sampled (default 1)
 
     def check(self) -> None:
         unknown = [k for k in self.kinds if k not in KINDS]
@@ -43,6 +45,8 @@ class ControlsConfig:
                               if unknown else f"controls.kinds is empty; use some of {', '.join(KINDS)}")
         if not 0.0 <= self.p_none < 1.0:
             raise ConfigError(f"controls.p_none must be in [0, 1), got {self.p_none}")
+        if any(k not in self.kinds or w <= 0 for k, w in self.weights.items()):
+            raise ConfigError(f"controls.weights {self.weights}: give a positive weight to kinds in {self.kinds}")
         if not 2 <= self.grid <= 32:
             raise ConfigError(f"controls.grid must be between 2 and 32, got {self.grid}")
 
@@ -65,7 +69,8 @@ def control_wrapper(controls: ControlsConfig, data: DataConfig, kinds: list[str]
                     seed: int) -> Callable[[Any], ControlledCaptionDataset]:
     """fit_captioner's `wrap_train`: the caption pairs with a control prompt sampled per example."""
     scenes = read_scenes(shapes_folder(data)) if data.format == "shapes" else None
-    return lambda base: ControlledCaptionDataset(base, kinds, controls.p_none, scenes, seed, controls.grid)
+    weights = [controls.weights.get(k, 1.0) for k in kinds]
+    return lambda base: ControlledCaptionDataset(base, kinds, controls.p_none, scenes, seed, controls.grid, weights)
 
 
 def _fits(old: torch.Size, new: torch.Size) -> bool:
@@ -73,13 +78,18 @@ def _fits(old: torch.Size, new: torch.Size) -> bool:
     return old == new or (len(old) > 0 and len(old) == len(new) and old[1:] == new[1:] and new[0] >= old[0])
 
 
+FRESH = ("focus_marker",)  # parameters a model may add when it goes on training (they start as a no-op)
+
+
 def load_grown(model: PrefixLM, state: dict[str, torch.Tensor]) -> int:
     """Copy a trained model's weights into `model`, whose vocabulary may be longer (control tokens appended):
-    a tensor with more rows gets the old rows, the new ones keep their fresh init. Returns tensors copied."""
+    a tensor with more rows gets the old rows, the new ones keep their fresh init; a `FRESH` parameter the
+    saved model lacks keeps its init. Returns tensors copied."""
     own = model.state_dict()
     bad = [k for k, v in state.items() if k not in own or not _fits(v.shape, own[k].shape)]
-    if bad or set(own) - set(state):
-        raise ConfigError(f"init_from: the saved model does not fit (e.g. {(bad or sorted(set(own) - set(state)))[:3]}); "
+    missing = sorted(set(own) - set(state) - set(FRESH))
+    if bad or missing:
+        raise ConfigError(f"init_from: the saved model does not fit (e.g. {(bad or missing)[:3]}); "
                           f"use a prefix_lm model with the same sizes")
     with torch.no_grad():
         for key, value in state.items():

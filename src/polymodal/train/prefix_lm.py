@@ -138,6 +138,7 @@ def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
             raise ConfigError("controls with init_lm_from: the LM's vocabulary has no control tokens; start from a "
                               "prefix_lm model (init_from) or from scratch")
         prefix_cfg.controls, prefix_cfg.control_grid = trainable_kinds(cfg.controls, cfg.data), cfg.controls.grid
+        prefix_cfg.focus_marker = prefix_cfg.focus_marker or (cfg.controls.marker and "focus" in prefix_cfg.controls)
         model_cfg.decoder.max_len = max(model_cfg.decoder.max_len, cfg.data.max_len)  # detailed captions are long
         tokenizer = with_control_tokens(tokenizer, cfg.controls.grid)
         wrap = control_wrapper(cfg.controls, cfg.data, prefix_cfg.controls, cfg.seed)
