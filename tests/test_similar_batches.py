@@ -98,10 +98,11 @@ def test_approximate_search_agrees_with_the_exact_one():
     exact = similar_batches.exact_nearest(vectors, k=8, chunk=256)
     dense = vectors.to_dense()
     sim = dense @ dense.T
-    # every word of every caption and no cap: all captions sharing a word are compared, so the same cosines
-    full = similar_batches.approximate_nearest(vectors, k=8, words=100, cap=10**6, chunk=100)
+    # every word rare (no budget) and every candidate kept: all captions sharing a word are compared, so the
+    # same cosines
+    full = similar_batches.approximate_nearest(vectors, k=8, budget=float("inf"), shortlist=1500, chunk=100)
     assert torch.allclose(sim.gather(1, full), sim.gather(1, exact), atol=1e-6)
-    # the defaults (4 rarest words, 256 captions each): most of the exact neighbours, never itself
+    # the defaults (1000 pairs per caption through rare words, 128 kept): most of the exact neighbours, never itself
     near = similar_batches.approximate_nearest(vectors, k=8)
     overlap = sum(len(set(a) & set(e)) for a, e in zip(near.tolist(), exact.tolist(), strict=True)) / exact.numel()
     assert overlap > 0.8

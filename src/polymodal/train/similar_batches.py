@@ -8,8 +8,10 @@ pairs whose captions share the most words with it (TF-IDF cosine over words; cap
 image and identical captions are left out, as they are positives anyway). Every pair still comes
 once per epoch; consecutive groups fill a batch.
 
-Finding the neighbours compares every distinct caption with every other once, in chunks: N^2 * V work for N
-distinct captions and V words (about 40 s for Shapes World's 120k pairs, 72k distinct captions, on one core).
+Finding the neighbours compares every distinct caption with every other once, in chunks, up to
+`EXACT_LIMIT` captions or where every word is common (Shapes World: 72k distinct captions, ~30 s on one
+core); above it (COCO's 600k captions would take hours) only captions that share a rare word are compared,
+with work that grows as N (`approximate_nearest`; docs/scaling.md measures both).
 
 Example:
     >>> order = SimilarCaptionOrder(["a red circle", "a blue circle", "a red star", "two squares"],
@@ -31,11 +33,12 @@ from ..errors import ConfigError
 from ..text.tokenizer import split_words
 
 DENSE_LIMIT = 2**27  # entries of the (N, V) TF-IDF matrix up to which it is searched dense (512 MB)
-# Up to EXACT_LIMIT distinct captions every pair is compared (exact: ~5 s at 10k, ~50 s at 30k on one
-# thread; approximate: ~1 s and ~10 s); above it too, unless most captions' rarest word is held by more
-# than RARE_LIMIT captions (Shapes World: ~40 words, all common), where the rare-word index finds little.
+# Up to EXACT_LIMIT distinct captions every pair is compared (~5 s at 10k on one thread); above it too where
+# fewer than RARE_SHARE of the captions hold a rare word (Shapes World: ~40 words, all common, 13%), as the
+# rare-word index then finds little.
 EXACT_LIMIT = 10_000
-RARE_LIMIT = 256
+RARE_SHARE = 0.5
+BUDGET = 1000.0  # row pairs per caption that approximate_nearest's rare words may make
 
 
 def tfidf_vectors(texts: Sequence[str], max_words: int = 4096) -> torch.Tensor:
@@ -57,11 +60,10 @@ def tfidf_vectors(texts: Sequence[str], max_words: int = 4096) -> torch.Tensor:
 def nearest_texts(texts: Sequence[str], k: int, chunk: int = 1024, exact: bool | None = None) -> torch.Tensor:
     """(N, k) indices of each text's most similar other texts (TF-IDF cosine), most similar first.
 
-    Up to `EXACT_LIMIT` texts, where most texts have no word rarer than `RARE_LIMIT` texts hold, or with
-    `exact=True`, every pair is compared (`exact_nearest`); otherwise only texts that share one of a
-    text's rarest words are (`approximate_nearest`), and a row may end in -1 where fewer than k such
-    texts exist. `texts` should be distinct (a duplicate would be its
-    twin's nearest text).
+    Up to `EXACT_LIMIT` texts, where fewer than `RARE_SHARE` of the texts hold a rare word, or with
+    `exact=True`, every pair is compared (`exact_nearest`); otherwise mainly texts that share a rare word
+    are (`approximate_nearest`), and a row may end in -1 where fewer than k candidates were found. `texts`
+    should be distinct (a duplicate would be its twin's nearest text).
 
     Example:
         >>> nearest_texts(["a red circle", "a big red circle", "a blue star", "a big blue star"], k=1).tolist()
@@ -70,15 +72,17 @@ def nearest_texts(texts: Sequence[str], k: int, chunk: int = 1024, exact: bool |
     vectors = tfidf_vectors(texts)
     k = min(k, len(texts) - 1)
     if exact is None:
-        exact = len(texts) <= EXACT_LIMIT or _rarest_word_counts(vectors).median() > RARE_LIMIT
-    return exact_nearest(vectors, k, chunk) if exact else approximate_nearest(vectors, k, cap=RARE_LIMIT)
+        exact = len(texts) <= EXACT_LIMIT or rare_word_share(vectors) < RARE_SHARE
+    return exact_nearest(vectors, k, chunk) if exact else approximate_nearest(vectors, k)
 
 
-def _rarest_word_counts(vectors: torch.Tensor) -> torch.Tensor:
-    """(N,) how many rows hold each row's rarest word (0 for a row without words)."""
+def rare_word_share(vectors: torch.Tensor, budget: float = BUDGET) -> float:
+    """The share of rows that hold a rare word (as `approximate_nearest` with this `budget` counts them)."""
     row, col = vectors.coalesce().indices()
     df = torch.bincount(col, minlength=vectors.shape[1])
-    return torch.zeros(vectors.shape[0], dtype=torch.long).scatter_reduce_(0, row, df[col], "amin", include_self=False)
+    has = torch.zeros(vectors.shape[0], dtype=torch.bool)
+    has[row[df[col] <= _rare_limit(df, budget * vectors.shape[0])]] = True
+    return float(has.float().mean())
 
 
 def exact_nearest(vectors: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -107,15 +111,16 @@ def exact_nearest(vectors: torch.Tensor, k: int, chunk: int = 1024) -> torch.Ten
     return out
 
 
-def approximate_nearest(vectors: torch.Tensor, k: int, words: int = 4, cap: int = 256,
-                        chunk: int = 1024) -> torch.Tensor:
-    """(N, k) nearest rows of the unit rows `vectors` by cosine, among the rows sharing a rare word.
+def approximate_nearest(vectors: torch.Tensor, k: int, budget: float = BUDGET, shortlist: int = 128,
+                        words: int = 2, cap: int = 32, chunk: int = 1024) -> torch.Tensor:
+    """(N, k) nearest rows of the unit rows `vectors` by cosine, among candidates found through rare words.
 
-    Each row's candidates are the rows that hold one of its `words` rarest words (an inverted index:
-    the rows of each word); a word held by more than `cap` rows contributes `cap` of them, evenly
-    spaced. The candidates are then ranked by their exact cosine. Work ~ N * words * cap * words per
-    row instead of N^2 * words per row: rare words weigh most in TF-IDF, so the nearest rows nearly
-    always share one. Slots left over (fewer than k candidates) hold -1.
+    A word is rare when the rows holding rare words, compared pairwise, make at most `budget` x N pairs
+    (sum of df^2 over the rarest words), so the work grows as N, not N^2. Each row's candidates are (1) the
+    rows that share a rare word with it, ranked by the part of the cosine those words give (exact, by a
+    sparse product over the inverted index), the best `shortlist` kept; (2) for a row with fewer than k of
+    those (all its words common), up to `cap` evenly spaced rows of each of its `words` rarest words. All
+    candidates are then ranked by their exact cosine. Slots left over (fewer than k candidates) hold -1.
 
     Example:
         >>> approximate_nearest(tfidf_vectors(["a red circle", "a big red circle", "a blue star", "a big blue star"]), k=1).tolist()
@@ -125,7 +130,8 @@ def approximate_nearest(vectors: torch.Tensor, k: int, words: int = 4, cap: int 
     (n, v), (row, col), val = vectors.shape, vectors.indices(), vectors.values()
     row_ptr, df = _pointers(row, n), torch.bincount(col, minlength=v)
     by_word = torch.argsort(col, stable=True)
-    postings, word_ptr = row[by_word], _pointers(col[by_word], v)  # rows of word w: postings[word_ptr[w]:...]
+    postings, posting_val, word_ptr = row[by_word], val[by_word], _pointers(col[by_word], v)
+    rare = df[col] <= _rare_limit(df, budget * n)
     rarest = torch.argsort(row * (n + 1) + df[col], stable=True)  # each row's entries, rarest word first
     rarest = rarest[torch.arange(len(row)) - row_ptr[row[rarest]] < words]
     query_row, query_word = row[rarest], col[rarest]
@@ -133,13 +139,44 @@ def approximate_nearest(vectors: torch.Tensor, k: int, words: int = 4, cap: int 
     out = torch.full((n, max(k, 0)), -1, dtype=torch.long)
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
+        lo, hi = int(row_ptr[start]), int(row_ptr[end])
+        keep = rare[lo:hi]
+        short = _rare_word_shortlist(row[lo:hi][keep], col[lo:hi][keep], val[lo:hi][keep], postings, posting_val,
+                                     word_ptr, df, start, end, n, shortlist)
+        q = torch.arange(start, end).repeat_interleave(shortlist)
+        q, j = q[short.flatten() >= 0], short.flatten()[short.flatten() >= 0]
         lo, hi = int(query_ptr[start]), int(query_ptr[end])
-        q, j = _candidates(query_row[lo:hi], query_word[lo:hi], postings, word_ptr, df, cap)
-        pair = torch.unique(q * n + j)  # sorted by q, each pair once
+        needy = (short[:, k - 1] < 0 if 0 < k <= shortlist else torch.ones(end - start, dtype=torch.bool))
+        needy = needy[query_row[lo:hi] - start]
+        cq, cj = _candidates(query_row[lo:hi][needy], query_word[lo:hi][needy], postings, word_ptr, df, cap)
+        pair = torch.unique(torch.cat([q, cq]) * n + torch.cat([j, cj]))  # sorted by query, each pair once
         q, j = pair // n, pair % n
         q, j = q[q != j], j[q != j]  # not itself
         score = _pair_scores(_dense_rows(vectors, start, end), q - start, j, row_ptr, col, val)
         _top_k_into(out, q, j, score, k)
+    return out
+
+
+def _rare_limit(df: torch.Tensor, pairs: float) -> int:
+    """The largest document frequency such that the words up to it give at most `pairs` row pairs (sum df^2)."""
+    ordered = df.sort().values.double()
+    fits = (ordered**2).cumsum(0) <= pairs
+    return int(ordered[fits].max()) if bool(fits.any()) else 0
+
+
+def _rare_word_shortlist(q: torch.Tensor, w: torch.Tensor, qv: torch.Tensor, postings: torch.Tensor,
+                         posting_val: torch.Tensor, word_ptr: torch.Tensor, df: torch.Tensor, start: int, end: int,
+                         n: int, size: int) -> torch.Tensor:
+    """(end - start, size): for query rows start..end-1, whose rare-word entries are (q, w, qv), the rows
+    sharing a rare word, by the sum of qv * value over the shared words (their part of the cosine), best first."""
+    run, place = _expand(df[w])
+    entry = word_ptr[w[run]] + place
+    pair, inverse = torch.unique((q[run] - start) * n + postings[entry], return_inverse=True)
+    partial = torch.zeros(len(pair)).index_add_(0, inverse, qv[run] * posting_val[entry])
+    pq, pj = pair // n, pair % n
+    other = pq + start != pj
+    out = torch.full((end - start, size), -1, dtype=torch.long)
+    _top_k_into(out, pq[other], pj[other], partial[other], size)
     return out
 
 
