@@ -19,8 +19,9 @@ MODELS = {
     "continuous": "a conditional U-Net ({params:.2f} M parameters, 2x2 pixel folding, cross-attention to a word-level "
                   "transformer text tower) trained by rectified flow with 10% caption dropout; sampled with "
                   "{steps} Euler steps and classifier-free guidance {guidance:g}",
-    "discrete": "an FSQ image tokenizer (64 px -> 8 x 8 codes of 1000) and a decoder-only transformer "
-                "({params:.2f} M parameters with the tokenizer) that reads the caption and writes the 64 codes, "
+    "discrete": "an FSQ image tokenizer (64 px -> {steps} codes of 1000, two per cell of an 8 x 8 grid) and a "
+                "decoder-only transformer ({params:.2f} M parameters with the tokenizer) that reads the caption and "
+                "writes the {steps} codes, "
                 "10% of captions dropped in training; sampled one code per step with the KV cache, "
                 "classifier-free guidance {guidance:g} and temperature {temperature:g}",
 }
