@@ -4,7 +4,6 @@
 const $ = (id) => document.getElementById(id);
 const state = { image: null, name: "image.png", models: [], tasks: {}, history: [], heatmaps: [], words: [],
                 busy: false, playing: null, recorder: null };
-const MAX_RECORD_MS = 15000;  // a question, not a speech: stop recording after this (the server refuses 60 s)
 
 // ---------------------------------------------------------------- helpers
 function toast(message) {
@@ -116,49 +115,6 @@ function setupDrop() {
   for (const id of ["random", "random2"]) {
     $(id).addEventListener("click", (e) => { e.stopPropagation(); randomScene(); });
   }
-}
-
-// A Shapes World scene drawn in the browser (same shapes, colours and sizes as polymodal.data.shapes).
-const COLOURS = { red: "#e61e1e", green: "#1ebe32", blue: "#285aff", yellow: "#fae61e", purple: "#a032dc",
-                  orange: "#ff8c00", white: "#f5f5f5", cyan: "#1edce6" };
-const SHAPES = ["circle", "square", "triangle", "diamond", "star", "hexagon"];
-const POLYGONS = {
-  square: [[-0.72, -0.72], [0.72, -0.72], [0.72, 0.72], [-0.72, 0.72]],
-  diamond: [[0, -1], [0.75, 0], [0, 1], [-0.75, 0]],
-  triangle: [[0, -0.72], [0.84, 0.72], [-0.84, 0.72]],
-  star: [...Array(10).keys()].map((k) => { const r = k % 2 ? 0.45 : 1, a = (-90 + 36 * k) * Math.PI / 180;
-    return [r * Math.cos(a), r * Math.sin(a)]; }),
-  hexagon: [...Array(6).keys()].map((k) => [0.92 * Math.cos(k * Math.PI / 3), 0.92 * Math.sin(k * Math.PI / 3)]),
-};
-
-function randomScene(side = 256) {
-  const canvas = el("canvas", { width: side, height: side });
-  const g = canvas.getContext("2d");
-  const grey = 28 + Math.floor(Math.random() * 33);
-  g.fillStyle = `rgb(${grey},${grey},${grey + 3})`;
-  g.fillRect(0, 0, side, side);
-  const placed = [];
-  const count = 1 + Math.floor(Math.random() * 4);
-  for (let i = 0; i < count; i++) {
-    let r = Math.random() < 0.5 ? 0.10 : 0.17;
-    for (let attempt = 0; attempt < 60; attempt++) {
-      if (attempt === 30) r = 0.10;  // crowded: a small one may still fit
-      const x = r + Math.random() * (1 - 2 * r), y = r + Math.random() * (1 - 2 * r);
-      if (placed.every((o) => Math.hypot(x - o.x, y - o.y) >= r + o.r + 0.02)) { placed.push({ x, y, r }); break; }
-    }
-  }
-  for (const o of placed) {
-    const shape = SHAPES[Math.floor(Math.random() * SHAPES.length)];
-    const colours = Object.values(COLOURS);
-    g.fillStyle = colours[Math.floor(Math.random() * colours.length)];
-    const cx = o.x * side, cy = o.y * side, r = o.r * side;
-    g.beginPath();
-    if (shape === "circle") g.arc(cx, cy, r * 0.85, 0, 2 * Math.PI);
-    else POLYGONS[shape].forEach(([dx, dy], k) => (k ? g.lineTo : g.moveTo).call(g, cx + r * dx, cy + r * dy));
-    g.closePath();
-    g.fill();
-  }
-  canvas.toBlob((blob) => setImage(blob, "scene.png"), "image/png");
 }
 
 // ---------------------------------------------------------------- captions
@@ -409,101 +365,6 @@ function showWhy(why) {  // the explanation over the main image, labelled, until
   const focus = $("focus");
   focus.textContent = `why: ${why.output}`;
   focus.classList.add("on");
-}
-
-// ---------------------------------------------------------------- spoken questions
-function setupMic() {
-  // Shown only when the server has a speech recognizer and something to answer with, and the browser can record.
-  const mic = $("mic");
-  const usable = !!(state.tasks.transcribe && (state.tasks.vqa || state.tasks.chat) &&
-                    navigator.mediaDevices?.getUserMedia && window.MediaRecorder);
-  mic.hidden = !usable;
-  mic.disabled = !usable;
-  if (usable && !mic.dataset.wired) {
-    mic.dataset.wired = "true";
-    mic.addEventListener("click", () => (state.recorder ? stopRecording() : startRecording()));
-  }
-}
-
-function showRecording(on) {
-  const mic = $("mic");
-  mic.classList.toggle("recording", on);
-  mic.setAttribute("aria-pressed", String(on));
-  mic.title = on ? "Listening… click to stop and ask" : "Ask aloud: click, speak, click again";
-  if (on) { $("heard").hidden = false; $("heard").textContent = "Listening… click the microphone again when done."; }
-}
-
-async function startRecording() {
-  if (!state.image) { toast("Add an image first: drop one, choose a file or draw a random scene"); return; }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (err) {
-    toast("No microphone: " + err.message);
-    return;
-  }
-  const chunks = [], recorder = new MediaRecorder(stream);
-  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
-  recorder.onstop = () => {
-    stream.getTracks().forEach((t) => t.stop());
-    state.recorder = null;
-    showRecording(false);
-    askAloud(new Blob(chunks, { type: recorder.mimeType || "audio/webm" }));
-  };
-  recorder.start();
-  state.recorder = recorder;
-  state.recordTimer = setTimeout(stopRecording, MAX_RECORD_MS);
-  showRecording(true);
-}
-
-function stopRecording() {
-  clearTimeout(state.recordTimer);
-  if (state.recorder && state.recorder.state === "recording") state.recorder.stop();
-}
-
-async function askAloud(recording) {
-  // The recording goes to /v1/vqa, which transcribes it and answers; the answer is then spoken (/v1/speak).
-  const question = bubble("user", ""), reply = bubble("assistant", "");
-  question.classList.add("typing");
-  reply.classList.add("typing");
-  const form = new FormData();
-  form.append("image", state.image, state.name);
-  const ext = (recording.type.match(/audio\/(\w+)/) || [, "webm"])[1];
-  form.append("audio", recording, `question.${ext}`);
-  form.append("k", "3");
-  try {
-    const result = await (await api("/v1/vqa", form)).json();
-    question.textContent = result.transcript.text;
-    $("heard").hidden = false;
-    $("heard").replaceChildren("Heard: ", el("b", { text: result.transcript.text }),
-      ` (${result.transcript.duration_s.toFixed(1)} s recorded, answered in ${Math.round(result.elapsed_ms)} ms)`);
-    showAnswers(reply, result);
-    await speak(result.answers[0].answer);
-  } catch (err) {
-    question.textContent = "(spoken question)";
-    $("heard").hidden = true;
-    reply.textContent = err.message;
-    reply.classList.add("error");
-  } finally {
-    question.classList.remove("typing");
-    reply.classList.remove("typing");
-    document.body.dataset.spoken = String(+(document.body.dataset.spoken || 0) + 1);  // for tests
-  }
-}
-
-async function speak(text) {
-  // The answer read aloud by the server (espeak-ng); without it the page says so once and stays silent.
-  const player = $("reply-audio");
-  try {
-    const audio = await (await api("/v1/speak", { text })).blob();
-    if (player.src.startsWith("blob:")) URL.revokeObjectURL(player.src);
-    player.src = URL.createObjectURL(audio);
-    player.hidden = false;
-    await player.play().catch(() => { /* autoplay refused: the controls are there */ });
-  } catch (err) {
-    player.hidden = true;
-    $("ask-note").textContent = "Spoken answers are off: " + err.message;
-  }
 }
 
 async function streamChat(response, bubbleEl) {
