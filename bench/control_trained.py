@@ -1,7 +1,7 @@
 """Do the trained caption controls obey, and are the captions still good? Length, form, focus, word budget (issue 21).
 
-    polymodal train configs/prefix_lm_controls.yaml
-    OMP_NUM_THREADS=1 python bench/control_trained.py [--model runs/prefix_lm_controls/model]
+    polymodal train configs/prefix_lm_controls.yaml && polymodal train configs/prefix_lm_controls_focus.yaml
+    OMP_NUM_THREADS=1 python bench/control_trained.py [--model runs/prefix_lm_controls_focus/model]
     python bench/control_trained.py --page-only      # redraw the docs section from the JSON
 
 The captioner trained with controls, beam 3, on the Shapes World test images (n=5000, seed 0; never trained on),
@@ -45,7 +45,8 @@ from _report import load_average, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, DOC = ROOT / "docs" / "results" / "control_trained.json", ROOT / "docs" / "control.md"
-COMMAND = "polymodal train configs/prefix_lm_controls.yaml && OMP_NUM_THREADS=1 python bench/control_trained.py"
+COMMAND = ("polymodal train configs/prefix_lm_controls.yaml && polymodal train configs/prefix_lm_controls_focus.yaml && "
+           "OMP_NUM_THREADS=1 python bench/control_trained.py")
 BEAM, BUDGETS = 3, (4, 8)
 
 
@@ -149,7 +150,7 @@ def page(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="runs/prefix_lm_controls/model")
+    parser.add_argument("--model", default="runs/prefix_lm_controls_focus/model")
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--page-only", action="store_true", help="redraw the docs section from the JSON")
     args = parser.parse_args()

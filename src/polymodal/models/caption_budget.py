@@ -7,7 +7,7 @@ off (decoding with the budget, generate.py). So the budget always holds and the 
 
 Example:
     >>> import polymodal  # doctest: +SKIP
-    >>> model = polymodal.load("runs/prefix_lm_controls/model")  # doctest: +SKIP
+    >>> model = polymodal.load("runs/prefix_lm_controls_focus/model")  # doctest: +SKIP
     >>> model.caption(["a.png"], max_new_words=8)  # doctest: +SKIP
     ['a red circle and a blue square']
 """
