@@ -299,6 +299,14 @@ def test_control_weights_draw_some_kinds_more_often():
     assert sum(w == "<focus>" for w in drawn) > 250  # 80% expected, against 33% unweighted
 
 
+@pytest.mark.parametrize("share, by_phrase", [(0.0, 0), (1.0, 50)])
+def test_phrase_share_picks_how_focus_is_asked(share, by_phrase):
+    rng = random.Random(0)
+    prompts = [sample_control("a red circle", TWO, rng, ["focus"], 0.0, phrase_share=share)[0] for _ in range(50)]
+    assert all(p[0] == "<focus>" for p in prompts)
+    assert sum(not p[1].startswith("<x") for p in prompts) == by_phrase  # a phrase's words, not a <xI> cell
+
+
 def test_controls_config_is_checked():
     from polymodal.train.controls import ControlsConfig
 
@@ -306,6 +314,8 @@ def test_controls_config_is_checked():
         ControlsConfig(kinds=["colour"]).check()
     with pytest.raises(ConfigError, match="controls.weights"):
         ControlsConfig(kinds=["length"], weights={"focus": 2.0}).check()
+    with pytest.raises(ConfigError, match="phrase_share"):
+        ControlsConfig(phrase_share=1.5).check()
     with pytest.raises(ConfigError, match="p_none"):
         ControlsConfig(p_none=1.0).check()
 

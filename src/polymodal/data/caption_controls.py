@@ -223,10 +223,11 @@ class LengthBins:
 
 def sample_control(caption: str, scene: Scene | None, rng: random.Random, kinds: Sequence[str],
                    p_none: float = 0.5, bins: LengthBins | None = None, grid: int = GRID,
-                   weights: Sequence[float] | None = None) -> tuple[list[str], str]:
+                   weights: Sequence[float] | None = None, phrase_share: float = 0.4) -> tuple[list[str], str]:
     """(control prompt words, target caption) for one training pair: with chance `p_none` no control and the
     reference itself, else one control of `kinds` (drawn with `weights`, one per kind; default uniform) and
-    the caption it asks for.
+    the caption it asks for; `phrase_share` of the focus examples name their object by a phrase, the rest by a
+    click.
 
     Example:
         >>> from polymodal.data.shapes import ShapeObject
@@ -251,6 +252,6 @@ def sample_control(caption: str, scene: Scene | None, rng: random.Random, kinds:
         return [f"<{form}>"], form_caption(scene, form)
     o = rng.choice(scene.objects)
     phrases = focus_phrases(scene, o)
-    if phrases and rng.random() < 0.4:
+    if phrases and rng.random() < phrase_share:
         return ["<focus>", *rng.choice(phrases)], focus_caption(o)
     return point_prompt(*point_on(o, rng), grid), focus_caption(o)

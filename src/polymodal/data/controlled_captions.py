@@ -68,9 +68,10 @@ class ControlledCaptionDataset(Dataset):
 
     def __init__(self, base: CaptionDataset, kinds: Sequence[str], p_none: float = 0.5,
                  scenes: dict[str, Scene] | None = None, seed: int = 0, grid: int = GRID,
-                 weights: Sequence[float] | None = None):
+                 weights: Sequence[float] | None = None, phrase_share: float = 0.4):
         self.base, self.kinds, self.p_none, self.scenes, self.grid = base, tuple(kinds), p_none, scenes, grid
         self.weights = list(weights) if weights is not None else None  # per kind; None: uniform
+        self.phrase_share = phrase_share
         self.records, self.tokenizer = base.records, base.tokenizer
         self.bins = None if scenes else LengthBins.fit([c for r in base.records for c in r.captions])
         self.rng = random.Random(f"controls/{seed}")  # one stream: the same seed gives the same examples
@@ -86,7 +87,7 @@ class ControlledCaptionDataset(Dataset):
         record, tok = self.records[i], self.tokenizer
         scene = self.scenes.get(record.id) if self.scenes else None
         words, caption = sample_control(record.captions[j], scene, self.rng, self.kinds, self.p_none, self.bins,
-                                        self.grid, self.weights)
+                                        self.grid, self.weights, self.phrase_share)
         prompt = prompt_ids(tok, words)
         text = [tok.bos_id, *tok.encode(caption, max_len=self.base.max_len), tok.eos_id]
         targets = [tok.pad_id] * len(prompt) + text[1:]  # no loss on the prompt

@@ -37,6 +37,7 @@ class ControlsConfig:
     grid: int = GRID                  # focus points are given on a grid x grid raster
     marker: bool = True               # also mark the visual token under a focus point (prefix.focus_marker)
     weights: dict[str, float] = field(default_factory=dict)  # kind -> how often it is sampled (default 1)
+    phrase_share: float = 0.4         # focus examples that name their object by a phrase (the rest: a click)
 
     def check(self) -> None:
         unknown = [k for k in self.kinds if k not in KINDS]
@@ -47,6 +48,8 @@ class ControlsConfig:
             raise ConfigError(f"controls.p_none must be in [0, 1), got {self.p_none}")
         if any(k not in self.kinds or w <= 0 for k, w in self.weights.items()):
             raise ConfigError(f"controls.weights {self.weights}: give a positive weight to kinds in {self.kinds}")
+        if not 0.0 <= self.phrase_share <= 1.0:
+            raise ConfigError(f"controls.phrase_share must be in [0, 1], got {self.phrase_share}")
         if not 2 <= self.grid <= 32:
             raise ConfigError(f"controls.grid must be between 2 and 32, got {self.grid}")
 
@@ -70,7 +73,8 @@ def control_wrapper(controls: ControlsConfig, data: DataConfig, kinds: list[str]
     """fit_captioner's `wrap_train`: the caption pairs with a control prompt sampled per example."""
     scenes = read_scenes(shapes_folder(data)) if data.format == "shapes" else None
     weights = [controls.weights.get(k, 1.0) for k in kinds]
-    return lambda base: ControlledCaptionDataset(base, kinds, controls.p_none, scenes, seed, controls.grid, weights)
+    return lambda base: ControlledCaptionDataset(base, kinds, controls.p_none, scenes, seed, controls.grid, weights,
+                                                 controls.phrase_share)
 
 
 def _fits(old: torch.Size, new: torch.Size) -> bool:
