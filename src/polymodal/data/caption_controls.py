@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..text.tokenizer import split_words
 from . import shapes_text as grammar
 from .shapes import ATTRIBUTE_GROUPS, Scene, ShapeObject
 
@@ -118,11 +119,12 @@ class CaptionControls:
 def phrase_words(phrase: str) -> list[str]:
     """The colour, shape and size words of a focus phrase: "the red one" -> ["red"]."""
     known = {w for g in PHRASE_GROUPS for w in ATTRIBUTE_GROUPS[g]}
-    return [w for w in grammar_words(phrase) if w in known]
+    return [w for w in words(phrase) if w in known]
 
 
-def grammar_words(text: str) -> list[str]:
-    return [w.strip(",.!?;:'\"") for w in text.lower().split()]
+def words(text: str) -> list[str]:
+    """The text's words (the tokenizer's split), commas left out: what a length counts."""
+    return [w for w in split_words(text) if w != ","]
 
 
 def point_prompt(x: float, y: float, grid: int = GRID) -> list[str]:
@@ -213,11 +215,11 @@ class LengthBins:
 
     @classmethod
     def fit(cls, captions: Sequence[str]) -> LengthBins:
-        lengths = sorted(len(grammar_words(c)) for c in captions) or [0]
+        lengths = sorted(len(words(c)) for c in captions) or [0]
         return cls(lengths[(len(lengths) - 1) // 3], lengths[(2 * (len(lengths) - 1)) // 3])
 
     def label(self, caption: str) -> str:
-        n = len(grammar_words(caption))
+        n = len(words(caption))
         return "short" if n <= self.short_max else "normal" if n <= self.normal_max else "detailed"
 
 

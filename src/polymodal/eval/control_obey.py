@@ -18,16 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..data.caption_controls import LENGTHS, form_caption, length_caption
+from ..data.caption_controls import LENGTHS, form_caption, length_caption, words
 from ..data.shapes import COLOURS, SHAPES, Scene, ShapeObject
 from ..text.tokenizer import split_words
 
 RELATION_WORDS = frozenset({"left", "right", "above", "below", "top", "bottom", "middle", "of"})
-
-
-def words(caption: str) -> list[str]:
-    """The caption's words, commas left out."""
-    return [w for w in split_words(caption) if w != ","]
 
 
 def length_class(caption: str, scene: Scene) -> str | None:

@@ -23,6 +23,12 @@ from ..data.caption_controls import LENGTHS, CaptionControls
 from ..generate import GenerationConfig, Hypothesis
 
 
+def says_less(model: Any, cfg: GenerationConfig, prompt: Any) -> bool:
+    """Whether a word budget is met by saying less (`longest_within`) rather than cut off: a budget, no other
+    control prompt, and a model trained with the length control."""
+    return bool(cfg.max_new_words) and not prompt and "length" in getattr(model, "trained_controls", ())
+
+
 def longest_within(model: Any, images: torch.Tensor, cfg: GenerationConfig) -> list[list[Hypothesis]]:
     """Per image, the hypotheses of the longest length control whose captions have at most `cfg.max_new_words`
     words (those that fit, best first); images where even `short` does not fit: `short` decoded with the budget."""

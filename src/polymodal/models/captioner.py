@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..nn.decoders import build_decoder
 from ..nn.encoders import build_encoder
 from ..text.tokenizer import Tokenizer
 from .base import SavedModel
+from .caption_budget import longest_within, says_less
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
 
@@ -161,7 +163,15 @@ def word_budget(tokenizer: Any, max_new_words: int | None) -> dict[str, Any]:
     return {"max_new_words": max_new_words, "word_ids": tuple(ids)}
 
 
-CONTROL_ARGS = ("length", "form", "focus_point", "focus_box", "focus_phrase")  # CaptionControls' fields
+def pop_controls(generation: dict[str, Any]) -> CaptionControls:
+    """The trained controls (CaptionControls' fields: length, form, focus_...) taken out of caption keywords.
+
+    Example:
+        >>> kwargs = {"beam_size": 3, "length": "short"}
+        >>> pop_controls(kwargs).kinds, kwargs
+        (('length',), {'beam_size': 3})
+    """
+    return CaptionControls(**{f.name: generation.pop(f.name) for f in fields(CaptionControls) if f.name in generation})
 
 
 class Captioner(SavedModel, nn.Module):
@@ -269,7 +279,7 @@ class Captioner(SavedModel, nn.Module):
                           **generation: Any) -> GenerationConfig:
         """GenerationConfig fields with this model's defaults (its max length) and the word controls and word
         budget of `caption_nbest`."""
-        asked = CaptionControls(**{k: generation.pop(k) for k in CONTROL_ARGS if k in generation})
+        asked = pop_controls(generation)
         if asked.kinds:  # reached only by a subclass without prompts (refine.py): InputError naming the control
             self.control_prompt(asked)
         generation.setdefault("max_len", self.cfg.decoder.max_len)
@@ -301,12 +311,10 @@ class Captioner(SavedModel, nn.Module):
             'a large circle'
         """
         self.eval()
-        prompt = self.control_prompt(CaptionControls(**{k: generation.pop(k) for k in CONTROL_ARGS if k in generation}))
+        prompt = self.control_prompt(pop_controls(generation))
         cfg = self.generation_config(banned_words, force_words, omit_words, max_new_words, **generation)
         batch = self.preprocess(images)
-        if cfg.max_new_words and prompt is None and "length" in self.trained_controls:  # say less, not cut off
-            from .caption_budget import longest_within
-
+        if says_less(self, cfg, prompt):
             hyps = longest_within(self, batch, cfg)
         else:
             hyps = self.generate(batch, cfg, **({"prompts": [prompt] * len(batch)} if prompt else {}))

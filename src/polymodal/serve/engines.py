@@ -36,7 +36,7 @@ from ..eval.viz import (  # imported with the server, so the first heatmap reque
     explanation_overlay,
 )
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
-from ..models.caption_budget import longest_within
+from ..models.caption_budget import longest_within, says_less
 from ..models.captioner import control_ids, word_budget
 from .schemas import CaptionOptions
 from .uploads import RequestError
@@ -188,12 +188,6 @@ def caption_key(entry: LoadedModel, generation: GenerationConfig, prompt: tuple[
     return entry.name, tuple(sorted(vars(generation).items())), prompt
 
 
-def _says_less(model: Any, generation: GenerationConfig, prompt: tuple[int, ...]) -> bool:
-    """A word budget for a model trained with the length control: it picks the longest length that fits
-    (models/caption_budget.py), as `caption_nbest` does, rather than being cut off at the budget."""
-    return bool(generation.max_new_words) and not prompt and "length" in getattr(model, "trained_controls", ())
-
-
 def _prompts(prompt: tuple[int, ...], rows: int) -> dict[str, Any]:
     """generate / init_state's `prompts` for a batch that shares one control prompt (nothing without one)."""
     return {"prompts": [list(prompt)] * rows} if prompt else {}
@@ -213,7 +207,7 @@ def run_caption_batch(models: ModelSet, key: Hashable, items: list[Any]) -> list
         texts = model.caption_nbest(items, **vars(generation))
         return [{"captions": [(t, None) for t in per], "words": per[0].split(), "attention": None} for per in texts]
     device = getattr(model, "device", torch.device("cpu"))
-    if _says_less(model, generation, prompt):
+    if says_less(model, generation, prompt):
         hyps = longest_within(model, torch.stack(items).to(device), generation)
     else:
         hyps = model.generate(torch.stack(items).to(device), generation, **_prompts(prompt, len(items)))
@@ -255,7 +249,7 @@ def open_caption_session(models: ModelSet, key: Hashable) -> CaptionSession | No
     entry, generation = models.entries[name], GenerationConfig(**dict(settings))
     beam_batch = getattr(entry.model, "beam_batch", None)
     if generation.strategy != "beam" or not entry.batched or not callable(beam_batch) or \
-            _says_less(entry.model, generation, prompt):
+            says_less(entry.model, generation, prompt):
         return None
     beams = beam_batch(generation)
     return CaptionSession(entry.model, beams, prompt) if beams is not None else None
