@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +179,7 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
                 page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete)")
 
             if searching:
-                done = page.evaluate("document.body.dataset.captions")
-                page.locator("#results figure").first.click()
-                page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
+                recaption(page, page.locator("#results figure").first.click)
                 assert page.locator("#caption .word").count() >= 2
 
             # Draw: a prompt gives drawings; clicking one makes it the image the page captions.
@@ -190,16 +188,12 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
                 page.press("#prompt", "Enter")
                 page.wait_for_selector("#drawings figure img", timeout=30_000)
                 assert page.locator("#drawings figure").count() == 4
-                done = page.evaluate("document.body.dataset.captions")
-                page.locator("#drawings figure").first.click()
-                page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
+                recaption(page, page.locator("#drawings figure").first.click)
                 assert page.locator("#caption .word").count() >= 2
 
             # An image unlike the training data: a notice says the caption is a guess (OOD statistics).
             if "tiny-captioner" in page.inner_text("#models"):
-                done = page.evaluate("document.body.dataset.captions")
-                page.set_input_files("#file", str(_noise_png(tmp_path / "noise.png")))
-                page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
+                recaption(page, lambda: page.set_input_files("#file", str(_noise_png(tmp_path / "noise.png"))))
                 page.wait_for_selector("#ood-notice", state="visible")
                 assert "unlike anything the model was trained on" in page.inner_text("#ood-notice")
 
@@ -230,6 +224,20 @@ def chromium_page(extra_args: tuple[str, ...] = ()) -> Iterator[tuple[sync_api.P
             yield page, errors
         finally:
             browser.close()
+
+
+def recaption(page: sync_api.Page, action: Callable[[], object], timeout: int = 30_000) -> None:
+    """Do `action` and wait until the page has captioned again (its `data-captions` counter moved on)."""
+    done = page.evaluate("document.body.dataset.captions")
+    action()
+    page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=timeout)
+
+
+def caption_requests(page: sync_api.Page) -> list[str]:
+    """The list that collects the form body of every /v1/caption request the page sends, in order."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/caption") else None)
+    return sent
 
 
 def loopback_only(page: object, base: str) -> list[str]:

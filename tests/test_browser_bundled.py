@@ -23,7 +23,7 @@ import pytest
 from polymodal.assets import SERVED
 from polymodal.data.shapes import COLOURS, SHAPES, Scene, ShapeObject, render
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT, _free_port, loopback_only
+from .test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOT, _free_port, loopback_only, recaption
 
 sync_api = pytest.importorskip("playwright.sync_api")
 if not CHROMIUM.is_file():
@@ -110,9 +110,7 @@ def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Pa
             page.wait_for_selector("#results figure.explained img[src^='data:image/png']", timeout=60_000)
 
             # Clicking a result captions that scene.
-            done = page.evaluate("document.body.dataset.captions")
-            page.locator("#results figure").first.click()
-            page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=60_000)
+            recaption(page, page.locator("#results figure").first.click, timeout=60_000)
             assert "circle" in page.inner_text("#caption")
 
             # Draw: the bundled generator draws the prompt; a drawing clicked is captioned by the bundled captioner.
@@ -120,9 +118,7 @@ def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Pa
             page.press("#prompt", "Enter")
             page.wait_for_selector("#drawings figure img", timeout=60_000)
             assert page.locator("#drawings figure").count() == 4
-            done = page.evaluate("document.body.dataset.captions")
-            page.locator("#drawings figure").first.click()
-            page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=60_000)
+            recaption(page, page.locator("#drawings figure").first.click, timeout=60_000)
             assert "green" in page.inner_text("#caption")
             assert not errors, f"JavaScript errors: {errors}"
         finally:

@@ -14,7 +14,7 @@ from playwright import sync_api
 from polymodal.data.shapes import COLOURS
 from polymodal.eval.hallucination import words
 from tests.conftest import tiny_model
-from tests.test_browser import chromium_page, loopback_only, serving
+from tests.test_browser import caption_requests, chromium_page, loopback_only, recaption, serving
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +33,9 @@ def _captions(page: sync_api.Page) -> list[list[str]]:
                                                             for i in range(texts.count())]
 
 
-def _recaption(page: sync_api.Page, action) -> None:
-    done = page.evaluate("document.body.dataset.captions")
-    action()
-    page.wait_for_function("n => document.body.dataset.captions !== n", arg=done, timeout=30_000)
-
-
 def test_page_without_colours_and_must_mention(base: str, scene_png: Path) -> None:
     with chromium_page() as (page, errors):
-        sent: list[str] = []
-        page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/caption") else None)
+        sent = caption_requests(page)
         outside = loopback_only(page, base)
         page.goto(base + "/")
         page.wait_for_selector("#models .model")
@@ -51,26 +44,26 @@ def test_page_without_colours_and_must_mention(base: str, scene_png: Path) -> No
         assert "omit_words" not in sent[-1] and "force_words" not in sent[-1]
 
         # "without colours": the request omits the colour group; no caption of the n-best names a colour.
-        _recaption(page, lambda: page.check("#no-colours"))
+        recaption(page, lambda: page.check("#no-colours"))
         assert 'name="omit_words"' in sent[-1] and "colours" in sent[-1]
         captions = _captions(page)
         assert captions[0] and all(not set(c) & set(COLOURS) for c in captions), captions
 
         # "must mention": every caption says the words, and still no colour.
-        _recaption(page, lambda: (page.fill("#must-mention", "star, square"), page.press("#must-mention", "Enter")))
+        recaption(page, lambda: (page.fill("#must-mention", "star, square"), page.press("#must-mention", "Enter")))
         assert 'name="force_words"' in sent[-1] and "star,square" in sent[-1]
         captions = _captions(page)
         assert all({"star", "square"} <= set(c) and not set(c) & set(COLOURS) for c in captions), captions
 
         # A word the model does not know: the server's one-line message, on the page.
-        _recaption(page, lambda: (page.fill("#must-mention", "zebra"), page.press("#must-mention", "Enter")))
+        recaption(page, lambda: (page.fill("#must-mention", "zebra"), page.press("#must-mention", "Enter")))
         page.wait_for_selector("#toast.on")
         assert "does not know the word 'zebra'" in page.inner_text("#toast")
         assert "No caption" in page.inner_text("#caption")
 
         # Cleared controls: a plain caption again.
-        _recaption(page, lambda: (page.fill("#must-mention", ""), page.press("#must-mention", "Enter")))
-        _recaption(page, lambda: page.uncheck("#no-colours"))
+        recaption(page, lambda: (page.fill("#must-mention", ""), page.press("#must-mention", "Enter")))
+        recaption(page, lambda: page.uncheck("#no-colours"))
         assert "omit_words" not in sent[-1] and "force_words" not in sent[-1]
         assert page.locator("#caption .word").count() >= 1
         assert not errors, f"JavaScript errors: {errors}"

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CAPTIONS
-from tests.test_browser import chromium_page, loopback_only, serving
-from tests.test_browser_control import _recaption
+from tests.test_browser import caption_requests, chromium_page, loopback_only, recaption, serving
 
 
 def _controlled_model():
@@ -39,8 +38,7 @@ def base() -> Iterator[str]:
 
 def test_length_slider_and_click_to_focus(base: str, scene_png: Path) -> None:
     with chromium_page() as (page, errors):
-        sent: list[str] = []
-        page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/caption") else None)
+        sent = caption_requests(page)
         outside = loopback_only(page, base)
         page.goto(base + "/")
         page.wait_for_selector("#models .model")
@@ -49,16 +47,16 @@ def test_length_slider_and_click_to_focus(base: str, scene_png: Path) -> None:
         page.wait_for_function("document.body.dataset.captions === '1'", timeout=30_000)
         assert 'name="length"' not in sent[-1] and 'name="focus_point"' not in sent[-1]  # normal: as without
 
-        _recaption(page, lambda: page.eval_on_selector(
+        recaption(page, lambda: page.eval_on_selector(
             "#length", "el => { el.value = 0; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }"))
         assert 'name="length"' in sent[-1] and "short" in sent[-1] and page.inner_text("#length-out") == "short"
 
         box = page.locator("#base").bounding_box()
-        _recaption(page, lambda: page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75))
+        recaption(page, lambda: page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75))
         sent_point = sent[-1].split('name="focus_point"')[1].split()[0]  # the click, in [0, 1] of the image
         assert [abs(float(v) - want) < 0.01 for v, want in zip(sent_point.split(","), (0.25, 0.75), strict=True)] == [True, True]
         assert 'name="length"' not in sent[-1]  # one control at a time: the focus wins
         assert page.is_visible("#focus-clear")
-        _recaption(page, lambda: page.click("#focus-clear"))
+        recaption(page, lambda: page.click("#focus-clear"))
         assert 'name="focus_point"' not in sent[-1]
         assert not errors and not outside
