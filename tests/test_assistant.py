@@ -19,11 +19,13 @@ from polymodal.data.instructions import (
     conversations_from_scenes,
     is_decline,
 )
+from polymodal.data.records import SkipReport
 from polymodal.data.shapes import HELDOUT_PAIRS, write_shapes_world
 from polymodal.errors import InputError, PolymodalError
 from polymodal.eval.assistant import Query, kind_report
 from polymodal.eval.pope import ObjectStats, pope_metrics, pope_questions, similar
 from polymodal.models.assistant import InstructionAssistant
+from polymodal.train.assistant import conversations
 from polymodal.train.tasks import load_task_config
 
 
@@ -83,6 +85,27 @@ def test_loss_covers_only_assistant_tokens(mixture):
     assert targets == expected
     batch = collate_instructions([item, item])
     assert batch["targets"].shape[1] == batch["tokens"].shape[1] - 1
+
+
+def test_per_turn_items_ask_each_reply_after_the_turns_before_it(mixture):
+    tok = build_chat_tokenizer(mixture)
+    conv = next(c for c in mixture if len(c.turns) > 2)
+    data = InstructionDataset([conv], [0], lambda row: torch.zeros(3, 8, 8, dtype=torch.uint8), tok, 200, per_turn=True)
+    assert len(data) == len(conv.turns)
+    for t, item in enumerate(data):
+        start = int(item["prefix_len"])
+        messages = [m for turn in conv.turns[:t] for m in ({"role": "user", "content": turn.question},
+                                                           {"role": "assistant", "content": turn.answer})]
+        asked = prompt(tok, [*messages, {"role": "user", "content": conv.turns[t].question}], budget=200)
+        assert item["tokens"][:start].tolist() == asked.ids  # the prompt it is asked with at inference
+        targets = [int(i) for i in item["targets"] if i != tok.pad_id]
+        assert targets == [*tok.encode(conv.turns[t].answer), tok.eos_id]  # loss on this reply alone
+    short = InstructionDataset([conv], [0], lambda row: torch.zeros(3, 8, 8, dtype=torch.uint8), tok,
+                               len(render(tok, conv.turns[-1:])[0]), per_turn=True)[len(conv.turns) - 1]
+    assert tok.decode(short["tokens"][: int(short["prefix_len"])]) == "<user> " + tok.decode(
+        tok.encode(conv.turns[-1].question))  # too long: the oldest turns went
+    assert collate_instructions([data[0], data[1]])["prefix_len"].tolist() == [int(data[0]["prefix_len"]),
+                                                                              int(data[1]["prefix_len"])]
 
 
 def test_prompt_trims_oldest_turns_and_long_questions(mixture):
@@ -192,3 +215,18 @@ def test_training_goes_on_from_a_trained_assistant(trained, world, tmp_path):
     torch.manual_seed(1)
     fresh = type(start)(start.cfg, start.tokenizer, start.prefix_cfg, start.assistant_cfg).state_dict()
     assert 0 < moved < sum(float((fresh[n].float() - p.float()).abs().sum()) for n, p in before.items())
+
+
+def test_a_bidirectional_prefix_trains_on_each_reply_and_reloads(world, tmp_path):
+    task, cfg = load_task_config("configs/assistant.yaml", [
+        f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=2", "pretrain.steps=0",
+        f"train.out_dir={tmp_path}", "train.steps=2", "train.batch_size=8", "train.eval_every=2", "model.image_size=32",
+        "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1",
+        "model.decoder.max_positions=48", "assistant.max_reply_len=12", "prefix.bidirectional_prefix=true"])
+    summary = task(cfg, progress=False)
+    turns = sum(len(c.turns) for c in conversations(cfg.data, "train", SkipReport(source="test")))
+    assert summary["train_conversations"] == turns  # one item per reply
+    model = polymodal.load(tmp_path / "model")
+    assert model.prefix_cfg.bidirectional_prefix
+    assert isinstance(model.chat(next(iter(read_scenes(world, "test")))[1],
+                                 [{"role": "user", "content": "how many shapes are there?"}]), str)

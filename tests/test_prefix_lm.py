@@ -20,11 +20,12 @@ from polymodal.text.tokenizer import WordTokenizer
 from .conftest import CAPTIONS, assert_cache_matches_recompute
 
 
-def _model(seed: int = 0, layers: int = 2, encoder: str = "small_cnn") -> PrefixLM:
+def _model(seed: int = 0, layers: int = 2, encoder: str = "small_cnn", bidirectional: bool = False) -> PrefixLM:
     torch.manual_seed(seed)
     cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name=encoder, width=8),
                       decoder=DecoderConfig(hidden_dim=32, num_layers=layers, num_heads=4, dropout=0.0, max_len=12))
-    model = PrefixLM(cfg, WordTokenizer.build(CAPTIONS), PrefixConfig(pixel_shuffle=2)).eval().double()
+    prefix = PrefixConfig(pixel_shuffle=2, bidirectional_prefix=bidirectional)
+    model = PrefixLM(cfg, WordTokenizer.build(CAPTIONS), prefix).eval().double()
     with torch.no_grad():  # GPT-2's 0.02 init gives near-uniform logits; spread them so that decoding varies
         model.lm.wte.weight.normal_(0.0, 1.0)
         model.lm.wpe.weight.normal_(0.0, 3.0)
@@ -72,6 +73,29 @@ def test_causal_no_future_leakage_and_loss_on_text_only():
     # Text alone (task lm_pretrain) runs the same LM with no prefix.
     text_logits, _ = model({"tokens": tokens})
     assert text_logits.shape == a.shape and not torch.allclose(text_logits, a)
+
+
+def test_bidirectional_prefix_reads_the_prompt_both_ways_and_decodes_as_it_trained():
+    model = _model(bidirectional=True)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.double)
+    tokens = torch.randint(4, len(model.tokenizer), (2, 9))
+    prompt_len = torch.tensor([4, 2])
+    logits, _ = model({"images": images, "tokens": tokens, "prefix_len": prompt_len})
+    later = tokens.clone()
+    later[0, 3] = (later[0, 3] + 1 - 4) % (len(model.tokenizer) - 4) + 4  # a prompt word: earlier positions see it
+    changed, _ = model({"images": images, "tokens": later, "prefix_len": prompt_len})
+    assert not torch.allclose(changed[0, :3], logits[0, :3]) and torch.allclose(changed[1], logits[1])
+    reply = tokens.clone()
+    reply[:, 6:] = 4  # reply words stay causal: nothing before them changes
+    after, _ = model({"images": images, "tokens": reply, "prefix_len": prompt_len})
+    assert torch.allclose(after[:, :6], logits[:, :6])
+    prompts = [tokens[r, :n].tolist() for r, n in enumerate(prompt_len.tolist())]  # left-padded in one batch
+    state = model.init_state(images, prompts)
+    for t in range(3):  # the cached prefill and steps give the training logits of every reply position
+        step_logits, state, _ = model.step(torch.stack([tokens[r, n + t] for r, n in enumerate(prompt_len)]), state)
+        for r, n in enumerate(prompt_len.tolist()):
+            assert torch.allclose(step_logits[r], logits[r, n + t], atol=1e-10), (r, t)
+    assert_cache_matches_recompute(model, images)  # no prompt: the visual tokens read each other both ways
 
 
 def test_pixel_shuffle_merges_2x2_neighbours():

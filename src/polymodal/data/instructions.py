@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..text.tokenizer import Tokenizer
-from .chat_template import render
+from .chat_template import markers, render
 from .dialogue import DialogueRecord, Turn, dialogues_for_scene, read_scenes
 from .images import normalize
 from .qa import QARecord
@@ -260,6 +260,10 @@ class InstructionDataset(Dataset):
     """One item per conversation: its image (uint8, from an ImageBank-like `images(row)`), the rendered ids
     (`chat_template.render`) cut to `max_len`, and the targets: the next id where it carries loss, else <pad>.
 
+    `per_turn`: one item per reply instead, the conversation up to it as the prompt (oldest turns dropped to
+    fit `max_len`) and loss on that reply alone, with "prefix_len", the ids before its <assistant>: what a
+    model with a bidirectional prefix reads both ways, exactly as it is asked at inference.
+
     Example:
         >>> from polymodal.data.dialogue import build_chat_tokenizer
         >>> convs = [DialogueRecord("0", "a.png", [Turn("what colour is the star?", "red", "colour")])]
@@ -270,18 +274,34 @@ class InstructionDataset(Dataset):
     """
 
     def __init__(self, conversations: Sequence[DialogueRecord], rows: Sequence[int],
-                 images: Callable[[int], torch.Tensor], tokenizer: Tokenizer, max_len: int):
+                 images: Callable[[int], torch.Tensor], tokenizer: Tokenizer, max_len: int, per_turn: bool = False):
         self.conversations, self.rows, self.images = list(conversations), list(rows), images
-        self.tokenizer, self.max_len = tokenizer, max_len
+        self.tokenizer, self.max_len, self.per_turn = tokenizer, max_len, per_turn
+        self.items = [(c, t if per_turn else len(d.turns) - 1) for c, d in enumerate(self.conversations)
+                      for t in (range(len(d.turns)) if per_turn else (0,))]
 
     def __len__(self) -> int:
-        return len(self.conversations)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids, loss = render(self.tokenizer, self.conversations[i].turns)
+        c, last = self.items[i]
+        turns = self.conversations[c].turns
+        if not self.per_turn:
+            ids, loss = render(self.tokenizer, turns)
+            ids, loss = ids[: self.max_len], loss[: self.max_len]
+            return self._item(c, ids, loss)
+        for first in range(last + 1):  # the oldest turns go first until the conversation fits
+            ids, loss = render(self.tokenizer, turns[first: last + 1])
+            if len(ids) <= self.max_len:
+                break
         ids, loss = ids[: self.max_len], loss[: self.max_len]
+        start = len(ids) - 1 - ids[::-1].index(markers(self.tokenizer)[1])  # the last reply's <assistant>
+        item = self._item(c, ids, [keep and k > start for k, keep in enumerate(loss)])
+        return item | {"prefix_len": torch.tensor(start)}
+
+    def _item(self, c: int, ids: list[int], loss: list[bool]) -> dict[str, torch.Tensor]:
         targets = [t if keep else self.tokenizer.pad_id for t, keep in zip(ids[1:], loss[1:], strict=True)]
-        return {"image": self.images(self.rows[i]), "tokens": torch.tensor(ids), "targets": torch.tensor(targets)}
+        return {"image": self.images(self.rows[c]), "tokens": torch.tensor(ids), "targets": torch.tensor(targets)}
 
 
 def collate_instructions(items: list[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -292,4 +312,7 @@ def collate_instructions(items: list[dict[str, torch.Tensor]], pad_id: int = 0) 
     for r, it in enumerate(items):
         tokens[r, : len(it["tokens"])] = it["tokens"]
         targets[r, : len(it["targets"])] = it["targets"]
-    return {"images": normalize(torch.stack([it["image"] for it in items])), "tokens": tokens, "targets": targets}
+    out = {"images": normalize(torch.stack([it["image"] for it in items])), "tokens": tokens, "targets": targets}
+    if "prefix_len" in items[0]:  # per-turn items: where each prompt ends
+        out["prefix_len"] = torch.stack([it["prefix_len"] for it in items])
+    return out

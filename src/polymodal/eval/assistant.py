@@ -109,9 +109,35 @@ def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], 
     return replies, scores
 
 
+def listed(text: str) -> list[str]:
+    """The items of a list reply, sorted: "a, b and c" -> [a, b, c] (a list asks for no order).
+
+    Example:
+        >>> listed("a small red circle, a large blue square and a small red circle")
+        ['large blue square', 'small red circle', 'small red circle']
+    """
+    head, _, last = text.strip().lower().rpartition(" and ")
+    return sorted(filter(None, (normalize_answer(p) for p in [*(head.split(",") if head else []), last])))
+
+
+def same_reply(kind: str, reply: str, answer: str) -> bool:
+    """Whether a reply says the reference answer: equal after `normalize_answer`; a "list" reply may name the
+    same objects in another order.
+
+    Example:
+        >>> same_reply("list", "a blue square and a red circle", "a red circle and a blue square")
+        True
+        >>> same_reply("colour", "Red.", "red"), same_reply("count", "two", "three")
+        (True, False)
+    """
+    if kind == "list":
+        return listed(reply) == listed(answer)
+    return normalize_answer(reply) == normalize_answer(answer)
+
+
 def reply_correct(query: Query, reply: str) -> bool:
-    """Whether a reply is right: it equals the reference after `normalize_answer`; a "describe" reply may equal
-    any of the image's reference captions (kind_report counts only the first; captions have many right answers).
+    """Whether a reply is right (`same_reply`); a "describe" reply may equal any of the image's reference
+    captions (kind_report counts only the first; captions have many right answers).
 
     Example:
         >>> reply_correct(Query("a.png", [], "describe", "a red circle", references=["a small red circle"]),
@@ -119,7 +145,7 @@ def reply_correct(query: Query, reply: str) -> bool:
         True
     """
     said = normalize_answer(reply)
-    return said == normalize_answer(query.answer) or any(said == normalize_answer(r) for r in query.references)
+    return same_reply(query.kind, reply, query.answer) or any(said == normalize_answer(r) for r in query.references)
 
 
 def kind_report(queries: Sequence[Query], replies: Sequence[str]) -> dict[str, float]:
@@ -127,7 +153,7 @@ def kind_report(queries: Sequence[Query], replies: Sequence[str]) -> dict[str, f
     and false_decline: answerable requests (not describe) that were declined."""
     hits: dict[str, list[bool]] = {}
     for q, reply in zip(queries, replies, strict=True):
-        hits.setdefault(f"accuracy/{q.kind}", []).append(normalize_answer(reply) == normalize_answer(q.answer))
+        hits.setdefault(f"accuracy/{q.kind}", []).append(same_reply(q.kind, reply, q.answer))
         if q.kind.startswith("follow/"):
             hits.setdefault("accuracy/follow-up", []).append(hits[f"accuracy/{q.kind}"][-1])
         if q.kind in DECLINE_KINDS:
@@ -181,4 +207,4 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
 
 
 __all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pope_report", "reply_correct",
-           "run_queries", "scene_queries", "scored_queries"]
+           "run_queries", "same_reply", "scene_queries", "scored_queries"]

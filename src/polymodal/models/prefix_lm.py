@@ -61,7 +61,7 @@ from ..nn.encoders import build_encoder
 from ..nn.gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
 from ..nn.hf_vision import HFVisionEncoder, VisionTowerDims
 from ..nn.llama import LlamaDims, LlamaLM, is_llama_folder, load_llama
-from ..nn.transformer import TransformerLM, attention_mask, grid_positions
+from ..nn.transformer import TransformerLM, attention_mask, grid_positions, prefix_attention_mask
 from ..text.tokenizer import Tokenizer
 from .base import forget_initial_weights
 from .captioner import Captioner
@@ -77,6 +77,8 @@ class PrefixConfig:
     controls: list[str] = field(default_factory=list)  # caption controls trained with (length, form, focus)
     control_grid: int = 8            # focus points are read on a grid of this many cells a side
     focus_marker: bool = False       # add a learnt vector to the visual token under a focus point (visual prompt)
+    bidirectional_prefix: bool = False  # image and prompt attend to each other both ways (PaliGemma); the reply
+                                        # stays causal. Training batches then say where it ends ("prefix_len")
 
 
 def pixel_shuffle(regions: torch.Tensor, s: int) -> torch.Tensor:
@@ -204,7 +206,13 @@ class PrefixLM(Captioner):
         prefix = self.visual_tokens(batch["images"], inputs) if "images" in batch else x[:, :0]
         # Right padding needs no mask: padding keys come after every real query, so causality hides them.
         positions = torch.arange(-prefix.shape[1], inputs.shape[1], device=inputs.device)
-        hidden, _ = self.lm(torch.cat([prefix, x], dim=1), is_causal=True, positions=positions)
+        seq = torch.cat([prefix, x], dim=1)
+        if self.prefix_cfg.bidirectional_prefix:
+            prompt = batch.get("prefix_len", torch.zeros(len(seq), dtype=torch.long, device=seq.device))
+            mask = self._mask(torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device), prefix.shape[1] + prompt)
+            hidden, _ = self.lm(seq, mask=mask, positions=positions)
+        else:
+            hidden, _ = self.lm(seq, is_causal=True, positions=positions)
         logits = self.lm.logits(hidden[:, prefix.shape[1]:])  # no loss on the visual tokens
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                ignore_index=self.tokenizer.pad_id)
@@ -242,9 +250,10 @@ class PrefixLM(Captioner):
         text, text_valid = self._prompts(prompts, len(images), images.device)
         visual = self.visual_tokens(images, text)
         if not use_cache:
-            return {"visual": visual, "text": text, "text_valid": text_valid}
+            width = text_valid.new_full((len(text),), visual.shape[1] + text.shape[1], dtype=torch.long)
+            return {"visual": visual, "text": text, "text_valid": text_valid, "prefix_len": width}
         x, valid = self._sequence(visual, text, text_valid)
-        _, cache = self.lm(x, mask=attention_mask(valid, x.shape[1]),
+        _, cache = self.lm(x, mask=self._mask(valid, valid.new_full((len(x),), x.shape[1], dtype=torch.long)),
                            positions=_rotary_positions(visual.shape[1], text_valid))
         state: State = {"pos": text_valid.sum(1), "nvis": text_valid.new_full((len(x),), visual.shape[1], dtype=torch.long)}
         if not bool(valid.all()):  # left-padded prompts: the padding is masked out of every step
@@ -329,10 +338,16 @@ class PrefixLM(Captioner):
         text = torch.cat([state["text"], tokens[:, None]], dim=1)
         text_valid = torch.cat([state["text_valid"], state["text_valid"].new_ones(tokens.shape[0], 1)], dim=1)
         x, valid = self._sequence(state["visual"], text, text_valid)
-        hidden, _ = self.lm(x, mask=attention_mask(valid, x.shape[1]),
+        hidden, _ = self.lm(x, mask=self._mask(valid, state["prefix_len"]),
                             positions=_rotary_positions(state["visual"].shape[1], text_valid))
-        return self.lm.logits(hidden[:, -1]), {"visual": state["visual"], "text": text,
-                                                "text_valid": text_valid}, None
+        return self.lm.logits(hidden[:, -1]), {**state, "text": text, "text_valid": text_valid}, None
+
+    def _mask(self, valid: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+        """The attention mask of [visual][text] (B, 1, T, T): causal with padding (`valid` (B, T)); with a
+        bidirectional prefix its first `prefix_len` (B,) positions (image and prompt) also see each other."""
+        if self.prefix_cfg.bidirectional_prefix:
+            return prefix_attention_mask(valid, prefix_len)
+        return attention_mask(valid, valid.shape[1])
 
     @torch.inference_mode()
     def generate(self, images: torch.Tensor, cfg: GenerationConfig | None = None, use_cache: bool = True,

@@ -54,6 +54,20 @@ def attention_mask(key_valid: torch.Tensor, q_len: int) -> torch.Tensor:
     return (mask | (k_pos[None] == q_pos)[None])[:, None]
 
 
+def prefix_attention_mask(key_valid: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+    """`attention_mask` over a whole sequence, except that the first `prefix_len` (B,) positions of each row
+    also see each other both ways (PaliGemma's prefix-LM mask: image and prompt read together, the reply causal).
+
+    Example:
+        >>> prefix_attention_mask(torch.ones(1, 3, dtype=torch.bool), torch.tensor([2]))[0, 0].int().tolist()
+        [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    """
+    t = key_valid.shape[1]
+    inside = torch.arange(t, device=key_valid.device)[None] < prefix_len[:, None]  # (B, T)
+    both = (inside[:, :, None] & inside[:, None, :] & key_valid[:, None, :])[:, None]  # (B, 1, T, T)
+    return attention_mask(key_valid, t) | both
+
+
 def _sincos(coords: torch.Tensor, n_freq: int) -> torch.Tensor:
     """sin and cos of coords (n,) at n_freq geometric frequencies (Vaswani et al. sec. 3.5): (n, 2 * n_freq)."""
     freq = 1.0 / 10000 ** (torch.arange(n_freq, device=coords.device, dtype=torch.float32) / max(n_freq, 1))

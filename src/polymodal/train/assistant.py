@@ -153,7 +153,8 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
     sets = {}
     for split, convs in splits.items():
         good, rows = bank.keep(convs)
-        sets[split] = InstructionDataset(good, rows, bank.__getitem__, tokenizer, model_cfg.decoder.max_positions)
+        sets[split] = InstructionDataset(good, rows, bank.__getitem__, tokenizer, model_cfg.decoder.max_positions,
+                                         per_turn=model.prefix_cfg.bidirectional_prefix)  # as it is asked
     val = sets[cfg.data.val_split]
     trainer = Trainer(model, sets[cfg.data.train_split], cfg.train, collate=collate_instructions,
                       save_model=model.write_files, seed=cfg.seed, run_config=dataclasses.asdict(cfg), progress=progress,
