@@ -13,8 +13,9 @@ import polymodal
 from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
 from polymodal.errors import CheckpointError
 from polymodal.generate import GenerationConfig
-from polymodal.models.prefix_lm import PrefixConfig, PrefixLM, pixel_shuffle
+from polymodal.models.prefix_lm import PrefixConfig, PrefixLM
 from polymodal.nn.gpt2 import read_gpt2_config
+from polymodal.nn.projector import pixel_shuffle
 from polymodal.text.tokenizer import WordTokenizer
 
 from .conftest import CAPTIONS, assert_cache_matches_recompute

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ModelConfig, from_dict
 from ..data.chat_template import markers, prompt
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 class AssistantConfig:
     max_reply_len: int = 28           # reply words at most (a caption of four objects is 21)
     max_message_words: int = 48       # a longer message keeps its first words
+    loss_per: str = "token"           # "token": mean over reply tokens (a caption outweighs ten one-word answers);
+                                      # "reply": each reply's tokens averaged first, then the replies
 
 
 NOT_SURE = "I am not sure; my best guess is: "
@@ -153,6 +156,26 @@ def score_replies(step: StepFn, state: State, start_id: int, eos_id: int, replie
                        len(seqs))
 
 
+def reply_mean_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Cross-entropy averaged within each reply (a run of targets between <pad>s), then over the replies: a
+    one-word answer weighs as much as a caption.
+
+    Example:
+        >>> import math
+        >>> logits = torch.zeros(1, 4, 3)
+        >>> logits[0, 0, 1] = 10.0  # the one-word reply is right (loss ~0), the two-word one uniform (log 3 each)
+        >>> round(float(reply_mean_loss(logits, torch.tensor([[1, 0, 2, 2]]), pad_id=0)) / math.log(3), 3)  # not 2/3
+        0.5
+    """
+    keep = targets != pad_id
+    starts = keep & ~F.pad(keep[:, :-1], (1, 0), value=False)  # a reply begins where the targets resume
+    reply = (starts.flatten().long().cumsum(0) - 1)[keep.flatten()]  # reply index of each kept token
+    token_loss = F.cross_entropy(logits.flatten(0, 1)[keep.flatten()].float(), targets[keep], reduction="none")
+    count = int(starts.sum())
+    per_reply = torch.zeros(count, device=logits.device).index_add_(0, reply, token_loss)
+    return (per_reply / torch.bincount(reply, minlength=count).clamp_min(1)).mean()
+
+
 def strip_not_sure(text: str) -> str:
     """A reply without the not-sure words, as the model said it (conversations sent back keep them).
 
@@ -189,6 +212,8 @@ class InstructionAssistant(PrefixLM):
                                   f"build it with data.dialogue.build_chat_tokenizer")
         super().__init__(cfg, tokenizer, prefix)
         self.assistant_cfg = dataclasses.replace(assistant or AssistantConfig())
+        if self.assistant_cfg.loss_per not in ("token", "reply"):
+            raise ConfigError(f"assistant.loss_per must be 'token' or 'reply' (got {self.assistant_cfg.loss_per!r})")
         if self.cfg.decoder.max_positions < self.assistant_cfg.max_reply_len + 8:
             raise ConfigError(f"model.decoder.max_positions={self.cfg.decoder.max_positions} leaves no room for a "
                               f"question and a reply of {self.assistant_cfg.max_reply_len} words; raise it")
@@ -201,6 +226,10 @@ class InstructionAssistant(PrefixLM):
         """Teacher forcing over whole conversations; batch "targets" (B, L - 1) keeps only the replies' tokens
         (data.instructions.collate_instructions). Returns logits and {"reply_loss", "loss"}."""
         logits, losses = super().forward(batch)
+        if self.assistant_cfg.loss_per == "reply":
+            targets = batch.get("targets", batch["tokens"][:, 1:])
+            loss = reply_mean_loss(logits, targets, self.tokenizer.pad_id)
+            return logits, {"reply_loss": loss, "loss": loss}
         return logits, {"reply_loss": losses["loss"], "loss": losses["loss"]}
 
     # ---- replies -----------------------------------------------------------------------------

@@ -61,7 +61,8 @@ from ..nn.encoders import build_encoder
 from ..nn.gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
 from ..nn.hf_vision import HFVisionEncoder, VisionTowerDims
 from ..nn.llama import LlamaDims, LlamaLM, is_llama_folder, load_llama
-from ..nn.transformer import TransformerLM, attention_mask, grid_positions, prefix_attention_mask
+from ..nn.projector import ModalityProjector
+from ..nn.transformer import TransformerLM, attention_mask, prefix_attention_mask
 from ..text.tokenizer import Tokenizer
 from .base import forget_initial_weights
 from .captioner import Captioner
@@ -79,39 +80,6 @@ class PrefixConfig:
     focus_marker: bool = False       # add a learnt vector to the visual token under a focus point (visual prompt)
     bidirectional_prefix: bool = False  # image and prompt attend to each other both ways (PaliGemma); the reply
                                         # stays causal. Training batches then say where it ends ("prefix_len")
-
-
-def pixel_shuffle(regions: torch.Tensor, s: int) -> torch.Tensor:
-    """(B, N, C) on a square grid -> (B, N / s^2, C * s^2): s x s neighbours become one token (nanoVLM).
-
-    Example:
-        >>> pixel_shuffle(torch.zeros(2, 64, 8), 2).shape
-        torch.Size([2, 16, 32])
-    """
-    b, n, c = regions.shape
-    side = math.isqrt(n)
-    if side * side != n or side % s:
-        raise ConfigError(f"pixel shuffle {s} needs a square grid whose side is divisible by {s}, got {n} "
-                          f"regions; change prefix.pixel_shuffle or model.encoder.grid")
-    x = regions.reshape(b, side // s, s, side // s, s, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (side // s) ** 2, s * s * c)
-
-
-class ModalityProjector(nn.Module):
-    """Regions (B, N, C) -> visual tokens (B, N / s^2, D): pixel shuffle, 2D positions, a 2-layer MLP."""
-
-    def __init__(self, in_dim: int, dim: int, cfg: PrefixConfig):
-        super().__init__()
-        self.shuffle = cfg.pixel_shuffle
-        width = in_dim * cfg.pixel_shuffle ** 2
-        self.net = nn.Sequential(nn.Linear(width, cfg.projector_hidden or dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(cfg.projector_hidden or dim, dim))
-
-    def forward(self, regions: torch.Tensor) -> torch.Tensor:
-        x = pixel_shuffle(regions, self.shuffle) if self.shuffle > 1 else regions
-        # CNN regions know little of where they are; "left of" and "above" need positions.
-        x = x + grid_positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
-        return self.net(x)
 
 
 def _text_positions(valid: torch.Tensor) -> torch.Tensor:
@@ -154,7 +122,8 @@ class PrefixLM(Captioner):
             raise ConfigError(f"the Llama LM has {llama.vocab_size} token embeddings, the tokenizer {len(tokenizer)} "
                               f"tokens; use the tokenizer that belongs to the LM")
         width = llama.hidden_dim if llama is not None else d.hidden_dim
-        self.projector = ModalityProjector(self.encoder.out_dim, width, self.prefix_cfg)
+        self.projector = ModalityProjector(self.encoder.out_dim, width, self.prefix_cfg.pixel_shuffle,
+                                           self.prefix_cfg.projector_hidden)
         self.lm = LlamaLM(llama) if llama is not None else TransformerLM(
             len(tokenizer), d.hidden_dim, d.num_layers, d.num_heads, d.max_positions, d.dropout)
         if self.prefix_cfg.focus_marker:

@@ -141,6 +141,7 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
         model = load_expecting(cfg.init_from, InstructionAssistant.architecture, "train one with "
                                "`polymodal train configs/assistant.yaml`, or leave init_from empty")
         tokenizer, model_cfg = model.tokenizer, model.cfg
+        model.assistant_cfg.loss_per = cfg.assistant.loss_per  # how this run weighs its loss, not the model's
     else:
         tokenizer = mixture_tokenizer(splits[cfg.data.train_split])
         model_cfg = copy.deepcopy(cfg.model)
