@@ -33,6 +33,7 @@ from ..data.instructions import (
     is_decline,
 )
 from ..data.shapes import Scene
+from ..generate import GenerationConfig
 from ..text.answers import normalize_answer
 from .pope import ObjectStats, pope_metrics, pope_questions
 
@@ -78,14 +79,16 @@ def scene_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, 
 
 @torch.inference_mode()
 def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
-                batch_size: int = 128, progress: bool = True) -> list[str]:
-    """Greedy replies of `model` (an InstructionAssistant) to every query; `image(path)` gives uint8 (3, S, S)."""
-    return scored_queries(model, queries, image, batch_size, progress, score=False)[0]
+                batch_size: int = 128, progress: bool = True, generation: GenerationConfig | None = None) -> list[str]:
+    """Replies of `model` (an InstructionAssistant) to every query, greedy unless `generation` says otherwise;
+    `image(path)` gives uint8 (3, S, S)."""
+    return scored_queries(model, queries, image, batch_size, progress, score=False, generation=generation)[0]
 
 
 @torch.inference_mode()
 def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
-                   batch_size: int = 128, progress: bool = True, score: bool = True) -> tuple[list[str], Any]:
+                   batch_size: int = 128, progress: bool = True, score: bool = True,
+                   generation: GenerationConfig | None = None) -> tuple[list[str], Any]:
     """Greedy replies to every query and, with `score`, the logits behind them (models.assistant.ReplyScores,
     reply i = query i) from which `confidence(T)` gives each reply's probability under any temperature."""
     from ..models.assistant import ReplyScores
@@ -97,7 +100,7 @@ def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], 
         rows = order[start:start + batch_size]
         images = normalize(torch.stack([image(queries[i].image) for i in rows])).to(model.device)
         prompts = [model.prompt_ids(queries[i].messages) for i in rows]
-        ids = model.reply_ids(images, prompts)
+        ids = model.reply_ids(images, prompts, generation)
         for i, reply in zip(rows, ids, strict=True):
             replies[i] = model.tokenizer.decode(reply)
         if score:
