@@ -182,6 +182,8 @@ def page(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {pct(td.get('accuracy/turn-1'))} | {pct(td.get('accuracy/follow-up'))} | "
                          f"{pct((hd or {}).get('accuracy/turn-1'))} | {pct((hd or {}).get('accuracy/follow-up'))} |")
     lines += ["", "The old chat model cannot count, describe, list or decline: those rows have no counterpart.", ""]
+    if results.get("notes"):
+        lines += ["## What was tried", "", *(f"- {n}" for n in results["notes"]), ""]
     for label, prev in results.get("previous", {}).items():
         lines += [f"## Earlier run: {label}", "", f"From `{prev['file']}` (the training task's end check, first "
                   f"{prev['test']['images']} images per split). The label says how it differs from the model above.", "",
@@ -196,12 +198,26 @@ def page(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def without_notes(argv: list[str]) -> list[str]:
+    """The arguments as the page shows them: the --note texts are on the page already."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--note="):
+            skip = False
+            continue
+        skip = arg == "--note"
+        if not skip:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=ROOT / "runs/assistant/model")
     parser.add_argument("--chat", type=Path, default=ROOT / "runs/chat/model")
     parser.add_argument("--images", type=int, default=500, help="images per split (0 = all)")
     parser.add_argument("--previous", action="append", default=[], help="LABEL=metrics.json of an earlier run")
+    parser.add_argument("--note", action="append", default=[], help="a finding to list under 'What was tried'")
     parser.add_argument("--train-minutes", type=float, default=None, help="wall time of the training run")
     parser.add_argument("--train-command", action="append", default=[],
                         help="a command that trained the model, as the page should show it (repeat for several)")
@@ -219,10 +235,10 @@ def main() -> None:
                "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "train_commands": args.train_command or ["OMP_NUM_THREADS=1 polymodal train configs/assistant.yaml"],
                "train_wall_minutes": args.train_minutes,
-               "command": "OMP_NUM_THREADS=1 python bench/assistant.py " + shlex.join(sys.argv[1:]),
+               "command": "OMP_NUM_THREADS=1 python bench/assistant.py " + shlex.join(without_notes(sys.argv[1:])),
                "previous": {label: {"file": file, **json.loads(Path(file).read_text())}
                             for label, file in (p.split("=", 1) for p in args.previous)},
-               "best_captioner": BEST_CAPTIONER, "old_chat": old, "splits": splits}
+               "notes": args.note, "best_captioner": BEST_CAPTIONER, "old_chat": old, "splits": splits}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     PAGE.write_text(page(results))
     print(f"wrote {PAGE} and {RESULTS}")

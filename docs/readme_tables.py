@@ -210,6 +210,21 @@ def captioning_page() -> str:
 # Retrieval, VQA and the assistant -----------------------------------------------------------------------
 
 
+def assistant_row(data: dict[str, Any]) -> tuple[str, str, str]:
+    """The one instruction assistant: its weakest request kind, POPE and declines on test (assistant.json)."""
+    t = data["splits"]["test"]
+    kinds = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("accuracy/") and k.count("/") == 1
+             and k not in ("accuracy/describe", "accuracy/absent", "accuracy/follow-up", "accuracy/scope")}
+    worst = min(kinds, key=kinds.get)
+    adversarial = t["pope"]["adversarial"]
+    return (f"one instruction assistant ({len(kinds)} request kinds, declines, captions), "
+            f"{data['images']} test images",
+            "image-prefix LM on the instruction mixture (`configs/assistant.yaml`)",
+            f"POPE adversarial **{pct(adversarial['accuracy'])}** (yes-rate {pct(adversarial['yes_rate'])}); "
+            f"absent objects declined {pct(t['decline/absent'])}; weakest kind {worst} {pct(kinds[worst])}; "
+            f"targets in [assistant.md](docs/assistant.md)")
+
+
 def tasks() -> str:
     """README "Retrieval, VQA and the assistant": one row per task, from retrieval.json, vqa.json, chat.json."""
     ret, vqa, chat = results("retrieval"), results("vqa"), results("chat")
@@ -239,7 +254,8 @@ def tasks() -> str:
         (f"multi-turn assistant, {t['turns']} test turns",
          "BiLSTM + grounding + attention LSTM decoder (`configs/chat.yaml`)",
          f"**{pct(t['accuracy'])}** exact answers (turn 1 {pct(t['accuracy/turn-1'])}, follow-ups "
-         f"{pct(t['accuracy/follow-up'])})")]
+         f"{pct(t['accuracy/follow-up'])})"),
+        assistant_row(results("assistant"))]
     return "\n".join(["| task | model | result |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
 

@@ -151,7 +151,7 @@ def trained(world, tmp_path_factory):
     task, cfg = load_task_config("configs/assistant.yaml", [
         f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=4", "pretrain.steps=0", f"train.out_dir={out}",
         "train.steps=4", "train.batch_size=8", "train.eval_every=2", "model.image_size=32",
-        "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1",
+        "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1", "model.decoder.num_heads=4",
         "model.decoder.max_positions=48", "assistant.max_reply_len=12"])
     summary = task(cfg, progress=False)
     return out, summary
@@ -221,7 +221,7 @@ def test_a_bidirectional_prefix_trains_on_each_reply_and_reloads(world, tmp_path
     task, cfg = load_task_config("configs/assistant.yaml", [
         f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=2", "pretrain.steps=0",
         f"train.out_dir={tmp_path}", "train.steps=2", "train.batch_size=8", "train.eval_every=2", "model.image_size=32",
-        "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1",
+        "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1", "model.decoder.num_heads=4",
         "model.decoder.max_positions=48", "assistant.max_reply_len=12", "prefix.bidirectional_prefix=true"])
     summary = task(cfg, progress=False)
     turns = sum(len(c.turns) for c in conversations(cfg.data, "train", SkipReport(source="test")))
