@@ -34,10 +34,13 @@ CAPTION_RUNS = {
     "video only": (CAPTION, ["model.media.modalities=[video]"], "runs/video_caption_video"),
     "audio only": (CAPTION, ["model.media.modalities=[audio]"], "runs/video_caption_audio"),
 }
+SEPARATE = ["model.media.missing_token=false", "model.modality_dropout=0.0"]  # one model per input kind
 QA_RUNS = {
-    "video + audio, cross-attention (feature level)": (QA, [], "runs/video_qa"),
-    "video only, cross-attention (feature level)": (QA, ["model.media.modalities=[video]"], "runs/video_qa_video"),
-    "audio only, cross-attention (feature level)": (QA, ["model.media.modalities=[audio]"], "runs/video_qa_audio"),
+    "video + audio, cross-attention (feature level)": (QA, SEPARATE, "runs/video_qa"),
+    "video only, cross-attention (feature level)": (QA, [*SEPARATE, "model.media.modalities=[video]"],
+                                                    "runs/video_qa_video"),
+    "audio only, cross-attention (feature level)": (QA, [*SEPARATE, "model.media.modalities=[audio]"],
+                                                    "runs/video_qa_audio"),
 }
 
 
