@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PAGE = ROOT / "docs" / "results" / "assistant.json", ROOT / "docs" / "assistant.md"
 BEST_CAPTIONER = {"model": "prefix LM + SCST, greedy (docs/transformers.md)", "test": 5.055, "heldout": 4.729}
 BEST_CAPTIONER_BEAM3 = {"test": 5.073, "heldout": 4.773}  # the same captioner with beam 3
+# (decoding, the report's caption entry, the best captioner's CIDEr-D with the same decoding)
+CAPTION_DECODINGS = (("greedy", "caption", BEST_CAPTIONER), ("beam 3", "caption_beam3", BEST_CAPTIONER_BEAM3))
 KINDS = ("list", "count", "colour", "shape", "size", "position", "exists", "open/colour", "open/shape",
          "open/position", "open/exists")
 FOLLOW = ("follow/size", "follow/size-yes/no", "follow/where", "follow/relation", "follow/position", "follow/colour",
@@ -116,10 +118,9 @@ def target_lines(results: dict[str, Any]) -> list[str]:
         follow = r["dialogues"]["accuracy/follow-up"]
         out.append(f"- follow-ups >= 95% on {split} (the chat task's dialogues): {'met' if follow >= 0.95 else 'missed'}"
                    f" ({100 * follow:.1f}%)")
-        for decoding, caption, bests in (("greedy", r["caption"], BEST_CAPTIONER),
-                                         ("beam 3", r.get("caption_beam3"), BEST_CAPTIONER_BEAM3)):
-            if caption:
-                cider, best = caption["cider"], bests[split]
+        for decoding, entry, bests in CAPTION_DECODINGS:
+            if entry in r:
+                cider, best = r[entry]["cider"], bests[split]
                 out.append(f"- captions within 5% of the best captioner on {split}, {decoding} both: "
                            f"{'met' if cider >= 0.95 * best else 'missed'} (CIDEr-D {cider:.3f} vs {best}, "
                            f"{100 * (cider / best - 1):+.1f}%)")
@@ -166,9 +167,9 @@ def page(results: dict[str, Any]) -> str:
               "| split | decoding | CIDEr-D (PTB) | best captioner, same decoding | difference | CHAIR-i | CHAIR-s "
               "| captions |", "|---|---|---|---|---|---|---|---|"]
     for name, split, key in (("test", t, "test"), ("held-out", h, "heldout")):
-        for decoding, c in (("greedy", split["caption"]), ("beam 3", split.get("caption_beam3"))):
-            if c:
-                best = (BEST_CAPTIONER if decoding == "greedy" else BEST_CAPTIONER_BEAM3)[key]
+        for decoding, entry, bests in CAPTION_DECODINGS:
+            if entry in split:
+                c, best = split[entry], bests[key]
                 lines.append(f"| {name} | {decoding} | {c['cider']:.3f} | {best} | {100 * (c['cider'] / best - 1):+.1f}% "
                              f"| {pct(c['chair_i'])} | {pct(c['chair_s'])} | {c['captions']} |")
     lines += ["", "## Beside the old chat model (the chat task's own test dialogues, 2 per image)", ""]

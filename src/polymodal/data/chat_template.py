@@ -26,6 +26,7 @@ from .dialogue import ASSISTANT, USER, Message, Turn
 from .qa import encode_text
 
 ROLES = ("user", "assistant")
+MAX_WORDS = 48  # a longer message keeps its first words
 
 
 def markers(tokenizer: Tokenizer) -> tuple[int, int]:
@@ -34,7 +35,7 @@ def markers(tokenizer: Tokenizer) -> tuple[int, int]:
     return index[USER], index[ASSISTANT]
 
 
-def render(tokenizer: Tokenizer, turns: Sequence[Turn], max_words: int = 48) -> tuple[list[int], list[bool]]:
+def render(tokenizer: Tokenizer, turns: Sequence[Turn], max_words: int = MAX_WORDS) -> tuple[list[int], list[bool]]:
     """Token ids of a whole conversation and, per id, whether it is a target the loss is taken on
     (the id is predicted from the ones before it: reply words and the <eos> that ends each reply)."""
     user, assistant = markers(tokenizer)
@@ -75,7 +76,7 @@ def _message_ids(tokenizer: Tokenizer, messages: Sequence[Message], max_words: i
     return out
 
 
-def prompt(tokenizer: Tokenizer, messages: Sequence[Message], budget: int, max_words: int = 48) -> Prompt:
+def prompt(tokenizer: Tokenizer, messages: Sequence[Message], budget: int, max_words: int = MAX_WORDS) -> Prompt:
     """The prompt for the reply to the last user message, at most `budget` ids.
 
     Older messages go first, whole, until the rest fits; a last question longer than the budget keeps its

@@ -43,8 +43,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..text.tokenizer import Tokenizer
-from .chat_template import markers, render
-from .dialogue import DialogueRecord, Turn, dialogues_for_scene, read_scenes
+from .chat_template import MAX_WORDS, markers, prompt, render
+from .dialogue import DialogueRecord, Turn, dialogues_for_scene, read_scenes, turn_messages
 from .images import normalize
 from .qa import QARecord
 from .records import CaptionRecord
@@ -277,27 +277,23 @@ class InstructionDataset(Dataset):
                  images: Callable[[int], torch.Tensor], tokenizer: Tokenizer, max_len: int, per_turn: bool = False):
         self.conversations, self.rows, self.images = list(conversations), list(rows), images
         self.tokenizer, self.max_len, self.per_turn = tokenizer, max_len, per_turn
-        self.items = [(c, t if per_turn else len(d.turns) - 1) for c, d in enumerate(self.conversations)
-                      for t in (range(len(d.turns)) if per_turn else (0,))]
+        self.items = [(c, t) for c, d in enumerate(self.conversations)
+                      for t in (range(len(d.turns)) if per_turn else [len(d.turns) - 1])]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        c, last = self.items[i]
-        turns = self.conversations[c].turns
+        c, t = self.items[i]
+        turns, tok = self.conversations[c].turns, self.tokenizer
         if not self.per_turn:
-            ids, loss = render(self.tokenizer, turns)
-            ids, loss = ids[: self.max_len], loss[: self.max_len]
-            return self._item(c, ids, loss)
-        for first in range(last + 1):  # the oldest turns go first until the conversation fits
-            ids, loss = render(self.tokenizer, turns[first: last + 1])
-            if len(ids) <= self.max_len:
-                break
-        ids, loss = ids[: self.max_len], loss[: self.max_len]
-        start = len(ids) - 1 - ids[::-1].index(markers(self.tokenizer)[1])  # the last reply's <assistant>
-        item = self._item(c, ids, [keep and k > start for k, keep in enumerate(loss)])
-        return item | {"prefix_len": torch.tensor(start)}
+            ids, loss = render(tok, turns)
+            return self._item(c, ids[: self.max_len], loss[: self.max_len])
+        reply = [markers(tok)[1], *tok.encode(turns[t].answer, max_len=MAX_WORDS), tok.eos_id]
+        asked = prompt(tok, turn_messages(turns, t), self.max_len - len(reply)).ids  # trimmed as at inference
+        ids = (asked + reply)[: self.max_len]
+        item = self._item(c, ids, [k > len(asked) for k in range(len(ids))])  # loss after its <assistant>
+        return item | {"prefix_len": torch.tensor(len(asked))}
 
     def _item(self, c: int, ids: list[int], loss: list[bool]) -> dict[str, torch.Tensor]:
         targets = [t if keep else self.tokenizer.pad_id for t, keep in zip(ids[1:], loss[1:], strict=True)]

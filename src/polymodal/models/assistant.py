@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, from_dict
-from ..data.chat_template import markers, prompt
+from ..data.chat_template import MAX_WORDS, markers, prompt
 from ..data.dialogue import ASSISTANT, USER, Message
 from ..data.images import images_to_batch
 from ..errors import CheckpointError, ConfigError, InputError
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class AssistantConfig:
     max_reply_len: int = 28           # reply words at most (a caption of four objects is 21)
-    max_message_words: int = 48       # a longer message keeps its first words
+    max_message_words: int = MAX_WORDS  # a longer message keeps its first words
     loss_per: str = "token"           # "token": mean over reply tokens (a caption outweighs ten one-word answers);
                                       # "reply": each reply's tokens averaged first, then the replies
 
