@@ -14,7 +14,7 @@ from polymodal.data.shapes import ATTRIBUTE_GROUPS, COLOURS, Scene, ShapeObject,
 from polymodal.errors import ConfigError, InputError
 from polymodal.eval.hallucination import words
 from polymodal.generate import GenerationConfig, generate
-from polymodal.models.captioner import banned_token_ids, control_ids, forced_token_ids
+from polymodal.models.word_controls import banned_token_ids, control_ids, forced_token_ids
 
 from .conftest import polymodal_cli, tiny_model
 

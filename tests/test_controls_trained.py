@@ -18,6 +18,7 @@ from polymodal.data.caption_controls import (
     length_caption,
     point_on,
     sample_control,
+    words_to_say,
 )
 from polymodal.data.controlled_captions import ControlledCaptionDataset, with_control_tokens
 from polymodal.data.datasets import CaptionDataset, collate_captions
@@ -26,7 +27,7 @@ from polymodal.data.shapes import Scene, ShapeObject, ShapesWorld, render
 from polymodal.errors import ConfigError, InputError
 from polymodal.eval.control_obey import focus_obeys, form_of, length_obeys, named_objects, words
 from polymodal.generate import GenerationConfig
-from polymodal.models.captioner import word_budget
+from polymodal.models.word_controls import word_budget
 from polymodal.text.tokenizer import BPETokenizer, WordTokenizer
 
 from .conftest import polymodal_cli, tiny_model
@@ -164,6 +165,16 @@ def test_control_prompt_reaches_the_lm(trained, world, monkeypatch):
     assert seen[0] == [[tok.index["<short>"]]] * 2
     assert seen[1] == [[tok.index["<focus>"], tok.index["<x1>"], tok.index["<y4>"]]] * 2
     assert seen[2] is None
+
+
+def test_a_focus_phrase_is_said(trained, world):
+    """With beam search the phrase's words are forced, so the object described is the one the phrase names;
+    greedy decoding keeps the prompt alone."""
+    images = world[1][:3]
+    for caption in trained.caption(images, focus_phrase="the small red one", beam_size=3):
+        assert {"small", "red"} <= set(words(caption)), caption
+    assert words_to_say("the small red one", "greedy", 1) == [] and words_to_say(None, "beam", 3) == []
+    assert words_to_say("the small red one", "beam", 3) == ["small", "red"]
 
 
 def test_trained_model_obeys_length_and_form(trained, world):
@@ -367,6 +378,9 @@ def test_server_fields(trained):
         assert len(words(short.json()["captions"][0]["text"])) <= 8
         focus = client.post("/v1/caption", files=upload, data={"model": "controlled", "focus_point": "0.2,0.5"})
         assert focus.status_code == 200, focus.text
+        phrase = client.post("/v1/caption", files=upload, data={"model": "controlled", "focus_phrase": "the blue one",
+                                                                "beam_size": "3"})
+        assert phrase.status_code == 200 and "blue" in words(phrase.json()["captions"][0]["text"]), phrase.text
         for data, message in (({"focus_point": "2,0.5"}, "outside the image"),
                               ({"focus_box": "0.1,0.1,0.5,0.1"}, "zero area"),
                               ({"length": "tiny"}, "length"), ({"max_new_words": "0"}, "max_new_words"),

@@ -194,7 +194,7 @@ def test_banned_words_are_never_said_with_any_strategy_and_batch(strategy, beam)
     in any of the n-best, whatever the strategy, batched."""
     import collections
 
-    from polymodal.models.captioner import banned_token_ids
+    from polymodal.models.word_controls import banned_token_ids
 
     model = tiny_model()
     images = _images(6)
@@ -211,7 +211,7 @@ def test_banned_words_are_never_said_with_any_strategy_and_batch(strategy, beam)
 
 def test_a_word_the_tokenizer_splits_cannot_be_banned():
     from polymodal.errors import InputError
-    from polymodal.models.captioner import banned_token_ids
+    from polymodal.models.word_controls import banned_token_ids
     from polymodal.text.tokenizer import WordTokenizer
 
     tok = WordTokenizer.build(["a red circle"])

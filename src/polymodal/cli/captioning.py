@@ -64,7 +64,7 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
             ) -> None:
     """Caption images with a trained model."""
     from ..data.caption_controls import CaptionControls
-    from ..models.captioner import control_ids, word_budget
+    from ..models.word_controls import control_ids, word_budget
 
     banned_words, force_words, omit_words = _word_list("--ban", ban), _word_list("--force", force), \
         _word_list("--omit", omit)

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,159 +23,38 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..config import ModelConfig
-from ..data.caption_controls import GRID, CaptionControls
+from ..config import ModelConfig, from_dict
+from ..data.caption_controls import GRID, CaptionControls, words_to_say
 from ..data.controlled_captions import prompt_ids
 from ..data.images import images_to_batch
-from ..data.shapes import ATTRIBUTE_GROUPS
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..generate import BeamBatch, GenerationConfig, Hypothesis, State, StepFn, generate
 from ..nn.decoders import build_decoder
 from ..nn.encoders import build_encoder
+from ..nn.focus import cell_lookup, mark_focus
 from ..text.tokenizer import Tokenizer
 from .base import SavedModel
 from .caption_budget import longest_within, says_less
+from .word_controls import control_ids, pop_controls, word_budget
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor
 
 
-def _pieces(tokenizer: Any, word: str) -> tuple[int, ...]:
-    """The tokens `word` is said with inside a caption (after "a ", so that a BPE tokenizer gives its
-    in-sentence pieces); InputError for an empty word or one the vocabulary does not hold."""
-    word = word.strip().lower()
-    if not word:
-        raise InputError("an empty word: give words separated by commas, e.g. red,circle")
-    context = tokenizer.encode("a")
-    pieces = tokenizer.encode(f"a {word}")
-    pieces = pieces[len(context):] if pieces[:len(context)] == context else tokenizer.encode(word)
-    if not pieces or getattr(tokenizer, "unk_id", None) in pieces:
-        raise InputError(f"the model does not know the word {word!r}; use words of its vocabulary or a group "
-                         f"({', '.join(ATTRIBUTE_GROUPS)})")
-    return tuple(pieces)
+@dataclass
+class CaptionerControls:
+    """The trained caption controls of an encoder-decoder captioner (config.json "controls"; train/controls.py)."""
 
-
-def _group(tokenizer: Any, name: str) -> list[str]:
-    """The words of attribute group `name` (colours, shapes, sizes, positions) that the model knows."""
-    known = []
-    for word in ATTRIBUTE_GROUPS[name]:
-        try:
-            _pieces(tokenizer, word)
-        except InputError:  # a word this model never learnt: it cannot say it anyway
-            continue
-        known.append(word)
-    if not known:
-        raise InputError(f"the model knows no word of the group {name!r} ({', '.join(ATTRIBUTE_GROUPS[name])})")
-    return known
-
-
-def _words(tokenizer: Any, word: str) -> list[str]:
-    """The words a user's `word` stands for: a group name (colours, ...) -> its words the model knows, else itself."""
-    name = word.strip().lower()
-    return _group(tokenizer, name) if name in ATTRIBUTE_GROUPS else [word]
-
-
-def banned_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[int, ...]:
-    """The token ids that must never be generated so that none of `words` is said; a group name
-    (colours, shapes, sizes, positions) stands for all its words the model knows. InputError for a word the
-    model does not know, or one the tokenizer splits into several tokens (it cannot be banned token by token).
-
-    Example:
-        >>> from polymodal.text.tokenizer import WordTokenizer
-        >>> tok = WordTokenizer.build(["a red circle", "a blue square"])
-        >>> banned_token_ids(tok, ["colours"]) == tuple(tok.encode("red blue"))
-        True
-    """
-    ids = []
-    for word in words:
-        for said in _words(tokenizer, word):
-            pieces = _pieces(tokenizer, said)
-            if len(pieces) > 1:
-                raise InputError(f"cannot ban {said!r}: this tokenizer splits it into {len(pieces)} tokens; ban "
-                                 f"single words of the model's vocabulary")
-            ids.append(pieces[0])
-    return tuple(ids)
-
-
-def forced_token_ids(tokenizer: Any, words: Sequence[str]) -> tuple[tuple[tuple[int, ...], ...], ...]:
-    """GenerationConfig.force_ids for `words`, each of which must be said; a group name (colours, ...) must
-    be said through any one of its words. InputError for a word the model does not know.
-
-    Example:
-        >>> from polymodal.text.tokenizer import WordTokenizer
-        >>> tok = WordTokenizer.build(["a red circle", "a blue square"])
-        >>> red, blue, circle = tok.encode("red blue circle")
-        >>> forced_token_ids(tok, ["circle", "colours"]) == (((circle,),), ((red,), (blue,)))
-        True
-    """
-    out = []
-    for word in words:
-        out.append(tuple(dict.fromkeys(_pieces(tokenizer, w) for w in _words(tokenizer, word))))
-    return tuple(out)
-
-
-def control_ids(tokenizer: Any, banned_words: Sequence[str] = (), force_words: Sequence[str] = (),
-                omit_words: Sequence[str] = ()) -> dict[str, tuple]:
-    """GenerationConfig fields for a user's "must not mention" (`banned_words`: never generated), "must mention"
-    (`force_words`) and "leave out" (`omit_words`: the model may say them, the caption leaves them out) words;
-    InputError for bad words, or a word both forced and banned or omitted.
-
-    Example:
-        >>> from polymodal.text.tokenizer import WordTokenizer
-        >>> tok = WordTokenizer.build(["a red circle", "a blue square"])
-        >>> control_ids(tok, banned_words=["red"], force_words=["red"])
-        Traceback (most recent call last):
-        ...
-        polymodal.errors.InputError: 'red' is both forced and banned: a caption cannot say it and not say it
-    """
-    banned, omitted = banned_token_ids(tokenizer, banned_words), banned_token_ids(tokenizer, omit_words)
-    forced = forced_token_ids(tokenizer, force_words)
-    for word, alternatives in zip(force_words, forced, strict=True):
-        if all(set(alt) & {*banned, *omitted} for alt in alternatives):
-            how = "banned" if all(set(alt) & set(banned) for alt in alternatives) else "omitted"
-            raise InputError(f"{word.strip()!r} is both forced and {how}: a caption cannot say it and not say it")
-    out = {"banned_ids": banned}
-    return out | ({"force_ids": forced} if forced else {}) | ({"omit_ids": omitted} if omitted else {})
-
-
-def word_budget(tokenizer: Any, max_new_words: int | None) -> dict[str, Any]:
-    """GenerationConfig fields for a word budget (None: no budget); InputError for a budget below 1. A word
-    vocabulary counts its words (not commas); a byte-level BPE the pieces that start a word (`Ġ`, `▁`), and lets a
-    word's later pieces finish it; any other tokenizer counts every token.
-
-    Example:
-        >>> from polymodal.text.tokenizer import WordTokenizer
-        >>> word_budget(WordTokenizer.build(["a red circle, a square"]), 3)["max_new_words"]
-        3
-    """
-    if max_new_words is None:
-        return {}
-    if isinstance(max_new_words, bool) or not isinstance(max_new_words, int) or max_new_words < 1:
-        raise InputError(f"max_new_words must be a whole number of at least 1, got {max_new_words!r}")
-    if tokenizer is None:
-        raise InputError("max_new_words: this model has no tokenizer to count words with")
-    words = getattr(tokenizer, "words", None)
-    if words is None and hasattr(tokenizer, "hf"):
-        pieces = {i: tokenizer.hf.id_to_token(i) or "" for i in range(4, len(tokenizer))}
-        starts = {i for i, p in pieces.items() if p.startswith(("Ġ", "▁"))}
-        later = tuple(i for i, p in pieces.items() if i not in starts and any(c.isalnum() for c in p))
-        return {"max_new_words": max_new_words, "word_ids": tuple(sorted(starts)), "continuation_ids": later}
-    ids = range(4, len(tokenizer)) if words is None else (i for i, w in enumerate(words) if w[:1].isalnum())
-    return {"max_new_words": max_new_words, "word_ids": tuple(ids)}
-
-
-def pop_controls(generation: dict[str, Any]) -> CaptionControls:
-    """The trained controls (CaptionControls' fields: length, form, focus_...) taken out of caption keywords.
-
-    Example:
-        >>> kwargs = {"beam_size": 3, "length": "short"}
-        >>> pop_controls(kwargs).kinds, kwargs
-        (('length',), {'beam_size': 3})
-    """
-    return CaptionControls(**{f.name: generation.pop(f.name) for f in fields(CaptionControls) if f.name in generation})
+    kinds: list[str] = field(default_factory=list)  # length, form, focus: what `caption(...)` may ask
+    grid: int = GRID                                # focus points are read on a grid of this many cells a side
+    marker: bool = False                            # a learnt vector marks the region under a focus point
 
 
 class Captioner(SavedModel, nn.Module):
-    """encoder (B, 3, H, W) -> regions (B, N, C) -> decoder -> caption logits."""
+    """encoder (B, 3, H, W) -> regions (B, N, C) -> decoder -> caption logits.
+
+    Trained with controls (`enable_controls`), a control prompt (`<short>`, `<focus> <x2> <y5>`) is read by the
+    decoder before <bos>, as teacher-forced tokens in training and stepped through at inference, so every decoder
+    takes them (the prefix LM puts them in its prefix instead)."""
 
     architecture, config_cls = "captioner", ModelConfig
 
@@ -185,26 +64,58 @@ class Captioner(SavedModel, nn.Module):
         self.tokenizer = tokenizer
         self.encoder = build_encoder(cfg.encoder)
         self.decoder = build_decoder(cfg.decoder, self.encoder.out_dim, len(tokenizer))
+        self.controls = CaptionerControls()
+
+    def enable_controls(self, controls: CaptionerControls) -> None:
+        """Take control prompts of these kinds (the vocabulary must hold the control tokens); with `marker`, a
+        region marker that starts at zero, so a captioner that goes on training with it starts where it was."""
+        self.controls = controls
+        if controls.marker and not hasattr(self, "focus_marker"):
+            self.focus_marker = nn.Parameter(torch.zeros(self.encoder.out_dim, device=self.device))
+            self.register_buffer("_cell_of_token", cell_lookup(self.tokenizer, controls.grid).to(self.device),
+                                 persistent=False)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**super().config_dict(), **({"controls": asdict(self.controls)} if self.controls.kinds else {})}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer | None, source: str = "config.json") -> Any:
+        model = super().from_config(config, tokenizer, source)
+        if config.get("controls"):
+            model.enable_controls(from_dict(CaptionerControls, config["controls"], f"{source}:controls"))
+        return model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Teacher forcing. batch: images (B, 3, H, W), tokens (B, L) = <bos> words <eos> <pad>..."""
+        """Teacher forcing. batch: images (B, 3, H, W), tokens (B, L) = [prompt] <bos> words <eos> <pad>...;
+        an optional "targets" (B, L - 1) replaces the next tokens, <pad> where no loss is taken (the prompt)."""
         tokens = batch["tokens"]
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        logits, aux = self.decoder(self.encode(batch), inputs)
+        inputs, targets = tokens[:, :-1], batch.get("targets", tokens[:, 1:])
+        logits, aux = self.decoder(self._marked(self.encode(batch), inputs), inputs)
         losses = {"caption_loss": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                   targets.reshape(-1), ignore_index=self.tokenizer.pad_id)}
         losses.update(aux["losses"])
         losses["loss"] = sum(losses.values())
         return logits, losses
 
+    def _marked(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Regions (B, N, C) with the one under a focus prompt's point marked (when trained with the marker)."""
+        if not self.controls.marker or not tokens.shape[1]:
+            return features
+        return mark_focus(features, tokens, self._cell_of_token, self.controls.grid, self.focus_marker)
+
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Region features (B, N, C): the batch's cached `image_features` if it has them, else encoded images."""
         return batch["image_features"] if "image_features" in batch else self.encoder(batch["images"])
 
     @torch.inference_mode()
-    def generate(self, images: torch.Tensor, cfg: GenerationConfig | None = None) -> list[list[Hypothesis]]:
-        """Captions for a batch of normalized images; per image, hypotheses best first."""
-        return self.generate_from_features(self.encoder(images), cfg)
+    def generate(self, images: torch.Tensor, cfg: GenerationConfig | None = None,
+                 prompts: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+        """Captions for a batch of normalized images (one control prompt per image, optional); per image,
+        hypotheses best first."""
+        cfg = cfg or GenerationConfig(max_len=self.cfg.decoder.max_len)
+        tok = self.tokenizer
+        return generate(self.decoder.step, self.init_state(images, prompts), tok.bos_id, tok.eos_id, cfg,
+                        suppress_ids=self.unsaid_ids)
 
     @torch.inference_mode()
     def generate_from_features(self, features: torch.Tensor,
@@ -213,11 +124,22 @@ class Captioner(SavedModel, nn.Module):
         cfg = cfg or GenerationConfig(max_len=self.cfg.decoder.max_len)
         state = self.decoder.init_state(features)
         tok = self.tokenizer
-        return generate(self.decoder.step, state, tok.bos_id, tok.eos_id, cfg, suppress_ids=(tok.pad_id,))
+        return generate(self.decoder.step, state, tok.bos_id, tok.eos_id, cfg, suppress_ids=self.unsaid_ids)
 
-    def init_state(self, images: torch.Tensor) -> State:
-        """Normalized images (B, 3, S, S) -> the decoder's state before the first token."""
-        return self.decoder.init_state(self.encoder(images))
+    def init_state(self, images: torch.Tensor, prompts: list[list[int]] | None = None) -> State:
+        """Normalized images (B, 3, S, S) -> the decoder's state before <bos>: after the control prompts, if
+        given (one per image, all of one length: the server and `caption` give a batch one prompt)."""
+        features = self.encoder(images)
+        if not prompts or not any(prompts):
+            return self.decoder.init_state(features)
+        if len(prompts) != len(images) or len({len(p) for p in prompts}) > 1:
+            raise ConfigError(f"{len(prompts)} prompts for {len(images)} images: give one per image, all of one "
+                              f"length")
+        ids = torch.tensor(prompts, dtype=torch.long, device=features.device)
+        state = self.decoder.init_state(self._marked(features, ids))
+        for t in range(ids.shape[1]):  # the prompt is read as in training, token by token (no loss, no output)
+            _, state, _ = self.decoder.step(ids[:, t], state)
+        return state
 
     def beam_batch(self, cfg: GenerationConfig) -> BeamBatch | None:
         """An empty continuous beam search over this model (the server's continuous batching), or None
@@ -257,8 +179,12 @@ class Captioner(SavedModel, nn.Module):
 
     @property
     def trained_controls(self) -> tuple[str, ...]:
-        """The caption controls this model was trained with (length, form, focus); none for this architecture."""
-        return ()
+        """The caption controls this model was trained with (length, form, focus)."""
+        return tuple(self.controls.kinds)
+
+    @property
+    def control_grid(self) -> int:
+        return self.controls.grid
 
     def control_prompt(self, controls: CaptionControls) -> list[int] | None:
         """The prompt ids of `controls` (None when none is asked); InputError for one the model was not trained with."""
@@ -268,7 +194,7 @@ class Captioner(SavedModel, nn.Module):
         if missing:
             raise InputError(f"this model was not trained with the {missing[0]} control; train one with "
                              f"configs/prefix_lm_controls.yaml")
-        return prompt_ids(self.tokenizer, controls.prompt(getattr(self, "control_grid", GRID)))
+        return prompt_ids(self.tokenizer, controls.prompt(self.control_grid))
 
     def caption(self, images: list[ImageInput] | ImageInput, **generation: Any) -> list[str]:
         """Best caption for each image. `generation` keys are GenerationConfig fields (beam_size=5, ...)."""
@@ -311,7 +237,10 @@ class Captioner(SavedModel, nn.Module):
             'a large circle'
         """
         self.eval()
-        prompt = self.control_prompt(pop_controls(generation))
+        controls = pop_controls(generation)
+        prompt = self.control_prompt(controls)
+        said = words_to_say(controls.focus_phrase, generation.get("strategy", "beam"), generation.get("beam_size", 3))
+        force_words = list(dict.fromkeys([*force_words, *said]))
         cfg = self.generation_config(banned_words, force_words, omit_words, max_new_words, **generation)
         batch = self.preprocess(images)
         if says_less(self, cfg, prompt):

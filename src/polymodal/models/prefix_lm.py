@@ -58,13 +58,14 @@ from ..errors import CheckpointError, ConfigError
 from ..generate import GenerationConfig, Hypothesis, StepFn, generate
 from ..nn.decoders import State
 from ..nn.encoders import build_encoder
+from ..nn.focus import cell_lookup, mark_focus
 from ..nn.gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
 from ..nn.hf_vision import HFVisionEncoder, VisionTowerDims
 from ..nn.llama import LlamaDims, LlamaLM, is_llama_folder, load_llama
 from ..nn.projector import ModalityProjector
 from ..nn.transformer import TransformerLM, attention_mask, prefix_attention_mask
 from ..text.tokenizer import Tokenizer
-from .base import forget_initial_weights
+from .base import SavedModel, forget_initial_weights
 from .captioner import Captioner
 
 
@@ -94,18 +95,6 @@ def _rotary_positions(visual: int, text_valid: torch.Tensor) -> torch.Tensor:
     return torch.cat([before, _text_positions(text_valid)], dim=1)
 
 
-def _cell_lookup(tokenizer: Tokenizer, grid: int) -> torch.Tensor:
-    """(V, 2): for each token id the grid x (column 0) or y (column 1) that a <xI> / <yJ> control token names,
-    -1 elsewhere."""
-    index = getattr(tokenizer, "index", {})
-    out = torch.full((len(tokenizer), 2), -1, dtype=torch.long)
-    for i in range(grid):
-        for axis, name in enumerate((f"<x{i}>", f"<y{i}>")):
-            if name in index:
-                out[index[name], axis] = i
-    return out
-
-
 class PrefixLM(Captioner):
     """encoder -> projector -> visual tokens + text -> causal TransformerLM; the Captioner user API."""
 
@@ -129,7 +118,7 @@ class PrefixLM(Captioner):
         if self.prefix_cfg.focus_marker:
             # zero at first, so a captioner that goes on training with it starts exactly where it was
             self.focus_marker = nn.Parameter(torch.zeros(width))
-            self.register_buffer("_cell_of_token", _cell_lookup(tokenizer, self.prefix_cfg.control_grid),
+            self.register_buffer("_cell_of_token", cell_lookup(tokenizer, self.prefix_cfg.control_grid),
                                  persistent=False)
 
     @property
@@ -146,21 +135,7 @@ class PrefixLM(Captioner):
         visual = self.projector(self.encoder(images))
         if tokens is None or not tokens.shape[1] or not self.prefix_cfg.focus_marker:
             return visual
-        return self._mark_focus(visual, tokens)
-
-    def _mark_focus(self, visual: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Add `focus_marker` to the visual token whose cell holds the prompt's focus point (rows without one:
-        unchanged). Pointing at the image itself, beside the <xI> <yJ> words, is what tells the LM which object
-        to describe (a visual prompt, as ViP-LLaVA draws marks on the image)."""
-        cells = self._cell_of_token[tokens]  # (B, L, 2): the x / y index a token names, -1 elsewhere
-        x, y = cells[..., 0].amax(1), cells[..., 1].amax(1)
-        side = math.isqrt(visual.shape[1])
-        if side * side != visual.shape[1]:
-            raise ConfigError(f"a focus marker needs a square grid of visual tokens, got {visual.shape[1]}")
-        grid = self.prefix_cfg.control_grid
-        index = (y * side // grid) * side + x * side // grid
-        hit = F.one_hot(index.clamp(min=0), visual.shape[1]) * ((x >= 0) & (y >= 0))[:, None]
-        return visual + hit[..., None].to(visual.dtype) * self.focus_marker
+        return mark_focus(visual, tokens, self._cell_of_token, self.prefix_cfg.control_grid, self.focus_marker)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher forcing; without "images" in the batch the LM trains on text alone (task lm_pretrain).
@@ -380,7 +355,8 @@ class PrefixLM(Captioner):
 
     # ---- saving ------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        return {**super().config_dict(), "prefix": dataclasses.asdict(self.prefix_cfg)}
+        # SavedModel's, not Captioner's: a prefix LM keeps its trained controls in "prefix" (prefix.controls)
+        return {**SavedModel.config_dict(self), "prefix": dataclasses.asdict(self.prefix_cfg)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], tokenizer: Tokenizer, source: str = "config.json") -> PrefixLM:

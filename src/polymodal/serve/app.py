@@ -123,7 +123,8 @@ async def caption(request: Request) -> schemas.CaptionResponse:
     with svc.batcher.announce():  # a batch being formed now waits for this request (up to max_wait_ms)
         opts, data, name = await svc.read_options(request, schemas.CaptionOptions)
         entry = svc.models.pick("caption", opts.model)
-        generation, prompt = engines.generation_config(entry, opts), engines.caption_prompt(entry, opts)
+        prompt = engines.caption_prompt(entry, opts)  # first: a control the model lacks is named before its words
+        generation = engines.generation_config(entry, opts)
         image, item = await asyncio.to_thread(svc.decode_for_caption, entry, data, name)
     result, batch = await svc.timed(svc.batcher.submit(engines.caption_key(entry, generation, prompt), item))
     view = heatmaps = note = objects = None

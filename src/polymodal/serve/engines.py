@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..data.caption_controls import CaptionControls
+from ..data.caption_controls import CaptionControls, words_to_say
 from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
 from ..eval.grounding import locate_objects, vocabulary_for
@@ -37,7 +37,7 @@ from ..eval.viz import (  # imported with the server, so the first heatmap reque
 )
 from ..generate import BeamBatch, GenerationConfig, Hypothesis
 from ..models.caption_budget import longest_within, says_less
-from ..models.captioner import control_ids, word_budget
+from ..models.word_controls import control_ids, word_budget
 from .schemas import CaptionOptions
 from .uploads import RequestError
 
@@ -142,10 +142,12 @@ def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationCon
     cfg = getattr(entry.model, "cfg", None)
     default_len = getattr(getattr(cfg, "decoder", None), "max_len", 24)
     try:
+        said = words_to_say(opts.focus_phrase, opts.strategy, opts.beam_size)  # the phrase's object is described
+        forced = list(dict.fromkeys([*(opts.force_words or ()), *said]))
         return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
                                 num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
                                 seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention),
-                                **word_controls(entry, opts.banned_words, opts.force_words, opts.omit_words),
+                                **word_controls(entry, opts.banned_words, forced, opts.omit_words),
                                 **word_budget(getattr(entry.model, "tokenizer", None), opts.max_new_words))
     except (ConfigError, InputError) as err:
         raise RequestError(f"max_new_words: {err}" if isinstance(err, InputError) else str(err), 422) from None

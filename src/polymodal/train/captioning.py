@@ -10,9 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 from collections.abc import Callable, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..checkpoint import read_model_dir, resolve_model_dir
 from ..config import ExperimentConfig
 from ..data.cache import CachedCaptionDataset, feature_cache
 from ..data.datasets import CaptionDataset, collate_captions, load_split
@@ -28,9 +31,10 @@ from ..data.streams import open_stream
 from ..errors import ConfigError
 from ..eval.ood import save_model_stats
 from ..generate import GenerationConfig
-from ..models.captioner import Captioner
+from ..models.captioner import Captioner, CaptionerControls
 from ..registry import STREAMS
 from ..text.tokenizer import WordTokenizer, split_words
+from .controls import ControlsConfig, load_grown, with_controls
 from .distributed import current, main_process_first
 from .trainer import Trainer
 
@@ -80,7 +84,13 @@ def decoded_metrics(model: Captioner, dataset: CaptionDataset | CachedCaptionDat
     return {"exact_match": hits / max(len(records), 1), "cider": cider}
 
 
-def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+@dataclass
+class CaptioningExperimentConfig(ExperimentConfig):
+    init_from: str = ""              # a trained captioner model or run dir to go on from (its sizes, vocabulary)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)  # trained caption controls (train/controls.py)
+
+
+def train_captioner(cfg: CaptioningExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
     report = SkipReport(source="training data")
     if cfg.data.format in STREAMS:  # shards: the vocabulary from the first captions; the images stream later
@@ -90,10 +100,30 @@ def train_captioner(cfg: ExperimentConfig, progress: bool = True, stop_at: int |
         with main_process_first():  # under torchrun, rank 0 writes Shapes World before the others read it
             train_records = load_split(cfg.data, cfg.data.train_split, report)
         captions = (c for r in train_records for c in r.captions)
-    tokenizer = WordTokenizer.build(captions, min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    start = _start_from(cfg.init_from) if cfg.init_from else None
+    model_cfg = copy.deepcopy(start.cfg if start is not None else cfg.model)
+    tokenizer = start.tokenizer if start is not None else WordTokenizer.build(
+        captions, min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    controls, wrap = CaptionerControls(), None
+    if cfg.controls.enabled:
+        controls.kinds, tokenizer, wrap = with_controls(cfg.controls, cfg.data, model_cfg, tokenizer, cfg.seed)
+        controls.grid, controls.marker = cfg.controls.grid, cfg.controls.marker and "focus" in controls.kinds
     torch.manual_seed(cfg.seed)
-    model = Captioner(cfg.model, tokenizer)
-    return fit_captioner(model, cfg, train_records, report, progress, stop_at)
+    model = Captioner(model_cfg, tokenizer)
+    if controls.kinds:
+        model.enable_controls(controls)
+    if start is not None:
+        tqdm.write(f"initialised from {cfg.init_from}: {load_grown(model, start.state_dict())} tensors")
+    return fit_captioner(model, cfg, train_records, report, progress, stop_at, wrap_train=wrap)
+
+
+def _start_from(source: str) -> Captioner:
+    """The trained captioner `init_from` names (a model or run directory); ConfigError for another architecture."""
+    architecture = read_model_dir(resolve_model_dir(source))[0].get("architecture")
+    if architecture != Captioner.architecture:
+        raise ConfigError(f"init_from={source} is a {architecture} model; the captioning task goes on from a "
+                          f"captioner (task: captioning)")
+    return Captioner.from_pretrained(source)
 
 
 def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipReport, progress: bool = True,
@@ -158,4 +188,4 @@ def cached_datasets(model: Captioner, cfg: Any, train_records: list, val_records
     return splits[0], splits[1]
 
 
-train_captioner.config_cls = ExperimentConfig  # type: ignore[attr-defined]
+train_captioner.config_cls = CaptioningExperimentConfig  # type: ignore[attr-defined]

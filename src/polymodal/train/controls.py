@@ -1,9 +1,12 @@
-"""Trained caption controls for the prefix LM: the config block, the training set, and a start from a trained model.
+"""Trained caption controls for the prefix LM and the encoder-decoder captioners: the config block, the training
+set, and a start from a trained model.
 
-    controls: {enabled: true, p_none: 0.5, kinds: [length, form, focus]}   (configs/prefix_lm_controls.yaml)
+    controls: {enabled: true, p_none: 0.5, kinds: [length, form, focus]}   (configs/prefix_lm_controls.yaml,
+                                                                           configs/transformer_controls.yaml)
 
 Each training pair gets, with chance 1 - p_none, one control prompt and the caption it asks for
-(data/caption_controls.py); the model saves `prefix.controls` so that `caption(length=...)` knows what it can do.
+(data/caption_controls.py); the model saves them (`prefix.controls`, a captioner's "controls") so that `caption(length=...)` knows what it
+can do.
 
 Example:
     >>> ControlsConfig(enabled=True, kinds=["length", "colour"]).check()
@@ -19,14 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from ..config import DataConfig
+from ..config import DataConfig, ModelConfig
 from ..data.caption_controls import GRID, KINDS
-from ..data.controlled_captions import ControlledCaptionDataset, read_scenes
+from ..data.controlled_captions import ControlledCaptionDataset, read_scenes, with_control_tokens
 from ..data.datasets import shapes_folder
 from ..errors import ConfigError
-from ..models.prefix_lm import PrefixLM
+from ..text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -77,6 +81,16 @@ def control_wrapper(controls: ControlsConfig, data: DataConfig, kinds: list[str]
                                                  controls.phrase_share)
 
 
+def with_controls(controls: ControlsConfig, data: DataConfig, model_cfg: ModelConfig, tokenizer: Tokenizer,
+                  seed: int) -> tuple[list[str], Tokenizer, Callable[[Any], ControlledCaptionDataset]]:
+    """What training with controls changes, for any captioner: the kinds the data can teach, the tokenizer with
+    the control tokens appended, and `fit_captioner`'s `wrap_train`; `model_cfg.decoder.max_len` is raised to
+    `data.max_len` (a detailed caption of four objects is ~37 tokens)."""
+    kinds = trainable_kinds(controls, data)
+    model_cfg.decoder.max_len = max(model_cfg.decoder.max_len, data.max_len)
+    return kinds, with_control_tokens(tokenizer, controls.grid), control_wrapper(controls, data, kinds, seed)
+
+
 def _fits(old: torch.Size, new: torch.Size) -> bool:
     """The same shape, or more rows of the same width (a vocabulary with tokens appended)."""
     return old == new or (len(old) > 0 and len(old) == len(new) and old[1:] == new[1:] and new[0] >= old[0])
@@ -85,7 +99,7 @@ def _fits(old: torch.Size, new: torch.Size) -> bool:
 FRESH = ("focus_marker",)  # parameters a model may add when it goes on training (they start as a no-op)
 
 
-def load_grown(model: PrefixLM, state: dict[str, torch.Tensor]) -> int:
+def load_grown(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
     """Copy a trained model's weights into `model`, whose vocabulary may be longer (control tokens appended):
     a tensor with more rows gets the old rows, the new ones keep their fresh init; a `FRESH` parameter the
     saved model lacks keeps its init. Returns tensors copied."""

@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from ..checkpoint import TOKENIZER_FILE, read_model_dir
 from ..config import DataConfig, DecoderConfig, ModelConfig, TrainConfig, from_dict
-from ..data.controlled_captions import with_control_tokens
 from ..data.datasets import load_split
 from ..data.records import SkipReport
 from ..errors import ConfigError
@@ -39,7 +38,7 @@ from ..nn.llama import LlamaDims, is_llama_folder, read_llama_config
 from ..text.hf_tokenizer import HFTokenizer
 from ..text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .captioning import fit_captioner
-from .controls import ControlsConfig, control_wrapper, load_grown, trainable_kinds
+from .controls import ControlsConfig, load_grown, with_controls
 from .pretraining import PretrainConfig, QADataConfig, pretrain_region_encoder
 
 
@@ -137,11 +136,9 @@ def train_prefix_lm(cfg: PrefixLMExperimentConfig, progress: bool = True,
         if cfg.init_lm_from and start is None:
             raise ConfigError("controls with init_lm_from: the LM's vocabulary has no control tokens; start from a "
                               "prefix_lm model (init_from) or from scratch")
-        prefix_cfg.controls, prefix_cfg.control_grid = trainable_kinds(cfg.controls, cfg.data), cfg.controls.grid
+        prefix_cfg.controls, tokenizer, wrap = with_controls(cfg.controls, cfg.data, model_cfg, tokenizer, cfg.seed)
+        prefix_cfg.control_grid = cfg.controls.grid
         prefix_cfg.focus_marker = prefix_cfg.focus_marker or (cfg.controls.marker and "focus" in prefix_cfg.controls)
-        model_cfg.decoder.max_len = max(model_cfg.decoder.max_len, cfg.data.max_len)  # detailed captions are long
-        tokenizer = with_control_tokens(tokenizer, cfg.controls.grid)
-        wrap = control_wrapper(cfg.controls, cfg.data, prefix_cfg.controls, cfg.seed)
     if start is None:
         _pretrain_encoder(cfg, model_cfg, progress)
     torch.manual_seed(cfg.seed)
