@@ -41,6 +41,20 @@ def warn_if_unlike(model: Any, model_dir: Path | str, inputs: list[Any], names: 
     return checks
 
 
+def comma_numbers(flag: str, text: str | None, count: int) -> tuple[float, ...] | None:
+    """"0.2,0.5" -> (0.2, 0.5); InputError unless `count` comma-separated numbers (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise InputError(f"{flag} {text!r}: give {count} comma-separated numbers in [0, 1], e.g. "
+                         f"{flag} {','.join(['0.5'] * count)}")
+    return values
+
+
 def main() -> None:
     try:
         app()  # click handles usage errors itself: message + exit status 2

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from .app import app, data_app, warn_if_unlike
+from .app import app, comma_numbers, data_app, warn_if_unlike
 from .kinds import load_for
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ def caption(model_dir: Path = typer.Argument(..., help="model directory (or a tr
 
     banned_words, force_words, omit_words = _word_list("--ban", ban), _word_list("--force", force), \
         _word_list("--omit", omit)
-    trained = CaptionControls(length, form, _numbers("--focus-point", focus_point, 2),
-                              _numbers("--focus-box", focus_box, 4), focus)
+    trained = CaptionControls(length, form, comma_numbers("--focus-point", focus_point, 2),
+                              comma_numbers("--focus-box", focus_box, 4), focus)
     model = load_for("caption", model_dir)
     controls = control_ids(model.tokenizer, banned_words, force_words, omit_words)
     controls.update(word_budget(model.tokenizer, max_new_words))
@@ -117,21 +117,6 @@ def _word_list(flag: str, text: str | None) -> list[str]:
         raise InputError(f"{flag} {text!r} names no word; give comma-separated words, e.g. {flag} red,circle")
     return words
 
-
-def _numbers(flag: str, text: str | None, count: int) -> tuple[float, ...] | None:
-    """"0.2,0.5" -> (0.2, 0.5); InputError unless `count` comma-separated numbers."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != count:
-        from ..errors import InputError
-
-        raise InputError(f"{flag} {text!r}: give {count} comma-separated numbers in [0, 1], e.g. "
-                         f"{flag} {','.join(['0.5'] * count)}")
-    return values
 
 
 def _unique_dir(folder: Path, used: set[Path]) -> Path:

@@ -4,6 +4,7 @@ Example:
     $ polymodal generate runs/text_to_image "a small red circle to the left of a large blue square" \\
         --n 4 --seed 0 --steps 20 --guidance 3 --out out/
     wrote 4 images and out/contact_sheet.png
+    $ polymodal generate runs/text_to_image_layout "a large red circle" --box 0.5,0.5,1,1   # in the bottom right
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from .app import app, out_folder
+from .app import app, comma_numbers, out_folder
 from .kinds import load_for
 
 
@@ -26,6 +27,9 @@ def generate_command(model_dir: Path = typer.Argument(..., help="text -> image m
                      steps: int | None = typer.Option(None, help="sampler steps (default: the model's, e.g. 20)"),
                      guidance: float | None = typer.Option(None, help="classifier-free guidance scale; 0 ignores the "
                                                            "prompt (default: the model's, e.g. 3)"),
+                     box: str | None = typer.Option(None, "--box", metavar="X0,Y0,X1,Y1",
+                                                    help="draw it inside this box (in [0, 1], y down); a generator "
+                                                    "trained with layouts (configs/text_to_image_layout.yaml)"),
                      out: Path = typer.Option(Path("out"), help="folder for image_NN.png and contact_sheet.png"),
                      quiet: bool = typer.Option(False, help="no progress bar")) -> None:
     """Draw images of a prompt: PNGs and a contact sheet; words the model does not know are named on stderr."""
@@ -38,11 +42,14 @@ def generate_command(model_dir: Path = typer.Argument(..., help="text -> image m
     steps = model.cfg.steps if steps is None else steps
     guidance = model.cfg.guidance if guidance is None else guidance
     model.check_request([prompt], n, steps, guidance)  # before any work: one line and exit 2
+    layout = comma_numbers("--box", box, 4)
+    model.layout_ids(layout)
     unknown = model.unknown_words(prompt)
     if unknown:
         typer.echo(f"warning: unknown words ignored (read as <unk>): {', '.join(dict.fromkeys(unknown))}", err=True)
     started = time.perf_counter()
-    images = model.generate_images(prompt, n=n, seed=seed, steps=steps, guidance=guidance, progress=not quiet)
+    images = model.generate_images(prompt, n=n, seed=seed, steps=steps, guidance=guidance, progress=not quiet,
+                                   box=layout)
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     for j, image in enumerate(images):

@@ -45,7 +45,7 @@ def control_tokens(grid: int = GRID) -> list[str]:
             *(f"<y{i}>" for i in range(grid))]
 
 
-def _unit(value: float, what: str) -> float:
+def unit_coordinate(value: float, what: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise InputError(f"{what} {value} is outside the image; give coordinates in [0, 1]")
     return float(value)
@@ -79,11 +79,11 @@ class CaptionControls:
             if len(self.focus_point) != 2:
                 raise InputError(f"focus_point needs 2 numbers x,y in [0, 1], got {len(self.focus_point)}")
             for v in self.focus_point:
-                _unit(v, "focus_point coordinate")
+                unit_coordinate(v, "focus_point coordinate")
         if self.focus_box is not None:
             if len(self.focus_box) != 4:
                 raise InputError(f"focus_box needs 4 numbers x0,y0,x1,y1 in [0, 1], got {len(self.focus_box)}")
-            x0, y0, x1, y1 = (_unit(v, "focus_box coordinate") for v in self.focus_box)
+            x0, y0, x1, y1 = (unit_coordinate(v, "focus_box coordinate") for v in self.focus_box)
             if x1 <= x0 or y1 <= y0:
                 raise InputError(f"focus_box {tuple(self.focus_box)} has zero area; give x0,y0,x1,y1 with x1 > x0 "
                                  f"and y1 > y0")

@@ -12,11 +12,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
+from ..data.layout import box_words
 from ..errors import InputError
 from ..text.tokenizer import Tokenizer, split_words
 from .base import SavedModel
@@ -40,12 +43,25 @@ class ImageGenerator(SavedModel):
     fixed_steps: bool = False  # True where the number of sampler steps is the model's own (one per image token)
     max_caption_tokens: int    # the longest caption the text side reads, <bos> and <eos> included
 
-    def caption_ids(self, texts: list[str]) -> torch.Tensor:
-        """<bos> words <eos>, right-padded (B, T): the form training reads from its caption tokens."""
+    def caption_ids(self, texts: list[str], suffix: Sequence[int] = ()) -> torch.Tensor:
+        """<bos> words [suffix] <eos>, right-padded (B, T): the form training reads from its caption tokens; the
+        suffix (a layout box's tokens) is kept whole, the words cut to fit."""
         tok = self.tokenizer
-        rows = [torch.tensor([tok.bos_id, *tok.encode(t, max_len=self.max_caption_tokens - 2), tok.eos_id])
-                for t in texts]
+        room = self.max_caption_tokens - 2 - len(suffix)
+        rows = [torch.tensor([tok.bos_id, *tok.encode(t, max_len=room), *suffix, tok.eos_id]) for t in texts]
         return pad_sequence(rows, batch_first=True, padding_value=tok.pad_id).to(self.device)
+
+    def layout_ids(self, box: Sequence[float] | None) -> list[int]:
+        """The token ids of a layout box ("draw it here", data/layout.py); [] without one; InputError for a bad
+        box or a generator not trained with layouts."""
+        if box is None:
+            return []
+        grid = getattr(self.cfg, "layout_grid", 0)
+        if not grid:
+            raise InputError("this generator was not trained with a layout box; train one with "
+                             "configs/text_to_image_layout.yaml, or say where in words (\"on the left\")")
+        index = getattr(self.tokenizer, "index", {})
+        return [index[w] for w in box_words(box, grid)]
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` that are not in the vocabulary (the model reads them as <unk>)."""

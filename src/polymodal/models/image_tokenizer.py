@@ -151,7 +151,7 @@ class ImageTokenizer(SavedModel, nn.Module):
         b, g, k = tokens.shape[0], self.grid, self.cfg.codes_per_cell
         ids = tokens.view(b, g, g, k).permute(0, 3, 1, 2) - self._offsets()  # (B, G, g, g)
         values = self.quantizer.codes_to_values(ids.reshape(b * k, g, g))  # (B * G, d, g, g)
-        return self.decoder(values.view(b, -1, g, g))
+        return self.decoder(values.reshape(b, -1, g, g))  # codes_to_values may give a non-contiguous view
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruction loss of batch["pixels"] (B, 3, S, S) in [-1, 1]: MSE + L1, objects weighted up."""

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -133,7 +134,7 @@ class TextToImage(ImageGenerator, nn.Module):
 
     def generate_images(self, texts: str | list[str], n: int = 1, seed: int = 0, steps: int | None = None,
                         guidance: float | None = None, progress: bool = False, batch_size: int = 32,
-                        ) -> list[Image.Image]:
+                        box: Sequence[float] | None = None) -> list[Image.Image]:
         """Draw `n` images per prompt; the same seed gives the same images.
 
         Args:
@@ -144,6 +145,7 @@ class TextToImage(ImageGenerator, nn.Module):
             guidance: classifier-free guidance scale (default `cfg.guidance`); 0 ignores the prompt.
             progress: show a tqdm bar over the sampler steps.
             batch_size: images sampled together.
+            box: a layout box; this family takes none (InputError: data/layout.py is the discrete family's).
 
         Raises:
             InputError: an empty, too long or wholly unknown prompt, or n, steps or guidance out of range.
@@ -154,6 +156,7 @@ class TextToImage(ImageGenerator, nn.Module):
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
         texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
+        self.layout_ids(box)  # refuses a box: this family was never trained with layouts
         self.eval()
         size = self.cfg.image_size
         noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))  # shared by the prompts

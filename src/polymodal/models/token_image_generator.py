@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,7 @@ class TokenImageConfig:
     temperature: float = 1.0    # default sampling temperature
     top_k: int = 0              # default: sample among the k likeliest codes; 0 = all
     top_p: float = 1.0          # default nucleus threshold; 1 = off
+    layout_grid: int = 0        # > 0: trained with a layout box after the caption, on this grid (data/layout.py)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop < 1.0:
@@ -170,9 +172,11 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
 
     @torch.inference_mode()
     def sample_codes(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
-                     top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-        """Image tokens (len(texts) * n, T): n samples of each text, the texts in order."""
-        captions = self.caption_ids(texts)
+                     top_k: int | None = None, top_p: float | None = None,
+                     layout: Sequence[int] = ()) -> torch.Tensor:
+        """Image tokens (len(texts) * n, T): n samples of each text (after it, the `layout` box's token ids), the
+        texts in order. The unconditional row of guidance is the empty caption (no box either), as in training."""
+        captions = self.caption_ids(texts, layout)
         tok, cfg = self.tokenizer, self.cfg
         generation = GenerationConfig(strategy="sample", max_len=cfg.tokens, num_return_sequences=n, seed=seed,
                                       temperature=cfg.temperature if temperature is None else temperature,
@@ -190,7 +194,7 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
 
     def generate_images(self, texts: str | list[str], n: int = 1, seed: int = 0, steps: int | None = None,
                         guidance: float | None = None, progress: bool = False, batch_size: int = 32,
-                        ) -> list[Image.Image]:
+                        box: Sequence[float] | None = None) -> list[Image.Image]:
         """Draw `n` images per prompt; the same seed and prompt give the same images.
 
         Args:
@@ -201,6 +205,8 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
             guidance: classifier-free guidance scale (default `cfg.guidance`); 0 ignores the prompt.
             progress: unused (sampling takes well under a second per batch); kept for the shared API.
             batch_size: images sampled together.
+            box: draw the prompt inside this box (x0, y0, x1, y1 in [0, 1], y down), for a generator trained
+                with layouts (configs/text_to_image_layout.yaml); InputError for any other.
 
         Example:
             >>> model = polymodal.load("runs/text_to_image_tokens")  # doctest: +SKIP
@@ -208,11 +214,12 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
         texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
+        layout = self.layout_ids(box)
         self.eval()
         out: list[Image.Image] = []
         for text in texts:  # one prompt per call: its images do not depend on the other prompts or the batch
             for start in range(0, n, batch_size):
-                codes = self.sample_codes([text], min(batch_size, n - start), seed + start, guidance)
+                codes = self.sample_codes([text], min(batch_size, n - start), seed + start, guidance, layout=layout)
                 with torch.inference_mode():
                     out += to_pil(self.image_tokenizer.decode(codes))
         return out

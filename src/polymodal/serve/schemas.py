@@ -349,6 +349,8 @@ class GenerateOptions(BaseModel):
     guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale (default: the "
                                    "model's; 0 ignores the prompt)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the same seed draws the same images")
+    box: list[float] | None = Field(None, min_length=4, max_length=4, description="draw it inside the box x0, y0, "
+                                    "x1, y1 (in [0, 1], y down); a generator trained with layouts")
 
 
 class GenerateResponse(BaseModel):

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import DataConfig, TrainConfig
-from ..data.datasets import ImageDataset, load_split
+from ..data.controlled_captions import read_scenes
+from ..data.datasets import ImageDataset, load_split, shapes_folder
+from ..data.layout import GRID as LAYOUT_GRID
+from ..data.layout import box_words, layout_tokens, scene_box
 from ..data.records import CaptionRecord, SkipReport
 from ..errors import ConfigError
 from ..models.image_tokenizer import ImageTokenizer
@@ -39,6 +43,25 @@ from ..registry import STREAMS
 from ..text.tokenizer import Tokenizer, WordTokenizer
 from .distributed import main_process_first
 from .trainer import Trainer
+
+
+@dataclass
+class LayoutConfig:
+    """Train with a layout box after the caption (data/layout.py): the box holding the scene's objects, on
+    Shapes World (scene annotations), for `p_box` of the pairs; the rest keep the plain caption."""
+
+    enabled: bool = False
+    p_box: float = 0.5
+    grid: int = LAYOUT_GRID
+
+    def check(self, data: DataConfig) -> None:
+        if not 0.0 < self.p_box <= 1.0:
+            raise ConfigError(f"layout.p_box must be in (0, 1], got {self.p_box}")
+        if not 2 <= self.grid <= 32:
+            raise ConfigError(f"layout.grid must be between 2 and 32, got {self.grid}")
+        if data.format != "shapes":
+            raise ConfigError(f"layout boxes are learnt from scene annotations (Shapes World); data.format="
+                              f"{data.format} has none: turn layout.enabled off")
 
 
 @dataclass
@@ -55,6 +78,8 @@ class TokenImageExperimentConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/text_to_image_tokens", lr=1e-3,
                                                                    grad_clip=1.0, early_stop_metric="val_loss"))
     val_images: int = 256        # validation images (stage 1) and pairs (stage 2) scored at each evaluation
+    init_from: str = ""          # a trained generator to go on from (its sizes; its vocabulary, grown by layout tokens)
+    layout: LayoutConfig = field(default_factory=lambda: LayoutConfig())
 
 
 def collate_images(items: list[dict | None]) -> dict[str, torch.Tensor]:
@@ -67,11 +92,13 @@ def collate_images(items: list[dict | None]) -> dict[str, torch.Tensor]:
 
 
 class CodedCaptions(Dataset):
-    """Every (caption, image tokens) pair as one item: {"tokens": <bos> words <eos>, "codes": (T,)}."""
+    """Every (caption, image tokens) pair as one item: {"tokens": <bos> words [box] <eos>, "codes": (T,)}; with
+    `layouts` (per record, its box's token ids), a pair carries its box with chance `p_box`."""
 
     def __init__(self, records: list[CaptionRecord], codes: list[torch.Tensor | None], tokenizer: Tokenizer,
-                 max_len: int):
+                 max_len: int, layouts: list[list[int]] | None = None, p_box: float = 0.0):
         self.records, self.codes, self.tokenizer, self.max_len = records, codes, tokenizer, max_len
+        self.layouts, self.p_box = layouts, p_box
         self.pairs = [(i, j) for i, rec in enumerate(records) if codes[i] is not None
                       for j in range(len(rec.captions))]
 
@@ -81,8 +108,35 @@ class CodedCaptions(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i, j = self.pairs[index]
         tok = self.tokenizer
-        words = tok.encode(self.records[i].captions[j], max_len=self.max_len)
-        return {"tokens": torch.tensor([tok.bos_id, *words, tok.eos_id]), "codes": self.codes[i].long()}
+        box = self.layouts[i] if self.layouts is not None and float(torch.rand(())) < self.p_box else []
+        words = tok.encode(self.records[i].captions[j], max_len=self.max_len - len(box))
+        return {"tokens": torch.tensor([tok.bos_id, *words, *box, tok.eos_id]), "codes": self.codes[i].long()}
+
+
+def scene_layouts(data: DataConfig, records: list[CaptionRecord], tokenizer: Tokenizer, grid: int) -> list[list[int]]:
+    """Each record's layout box (the one holding its scene's objects) as token ids."""
+    scenes = read_scenes(shapes_folder(data))
+    return [[tokenizer.index[w] for w in box_words(scene_box(scenes[r.id]), grid)] for r in records]
+
+
+def grown_generator(start: TokenImageGenerator, tokenizer: WordTokenizer, cfg: TokenImageConfig) -> TokenImageGenerator:
+    """A generator with `start`'s weights whose word vocabulary `tokenizer` extends start's (tokens appended):
+    the new words' embeddings are inserted between the old words and the image codes, which keep theirs."""
+    model = TokenImageGenerator(cfg, tokenizer)
+    own, old_words = model.state_dict(), start.text_vocab
+    if list(tokenizer.words[:old_words]) != list(start.tokenizer.words):
+        raise ConfigError("init_from: the generator's vocabulary is not a prefix of the new one")
+    with torch.no_grad():
+        for key, value in start.state_dict().items():
+            if key == "lm.wte.weight":
+                own[key][:old_words] = value[:old_words]
+                own[key][model.text_vocab:] = value[old_words:]
+            elif key not in own or own[key].shape != value.shape:
+                raise ConfigError(f"init_from: {key} does not fit; go on from a generator with the same sizes")
+            else:
+                own[key].copy_(value)
+    model.load_state_dict(own)
+    return model
 
 
 def collate_coded(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -171,20 +225,33 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
     if val_pixels is None:
         raise ConfigError(f"text_to_image_tokens: no validation image of split {cfg.data.val_split!r} could be read")
 
-    image_tokenizer = (load_image_tokenizer(cfg.image_tokenizer, cfg.model.image) if cfg.image_tokenizer
+    start = TokenImageGenerator.from_pretrained(cfg.init_from) if cfg.init_from else None
+    if start is not None and not cfg.image_tokenizer:
+        raise ConfigError("init_from: give image_tokenizer=DIR too, the image tokenizer the generator was trained "
+                          "with (its codes are the generator's words)")
+    model_cfg = copy.deepcopy(start.cfg if start is not None else cfg.model)
+    image_tokenizer = (load_image_tokenizer(cfg.image_tokenizer, model_cfg.image) if cfg.image_tokenizer
                        else train_image_tokenizer(cfg, train_images, val_pixels, progress))
-    tokenizer = WordTokenizer.build((c for r in train_records for c in r.captions), min_count=cfg.data.min_count,
-                                    max_size=cfg.data.max_vocab)
-    max_len = min(cfg.data.max_len, cfg.model.text_max_len - 2)
+    tokenizer = start.tokenizer if start is not None else WordTokenizer.build(
+        (c for r in train_records for c in r.captions), min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
+    layouts = None
+    if cfg.layout.enabled:
+        cfg.layout.check(cfg.data)
+        tokenizer = WordTokenizer([*tokenizer.words, *(t for t in layout_tokens(cfg.layout.grid)
+                                                       if t not in tokenizer.index)])
+        model_cfg.layout_grid = cfg.layout.grid
+        layouts = scene_layouts(cfg.data, train_records, tokenizer, cfg.layout.grid)
+    max_len = min(cfg.data.max_len, model_cfg.text_max_len - 2)
     train_set = CodedCaptions(train_records, encode_images(image_tokenizer, train_images, progress=progress),
-                              tokenizer, max_len)
+                              tokenizer, max_len, layouts, cfg.layout.p_box)
     val_set = CodedCaptions(val_records, encode_images(image_tokenizer, val_images, progress=progress),
-                            tokenizer, max_len)
+                            tokenizer, max_len)  # plain captions: a val loss comparable with the plain model's
     if report.count:
         tqdm.write(report.summary())
 
     torch.manual_seed(cfg.seed)
-    model = TokenImageGenerator(cfg.model, tokenizer)
+    model = (grown_generator(start, tokenizer, model_cfg) if start is not None
+             else TokenImageGenerator(model_cfg, tokenizer))
     model.image_tokenizer.load_state_dict({k: v for k, v in image_tokenizer.state_dict().items()
                                            if not k.startswith("encoder.")})
     model.image_tokenizer.requires_grad_(False).eval()
