@@ -2,7 +2,10 @@
 
     polymodal train configs/prefix_lm_controls.yaml && polymodal train configs/prefix_lm_controls_focus.yaml
     OMP_NUM_THREADS=1 python bench/control_trained.py [--model runs/prefix_lm_controls_focus/model]
-    python bench/control_trained.py --page-only      # redraw the docs section from the JSON
+    polymodal train configs/transformer.yaml && polymodal train configs/transformer_controls.yaml
+    OMP_NUM_THREADS=1 python bench/control_trained.py --name transformer --model runs/transformer_controls/model \
+        --before runs/transformer/model
+    python bench/control_trained.py --page-only [--name transformer]   # redraw the docs section from the JSON
 
 The captioner trained with controls, beam 3, on the Shapes World test images (n=5000, seed 0; never trained on),
 under each control; per control:
@@ -15,9 +18,9 @@ under each control; per control:
   beside the same model's uncontrolled captions on the same references.
 The focus object is drawn per image (seed 0); the point is a click on it (within 80% of its radius), the box its
 bounding box, the phrase "the ... one" with the fewest of its words that no other object shares (images where
-no phrase singles it out are left out of that row). Also: the bundled captioner's uncontrolled CIDEr-D (plain
-captioning before the control training). Writes docs/results/control_trained.json and the
-`<!-- bench:control_trained -->` section of docs/control.md.
+no phrase singles it out are left out of that row). Also: the uncontrolled CIDEr-D of the captioner the control
+training started from (`--before`; plain captioning before it). Writes docs/results/control_trained[_NAME].json and
+the `<!-- bench:control_trained[_NAME] -->` section of docs/control.md.
 """
 
 from __future__ import annotations
@@ -44,9 +47,12 @@ from _history import put_section  # noqa: E402
 from _report import load_average, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS, DOC = ROOT / "docs" / "results" / "control_trained.json", ROOT / "docs" / "control.md"
-COMMAND = ("polymodal train configs/prefix_lm_controls.yaml && polymodal train configs/prefix_lm_controls_focus.yaml && "
-           "OMP_NUM_THREADS=1 python bench/control_trained.py")
+DOC = ROOT / "docs" / "control.md"
+COMMANDS = {"": "polymodal train configs/prefix_lm_controls.yaml && polymodal train configs/prefix_lm_controls_focus.yaml "
+                "&& OMP_NUM_THREADS=1 python bench/control_trained.py",
+            "transformer": "polymodal train configs/transformer.yaml && polymodal train configs/transformer_controls.yaml "
+                           "&& OMP_NUM_THREADS=1 python bench/control_trained.py --name transformer --model "
+                           "runs/transformer_controls/model --before runs/transformer/model"}
 BEAM, BUDGETS = 3, (4, 8)
 
 
@@ -93,7 +99,7 @@ def focus_rows(model, images: list, scenes: list, free: list[str], rng: random.R
     return rows
 
 
-def measure(model_dir: str, n_images: int) -> dict:
+def measure(model_dir: str, before_dir: str, n_images: int, name: str) -> dict:
     start = time.time()
     data = DataConfig(format="shapes", n=5000, seed=0)
     records = load_split(data, "test")[:n_images]
@@ -101,9 +107,9 @@ def measure(model_dir: str, n_images: int) -> dict:
     scenes, images, refs = [by_id[r.id] for r in records], [r.image for r in records], [r.captions for r in records]
     model = load(model_dir)
     free = caption_all(model, images)
-    bundled = caption_all(load(bundled_model_dir(BUNDLED_CAPTIONER)), images)
+    before = caption_all(load(before_dir), images)
     rows = [row("none (this model)", free, free, refs, [True] * len(free), 0.0),
-            row("none (the bundled captioner, before control training)", bundled, free, refs, [True] * len(free), 0.0)]
+            row(f"none (`{before_dir}`, before control training)", before, free, refs, [True] * len(free), 0.0)]
     for length in LENGTHS:
         captions = caption_all(model, images, length=length)
         rows.append(row(f"length {length}", captions, free,
@@ -121,20 +127,21 @@ def measure(model_dir: str, n_images: int) -> dict:
         captions = caption_all(model, images, max_new_words=budget)
         rows.append(row(f"word budget {budget}", captions, free, refs, [len(words(c)) <= budget for c in captions],
                         1.0))
-    return {"command": COMMAND, "model": model_dir, "images": len(records), "beam": BEAM, "rows": rows,
+    return {"command": COMMANDS[name], "model": model_dir, "images": len(records), "beam": BEAM, "rows": rows,
             "date": time.strftime("%Y-%m-%d"), "machine": f"{machine()}, {load_average()}",
             "seconds": round(time.time() - start)}
 
 
-def page(result: dict) -> str:
+def page(result: dict, name: str) -> str:
     normal = next(r for r in result["rows"] if r["control"] == "length normal")
     ratio = normal["cider"] / normal["free_cider"]
-    lines = ["## Measured: trained controls (length, form, focus) and the word budget", "",
+    title = "trained controls (length, form, focus) and the word budget" + (f": the {name} captioner" if name else "")
+    lines = [f"## Measured: {title}", "",
              f"`{result['command']}` ({result['date']}, {result['machine']}, {result['seconds']} s): the captioner "
              f"trained with controls (`{result['model']}`), beam {result['beam']}, the first {result['images']} "
              f"Shapes World test images (n=5000, seed 0). bench/control_trained.py's docstring defines each check; "
              f"CIDEr-D is against the references filtered to what the control asks, beside the same model's "
-             f"uncontrolled captions on the same references. Figures: docs/results/control_trained.json.", "",
+             f"uncontrolled captions on the same references. Figures: docs/results/{results_file(name).name}.", "",
              "| control | obeys | target | CIDEr-D (filtered refs) | uncontrolled CIDEr-D (same refs) | example (first image) |",
              "|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -148,19 +155,28 @@ def page(result: dict) -> str:
     return "\n".join(lines)
 
 
+def results_file(name: str) -> Path:
+    return ROOT / "docs" / "results" / f"control_trained{'_' + name if name else ''}.json"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/prefix_lm_controls_focus/model")
+    parser.add_argument("--before", default=str(bundled_model_dir(BUNDLED_CAPTIONER).relative_to(ROOT)),
+                        help="the captioner the control training started from")
+    parser.add_argument("--name", default="", choices=sorted(COMMANDS), help="a second captioner's own section")
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--page-only", action="store_true", help="redraw the docs section from the JSON")
     args = parser.parse_args()
+    results = results_file(args.name)
     if args.page_only:
-        result = json.loads(RESULTS.read_text(encoding="utf-8"))
+        result = json.loads(results.read_text(encoding="utf-8"))
     else:
-        result = measure(args.model, args.images)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    markdown = page(result)
-    DOC.write_text(put_section(DOC.read_text(encoding="utf-8"), "control_trained", markdown), encoding="utf-8")
+        result = measure(args.model, args.before, args.images, args.name)
+        results.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    markdown = page(result, args.name)
+    section = "control_trained" + (f"_{args.name}" if args.name else "")
+    DOC.write_text(put_section(DOC.read_text(encoding="utf-8"), section, markdown), encoding="utf-8")
     print(markdown)
 
 
