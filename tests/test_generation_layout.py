@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import polymodal
-from polymodal.data.layout import box_words, check_box, inside, layout_tokens, scene_box
+from polymodal.data.layout import box_words, check_box, inside, layout_tokens, objects_box
 from polymodal.data.shapes import Scene, ShapeObject
 from polymodal.errors import InputError
 
@@ -34,10 +34,10 @@ def test_bad_boxes_are_one_line_errors(box, fragment):
         check_box(box)
 
 
-def test_scene_box_holds_every_object():
+def test_objects_box_holds_every_object():
     scene = Scene((ShapeObject("circle", "red", "small", 0.2, 0.3), ShapeObject("square", "blue", "large", 0.7, 0.6)),
                   (40, 40, 40))
-    x0, y0, x1, y1 = scene_box(scene)
+    x0, y0, x1, y1 = objects_box(scene.objects)
     for o in scene.objects:
         assert x0 <= o.x - o.radius + 1e-9 and o.x + o.radius <= x1 + 1e-9 or x1 == 1.0
         assert y0 <= o.y - o.radius + 1e-9 and o.y + o.radius <= y1 + 1e-9 or y1 == 1.0

@@ -4,7 +4,7 @@
 
 The box is read on a GRID x GRID raster (the cells its corners fall in). A generator trained with layouts
 (configs/text_to_image_layout.yaml) learns it from Shapes World scenes, whose box is the one that holds every
-object of the scene (`scene_box`); a single object's prompt then asks for that object in the box. As GLIGEN
+object of the scene (`objects_box`); a single object's prompt then asks for that object in the box. As GLIGEN
 grounds phrases in boxes, but with one box for the whole prompt and as tokens of the generator's own LM.
 
 Example:
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ..errors import InputError
 from .caption_controls import unit_coordinate
-from .shapes import Scene
+from .shapes import ShapeObject
 
 GRID = 8  # as the focus grid: a cell (1/8 of the side) is about a small object's radius
 
@@ -54,9 +54,8 @@ def box_words(box: Sequence[float], grid: int = GRID) -> list[str]:
     return ["<box>", f"<x{cell(x0)}>", f"<y{cell(y0)}>", f"<x{far[0]}>", f"<y{far[1]}>"]
 
 
-def scene_box(scene: Scene) -> tuple[float, float, float, float]:
-    """The box that holds every object of a scene (their bounding squares), clipped to the image."""
-    objects = scene.objects
+def objects_box(objects: Sequence[ShapeObject]) -> tuple[float, float, float, float]:
+    """The box that holds every object (their bounding squares: a scene's layout), clipped to the image."""
     return (max(min(o.x - o.radius for o in objects), 0.0), max(min(o.y - o.radius for o in objects), 0.0),
             min(max(o.x + o.radius for o in objects), 1.0), min(max(o.y + o.radius for o in objects), 1.0))
 

@@ -34,7 +34,7 @@ from ..config import DataConfig, TrainConfig
 from ..data.controlled_captions import read_scenes
 from ..data.datasets import ImageDataset, load_split, shapes_folder
 from ..data.layout import GRID as LAYOUT_GRID
-from ..data.layout import box_words, layout_tokens, scene_box
+from ..data.layout import box_words, layout_tokens, objects_box
 from ..data.records import CaptionRecord, SkipReport
 from ..errors import ConfigError
 from ..models.image_tokenizer import ImageTokenizer
@@ -116,7 +116,7 @@ class CodedCaptions(Dataset):
 def scene_layouts(data: DataConfig, records: list[CaptionRecord], tokenizer: Tokenizer, grid: int) -> list[list[int]]:
     """Each record's layout box (the one holding its scene's objects) as token ids."""
     scenes = read_scenes(shapes_folder(data))
-    return [[tokenizer.index[w] for w in box_words(scene_box(scenes[r.id]), grid)] for r in records]
+    return [[tokenizer.index[w] for w in box_words(objects_box(scenes[r.id].objects), grid)] for r in records]
 
 
 def grown_generator(start: TokenImageGenerator, tokenizer: WordTokenizer, cfg: TokenImageConfig) -> TokenImageGenerator:

@@ -1,0 +1,125 @@
+"""Does the image generator draw inside the layout box it is given? (issue 21: the generator's controls)
+
+    polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml
+    OMP_NUM_THREADS=1 python bench/generation_layout.py [--model runs/text_to_image_layout/model]
+    python bench/generation_layout.py --page-only      # redraw the docs section from the JSON
+
+Prompts are the GenEval-style test prompts of bench/generation.py (Shapes World n=5000 seed 0, test split), one
+image each (seed 0), graded by the same object parser (eval/generation.py):
+- **single object** ("a small red circle") with a box of the object's size (its bounding square) at a random
+  place (seed 0), not where the scene had it;
+- **two objects in a relation** ("a small red circle to the left of a large blue square") with the box holding
+  both objects of the scene the prompt was made from.
+Per row: **in the box**: at least one object found and every found object's centre inside the box (as the
+generator reads it: the grid cells its corners fall in, data/layout.py `inside`); **fully correct**: the prompt's
+GenEval check (eval/generation.py `grade`); both with the box, and for the same prompts and seeds without one (how
+often the objects land in the box by chance), and for the generator before layout training, without a box.
+Writes docs/results/generation_layout.json and the `<!-- bench:generation_layout -->` section of docs/control.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import polymodal
+from polymodal.assets import ASSETS, BUNDLED_VQA
+from polymodal.data.layout import inside, objects_box
+from polymodal.data.shapes import ShapesWorld
+from polymodal.eval.generation import ObjectParser, grade, prompt_groups
+
+sys.path.append(str(Path(__file__).resolve().parent))
+from _history import put_section  # noqa: E402
+from _report import load_average, machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS, DOC = ROOT / "docs" / "results" / "generation_layout.json", ROOT / "docs" / "control.md"
+COMMAND = ("polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml && "
+           "OMP_NUM_THREADS=1 python bench/generation_layout.py")
+GROUPS = {"single_object": "single object, a box of its size at a random place",
+          "position": "two objects in a relation, the box holding both"}
+
+
+def random_box(radius: float, rng: random.Random) -> tuple[float, float, float, float]:
+    """A box of an object's size (its bounding square) whose object lies wholly in the image."""
+    x, y = rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius)
+    return x - radius, y - radius, x + radius, y + radius
+
+
+def in_box(parsed: list, box: tuple) -> bool:
+    return bool(parsed) and all(inside(p.x, p.y, box) for p in parsed)
+
+
+def draw(model, prompts: list, boxes: list | None) -> list:
+    return [model.generate_images(p.text, n=1, seed=0, box=None if boxes is None else boxes[i])[0]
+            for i, p in enumerate(prompts)]
+
+
+def measure(model_dir: str, before_dir: str, per_group: int) -> dict:
+    started = time.time()
+    world = ShapesWorld(n=5000, seed=0, image_size=128)
+    prompts = [p for p in prompt_groups([world.scene("test", i) for i in range(1000)], "test", per_group)
+               if p.group in GROUPS]
+    rng = random.Random(0)
+    boxes = [random_box(p.objects[0].radius, rng) if p.group == "single_object" else objects_box(p.objects)
+             for p in prompts]
+    parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
+    model, before = polymodal.load(model_dir), polymodal.load(before_dir)
+    parsed = {name: parser.parse(draw(m, prompts, b)) for name, m, b in
+              (("box", model, boxes), ("no_box", model, None), ("before", before, None))}
+    rows = []
+    for group, label in GROUPS.items():
+        idx = [i for i, p in enumerate(prompts) if p.group == group]
+        row = {"group": group, "label": label, "n": len(idx)}
+        for name, found in parsed.items():
+            row[f"in_box_{name}"] = sum(in_box(found[i], boxes[i]) for i in idx) / len(idx)
+            row[f"correct_{name}"] = sum(grade(prompts[i], found[i]) for i in idx) / len(idx)
+        row["example"] = {"prompt": prompts[idx[0]].text, "box": [round(v, 3) for v in boxes[idx[0]]]}
+        rows.append(row)
+        print(row, flush=True)
+    return {"command": COMMAND, "model": model_dir, "before": before_dir, "rows": rows,
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{machine()}, {load_average()}",
+            "seconds": round(time.time() - started)}
+
+
+def page(result: dict) -> str:
+    lines = ["## Measured: the image generator's layout box", "",
+             f"`{result['command']}` ({result['date']}, {result['machine']}, {result['seconds']} s): the generator "
+             f"trained with layout boxes (`{result['model']}`) and the one it was trained from (`{result['before']}`), "
+             f"one image per Shapes World test prompt (seed 0), graded by the object parser of docs/generation.md. "
+             f"bench/generation_layout.py's docstring defines each column. Figures: "
+             f"docs/results/generation_layout.json.", "",
+             "| prompts | n | in the box, with the box | in that box without it (chance) | fully correct, with the box "
+             "| fully correct, without | fully correct, before layout training |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        met = "met" if r["in_box_box"] >= 0.95 else "**missed**"
+        lines.append(f"| {r['label']} | {r['n']} | {r['in_box_box']:.1%} (target >= 95%: {met}) | "
+                     f"{r['in_box_no_box']:.1%} | {r['correct_box']:.1%} | {r['correct_no_box']:.1%} | "
+                     f"{r['correct_before']:.1%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/text_to_image_layout/model")
+    parser.add_argument("--before", default="runs/text_to_image_tokens/model")
+    parser.add_argument("--per-group", type=int, default=80)
+    parser.add_argument("--page-only", action="store_true", help="redraw the docs section from the JSON")
+    args = parser.parse_args()
+    if args.page_only:
+        result = json.loads(RESULTS.read_text(encoding="utf-8"))
+    else:
+        result = measure(args.model, args.before, args.per_group)
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    markdown = page(result)
+    DOC.write_text(put_section(DOC.read_text(encoding="utf-8"), "generation_layout", markdown), encoding="utf-8")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
