@@ -21,6 +21,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from polymodal.data.datasets import shapes_folder
 from polymodal.data.qa import read_qa
 from polymodal.data.shapes import COLOURS, SHAPES
 from polymodal.eval.explain import EXPLAINERS, deletion_changes, explain, random_order
+
+sys.path.append(str(Path(__file__).resolve().parent))
+from _history import put_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PAGE = ROOT / "docs" / "results" / "explain.json", ROOT / "docs" / "explain.md"
@@ -140,8 +144,17 @@ def main() -> None:
               "grid": GRID, "command": COMMAND}
     result["minutes"] = (time.time() - started) / 60
     RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    PAGE.write_text(page(result), encoding="utf-8")
+    PAGE.write_text(with_sections_of(PAGE, page(result)), encoding="utf-8")
     print(page(result))
+
+
+def with_sections_of(path: Path, text: str) -> str:
+    """`text` (this bench's page) with the other benches' `<!-- bench:NAME -->` sections kept from `path`
+    (bench/explain_video.py writes one)."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    for name, block in re.findall(r"<!-- bench:(\w+) -->\n(.*?)\n<!-- /bench:\1 -->", old, flags=re.S):
+        text = put_section(text, name, block)
+    return text
 
 
 if __name__ == "__main__":

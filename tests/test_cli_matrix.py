@@ -270,7 +270,7 @@ RECIPES: dict[str, Recipe] = {
                        ("text_to_image", "token_image_generator")),  # default steps: 2 (tiny U-Net), 16 (tokens)
     "transcribe": Recipe(lambda m, i: _s(m, i.video, "--beam", 2), ("asr",)),  # the clip's sound track
     "explain": Recipe(lambda m, i: _s(m, i.image, "--text", "a red circle", "--grid", 2, "--out", i.out),
-                      (*CAPTIONERS, "dual_encoder")),  # a VQA model needs --question: one error line
+                      (*CAPTIONERS, "dual_encoder")),  # a (video) VQA model needs --question: one error line
     # an output file: a new path is written, an existing file replaced, a folder refused
     "speak": Recipe(lambda p, i: _s("a red circle", "--out", p), ("valid", "junk_file") if shutil.which("espeak-ng")
                     else (), takes_model=False),

@@ -42,7 +42,7 @@ NEEDS: dict[str, Needs] = {
     "zeroshot": Needs(("dual_encoder",), "contrastive"),
     "retrieval-eval": Needs(("dual_encoder",), "contrastive"),
     "transcribe": Needs(("asr",), "asr"),
-    "explain": Needs(("vqa", "dual_encoder", *CAPTIONERS), "vqa"),
+    "explain": Needs(("vqa", "video_qa", "dual_encoder", *CAPTIONERS), "vqa"),
     "generate": Needs(("text_to_image", "token_image_generator"), "text_to_image"),
     "serve": Needs((*CAPTIONERS, "vqa", "chat", "assistant", "dual_encoder", "asr"), "attention_lstm"),
 }

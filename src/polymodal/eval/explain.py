@@ -109,11 +109,30 @@ class Target:
     rescore: Callable[[str], ScoreFn] | None = None
     blank: str = ""
 
-    def without_word(self, image: torch.Tensor, i: int) -> float:
-        """The score of `image` with word i of the text left out."""
-        rest = " ".join(w for j, w in enumerate(self.words) if j != i) or self.blank
-        with torch.no_grad():
-            return float(self.rescore(rest)(image[None]))  # type: ignore[misc]
+
+def leave_one_out(words: Sequence[str], base: float, score_text: Callable[[str], float],
+                  blank: str = "") -> list[tuple[str, float]]:
+    """Each word's importance: how much the score (`base` with every word) drops when that word alone is left out;
+    `score_text` scores a text, `blank` stands in for a text left empty. The occlusion of text, for any model.
+
+    Example:
+        >>> leave_one_out(["red", "circle"], 2.0, lambda text: 0.5 if "red" not in text else 2.0)
+        [('red', 1.5), ('circle', 0.0)]
+    """
+    return [(w, base - score_text(" ".join(o for j, o in enumerate(words) if j != i) or blank))
+            for i, w in enumerate(words)]
+
+
+def answer_log_odds(logits: torch.Tensor, answer: int, temperature: float = 1.0) -> torch.Tensor:
+    """(B,) the log-odds log p / (1 - p) of answer `answer` under (B, answers) logits divided by `temperature`.
+
+    Example:
+        >>> round(float(answer_log_odds(torch.tensor([[2.0, 0.0, 0.0]]), 0)[0]), 3)  # p = 0.787: log(0.787 / 0.213)
+        1.307
+    """
+    z = logits.float() / temperature
+    others = torch.cat([z[:, :answer], z[:, answer + 1:]], dim=1).logsumexp(-1)
+    return z[:, answer] - others
 
 
 def vqa_target(model: Any, image: torch.Tensor, question: str) -> Target:
@@ -132,9 +151,7 @@ def vqa_target(model: Any, image: torch.Tensor, question: str) -> Target:
 
         def score(images: torch.Tensor) -> torch.Tensor:
             logits, _ = model.fused_logits(model.encoder(images), tokens.expand(len(images), -1))
-            z = logits.float() / model.temperature
-            others = torch.cat([z[:, :answer], z[:, answer + 1:]], dim=1).logsumexp(-1)
-            return z[:, answer] - others  # log p / (1 - p)
+            return answer_log_odds(logits, answer, model.temperature)
         return score
 
     return Target("vqa", model.answers[answer], log_odds(question), question.rstrip("?").split(), log_odds, "?")
@@ -230,7 +247,9 @@ def explain(model: Any, image: Any, question: str | None = None, text: str | Non
         regions = explainer(method)(target.score, x, grid=grid)
         with torch.no_grad():
             base = float(target.score(x[None])[0])
-        words = [(w, base - target.without_word(x, i)) for i, w in enumerate(target.words)] if target.rescore else []
+            rescore = target.rescore
+            words = leave_one_out(target.words, base, lambda t: float(rescore(t)(x[None])[0]),  # type: ignore[misc]
+                                  target.blank) if rescore else []
     finally:
         model.train(was_training)
     return Explanation(target.kind, target.output, method, base, regions, words)
@@ -249,6 +268,16 @@ def deletion_changes(model: Any, image: torch.Tensor, question: str, order: Sequ
 
 def random_order(grid: int, seed: int) -> list[int]:
     """A random ranking of the cells: the deletion test's baseline."""
-    order = list(range(grid * grid))
+    return random_ranking(grid * grid, seed)
+
+
+def random_ranking(n: int, seed: int) -> list[int]:
+    """A random ranking of n parts (cells, frames, sound windows), the same for the same seed.
+
+    Example:
+        >>> sorted(random_ranking(4, seed=0)), random_ranking(4, 0) == random_ranking(4, 0)
+        ([0, 1, 2, 3], True)
+    """
+    order = list(range(n))
     random.Random(seed).shuffle(order)
     return order

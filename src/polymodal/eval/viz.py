@@ -1,4 +1,5 @@
-"""Pictures for people: where an attention model looked for each word, and training curves.
+"""Pictures for people: where an attention model looked for each word, what an explanation rests on (image
+regions; a clip's frames and sound), and training curves.
 
 Everything draws with matplotlib's object-oriented API on the Agg canvas (`Figure.savefig`), never
 through pyplot, so nothing needs a display and the caller's matplotlib backend is left alone.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from ..data.images import load_image
 from ..errors import DataError, InputError
@@ -94,6 +96,66 @@ def explanation_overlay(image: Image.Image, regions: torch.Tensor, side: int = 2
     """
     square = ImageOps.fit(image.convert("RGB"), (side, side), Image.Resampling.BICUBIC)
     return attention_overlays(square, regions.detach().float().clamp(min=0).reshape(1, -1))[0]
+
+
+TIMELINE_BAR = 56        # px of a bar row's positive half; the negative half is a third of it
+WARM, COOL, INK = (230, 120, 40), (70, 130, 220), (220, 220, 220)
+
+
+def _bars(draw: ImageDraw.ImageDraw, spans: list[tuple[float, float]], scores: Sequence[float], top: int,
+          label: str) -> int:
+    """Bars over x spans (px): up and warm for a score drop (the output rests on it), down and cool for a rise;
+    each row scaled to its own largest |score|. Returns the y below the row."""
+    scale = max((abs(v) for v in scores), default=0.0) or 1.0
+    zero = top + 14 + TIMELINE_BAR
+    draw.text((spans[0][0] if spans else 4, top), f"{label} (bar height: {scale:.2f})", fill=INK)
+    draw.line([(spans[0][0], zero), (spans[-1][1], zero)], fill=INK)
+    for (x0, x1), v in zip(spans, scores, strict=True):
+        h = v / scale * (TIMELINE_BAR if v > 0 else TIMELINE_BAR // 3)
+        draw.rectangle([x0 + 1, min(zero, zero - h), max(x0 + 1, x1 - 2), max(zero, zero - h)],
+                       fill=WARM if v > 0 else COOL)
+    return zero + TIMELINE_BAR // 3 + 4
+
+
+def explanation_timeline(frames: torch.Tensor | None, frame_scores: Sequence[float],
+                         windows: Sequence[tuple[float, float]], sound_scores: Sequence[float], title: str = "",
+                         thumb: int = 56) -> Image.Image:
+    """A clip explanation (eval/explain_video.py) on one time axis: the frames (T, 3, H, W) in [0, 1] as a strip of
+    thumbnails with each frame's score as a bar below it, then each sound window's (start, end) seconds score as a
+    bar over its stretch of the clip, with the seconds marked. A clip without frames or sound leaves its rows out.
+
+    Example:
+        >>> explanation_timeline(torch.rand(4, 3, 16, 16), [0.1, 2.0, -0.5, 0.0], [(0.0, 1.0), (1.0, 2.0)],
+        ...                      [0.3, -0.1], "answer: star").size
+        (240, 292)
+    """
+    t = len(frame_scores)
+    margin, width = 8, max(t, 4) * thumb
+    end = max([b for _, b in windows], default=float(t)) or 1.0
+    canvas = Image.new("RGB", (width + 2 * margin, 64 + thumb + 3 * (TIMELINE_BAR + 48)), (24, 24, 28))  # cropped below
+    draw = ImageDraw.Draw(canvas)
+    draw.text((margin, 4), title, fill=INK)
+    y = 20
+    if t and frames is not None:
+        pictures = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        for i, picture in enumerate(pictures):
+            canvas.paste(Image.fromarray(picture).resize((thumb - 2, thumb - 2), Image.Resampling.BICUBIC),
+                         (margin + i * thumb + 1, y))
+        y += thumb + 2
+    if t:
+        y = _bars(draw, [(margin + i * thumb, margin + (i + 1) * thumb) for i in range(t)], frame_scores, y,
+                  "frames: score drop") + 4
+    if windows:
+        def x(s: float) -> float:
+            return margin + s / end * width
+
+        y = _bars(draw, [(x(a), x(b)) for a, b in windows], sound_scores, y, "sound windows: score drop")
+        step = 0.5 if end <= 5 else float(math.ceil(end / 10))
+        for k in range(int(end / step) + 1):
+            draw.line([(x(k * step), y), (x(k * step), y + 4)], fill=INK)
+            draw.text((x(k * step) + 2, y + 5), f"{k * step:g}s", fill=INK)
+        y += 18
+    return canvas.crop((0, 0, canvas.width, y + margin))
 
 
 def attention_heatmaps(image: Image.Image, words: list[str], attention: torch.Tensor, out_dir: str | Path,
