@@ -188,6 +188,7 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
                 page.press("#prompt", "Enter")
                 page.wait_for_selector("#drawings figure img", timeout=30_000)
                 assert page.locator("#drawings figure").count() == 4
+                assert not page.is_visible("#draw-where")  # a generator not trained with layout boxes
                 recaption(page, page.locator("#drawings figure").first.click)
                 assert page.locator("#caption .word").count() >= 2
 

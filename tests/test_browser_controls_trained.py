@@ -1,5 +1,6 @@
-"""The page's trained caption controls in chromium: the length slider and click-on-the-image-to-focus appear only
-for a captioner trained with them, and send `length` / `focus_point` (docs/control.md)."""
+"""The page's trained controls in chromium: the length slider and click-on-the-image-to-focus appear only for a
+captioner trained with them, and send `length` / `focus_point`; the Draw card's "where" list only for a generator
+trained with layout boxes, and sends `box` (docs/control.md)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,48 @@ def _controlled_model():
     return PrefixLM(cfg, with_control_tokens(WordTokenizer.build(CAPTIONS)), prefix).eval()
 
 
+def _layout_generator():
+    """An untrained token image generator that says it was trained with layout boxes."""
+    import torch
+
+    from polymodal.data.layout import layout_tokens
+    from polymodal.models.image_tokenizer import ImageTokenizerConfig
+    from polymodal.models.token_image_generator import TokenImageConfig, TokenImageGenerator
+    from polymodal.text.tokenizer import WordTokenizer
+
+    torch.manual_seed(0)
+    words = WordTokenizer.build(CAPTIONS).words
+    cfg = TokenImageConfig(image=ImageTokenizerConfig(image_size=16, patch=2, channels=(8, 8), levels=(3, 3)),
+                           width=32, layers=1, heads=2, text_max_len=16, layout_grid=8)
+    return TokenImageGenerator(cfg, WordTokenizer([*words, *layout_tokens()])).eval()
+
+
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     from polymodal.serve import create_app
 
-    with serving(create_app({"controlled": _controlled_model()})) as url:
+    with serving(create_app({"controlled": _controlled_model(), "boxed": _layout_generator()})) as url:
         yield url
+
+
+def test_draw_inside_a_box(base: str) -> None:
+    with chromium_page() as (page, errors):
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/v1/generate") else None)
+        outside = loopback_only(page, base)
+        page.goto(base + "/")
+        page.wait_for_selector("#models .model")
+        assert page.is_visible("#draw-where")
+        page.select_option("#draw-where", label="left half")
+        page.fill("#prompt", "a red circle")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector("#drawings figure img", timeout=30_000)
+        assert '"box":[0,0,0.5,1]' in sent[-1].replace(" ", "")
+        page.select_option("#draw-where", label="anywhere")
+        page.press("#prompt", "Enter")
+        page.wait_for_function("document.querySelectorAll('#drawings figure img').length === 4", timeout=30_000)
+        assert len(sent) == 2 and '"box"' not in sent[-1]
+        assert not errors and not outside
 
 
 def test_length_slider_and_click_to_focus(base: str, scene_png: Path) -> None:

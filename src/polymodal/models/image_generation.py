@@ -51,6 +51,11 @@ class ImageGenerator(SavedModel):
         rows = [torch.tensor([tok.bos_id, *tok.encode(t, max_len=room), *suffix, tok.eos_id]) for t in texts]
         return pad_sequence(rows, batch_first=True, padding_value=tok.pad_id).to(self.device)
 
+    @property
+    def trained_controls(self) -> tuple[str, ...]:
+        """("box",) for a generator trained with a layout box, else (); the server lists it, the page offers it."""
+        return ("box",) if getattr(self.cfg, "layout_grid", 0) else ()
+
     def layout_ids(self, box: Sequence[float] | None) -> list[int]:
         """The token ids of a layout box ("draw it here", data/layout.py); [] without one; InputError for a bad
         box or a generator not trained with layouts."""

@@ -368,8 +368,8 @@ class ModelInfo(BaseModel):
     image_size: int | None = None
     parameters: int
     attention: bool = False
-    controls: list[str] = Field(default_factory=list, description="caption controls the model was trained with "
-                                                                  "(length, form, focus)")
+    controls: list[str] = Field(default_factory=list, description="controls the model was trained with: a "
+                                                                  "captioner's length, form, focus; a generator's box")
 
 
 class ModelsResponse(BaseModel):

@@ -54,6 +54,7 @@ async function loadModels() {
   if (state.tasks.generate) {
     $("draw-card").hidden = false;
     $("draw-meta").textContent = state.tasks.generate.name;
+    $("draw-where").hidden = !(state.tasks.generate.controls || []).includes("box");  // a layout-trained generator
   }
   state.index = info.index;
   if (info.index) {
@@ -424,7 +425,9 @@ async function draw(prompt) {
   box.replaceChildren(el("p", { class: "note", text: "Drawing…" }));
   $("draw-note").textContent = "";
   try {
-    const result = await (await api("/v1/generate", { prompt, n: 4, seed: Math.floor(Math.random() * 1e6) })).json();
+    const request = { prompt, n: 4, seed: Math.floor(Math.random() * 1e6) };
+    if (!$("draw-where").hidden && $("draw-where").value) request.box = JSON.parse($("draw-where").value);
+    const result = await (await api("/v1/generate", request)).json();
     box.replaceChildren(...result.images.map((png, i) => {
       const figure = el("figure", { title: `${prompt} (${i + 1})` },
         el("img", { src: "data:image/png;base64," + png, alt: prompt }), el("figcaption", { text: "use this" }));
