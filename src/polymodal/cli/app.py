@@ -55,6 +55,18 @@ def comma_numbers(flag: str, text: str | None, count: int) -> tuple[float, ...] 
     return values
 
 
+def is_still_image(path: Path) -> bool:
+    """Whether `path` is a still image (PIL reads its header only), where a video or sound file was wanted; a file
+    that is no image (or is missing) is left to the video reader, which names the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            return getattr(picture, "n_frames", 1) == 1
+    except (OSError, UnidentifiedImageError):
+        return False
+
+
 def main() -> None:
     try:
         app()  # click handles usage errors itself: message + exit status 2

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from ..errors import InputError
-from .app import app, out_folder
+from .app import app, is_still_image, out_folder
 from .kinds import load_for
 
 OVERLAY_SIDE = 256  # the overlay is drawn on the image scaled to this square
@@ -97,14 +97,7 @@ def explain_clip_command(model: Any, model_dir: Path, clip_file: Path, question:
 
 def _refuse_still_image(path: Path, model_dir: Path) -> None:
     """A still image given for a clip: say so (the video reader would take a PNG for a one-frame video)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as picture:
-            still = getattr(picture, "n_frames", 1) == 1
-    except (OSError, UnidentifiedImageError):  # not an image (or missing): the video reader names the problem
-        return
-    if still:
+    if is_still_image(path):
         raise InputError(f"{path}: is an image, and {model_dir} is a video QA model that explains answers about a "
                          f"video or sound file; to explain an answer about an image use a VQA model")
 

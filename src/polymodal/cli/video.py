@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from ..errors import InputError
-from .app import app, data_app, out_folder
+from .app import app, data_app, is_still_image, out_folder
 from .kinds import load_for
 
 TRAIN_HINT = "train one in minutes with `polymodal train configs/video_caption.yaml`"
@@ -32,15 +32,8 @@ IMAGE_INSTEAD = {  # command -> what to run on an image instead
 
 
 def _require_video(path: Path, command: str) -> None:
-    """A still image given as the video: say so, and which command takes images (PIL reads headers only)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as picture:
-            still = getattr(picture, "n_frames", 1) == 1
-    except (OSError, UnidentifiedImageError):  # not an image (or missing): the video reader names the problem
-        return
-    if still:
+    """A still image given as the video: say so, and which command takes images."""
+    if is_still_image(path):
         raise InputError(f"{path}: is an image, and `polymodal {command}` takes a video file (mp4, mkv, webm, ...); "
                          + IMAGE_INSTEAD[command].format(path=path))
 
