@@ -62,7 +62,7 @@ def draw(model, prompts: list, boxes: list | None) -> list:
 def measure(model_dir: str, before_dir: str, per_group: int) -> dict:
     started = time.time()
     world = ShapesWorld(n=5000, seed=0, image_size=128)
-    prompts = [p for p in prompt_groups([world.scene("test", i) for i in range(1000)], "test", per_group)
+    prompts = [p for p in prompt_groups([world.scene("test", i) for i in range(500)], "test", per_group)
                if p.group in GROUPS]
     rng = random.Random(0)
     boxes = [random_box(p.objects[0].radius, rng) if p.group == "single_object" else objects_box(p.objects)
