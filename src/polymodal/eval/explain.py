@@ -15,7 +15,8 @@ weights need not tell what the output depends on (Jain & Wallace 2019). Words ar
 out in turn (the score drop without it), the occlusion of text.
 
 A *target* is a score function over a batch of normalised images (B, 3, S, S) -> (B,): the answer's calibrated
-log-odds (VQA), the cosine to a text (dual encoder), the caption's mean token log-probability (captioners).
+log-odds (VQA), the cosine to a text beyond the cosine to the empty text (dual encoder), the caption's mean token
+log-probability (captioners).
 
 Example:
     >>> import torch
@@ -158,13 +159,22 @@ def vqa_target(model: Any, image: torch.Tensor, question: str) -> Target:
 
 
 def retrieval_target(model: Any, text: str) -> Target:
-    """The cosine similarity of the image to `text` in a dual encoder's shared space."""
-    def cosine_to(t: str) -> ScoreFn:
+    """How much more the image matches `text` than the empty text ("a") in a dual encoder's shared space: cosine to
+    the query minus cosine to the blank query. What in the image matches the query's words, rather than what makes
+    it match any query (a contrastive target, as Jacovi et al. 2021 explain "why this and not that"): with the plain
+    cosine, the top cell of a search hit lay on the named object 66% of the time, with the contrast 83% (100 test
+    queries; bench/explain.py). A word's importance is the same either way (the blank cancels out)."""
+    def query(t: str) -> torch.Tensor:
         with torch.no_grad():  # the query is fixed: only the image side is explained
-            query = model.encode_text(model.tokenize([t]).to(model.device))[0]
-        return lambda images: model.encode_image(images) @ query
+            return model.encode_text(model.tokenize([t]).to(model.device))[0]
 
-    return Target("retrieval", text, cosine_to(text), text.split(), cosine_to, "a")
+    blank = query("a")
+
+    def contrast_to(t: str) -> ScoreFn:
+        direction = query(t) - blank
+        return lambda images: model.encode_image(images) @ direction
+
+    return Target("retrieval", text, contrast_to(text), text.split(), contrast_to, "a")
 
 
 def caption_target(model: Any, caption: str) -> Target:
