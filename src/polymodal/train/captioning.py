@@ -91,7 +91,10 @@ class CaptioningExperimentConfig(ExperimentConfig):
 
 
 def train_captioner(cfg: CaptioningExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-    """Train a captioner as configured; the best model lands in `{train.out_dir}/model`."""
+    """Train a captioner as configured (a plain ExperimentConfig, `load_config`'s, trains without controls); the
+    best model lands in `{train.out_dir}/model`."""
+    if not isinstance(cfg, CaptioningExperimentConfig):
+        cfg = CaptioningExperimentConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     report = SkipReport(source="training data")
     if cfg.data.format in STREAMS:  # shards: the vocabulary from the first captions; the images stream later
         train_records: list = []
