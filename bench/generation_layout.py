@@ -1,7 +1,9 @@
 """Does the image generator draw inside the layout box it is given? (issue 21: the generator's controls)
 
     polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml
-    OMP_NUM_THREADS=1 python bench/generation_layout.py [--model runs/text_to_image_layout/model]
+    polymodal train configs/text_to_image_layout.yaml init_from=runs/text_to_image_layout/model \\
+        train.out_dir=runs/text_to_image_layout2 train.steps=2000 layout.p_box=0.8      # a second stage
+    OMP_NUM_THREADS=1 python bench/generation_layout.py [--model runs/text_to_image_layout2/model]
     python bench/generation_layout.py --page-only      # redraw the docs section from the JSON
 
 Prompts are the GenEval-style test prompts of bench/generation.py (Shapes World n=5000 seed 0, test split), one
@@ -39,6 +41,8 @@ from _report import load_average, machine  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, DOC = ROOT / "docs" / "results" / "generation_layout.json", ROOT / "docs" / "control.md"
 COMMAND = ("polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml && "
+           "polymodal train configs/text_to_image_layout.yaml init_from=runs/text_to_image_layout/model "
+           "train.out_dir=runs/text_to_image_layout2 train.steps=2000 layout.p_box=0.8 && "
            "OMP_NUM_THREADS=1 python bench/generation_layout.py")
 GROUPS = {"single_object": "single object, a box of its size at a random place",
           "position": "two objects in a relation, the box holding both"}
@@ -106,7 +110,7 @@ def page(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="runs/text_to_image_layout/model")
+    parser.add_argument("--model", default="runs/text_to_image_layout2/model")
     parser.add_argument("--before", default="runs/text_to_image_tokens/model")
     parser.add_argument("--per-group", type=int, default=80)
     parser.add_argument("--page-only", action="store_true", help="redraw the docs section from the JSON")
