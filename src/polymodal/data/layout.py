@@ -42,16 +42,21 @@ def check_box(box: Sequence[float]) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def box_words(box: Sequence[float], grid: int = GRID) -> list[str]:
-    """The layout tokens of a box: the cells of its top-left and bottom-right corners."""
+def box_cells(box: Sequence[float], grid: int = GRID) -> tuple[int, int, int, int]:
+    """The grid cells (column, row) of a box's top-left and bottom-right corners: the box as the generator reads it."""
     x0, y0, x1, y1 = check_box(box)
 
     def cell(v: float) -> int:
         return min(int(v * grid), grid - 1)
 
     # the far corner's cell is the last one the box reaches into (a box ending on a cell border stops before it)
-    far = [max(cell(v - 1e-6), cell(u)) for v, u in ((x1, x0), (y1, y0))]
-    return ["<box>", f"<x{cell(x0)}>", f"<y{cell(y0)}>", f"<x{far[0]}>", f"<y{far[1]}>"]
+    return cell(x0), cell(y0), max(cell(x1 - 1e-6), cell(x0)), max(cell(y1 - 1e-6), cell(y0))
+
+
+def box_words(box: Sequence[float], grid: int = GRID) -> list[str]:
+    """The layout tokens of a box: <box>, then the cells of its top-left and bottom-right corners."""
+    a, b, c, d = box_cells(box, grid)
+    return ["<box>", f"<x{a}>", f"<y{b}>", f"<x{c}>", f"<y{d}>"]
 
 
 def objects_box(objects: Sequence[ShapeObject]) -> tuple[float, float, float, float]:
@@ -62,6 +67,5 @@ def objects_box(objects: Sequence[ShapeObject]) -> tuple[float, float, float, fl
 
 def inside(x: float, y: float, box: Sequence[float], grid: int = GRID) -> bool:
     """Whether a point lies in the box as the generator reads it (its corners' cells, whole)."""
-    words = box_words(box, grid)
-    a, b, c, d = (int(w[2:-1]) for w in words[1:])
+    a, b, c, d = box_cells(box, grid)
     return a / grid <= x <= (c + 1) / grid and b / grid <= y <= (d + 1) / grid
