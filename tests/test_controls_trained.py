@@ -18,7 +18,7 @@ from polymodal.data.caption_controls import (
     length_caption,
     point_on,
     sample_control,
-    words_to_say,
+    with_phrase_words,
 )
 from polymodal.data.controlled_captions import ControlledCaptionDataset, with_control_tokens
 from polymodal.data.datasets import CaptionDataset, collate_captions
@@ -173,8 +173,9 @@ def test_a_focus_phrase_is_said(trained, world):
     images = world[1][:3]
     for caption in trained.caption(images, focus_phrase="the small red one", beam_size=3):
         assert {"small", "red"} <= set(words(caption)), caption
-    assert words_to_say("the small red one", "greedy", 1) == [] and words_to_say(None, "beam", 3) == []
-    assert words_to_say("the small red one", "beam", 3) == ["small", "red"]
+    assert with_phrase_words([], "the small red one", "greedy", 1) == [] and with_phrase_words([], None, "beam", 3) == []
+    assert with_phrase_words([], "the small red one", "beam", 3) == ["small", "red"]
+    assert with_phrase_words(["red"], "the small red one", "beam", 3) == ["red", "small"]  # each word once
 
 
 def test_trained_model_obeys_length_and_form(trained, world):

@@ -116,13 +116,18 @@ class CaptionControls:
         return point_prompt(*point, grid) if point is not None else []
 
 
-def words_to_say(focus_phrase: str | None, strategy: str, beam_size: int) -> list[str]:
-    """The words a caption focused by a phrase must say: the phrase's own ("the red one" -> ["red"]), forced by
-    constrained beam search (beam_size >= 2) so that the object described is the one the phrase names
-    (docs/control.md: 88% -> 97% on Shapes World); nothing without a phrase or for greedy decoding."""
-    if focus_phrase is None or strategy != "beam" or beam_size < 2:
-        return []
-    return phrase_words(focus_phrase)
+def with_phrase_words(force_words: Sequence[str], focus_phrase: str | None, strategy: str,
+                      beam_size: int) -> list[str]:
+    """`force_words` and the words a caption focused by a phrase must say: the phrase's own ("the red one" ->
+    "red"), forced by constrained beam search (beam_size >= 2) so that the object described is the one the phrase
+    names (docs/control.md: 88% -> 97% on Shapes World); none added without a phrase or for greedy decoding.
+
+    Example:
+        >>> with_phrase_words(["circle"], "the small red one", "beam", 3)
+        ['circle', 'small', 'red']
+    """
+    said = phrase_words(focus_phrase) if focus_phrase is not None and strategy == "beam" and beam_size >= 2 else []
+    return list(dict.fromkeys([*force_words, *said]))
 
 
 def phrase_words(phrase: str) -> list[str]:

@@ -31,11 +31,15 @@ from .shapes import Scene
 
 def with_control_tokens(tokenizer: Tokenizer, grid: int = GRID) -> WordTokenizer:
     """The word tokenizer with the control tokens appended (existing ids unchanged, so weights carry over)."""
+    return with_tokens(tokenizer, control_tokens(grid), "trained caption controls")
+
+
+def with_tokens(tokenizer: Tokenizer, tokens: Sequence[str], what: str) -> WordTokenizer:
+    """The word tokenizer with `tokens` it lacks appended (existing ids unchanged, so weights carry over); `what`
+    needs them (ConfigError for another kind of tokenizer)."""
     if not isinstance(tokenizer, WordTokenizer):
-        raise ConfigError(f"trained caption controls need a word tokenizer (model.tokenizer: word), not "
-                          f"{type(tokenizer).__name__}")
-    new = [t for t in control_tokens(grid) if t not in tokenizer.index]
-    return WordTokenizer([*tokenizer.words, *new])
+        raise ConfigError(f"{what} need a word tokenizer (model.tokenizer: word), not {type(tokenizer).__name__}")
+    return WordTokenizer([*tokenizer.words, *(t for t in tokens if t not in tokenizer.index)])
 
 
 def prompt_ids(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:

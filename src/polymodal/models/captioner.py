@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import ModelConfig, from_dict
-from ..data.caption_controls import GRID, CaptionControls, words_to_say
+from ..data.caption_controls import GRID, CaptionControls, with_phrase_words
 from ..data.controlled_captions import prompt_ids
 from ..data.images import images_to_batch
 from ..errors import ConfigError, InputError
@@ -193,7 +193,7 @@ class Captioner(SavedModel, nn.Module):
         missing = [k for k in controls.kinds if k not in self.trained_controls]
         if missing:
             raise InputError(f"this model was not trained with the {missing[0]} control; train one with "
-                             f"configs/prefix_lm_controls.yaml")
+                             f"configs/prefix_lm_controls.yaml (or configs/transformer_controls.yaml)")
         return prompt_ids(self.tokenizer, controls.prompt(self.control_grid))
 
     def caption(self, images: list[ImageInput] | ImageInput, **generation: Any) -> list[str]:
@@ -239,8 +239,8 @@ class Captioner(SavedModel, nn.Module):
         self.eval()
         controls = pop_controls(generation)
         prompt = self.control_prompt(controls)
-        said = words_to_say(controls.focus_phrase, generation.get("strategy", "beam"), generation.get("beam_size", 3))
-        force_words = list(dict.fromkeys([*force_words, *said]))
+        force_words = with_phrase_words(force_words, controls.focus_phrase, generation.get("strategy", "beam"),
+                                        generation.get("beam_size", 3))
         cfg = self.generation_config(banned_words, force_words, omit_words, max_new_words, **generation)
         batch = self.preprocess(images)
         if says_less(self, cfg, prompt):

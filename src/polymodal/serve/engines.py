@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..data.caption_controls import CaptionControls, words_to_say
+from ..data.caption_controls import CaptionControls, with_phrase_words
 from ..data.images import load_image
 from ..errors import ConfigError, DataError, InputError
 from ..eval.grounding import locate_objects, vocabulary_for
@@ -142,8 +142,7 @@ def generation_config(entry: LoadedModel, opts: CaptionOptions) -> GenerationCon
     cfg = getattr(entry.model, "cfg", None)
     default_len = getattr(getattr(cfg, "decoder", None), "max_len", 24)
     try:
-        said = words_to_say(opts.focus_phrase, opts.strategy, opts.beam_size)  # the phrase's object is described
-        forced = list(dict.fromkeys([*(opts.force_words or ()), *said]))
+        forced = with_phrase_words(opts.force_words or (), opts.focus_phrase, opts.strategy, opts.beam_size)
         return GenerationConfig(strategy=opts.strategy, beam_size=opts.beam_size if opts.strategy == "beam" else 1,
                                 num_return_sequences=opts.nbest, max_len=opts.max_len or default_len,
                                 seed=opts.seed, return_attention=opts.heatmaps and bool(entry.attention),

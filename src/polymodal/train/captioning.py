@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import read_model_dir, resolve_model_dir
+from ..api import load_expecting
 from ..config import ExperimentConfig
 from ..data.cache import CachedCaptionDataset, feature_cache
 from ..data.datasets import CaptionDataset, collate_captions, load_split
@@ -103,7 +103,8 @@ def train_captioner(cfg: CaptioningExperimentConfig, progress: bool = True, stop
         with main_process_first():  # under torchrun, rank 0 writes Shapes World before the others read it
             train_records = load_split(cfg.data, cfg.data.train_split, report)
         captions = (c for r in train_records for c in r.captions)
-    start = _start_from(cfg.init_from) if cfg.init_from else None
+    start = load_expecting(cfg.init_from, Captioner.architecture, "train one with `polymodal train "
+                           "configs/transformer.yaml`, or leave init_from empty") if cfg.init_from else None
     model_cfg = copy.deepcopy(start.cfg if start is not None else cfg.model)
     tokenizer = start.tokenizer if start is not None else WordTokenizer.build(
         captions, min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
@@ -118,15 +119,6 @@ def train_captioner(cfg: CaptioningExperimentConfig, progress: bool = True, stop
     if start is not None:
         tqdm.write(f"initialised from {cfg.init_from}: {load_grown(model, start.state_dict())} tensors")
     return fit_captioner(model, cfg, train_records, report, progress, stop_at, wrap_train=wrap)
-
-
-def _start_from(source: str) -> Captioner:
-    """The trained captioner `init_from` names (a model or run directory); ConfigError for another architecture."""
-    architecture = read_model_dir(resolve_model_dir(source))[0].get("architecture")
-    if architecture != Captioner.architecture:
-        raise ConfigError(f"init_from={source} is a {architecture} model; the captioning task goes on from a "
-                          f"captioner (task: captioning)")
-    return Captioner.from_pretrained(source)
 
 
 def fit_captioner(model: Captioner, cfg: Any, train_records: list, report: SkipReport, progress: bool = True,

@@ -5,8 +5,8 @@ set, and a start from a trained model.
                                                                            configs/transformer_controls.yaml)
 
 Each training pair gets, with chance 1 - p_none, one control prompt and the caption it asks for
-(data/caption_controls.py); the model saves them (`prefix.controls`, a captioner's "controls") so that `caption(length=...)` knows what it
-can do.
+(data/caption_controls.py); the model saves them (`prefix.controls`, a captioner's "controls") so that
+`caption(length=...)` knows what it can do.
 
 Example:
     >>> ControlsConfig(enabled=True, kinds=["length", "colour"]).check()

@@ -30,8 +30,9 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..api import load_expecting
 from ..config import DataConfig, TrainConfig
-from ..data.controlled_captions import read_scenes
+from ..data.controlled_captions import read_scenes, with_tokens
 from ..data.datasets import ImageDataset, load_split, shapes_folder
 from ..data.layout import GRID as LAYOUT_GRID
 from ..data.layout import box_words, layout_tokens, objects_box
@@ -225,7 +226,8 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
     if val_pixels is None:
         raise ConfigError(f"text_to_image_tokens: no validation image of split {cfg.data.val_split!r} could be read")
 
-    start = TokenImageGenerator.from_pretrained(cfg.init_from) if cfg.init_from else None
+    start = load_expecting(cfg.init_from, TokenImageGenerator.architecture, "train one with `polymodal train "
+                           "configs/text_to_image.yaml`, or leave init_from empty") if cfg.init_from else None
     if start is not None and not cfg.image_tokenizer:
         raise ConfigError("init_from: give image_tokenizer=DIR too, the image tokenizer the generator was trained "
                           "with (its codes are the generator's words)")
@@ -237,8 +239,7 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
     layouts = None
     if cfg.layout.enabled:
         cfg.layout.check(cfg.data)
-        tokenizer = WordTokenizer([*tokenizer.words, *(t for t in layout_tokens(cfg.layout.grid)
-                                                       if t not in tokenizer.index)])
+        tokenizer = with_tokens(tokenizer, layout_tokens(cfg.layout.grid), "layout boxes")
         model_cfg.layout_grid = cfg.layout.grid
         layouts = scene_layouts(cfg.data, train_records, tokenizer, cfg.layout.grid)
     max_len = min(cfg.data.max_len, model_cfg.text_max_len - 2)
