@@ -68,6 +68,8 @@ class PretrainConfig:
     kind: str = "auto"                # auto (regions on Shapes World, answers elsewhere) | regions | answers
     batch_size: int = 32
     lr: float = 3e-3
+    offset_weight: float = 0.0        # > 0: also regress where in its cell the object's centre lies (CenterNet's
+                                      # offset head), so that frozen regions say more than which cell it is in
 
 
 # ----------------------------------------------------------------------------- data
@@ -97,9 +99,17 @@ def build_bank(paths: list[str], enc_cfg: EncoderConfig, encoder: nn.Module, ima
 
 # ----------------------------------------------------------------------------- region pretraining
 def cell_targets(scene: Scene, side: int) -> torch.Tensor:
-    """(side * side, 4) labels per grid cell: colour, shape, size of the object under its centre
-    (0 = background) and whether an object's centre lies in the cell (what counting needs)."""
-    out = torch.zeros(side * side, 4, dtype=torch.long)
+    """(side * side, 6) targets per grid cell: colour, shape, size of the object under its centre
+    (0 = background), whether an object's centre lies in the cell (what counting needs), and that
+    object's centre relative to the cell's centre, in cells (x, y; 0 where no object is under it).
+
+    Example:
+        >>> from polymodal.data.shapes import ShapeObject
+        >>> t = cell_targets(Scene((ShapeObject("circle", "red", "large", 0.33, 0.55),), (0, 0, 0)), 4)
+        >>> [round(v, 2) for v in t[9].tolist()]  # cell (1, 2) holds the centre, left of and above its middle
+        [1.0, 1.0, 2.0, 1.0, -0.18, -0.3]
+    """
+    out = torch.zeros(side * side, 6)
     colours, sizes = list(COLOURS), list(SIZES)
     for k in range(side * side):
         cx, cy = (k % side + 0.5) / side, (k // side + 0.5) / side
@@ -108,26 +118,35 @@ def cell_targets(scene: Scene, side: int) -> torch.Tensor:
             o = min(inside, key=lambda o: (o.x - cx) ** 2 + (o.y - cy) ** 2)
             out[k, :3] = torch.tensor([colours.index(o.colour) + 1, SHAPES.index(o.shape) + 1,
                                        sizes.index(o.size) + 1])
+            out[k, 4:] = torch.tensor([(o.x - cx) * side, (o.y - cy) * side])
     for o in scene.objects:
         out[min(int(o.y * side), side - 1) * side + min(int(o.x * side), side - 1), 3] = 1
     return out
 
 
 class RegionPretrainer(nn.Module):
-    """An image encoder with 1x1 heads that classify each region's colour, shape, size and centre flag."""
+    """An image encoder with 1x1 heads that classify each region's colour, shape, size and centre flag, and
+    with `offset_weight` > 0 a 1x1 head that regresses where in the cell the object's centre lies."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, offset_weight: float = 0.0):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.offset_weight = encoder, offset_weight
         self.heads = nn.Linear(encoder.out_dim, len(COLOURS) + len(SHAPES) + len(SIZES) + 5)
+        self.offsets = nn.Linear(encoder.out_dim, 2) if offset_weight > 0 else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.heads(self.encoder(batch["images"]))  # (B, N, K)
-        targets = batch["tokens"]  # (B, N, 4): named "tokens" so the Trainer takes the batch
+        regions = self.encoder(batch["images"])
+        logits = self.heads(regions)  # (B, N, K)
+        targets = batch["tokens"]  # (B, N, 6) of cell_targets: named "tokens" so the Trainer takes the batch
+        labels = targets[..., :4].long()
         sizes = [len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1, 2]
-        losses = {name: F.cross_entropy(part.reshape(-1, part.shape[-1]), targets[..., i].reshape(-1))
+        losses = {name: F.cross_entropy(part.reshape(-1, part.shape[-1]), labels[..., i].reshape(-1))
                   for i, (name, part) in enumerate(zip(("colour", "shape", "size", "centre"),
                                                        logits.split(sizes, dim=-1), strict=True))}
+        if self.offsets is not None:
+            under = labels[..., 0] > 0  # only cells with an object under them have an offset to say
+            error = F.smooth_l1_loss(self.offsets(regions)[under], targets[..., 4:][under], beta=0.1)
+            losses["offset"] = self.offset_weight * error
         losses["loss"] = sum(losses.values())
         return logits, losses
 
@@ -176,7 +195,8 @@ def pretrain_region_encoder(enc_cfg: EncoderConfig, image_size: int, data: QADat
     if data.format != "shapes":
         raise ConfigError("pretrain.steps > 0 needs data.format=shapes (it learns from Shapes World scenes); "
                           "set pretrain.steps=0 or model.encoder.pretrained to a weight file")
-    pre_key = {k: v for k, v in dataclasses.asdict(pre).items() if k != "kind"}  # kind only picks this function
+    # kind only picks this function; an unset offset weight is left out so that earlier caches stay valid
+    pre_key = {k: v for k, v in dataclasses.asdict(pre).items() if k != "kind" and (k != "offset_weight" or v)}
     settings = {"encoder": dataclasses.asdict(enc_cfg), "image_size": image_size, "pretrain": pre_key,
                 "data": [data.path, data.n, data.seed, data.render_size], "seed": seed, "version": 1}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -199,7 +219,7 @@ def pretrain_region_encoder(enc_cfg: EncoderConfig, image_size: int, data: QADat
         side = int(encoder(torch.zeros(1, 3, image_size, image_size)).shape[1] ** 0.5)
     bank = ImageBank(paths, image_size, progress=progress)
     targets = torch.stack([cell_targets(s, side) for p, s in zip(paths, scenes, strict=True) if p in bank.index])
-    model = RegionPretrainer(encoder)
+    model = RegionPretrainer(encoder, pre.offset_weight)
     train_cfg = TrainConfig(out_dir=str(folder), steps=pre.steps, batch_size=pre.batch_size, lr=pre.lr,
                             warmup_steps=min(50, pre.steps // 10), eval_every=0, checkpoint_every=0,
                             log_every=max(pre.steps // 10, 1))
