@@ -12,7 +12,7 @@ import polymodal
 from polymodal.assets import BUNDLED_CAPTIONER, BUNDLED_DUAL_ENCODER, BUNDLED_VQA, bundled_model_dir
 from polymodal.data.shapes import Scene, ShapeObject, render
 from polymodal.errors import InputError
-from polymodal.eval.explain import explain, fill_cells, gradient_x_input, occlusion
+from polymodal.eval.explain import EXPLAINERS, explain, fill_cells, occlusion
 
 from .test_cli_matrix import run_cli
 
@@ -28,7 +28,7 @@ def test_fill_cells_fills_exactly_the_cells_given():
     assert torch.equal(out[:, 4:, :], image[:, 4:, :]) and torch.equal(out[:, :2, 2:], image[:, :2, 2:])
 
 
-def test_both_explainers_find_the_cell_a_linear_score_weighs():
+def test_every_explainer_finds_the_cell_a_linear_score_weighs():
     weight = torch.zeros(3, 16, 16)
     weight[:, 12:, 4:8] = 1.0  # only cell (3, 1) of a 4 x 4 grid counts
     image = torch.full((3, 16, 16), 0.5)
@@ -37,9 +37,25 @@ def test_both_explainers_find_the_cell_a_linear_score_weighs():
     def score(images: torch.Tensor) -> torch.Tensor:
         return (images * weight).sum((1, 2, 3))
 
-    for explainer in (occlusion, gradient_x_input):
+    for explainer in EXPLAINERS.values():
         cells = explainer(score, image, grid=4)
         assert cells.shape == (4, 4) and int(cells.flatten().argmax()) == 3 * 4 + 1
+    # for a linear score, what a cell shown alone keeps is exactly what hiding it costs
+    assert torch.allclose(occlusion(score, image, grid=4, keep=True), occlusion(score, image, grid=4))
+
+
+def test_showing_a_window_alone_finds_what_suffices_where_hiding_one_cell_cannot():
+    image = torch.full((3, 16, 16), 0.5)
+    image[:, 4:12, 4:12] = 2.0  # a large object over the 2 x 2 middle cells of a 4 x 4 grid
+
+    def score(images: torch.Tensor) -> torch.Tensor:  # "is the object there": its brightest quarter is enough
+        quarters = images[:, :, 4:12, 4:12].unfold(2, 4, 4).unfold(3, 4, 4).mean((1, 4, 5))
+        return quarters.flatten(1).max(1).values
+
+    hidden = occlusion(score, image, grid=4)
+    assert hidden.abs().max() < 1e-6  # the other three quarters still show it: hiding one cell changes nothing
+    cells = EXPLAINERS["deletion_preservation"](score, image, grid=4)
+    assert set(cells.flatten().topk(4).indices.tolist()) == {5, 6, 9, 10}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +99,7 @@ def test_cli_writes_an_overlay_and_the_scores(scene, tmp_path):
     assert code == 0, err
     assert out.startswith("vqa: red") and "colour +" in out
     data = json.loads((tmp_path / "why" / "explanation.json").read_text())
-    assert data["output"] == "red" and data["method"] == "occlusion"
+    assert data["output"] == "red" and data["method"] == "deletion_preservation"
     from PIL import Image
 
     assert Image.open(tmp_path / "why" / "overlay.png").size == (256, 256)

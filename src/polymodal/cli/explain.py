@@ -32,7 +32,8 @@ def explain_command(model_dir: Path = typer.Argument(..., help="a VQA model, vid
                                                         "question"),
                     text: str | None = typer.Option(None, help="explain the match of this text (dual encoder) or "
                                                     "this caption (captioner; default its own)"),
-                    method: str = typer.Option("occlusion", help="occlusion | gradient_x_input (images)"),
+                    method: str | None = typer.Option(None, help="images: deletion_preservation (default) | "
+                                                      "occlusion | gradient_x_input; a clip: occlusion in time"),
                     grid: int = typer.Option(8, help="cells per side of the region grid"),
                     windows: int = typer.Option(8, help="video QA: equal windows the sound is cut into"),
                     out: Path = typer.Option(Path("explanation"), "--out", help="folder for overlay.png (timeline.png "
@@ -40,7 +41,7 @@ def explain_command(model_dir: Path = typer.Argument(..., help="a VQA model, vid
     """Explain one output: an overlay of the image regions it rests on (for a clip: its frames and sound windows on
     a timeline), and each word's importance."""
     from ..data.images import load_image
-    from ..eval.explain import explain
+    from ..eval.explain import DEFAULT_METHOD, explain
     from ..eval.viz import explanation_overlay
 
     out = out_folder(out)
@@ -52,15 +53,15 @@ def explain_command(model_dir: Path = typer.Argument(..., help="a VQA model, vid
         raise InputError(f"{model_dir}: a VQA model explains its answer to a question: add --question \"...\" "
                          f"(to only ask it: `polymodal vqa {model_dir} IMAGE \"QUESTION\"`)")
     try:
-        why = explain(model, picture, question=question, text=text, method=method, grid=grid)
+        why = explain(model, picture, question=question, text=text, method=method or DEFAULT_METHOD, grid=grid)
     except InputError as err:  # what this model cannot explain, said with its folder
         raise InputError(f"{model_dir}: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     explanation_overlay(picture, why.regions, OVERLAY_SIDE).save(out / "overlay.png")
-    _write(out, "overlay.png", {"image": str(image), **why.to_dict()}, why, method)
+    _write(out, "overlay.png", {"image": str(image), **why.to_dict()}, why)
 
 
-def explain_clip_command(model: Any, model_dir: Path, clip_file: Path, question: str | None, method: str,
+def explain_clip_command(model: Any, model_dir: Path, clip_file: Path, question: str | None, method: str | None,
                          windows: int, out: Path) -> None:
     """A video QA answer: timeline.png (frames and sound windows with their scores) and explanation.json."""
     from ..data.images import denormalize
@@ -71,7 +72,7 @@ def explain_clip_command(model: Any, model_dir: Path, clip_file: Path, question:
     if question is None:
         raise InputError(f"{model_dir}: a video QA model explains its answer to a question about a clip: add "
                          f"--question \"...\" (to only ask it: `polymodal videoqa {model_dir} VIDEO \"QUESTION\"`)")
-    if method != "occlusion":
+    if method not in (None, "occlusion"):
         raise InputError(f"{model_dir}: a video QA answer is explained by occlusion in time only (got --method "
                          f"{method}); leave out --method")
     if windows < 1:
@@ -91,8 +92,7 @@ def explain_clip_command(model: Any, model_dir: Path, clip_file: Path, question:
     details += ["sound, most relied on first: " + ", ".join(f"{why.windows[i][0]:.2f}-{why.windows[i][1]:.2f}s "
                                                           f"{why.sound[i]:+.2f}" for i in why.top_windows(3))
                 ] if why.sound else []
-    _write(out, "timeline.png", {"video": str(clip_file), "question": question, **why.to_dict()}, why, method,
-           details)
+    _write(out, "timeline.png", {"video": str(clip_file), "question": question, **why.to_dict()}, why, details)
 
 
 def _refuse_still_image(path: Path, model_dir: Path) -> None:
@@ -102,11 +102,10 @@ def _refuse_still_image(path: Path, model_dir: Path) -> None:
                          f"video or sound file; to explain an answer about an image use a VQA model")
 
 
-def _write(out: Path, picture: str, data: dict[str, Any], why: Any, method: str,
-           details: Sequence[str] = ()) -> None:
+def _write(out: Path, picture: str, data: dict[str, Any], why: Any, details: Sequence[str] = ()) -> None:
     """explanation.json, and what it says in a few lines (`details`: the frames and sound windows of a clip)."""
     (out / "explanation.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    typer.echo(f"{why.kind}: {why.output}  (score {why.score:.3f}, {method})")
+    typer.echo(f"{why.kind}: {why.output}  (score {why.score:.3f}, {why.method})")
     if why.words:
         ranked = sorted(why.words, key=lambda w: -w[1])
         typer.echo("words, most relied on first: " + ", ".join(f"{w} {s:+.2f}" for w, s in ranked))

@@ -1,12 +1,17 @@
 """Why did the model say that? Which image regions and which words a VQA answer, a retrieval match or a caption
 rests on, by occlusion or gradient x input, with the faithfulness tests that check them (bench/explain.py).
 
-- **occlusion** (Zeiler & Fergus 2014), the default: fill each cell of a grid with the image's mean colour and
-  record how much the output's score drops (with `patch` > 1, windows of patch x patch cells slide over the
-  grid and a cell gets the mean drop of the windows covering it). It measures what the output causally
-  depends on, needs no gradients and works on any model, at one forward pass per window (64 for the default
-  8 x 8 grid), batched. Single cells point best (bench/explain.py: 93% vs 88% for 2 x 2 windows on 150
-  VQA questions).
+- **deletion_preservation**, the default: two occlusion games played with windows of 2 x 2 cells sliding over
+  the grid (Fong & Vedaldi 2017; Dabkowski & Gal 2017): how much the score drops when a window is hidden (what
+  the output needs) and how high it stays when only that window is shown (what suffices for it), each
+  standardised over the grid and added. Hiding alone misses a large object that survives losing any one cell,
+  and showing alone misses context; together they point best on validation scenes (search matches 99.5% vs
+  83.5% for hiding single cells, VQA answers 99% vs 94.5%; 200 each), at two forward passes per window.
+- **occlusion** (Zeiler & Fergus 2014): fill each cell of a grid with the image's mean colour and record how much
+  the output's score drops (with `patch` > 1, windows of patch x patch cells slide over the grid and a cell
+  gets the mean drop of the windows covering it; with `keep`, everything but the window is filled and the
+  score it keeps is recorded). It measures what the output causally depends on, needs no gradients and works
+  on any model, at one forward pass per window (64 for the default 8 x 8 grid), batched.
 - **gradient_x_input** (Shrikumar et al. 2017): the gradient of the score times the input, summed over colour
   channels and each cell; one backward pass, noisier on small CNNs whose ReLUs saturate.
 
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import difflib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +51,7 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- image explainers
-def fill_cells(image: torch.Tensor, cells: Sequence[int], grid: int, baseline: torch.Tensor | None = None) -> torch.Tensor:
+def fill_cells(image: torch.Tensor, cells: Iterable[int], grid: int, baseline: torch.Tensor | None = None) -> torch.Tensor:
     """A copy of `image` (3, S, S) with the given cells of a grid x grid layout (row-major) set to `baseline`
     (default the image's mean colour): what occlusion and the deletion test show the model."""
     out, side = image.clone(), image.shape[-1]
@@ -59,20 +64,41 @@ def fill_cells(image: torch.Tensor, cells: Sequence[int], grid: int, baseline: t
 
 
 @torch.no_grad()
-def occlusion(score: ScoreFn, image: torch.Tensor, grid: int = 8, patch: int = 1, batch_size: int = 64) -> torch.Tensor:
-    """(grid, grid) importance: the mean score drop of the patch x patch-cell windows covering each cell."""
-    base = float(score(image[None])[0])
-    windows = [(r, k) for r in range(grid - patch + 1) for k in range(grid - patch + 1)]
-    drops = []
+def occlusion(score: ScoreFn, image: torch.Tensor, grid: int = 8, patch: int = 1, batch_size: int = 64,
+              keep: bool = False) -> torch.Tensor:
+    """(grid, grid) importance: the mean score drop of the patch x patch-cell windows covering each cell; with
+    `keep`, the mean score of the image with only those windows shown, above that of the image all filled."""
+    everything = range(grid * grid)
+    base = float(score((fill_cells(image, everything, grid) if keep else image)[None])[0])
+    # windows also hang over the edges (cut to the grid), so every cell is covered by patch x patch of them
+    # and a cell at the border is not credited with its inner neighbour's importance
+    windows = [(r, k) for r in range(1 - patch, grid) for k in range(1 - patch, grid)]
+    gains = []
     for i in range(0, len(windows), batch_size):
-        masked = [fill_cells(image, [(r + a) * grid + k + b for a in range(patch) for b in range(patch)], grid)
-                  for r, k in windows[i:i + batch_size]]
-        drops.append(base - score(torch.stack(masked)).float())
-    total, count = torch.zeros(grid, grid), torch.zeros(grid, grid)
-    for (r, k), d in zip(windows, torch.cat(drops).cpu(), strict=True):
-        total[r:r + patch, k:k + patch] += d
-        count[r:r + patch, k:k + patch] += 1
-    return total / count
+        masked = []
+        for r, k in windows[i:i + batch_size]:
+            cells = {y * grid + x for y in range(max(r, 0), min(r + patch, grid))
+                     for x in range(max(k, 0), min(k + patch, grid))}
+            masked.append(fill_cells(image, [c for c in everything if c not in cells] if keep else cells, grid))
+        scores = score(torch.stack(masked)).float()
+        gains.append(scores - base if keep else base - scores)
+    total = torch.zeros(grid + 2 * (patch - 1), grid + 2 * (patch - 1))
+    for (r, k), d in zip(windows, torch.cat(gains).cpu(), strict=True):
+        total[r + patch - 1:r + 2 * patch - 1, k + patch - 1:k + 2 * patch - 1] += d
+    inner = slice(patch - 1, patch - 1 + grid)
+    return total[inner, inner] / patch ** 2
+
+
+def deletion_preservation(score: ScoreFn, image: torch.Tensor, grid: int = 8, patch: int = 2,
+                          batch_size: int = 64) -> torch.Tensor:
+    """(grid, grid) importance: what hiding each window costs plus what showing it alone keeps, both standardised."""
+    def standard(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean()) / (x.std() + 1e-8)
+
+    patch = min(patch, grid)
+    hidden = occlusion(score, image, grid, patch, batch_size)
+    shown = occlusion(score, image, grid, patch, batch_size, keep=True)
+    return standard(hidden) + standard(shown)
 
 
 def gradient_x_input(score: ScoreFn, image: torch.Tensor, grid: int = 8, **_: Any) -> torch.Tensor:
@@ -84,7 +110,9 @@ def gradient_x_input(score: ScoreFn, image: torch.Tensor, grid: int = 8, **_: An
     return F.adaptive_avg_pool2d(saliency, grid)[0, 0].cpu()
 
 
-EXPLAINERS: dict[str, Callable[..., torch.Tensor]] = {"occlusion": occlusion, "gradient_x_input": gradient_x_input}
+EXPLAINERS: dict[str, Callable[..., torch.Tensor]] = {"deletion_preservation": deletion_preservation,
+                                                       "occlusion": occlusion, "gradient_x_input": gradient_x_input}
+DEFAULT_METHOD = "deletion_preservation"
 
 
 def explainer(name: str) -> Callable[..., torch.Tensor]:
@@ -232,7 +260,7 @@ class Explanation:
 
 
 def explain(model: Any, image: Any, question: str | None = None, text: str | None = None,
-            method: str = "occlusion", grid: int = 8) -> Explanation:
+            method: str = DEFAULT_METHOD, grid: int = 8) -> Explanation:
     """Explain a model's output on one image (a path, bytes, PIL image or normalised tensor).
 
     Example:
@@ -243,7 +271,7 @@ def explain(model: Any, image: Any, question: str | None = None, text: str | Non
         ...                ShapeObject("square", "blue", "large", 0.75, 0.75)), background=(40, 40, 40))
         >>> why = explain(polymodal.load(bundled_model_dir(BUNDLED_VQA)), render(scene, 64), "what colour is the circle?")
         >>> why.output, divmod(why.top_cells(1)[0], 8)  # (row, column): the answer rests on the circle (top left)
-        ('red', (1, 2))
+        ('red', (1, 1))
         >>> max(why.words, key=lambda w: w[1])[0]  # and on this word of the question
         'colour'
     """

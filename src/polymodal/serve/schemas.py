@@ -310,7 +310,7 @@ class ExplainOptions(BaseModel):
                              "(dual encoder), or this caption (captioner)")
     item: int | None = Field(None, ge=0, description="explain a search hit: this index image (GET /v1/index/{id}) "
                              "instead of an uploaded image, with 'text' the query")
-    method: str = Field("occlusion", description="occlusion | gradient_x_input")
+    method: str = Field("deletion_preservation", description="deletion_preservation | occlusion | gradient_x_input")
     grid: int = Field(8, ge=2, le=16, description="cells per side of the region grid")
 
 

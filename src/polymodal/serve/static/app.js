@@ -350,7 +350,7 @@ function showAnswers(reply, result) {
 // ---------------------------------------------------------------- explanations ("why?")
 function whyButton(explainIt) {
   const button = el("button", { class: "why", type: "button", text: "why?",
-    title: "which parts of the image (and words) this rests on: occlusion, /v1/explain" });
+    title: "which parts of the image (and words) this rests on: hiding and showing each part, /v1/explain" });
   button.addEventListener("click", async (e) => {
     e.stopPropagation();
     button.disabled = true;
