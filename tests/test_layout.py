@@ -16,8 +16,8 @@ import polymodal.registry as registry
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "polymodal"
 # Lower first (DESIGN.md): a module may import from its own layer or the ones before it.
-LAYERS = ["errors", "config", "registry", "text", "checkpoint", "data", "nn", "generate", "models", "eval", "api",
-          "train", "serve", "cli"]
+LAYERS = ["errors", "config", "registry", "text", "checkpoint", "data", "nn", "decoding", "beam", "generate", "models",
+          "eval", "api", "train", "serve", "cli"]
 
 
 def module_imports() -> dict[str, set[str]]:

@@ -40,8 +40,8 @@ import torch
 
 from .nn.state import State, StepFn
 
-if TYPE_CHECKING:  # generate.py imports this module
-    from .generate import GenerationConfig
+if TYPE_CHECKING:  # decoding.py imports this module
+    from .decoding import GenerationConfig
 
 Phrase = tuple[int, ...]
 Constraint = tuple[Phrase, ...]  # alternatives: met when any of them has been said

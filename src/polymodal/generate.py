@@ -13,9 +13,8 @@ on: image regions, cross-attention keys, a prefix's KV cache) is the same for ev
 so beam search leaves it where it is instead of copying it every step. (So a step must return new
 tensors for what it changes, never write into the ones it was given.)
 
-Beam search is `BeamBatch`, a batch that inputs join and leave between steps: an input's rows leave
-as soon as its search ends (the rest decode on without them), and the server's continuous batching
-adds requests to a running batch.
+Beam search lives in beam.py (`BeamBatch`, which the server's continuous batching uses too); the
+settings and the generated sequences in decoding.py.
 
 Example:
     >>> table = torch.full((5, 5), -9.0)  # a toy decoder: next-token logits from the last token alone
@@ -31,93 +30,30 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import torch
 
 from . import constrained as forcing
+from .beam import BeamBatch, beam_search
 from .constrained import constrain as _constrain
-from .constrained import suppressing  # noqa: F401 - part of this module's API (models/assistant.py)
-from .errors import ConfigError
+from .constrained import suppressing
+from .decoding import STRATEGIES, GenerationConfig, Hypothesis, num_rows
 from .nn.state import State, StepFn, concat_states, reorder
-from .registry import Registry
 
-STRATEGIES = Registry("generation strategy")
-
-
-@dataclass
-class GenerationConfig:
-    strategy: str = "beam"             # greedy | beam | sample
-    beam_size: int = 3
-    max_len: int = 24                  # generated tokens, <eos> included
-    min_len: int = 1                   # words before <eos> is allowed
-    length_penalty: float = 1.0        # score = sum log p / length ** length_penalty
-    no_repeat_ngram_size: int = 0      # forbid repeating any n-gram of this size; 0 = off
-    num_return_sequences: int = 1      # n-best per input (beam) or samples per input (sample)
-    early_stopping: bool = True        # beam: stop once beam_size hypotheses have finished
-    temperature: float = 1.0
-    top_k: int = 0                     # sample only among the k most likely tokens; 0 = off
-    top_p: float = 1.0                 # nucleus sampling threshold; 1.0 = off
-    seed: int | None = None            # sampling seed for reproducible samples
-    return_attention: bool = False
-    banned_ids: tuple[int, ...] = ()   # tokens never generated (a user's "must not mention"; HF's bad_words_ids)
-    # token sequences every output must contain (a user's "must mention"; HF's force_words_ids, disjunctive
-    # lists too): constrained beam search, see constrained.py. Normalized to a tuple of constraints.
-    force_ids: tuple = ()
-    omit_ids: tuple[int, ...] = ()     # tokens left out of the outputs (the model may say them: "a red circle" ->
-    #                                    "a circle"; a user's "leave out" for modifiers, see docs/control.md)
-    max_new_words: int = 0             # word budget: once this many `word_ids` are said only <eos> (or a word's
-    word_ids: tuple[int, ...] = ()     # `continuation_ids`, BPE pieces) may follow; 0 = none (constrained.py)
-    continuation_ids: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            STRATEGIES.get(self.strategy)  # raises with a did-you-mean
-        if min(self.beam_size, self.max_len, self.num_return_sequences) < 1 or self.max_new_words < 0:
-            raise ConfigError("generation: beam_size, max_len and num_return_sequences must be >= 1, max_new_words >= 0")
-        if self.strategy == "beam" and self.num_return_sequences > self.beam_size:
-            raise ConfigError(f"generation: num_return_sequences ({self.num_return_sequences}) "
-                              f"cannot exceed beam_size ({self.beam_size})")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("generation: temperature must be > 0 and top_p in (0, 1]")
-        try:
-            self.force_ids = forcing.normalize(self.force_ids)
-            forcing.check(self.force_ids, (*self.banned_ids, *self.omit_ids))
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"generation: force_ids: {err}") from None
-        if self.force_ids:
-            self.require_beams_for_forcing()
-
-    def require_beams_for_forcing(self) -> None:
-        """ConfigError unless forced words can be searched for: beam search with 2 beams or more (one beam
-        would have to say them at once; HF also asks for num_beams > 1)."""
-        if self.strategy != "beam" or self.beam_size < 2:
-            raise ConfigError(f"generation: forced words need beam search with beam_size >= 2, not "
-                              f"{self.strategy!r} with beam_size {self.beam_size}")
-
-
-@dataclass
-class Hypothesis:
-    """A generated sequence: token ids (no <bos>/<eos>), its score and per-token attention (T, N)."""
-
-    tokens: list[int]
-    score: float
-    attention: torch.Tensor | None = field(default=None, repr=False)
+# generate's API: what models, the server and the tests import from here
+__all__ = ["STRATEGIES", "BeamBatch", "GenerationConfig", "Hypothesis", "State", "StepFn", "beam_search",
+           "concat_states", "generate", "greedy", "sample", "suppressing"]
 
 
 def _strip(tokens: list[int], eos_id: int) -> list[int]:
     return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
-def _num_rows(state: State) -> int:
-    return next(iter(state.values())).shape[0]
-
-
 def _token_by_token(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig,
                     pick: Callable[[torch.Tensor], torch.Tensor]) -> list[Hypothesis]:
     """One sequence per state row, each next token chosen by `pick(logprobs) -> (R,)`."""
-    rows = _num_rows(state)
+    rows = num_rows(state)
     device = next(iter(state.values())).device
     tokens = torch.full((rows,), bos_id, dtype=torch.long, device=device)
     history = torch.empty(rows, 0, dtype=torch.long, device=device)
@@ -155,7 +91,7 @@ def greedy(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: Generation
 @STRATEGIES.register("sample")
 def sample(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig) -> list[list[Hypothesis]]:
     """Temperature / top-k / top-p sampling; `num_return_sequences` samples per input."""
-    n, batch = cfg.num_return_sequences, _num_rows(state)
+    n, batch = cfg.num_return_sequences, num_rows(state)
     device = next(iter(state.values())).device
     state = reorder(state, torch.arange(batch, device=device).repeat_interleave(n))
     generator = torch.Generator(device=device)
@@ -181,222 +117,6 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
         drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
         logits = logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
     return logits
-
-
-class BeamBatch:
-    """Beam search over a changing set of inputs: inputs join (`add`) and leave (when done) between steps.
-
-    Input b owns rows b*K .. b*K+K-1 (its K beams); all live rows go through one `step`. `generate`
-    adds every input at once and advances until all are done; the server adds requests as they
-    arrive (continuous batching: a request joins the running batch at the next step instead of
-    waiting for the batch to end) and answers each as soon as its own search ends. Inputs that
-    joined later have shorter histories: histories are kept right-aligned, and `join` merges a
-    new state into the running one (`concat_states`, or a model's own when its state grows with the
-    tokens, e.g. a KV cache).
-
-    Example:
-        >>> table = torch.full((5, 5), -9.0)  # a toy decoder: <bos>=1 -> 3 -> 4 -> <eos>=2
-        >>> table[1, 3] = table[3, 4] = table[4, 2] = 0.0
-        >>> def step(tokens, state):
-        ...     return table[tokens], state, None
-        >>> beams = BeamBatch(step, bos_id=1, eos_id=2, cfg=GenerationConfig(beam_size=3))
-        >>> beams.add({"features": torch.zeros(1, 8)}, keys=["a"])
-        >>> beams.advance()  # one step: nothing has ended yet
-        []
-        >>> beams.add({"features": torch.zeros(1, 8)}, keys=["b"])  # joins the running batch
-        >>> while beams:
-        ...     for key, hyps in beams.advance():
-        ...         print(key, hyps[0].tokens)
-        a [3, 4]
-        b [3, 4]
-    """
-
-    def __init__(self, step: StepFn, bos_id: int, eos_id: int, cfg: GenerationConfig,
-                 join: Callable[[State, State], State] = concat_states, suppress_ids: Sequence[int] = ()):
-        if suppress_ids or cfg.banned_ids:  # as `generate` does: <bos> and these are never generated
-            step = suppressing(step, sorted({bos_id, *suppress_ids, *cfg.banned_ids}))
-        self.step, self.bos_id, self.eos_id, self.cfg, self.join = step, bos_id, eos_id, cfg, join
-        self.k = cfg.beam_size
-        self.keys: list[Hashable] = []
-        self.finished: list[list[Hypothesis]] = []
-        self.steps: list[int] = []  # tokens each live input has generated so far
-        self.forced: list[forcing.Constraints] = []  # each live input's forced words (may differ per input)
-        self.state: State = {}
-        self.beam_scores = self.tokens = self.history = torch.empty(0)
-        self.attn_history: torch.Tensor | None = None
-        # Entries no step has replaced are still K equal copies per input: reordering within an input's
-        # beams would not change them, so they are not copied (a prefix cache is most of the state).
-        self.unchanged: frozenset[str] = frozenset()
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def add(self, state: State, keys: Sequence[Hashable], force: Sequence[Sequence] | None = None) -> None:
-        """Start a search for each row of `state` (an init_state of len(keys) inputs), named by `keys`;
-        `force`: per input, its forced ids (as GenerationConfig.force_ids; default: the config's)."""
-        n, k = _num_rows(state), self.k
-        if n != len(keys) or (force is not None and len(force) != n):
-            raise ValueError(f"{n} state rows but {len(keys)} keys" + (f", {len(force)} forced" if force else ""))
-        forced = [forcing.normalize(f) for f in force] if force is not None else [self.cfg.force_ids] * n
-        for constraints in forced:
-            forcing.check(constraints, (*self.cfg.banned_ids, *self.cfg.omit_ids))
-        device = next(iter(state.values())).device
-        state = reorder(state, torch.arange(n, device=device).repeat_interleave(k))
-        # Only beam 0 is live at the start, so the first step does not pick K copies of one token.
-        scores = torch.full((n, k), -math.inf, device=device)
-        scores[:, 0] = 0.0
-        tokens = torch.full((n * k,), self.bos_id, dtype=torch.long, device=device)
-        if not self.keys:
-            self.state, self.unchanged = state, frozenset(state)
-            self.beam_scores, self.tokens = scores, tokens
-            self.history, self.attn_history = torch.empty(n * k, 0, dtype=torch.long, device=device), None
-        else:  # new inputs have no history yet: left-pad theirs (right-aligned histories)
-            self.state = self.join(self.state, state)
-            self.beam_scores, self.tokens = torch.cat([self.beam_scores, scores]), torch.cat([self.tokens, tokens])
-            self.history = torch.cat([self.history, self.history.new_zeros(n * k, self.history.shape[1])])
-            if self.attn_history is not None:
-                self.attn_history = torch.cat([self.attn_history,
-                                               self.attn_history.new_zeros(n * k, *self.attn_history.shape[1:])])
-        self.keys += list(keys)
-        self.finished += [[] for _ in range(n)]
-        self.steps += [0] * n
-        self.forced += forced
-
-    def _constrain(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """`_constrain` on each group of inputs of one history length (all of them, offline)."""
-        lengths = sorted(set(self.steps))
-        if len(lengths) == 1 or not (self.cfg.min_len or self.cfg.no_repeat_ngram_size):  # history unused
-            return _constrain(logprobs, self.history, self.cfg, self.eos_id)
-        width = self.history.shape[1]
-        for length in lengths:
-            rows = torch.tensor([b * self.k + j for b, s in enumerate(self.steps) if s == length
-                                 for j in range(self.k)], device=logprobs.device)
-            logprobs[rows] = _constrain(logprobs[rows], self.history[rows, width - length:], self.cfg, self.eos_id)
-        return logprobs
-
-    def _hypothesis(self, row: int, length: int, score: float, ended: bool) -> Hypothesis:
-        """Row `row`'s last `length` tokens (the <eos> just chosen is not among them when `ended`)."""
-        tokens = self.history[row, self.history.shape[1] - length:].tolist()
-        attn = None
-        if self.attn_history is not None:
-            attn = self.attn_history[row, self.attn_history.shape[1] - length - ended:]
-            attn = attn[:-1] if ended else attn  # drop the <eos> step
-        return Hypothesis(tokens, score / (length + ended) ** self.cfg.length_penalty, attn)
-
-    def _select(self, logprobs: torch.Tensor) -> tuple[list[tuple[int, int, float]], torch.Tensor]:
-        """Plain beam search's choice: (inputs, rows, scores) that end in <eos>, and the rows to continue."""
-        k, batch = self.k, len(self.keys)
-        vocab = logprobs.shape[-1]
-        candidates = (self.beam_scores.reshape(-1, 1) + logprobs).view(batch, k * vocab)
-        top_scores, top_index = candidates.topk(2 * k, dim=1)  # (B, 2K); at most K of them end in <eos>
-        top_beam, top_token = top_index // vocab, top_index % vocab
-        is_eos = top_token == self.eos_id
-        # HF semantics: an <eos> ranked below the beam width is not kept.
-        hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
-        finished = []
-        if hits:
-            scores_list, beams_list = top_scores.tolist(), top_beam.tolist()
-            finished = [(b, b * k + beams_list[b][j], scores_list[b][j]) for b, j in hits]
-        # Continue with the K best candidates that did not end, in score order.
-        rank = torch.arange(2 * k, device=is_eos.device).expand(batch, -1) + is_eos.long() * (2 * k)
-        keep = rank.topk(k, dim=1, largest=False).indices  # (B, K)
-        self.beam_scores = top_scores.gather(1, keep)
-        base = (torch.arange(batch, device=keep.device) * k)[:, None]  # row offset of each input's beams
-        self.tokens = top_token.gather(1, keep).reshape(-1)
-        return finished, (base + top_beam.gather(1, keep)).reshape(-1)
-
-    def _histories(self) -> list[list[int]]:
-        """Each row's own tokens (without the left padding of inputs that joined later)."""
-        width, rows = self.history.shape[1], self.history.tolist()
-        return [rows[r][width - self.steps[r // self.k]:] for r in range(len(rows))]
-
-    def advance(self) -> list[tuple[Hashable, list[Hypothesis]]]:
-        """One step for every live input; returns (key, hypotheses best first) of the inputs that ended."""
-        cfg, k = self.cfg, self.k
-        logits, new_state, alpha = self.step(self.tokens, self.state)
-        self.unchanged = frozenset(n for n in self.unchanged if new_state.get(n) is self.state[n])
-        logprobs = self._constrain(logits.float().log_softmax(-1))
-        if alpha is not None and cfg.return_attention:
-            self.attn_history = alpha[:, None] if self.attn_history is None else \
-                torch.cat([self.attn_history, alpha[:, None]], 1)
-        if any(self.forced):
-            hits, rows, self.tokens, self.beam_scores = forcing.select(
-                logprobs, self.beam_scores, self._histories(), self.forced, k, self.eos_id)
-        else:
-            hits, rows = self._select(logprobs)
-        for b, row, score in hits:
-            self.finished[b].append(self._hypothesis(row, self.steps[b], score, ended=True))
-        self.state = reorder(new_state, rows, self.unchanged)
-        self.history = torch.cat([self.history.index_select(0, rows), self.tokens[:, None]], dim=1)
-        if self.attn_history is not None:
-            self.attn_history = self.attn_history.index_select(0, rows)
-        self.steps = [s + 1 for s in self.steps]
-        return self._retire(self._done())
-
-    def _done(self) -> list[int]:
-        """Inputs whose search is over: K finished hypotheses none of the live beams can beat, or max_len."""
-        cfg, done = self.cfg, []
-        histories: list[list[int]] | None = None  # every row's tokens, listed once if a forced search ends
-        # the best live score (beam 0 in plain beam search; forced words keep banks, not score order)
-        running = self.beam_scores.max(dim=1).values.tolist() if any(len(f) >= self.k for f in self.finished) \
-            else None
-        for b, (finished, length) in enumerate(zip(self.finished, self.steps, strict=True)):
-            if running is not None and len(finished) >= self.k:
-                worst = min(h.score for h in finished)
-                if cfg.early_stopping or running[b] / (length + 1) ** cfg.length_penalty <= worst:
-                    done.append(b)
-                    continue
-            if length >= cfg.max_len:  # still running at max_len: the live beams count as they are
-                scores, beams = self.beam_scores[b].tolist(), range(self.k)
-                if self.forced[b]:  # those that met the forced words; the others only if nothing did
-                    histories = histories if histories is not None else self._histories()
-                    rows = histories[b * self.k:(b + 1) * self.k]
-                    met = [j for j in beams if forcing.status(rows[j], self.forced[b])[2]]
-                    beams = met if met or finished else beams
-                finished += [self._hypothesis(b * self.k + j, length, scores[j], ended=False)
-                             for j in beams if math.isfinite(scores[j])]
-                done.append(b)
-        return done
-
-    def _retire(self, done: list[int]) -> list[tuple[Hashable, list[Hypothesis]]]:
-        """Drop the rows of `done` inputs from the batch; their results, best first."""
-        if not done:
-            return []
-        n = self.cfg.num_return_sequences
-        omit = self.cfg.omit_ids
-        results = [(self.keys[b], forcing.omitted(sorted(self.finished[b], key=lambda h: -h.score), omit)[:n])
-                   for b in done]
-        gone = set(done)
-        live = [b for b in range(len(self.keys)) if b not in gone]
-        self.keys = [self.keys[b] for b in live]
-        self.finished = [self.finished[b] for b in live]
-        self.steps = [self.steps[b] for b in live]
-        self.forced = [self.forced[b] for b in live]
-        if not live:
-            self.state = {}
-            return results
-        inputs = torch.tensor(live, device=self.tokens.device)
-        rows = (inputs[:, None] * self.k + torch.arange(self.k, device=inputs.device)).reshape(-1)
-        self.state = reorder(self.state, rows)  # every entry: the unchanged ones lose rows too
-        self.beam_scores, self.tokens = self.beam_scores.index_select(0, inputs), self.tokens.index_select(0, rows)
-        width = max(self.steps)  # columns every live input has left of its history are padding
-        self.history = self.history.index_select(0, rows)[:, self.history.shape[1] - width:]
-        if self.attn_history is not None:
-            self.attn_history = self.attn_history.index_select(0, rows)[:, self.attn_history.shape[1] - width:]
-        return results
-
-
-@STRATEGIES.register("beam")
-def beam_search(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig,
-                force: Sequence[Sequence] | None = None) -> list[list[Hypothesis]]:
-    """Beam search over the whole batch at once: B inputs x K beams are one (B*K)-row step; an input's
-    rows leave the batch when its search ends. `force`: per input, its forced ids (default: the config's)."""
-    beams = BeamBatch(step, bos_id, eos_id, cfg)
-    beams.add(state, range(_num_rows(state)), force)
-    results: dict[Hashable, list[Hypothesis]] = {}
-    while beams:
-        results.update(beams.advance())
-    return [results[b] for b in range(len(results))]
 
 
 def generate(step: StepFn, state: State, bos_id: int, eos_id: int, cfg: GenerationConfig | None = None,
