@@ -9,7 +9,16 @@ import pytest
 import torch
 
 import polymodal
-from polymodal.data.layout import box_words, check_box, inside, layout_tokens, objects_box
+from polymodal.data.layout import (
+    background_codes,
+    box_words,
+    check_box,
+    inside,
+    layout_tokens,
+    objects_box,
+    outside_cells,
+    untouched_cells,
+)
 from polymodal.data.shapes import Scene, ShapeObject
 from polymodal.errors import InputError
 
@@ -93,6 +102,32 @@ def test_a_box_is_read_after_the_caption(runs):
     first = model.generate_images("a red circle", n=2, seed=0, box=(0.0, 0.5, 0.5, 1.0))
     again = model.generate_images("a red circle", n=2, seed=0, box=(0.0, 0.5, 0.5, 1.0))
     assert len(first) == 2 and all(a.tobytes() == b.tobytes() for a, b in zip(first, again, strict=True))
+
+
+def test_only_background_codes_are_written_outside_the_box(runs):
+    model = polymodal.load(runs[1])
+    slots = model.cfg.image.codes_per_cell
+    assert len(model.cfg.outside_box_codes) == slots and all(model.cfg.outside_box_codes)  # fitted by the training
+    box = (0.5, 0.5, 1.0, 1.0)
+    codes = model.sample_codes(["a red circle"], 4, seed=0, guidance=3.0, layout=model.layout_ids(box), box=box)
+    grid = model.image_tokenizer.grid
+    outside = outside_cells(box, model.cfg.layout_grid, grid)
+    assert sum(outside) == grid * grid * 3 // 4  # the box is the bottom-right quarter
+    for image in codes.view(4, grid * grid, slots):
+        for cell in (c for c in range(grid * grid) if outside[c]):
+            assert all(int(image[cell, k]) in model.cfg.outside_box_codes[k] for k in range(slots))
+    assert len(model.generate_images("a red circle", n=2, seed=0, box=box, strict_box=True)) == 2
+    with pytest.raises(InputError, match="strict_box needs a box"):
+        model.generate_images("a red circle", strict_box=True)
+
+
+def test_background_codes_are_those_of_cells_no_object_reaches():
+    scene = [ShapeObject("circle", "red", "large", 0.25, 0.25)]  # reaches into the top-left 2 x 2 cells of 4 x 4
+    free = untouched_cells(scene, 4)
+    assert [c for c in range(16) if not free[c]] == [0, 1, 4, 5]
+    codes = torch.tensor([[7 if not free[c] else 3 for c in range(16)]])
+    assert background_codes(codes, [scene], 4, 1, 10) == [[3]]
+    assert background_codes(codes, [scene], 4, 1, 10, min_count=13) == [[]]  # seen 12 times only
 
 
 def test_a_box_is_refused_where_it_cannot_be_honoured(runs, monkeypatch, capsys):

@@ -30,6 +30,8 @@ def generate_command(model_dir: Path = typer.Argument(..., help="text -> image m
                      box: str | None = typer.Option(None, "--box", metavar="X0,Y0,X1,Y1",
                                                     help="draw it inside this box (in [0, 1], y down); a generator "
                                                     "trained with layouts (configs/text_to_image_layout.yaml)"),
+                     strict_box: bool = typer.Option(False, "--strict-box", help="draw nothing outside the box "
+                                                     "(objects land in it more often, drawn worse)"),
                      out: Path = typer.Option(Path("out"), help="folder for image_NN.png and contact_sheet.png"),
                      quiet: bool = typer.Option(False, help="no progress bar")) -> None:
     """Draw images of a prompt: PNGs and a contact sheet; words the model does not know are named on stderr."""
@@ -49,7 +51,7 @@ def generate_command(model_dir: Path = typer.Argument(..., help="text -> image m
         typer.echo(f"warning: unknown words ignored (read as <unk>): {', '.join(dict.fromkeys(unknown))}", err=True)
     started = time.perf_counter()
     images = model.generate_images(prompt, n=n, seed=seed, steps=steps, guidance=guidance, progress=not quiet,
-                                   box=layout)
+                                   box=layout, strict_box=strict_box)
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     for j, image in enumerate(images):

@@ -7,6 +7,10 @@ The box is read on a GRID x GRID raster (the cells its corners fall in). A gener
 object of the scene (`objects_box`); a single object's prompt then asks for that object in the box. As GLIGEN
 grounds phrases in boxes, but with one box for the whole prompt and as tokens of the generator's own LM.
 
+The box is also kept when sampling: outside it only image codes that draw background may be written
+(`background_codes`, fitted on the training scenes: the codes of cells no object touches), so an object
+cannot be started there, the way banned words keep a caption from saying a word.
+
 Example:
     >>> box_words((0.1, 0.5, 0.4, 0.9))
     ['<box>', '<x0>', '<y4>', '<x3>', '<y7>']
@@ -19,6 +23,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import torch
 
 from ..errors import InputError
 from .caption_controls import unit_coordinate
@@ -69,3 +75,44 @@ def inside(x: float, y: float, box: Sequence[float], grid: int = GRID) -> bool:
     """Whether a point lies in the box as the generator reads it (its corners' cells, whole)."""
     a, b, c, d = box_cells(box, grid)
     return a / grid <= x <= (c + 1) / grid and b / grid <= y <= (d + 1) / grid
+
+
+def untouched_cells(objects: Sequence[ShapeObject], grid: int) -> list[bool]:
+    """Per cell of a grid x grid raster (row-major): True where no object's bounding square reaches into it."""
+    out = []
+    for c in range(grid * grid):
+        x0, y0 = (c % grid) / grid, (c // grid) / grid
+        out.append(not any(o.x + o.radius > x0 and o.x - o.radius < x0 + 1 / grid and
+                           o.y + o.radius > y0 and o.y - o.radius < y0 + 1 / grid for o in objects))
+    return out
+
+
+def background_codes(codes: torch.Tensor, scenes: Sequence[Sequence[ShapeObject]], grid: int, codes_per_cell: int,
+                     vocab: int, min_count: int = 1, purity: float = 3.0) -> list[list[int]]:
+    """Per code slot of a cell, the image codes that draw background: seen in cells no object touches at least
+    `min_count` times and `purity` times as often as in cells an object touches. `codes` (N, grid^2 * slots)
+    are the training images' tokens (row-major cells, a cell's slots together), `scenes` their objects.
+
+    Example:
+        >>> one = [ShapeObject("circle", "red", "small", 0.1, 0.1)]  # reaches into cell 0 of a 2 x 2 grid
+        >>> background_codes(torch.tensor([[5, 1, 1, 1], [5, 1, 2, 1]]), [one, one], 2, 1, 8)
+        [[1, 2]]
+    """
+    seen = torch.zeros(2, codes_per_cell, vocab)  # [untouched, touched] counts per slot and code
+    cells = codes.view(len(codes), grid * grid, codes_per_cell)
+    for image, objects in zip(cells, scenes, strict=True):
+        touched = 1 - torch.tensor(untouched_cells(objects, grid), dtype=torch.long)
+        for slot in range(codes_per_cell):
+            seen[:, slot].index_put_((touched, image[:, slot]), torch.ones(len(image)), accumulate=True)
+    free, busy = seen[0], seen[1]
+    allowed = (free >= min_count) & (free >= purity * busy)
+    return [torch.nonzero(row).flatten().tolist() for row in allowed]
+
+
+def outside_cells(box: Sequence[float], box_grid: int, grid: int) -> list[bool]:
+    """Per cell of a grid x grid raster: True where the cell lies wholly outside the box as the generator reads it
+    (its corners' cells on the box_grid raster)."""
+    a, b, c, d = box_cells(box, box_grid)
+    left, top, right, bottom = a / box_grid, b / box_grid, (c + 1) / box_grid, (d + 1) / box_grid
+    return [(k + 1) / grid <= left or k / grid >= right or (r + 1) / grid <= top or r / grid >= bottom
+            for r in range(grid) for k in range(grid)]

@@ -134,7 +134,7 @@ class TextToImage(ImageGenerator, nn.Module):
 
     def generate_images(self, texts: str | list[str], n: int = 1, seed: int = 0, steps: int | None = None,
                         guidance: float | None = None, progress: bool = False, batch_size: int = 32,
-                        box: Sequence[float] | None = None) -> list[Image.Image]:
+                        box: Sequence[float] | None = None, strict_box: bool = False) -> list[Image.Image]:
         """Draw `n` images per prompt; the same seed gives the same images.
 
         Args:
@@ -146,6 +146,7 @@ class TextToImage(ImageGenerator, nn.Module):
             progress: show a tqdm bar over the sampler steps.
             batch_size: images sampled together.
             box: a layout box; this family takes none (InputError: data/layout.py is the discrete family's).
+            strict_box: unused here (the discrete family's: nothing drawn outside the box).
 
         Raises:
             InputError: an empty, too long or wholly unknown prompt, or n, steps or guidance out of range.

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..errors import ConfigError
+from ..data.layout import outside_cells
+from ..errors import ConfigError, InputError
 from ..generate import GenerationConfig, generate
-from ..nn.state import State, guided, pair_rows
+from ..nn.state import State, StepFn, guided, pair_rows
 from ..nn.transformer import TransformerLM, attention_mask
 from ..text.tokenizer import Tokenizer
 from .image_generation import ImageGenerator, to_pil
@@ -57,6 +58,9 @@ class TokenImageConfig:
     top_k: int = 0              # default: sample among the k likeliest codes; 0 = all
     top_p: float = 1.0          # default nucleus threshold; 1 = off
     layout_grid: int = 0        # > 0: trained with a layout box after the caption, on this grid (data/layout.py)
+    # per code slot of a cell, the codes that draw background (data/layout.py background_codes, fitted on the
+    # training scenes): the only ones sampled outside a layout box; empty = the box is only asked for
+    outside_box_codes: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop < 1.0:
@@ -76,6 +80,16 @@ class TokenImageConfig:
     def steps(self) -> int:
         """Sampler steps: one per image token, fixed by the tokenizer's grid."""
         return self.tokens
+
+
+def ruled_out_by_position(step: StepFn, banned: torch.Tensor) -> StepFn:
+    """`step` with banned[t] (T, V) ruled out when writing image code t (any state with "made", paired or not)."""
+    def masked_step(tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
+        made = state["made"].reshape(len(tokens), -1)[:, 0].clamp(max=len(banned) - 1)
+        logits, new, _ = step(tokens, state)
+        return logits.masked_fill(banned[made], -math.inf), new, None
+
+    return masked_step
 
 
 def left_pad(tokens: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,9 +187,10 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
     @torch.inference_mode()
     def sample_codes(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
                      top_k: int | None = None, top_p: float | None = None,
-                     layout: Sequence[int] = ()) -> torch.Tensor:
+                     layout: Sequence[int] = (), box: Sequence[float] | None = None) -> torch.Tensor:
         """Image tokens (len(texts) * n, T): n samples of each text (after it, the `layout` box's token ids), the
-        texts in order. The unconditional row of guidance is the empty caption (no box either), as in training."""
+        texts in order. The unconditional row of guidance is the empty caption (no box either), as in training.
+        With `box` and fitted `outside_box_codes`, only background codes are written outside the box."""
         captions = self.caption_ids(texts, layout)
         tok, cfg = self.tokenizer, self.cfg
         generation = GenerationConfig(strategy="sample", max_len=cfg.tokens, num_return_sequences=n, seed=seed,
@@ -188,13 +203,29 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
             empty = self._drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
             both = torch.stack([captions, empty], dim=1).flatten(0, 1)
             step, state = guided(self.step, guidance), pair_rows(self.init_state(both))
+        if box is not None and self.cfg.outside_box_codes:
+            step = ruled_out_by_position(step, self.outside_box_ban(box))
         hyps = generate(step, state, tok.eos_id, tok.eos_id, generation)
         codes = [torch.tensor(h.tokens) - self.text_vocab for per_text in hyps for h in per_text]
         return torch.stack(codes).to(self.device)
 
+    def outside_box_ban(self, box: Sequence[float]) -> torch.Tensor:
+        """(T, V) True where image code t may not be token v: words always, and outside the box every code that
+        is not a background code of its slot (a slot without any keeps all codes rather than none)."""
+        grid, slots = self.image_tokenizer.grid, self.cfg.image.codes_per_cell
+        banned = torch.ones(self.cfg.tokens, self.text_vocab + self.codes, dtype=torch.bool)
+        banned[:, self.text_vocab:] = False
+        for cell, outside in enumerate(outside_cells(box, self.cfg.layout_grid, grid)):
+            for slot, allowed in enumerate(self.cfg.outside_box_codes):
+                if outside and allowed:
+                    t = cell * slots + slot
+                    banned[t, self.text_vocab:] = True
+                    banned[t, [self.text_vocab + c for c in allowed]] = False
+        return banned.to(self.device)
+
     def generate_images(self, texts: str | list[str], n: int = 1, seed: int = 0, steps: int | None = None,
                         guidance: float | None = None, progress: bool = False, batch_size: int = 32,
-                        box: Sequence[float] | None = None) -> list[Image.Image]:
+                        box: Sequence[float] | None = None, strict_box: bool = False) -> list[Image.Image]:
         """Draw `n` images per prompt; the same seed and prompt give the same images.
 
         Args:
@@ -207,6 +238,8 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
             batch_size: images sampled together.
             box: draw the prompt inside this box (x0, y0, x1, y1 in [0, 1], y down), for a generator trained
                 with layouts (configs/text_to_image_layout.yaml); InputError for any other.
+            strict_box: write only background codes outside the box (`outside_box_codes`, fitted by the layout
+                training): objects land in the box far more often, but are drawn worse (docs/control.md).
 
         Example:
             >>> model = polymodal.load("runs/text_to_image_tokens")  # doctest: +SKIP
@@ -215,11 +248,15 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
         """
         texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
         layout = self.layout_ids(box)
+        if strict_box and (box is None or not self.cfg.outside_box_codes):
+            raise InputError("strict_box needs a box, and a generator whose layout training fitted its background "
+                             "codes (layout.keep_outside); leave it off")
         self.eval()
         out: list[Image.Image] = []
         for text in texts:  # one prompt per call: its images do not depend on the other prompts or the batch
             for start in range(0, n, batch_size):
-                codes = self.sample_codes([text], min(batch_size, n - start), seed + start, guidance, layout=layout)
+                codes = self.sample_codes([text], min(batch_size, n - start), seed + start, guidance, layout=layout,
+                                          box=box if strict_box else None)
                 with torch.inference_mode():
                     out += to_pil(self.image_tokenizer.decode(codes))
         return out

@@ -258,7 +258,7 @@ async def generate(request: Request, opts: schemas.GenerateOptions) -> schemas.G
     entry = svc.models.pick("generate", opts.model)
     images = await svc.in_model_thread(functools.partial(entry.model.generate_images, opts.prompt, n=opts.n,
                                                          seed=opts.seed, steps=opts.steps, guidance=opts.guidance,
-                                                         box=opts.box))
+                                                         box=opts.box, strict_box=opts.strict_box))
     pngs = await asyncio.to_thread(lambda: [engines.png_base64(image) for image in images])
     return schemas.GenerateResponse(model=entry.name, prompt=opts.prompt, images=pngs, elapsed_ms=_ms(start),
                                     unknown_words=entry.model.unknown_words(opts.prompt))

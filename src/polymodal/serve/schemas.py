@@ -351,6 +351,8 @@ class GenerateOptions(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the same seed draws the same images")
     box: list[float] | None = Field(None, min_length=4, max_length=4, description="draw it inside the box x0, y0, "
                                     "x1, y1 (in [0, 1], y down); a generator trained with layouts")
+    strict_box: bool = Field(False, description="draw nothing outside the box (objects land in it more often, "
+                             "drawn worse)")
 
 
 class GenerateResponse(BaseModel):

@@ -35,7 +35,7 @@ from ..config import DataConfig, TrainConfig
 from ..data.controlled_captions import read_scenes, with_tokens
 from ..data.datasets import ImageDataset, load_split, shapes_folder
 from ..data.layout import GRID as LAYOUT_GRID
-from ..data.layout import box_words, layout_tokens, objects_box
+from ..data.layout import background_codes, box_words, layout_tokens, objects_box
 from ..data.records import CaptionRecord, SkipReport
 from ..errors import ConfigError
 from ..models.image_tokenizer import ImageTokenizer
@@ -54,6 +54,9 @@ class LayoutConfig:
     enabled: bool = False
     p_box: float = 0.5
     grid: int = LAYOUT_GRID
+    keep_outside: bool = True   # fit the background codes, the only ones sampled outside a box (data/layout.py)
+    background_min_count: int = 1   # a background code is seen in this many object-free training cells ...
+    background_purity: float = 3.0  # ... and this many times as often as in cells an object reaches into
 
     def check(self, data: DataConfig) -> None:
         if not 0.0 < self.p_box <= 1.0:
@@ -118,6 +121,18 @@ def scene_layouts(data: DataConfig, records: list[CaptionRecord], tokenizer: Tok
     """Each record's layout box (the one holding its scene's objects) as token ids."""
     scenes = read_scenes(shapes_folder(data))
     return [[tokenizer.index[w] for w in box_words(objects_box(scenes[r.id].objects), grid)] for r in records]
+
+
+def fit_outside_box_codes(data: DataConfig, records: list[CaptionRecord], codes: list[torch.Tensor | None],
+                          image_tokenizer: ImageTokenizer, layout: LayoutConfig) -> list[list[int]]:
+    """The image codes that draw background (data/layout.py `background_codes`) in the training images' `codes`
+    (of `records`; None where an image failed), judged by their scenes: what sampling keeps outside a box."""
+    scenes = read_scenes(shapes_folder(data))
+    read = [(r, c) for r, c in zip(records, codes, strict=True) if c is not None]
+    return background_codes(torch.stack([c.long() for _, c in read]), [scenes[r.id].objects for r, _ in read],
+                            image_tokenizer.grid,
+                            image_tokenizer.cfg.codes_per_cell, image_tokenizer.vocab_size,
+                            layout.background_min_count, layout.background_purity)
 
 
 def grown_generator(start: TokenImageGenerator, tokenizer: WordTokenizer, cfg: TokenImageConfig) -> TokenImageGenerator:
@@ -243,8 +258,11 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
         model_cfg.layout_grid = cfg.layout.grid
         layouts = scene_layouts(cfg.data, train_records, tokenizer, cfg.layout.grid)
     max_len = min(cfg.data.max_len, model_cfg.text_max_len - 2)
-    train_set = CodedCaptions(train_records, encode_images(image_tokenizer, train_images, progress=progress),
-                              tokenizer, max_len, layouts, cfg.layout.p_box)
+    train_codes = encode_images(image_tokenizer, train_images, progress=progress)
+    train_set = CodedCaptions(train_records, train_codes, tokenizer, max_len, layouts, cfg.layout.p_box)
+    if cfg.layout.enabled and cfg.layout.keep_outside:
+        model_cfg.outside_box_codes = fit_outside_box_codes(cfg.data, train_records, train_codes, image_tokenizer,
+                                                            cfg.layout)
     val_set = CodedCaptions(val_records, encode_images(image_tokenizer, val_images, progress=progress),
                             tokenizer, max_len)  # plain captions: a val loss comparable with the plain model's
     if report.count:
