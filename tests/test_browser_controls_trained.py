@@ -41,7 +41,8 @@ def _layout_generator():
     torch.manual_seed(0)
     words = WordTokenizer.build(CAPTIONS).words
     cfg = TokenImageConfig(image=ImageTokenizerConfig(image_size=16, patch=2, channels=(8, 8), levels=(3, 3)),
-                           width=32, layers=1, heads=2, text_max_len=16, layout_grid=8)
+                           width=32, layers=1, heads=2, text_max_len=16, layout_grid=8,
+                           outside_box_codes=[[0, 1, 2]])  # as if fitted: a strict box can be asked for
     return TokenImageGenerator(cfg, WordTokenizer([*words, *layout_tokens()])).eval()
 
 
@@ -65,11 +66,18 @@ def test_draw_inside_a_box(base: str) -> None:
         page.fill("#prompt", "a red circle")
         page.press("#prompt", "Enter")
         page.wait_for_selector("#drawings figure img", timeout=30_000)
-        assert '"box":[0,0,0.5,1]' in sent[-1].replace(" ", "")
+        assert '"box":[0,0,0.5,1]' in sent[-1].replace(" ", "") and "strict_box" not in sent[-1]
+        assert page.is_visible("#draw-strict-label")
+        page.check("#draw-strict")
+        with page.expect_response(lambda r: r.url.endswith("/v1/generate")) as strict:
+            page.press("#prompt", "Enter")
+        assert '"strict_box":true' in sent[-1].replace(" ", "") and strict.value.ok
         page.select_option("#draw-where", label="anywhere")
-        page.press("#prompt", "Enter")
+        with page.expect_response(lambda r: r.url.endswith("/v1/generate")):
+            page.press("#prompt", "Enter")
         page.wait_for_function("document.querySelectorAll('#drawings figure img').length === 4", timeout=30_000)
-        assert len(sent) == 2 and '"box"' not in sent[-1]
+        assert len(sent) == 3
+        assert '"box"' not in sent[-1] and "strict_box" not in sent[-1]  # no box: nothing strict either
         assert not errors and not outside
 
 

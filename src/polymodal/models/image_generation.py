@@ -53,8 +53,11 @@ class ImageGenerator(SavedModel):
 
     @property
     def trained_controls(self) -> tuple[str, ...]:
-        """("box",) for a generator trained with a layout box, else (); the server lists it, the page offers it."""
-        return ("box",) if getattr(self.cfg, "layout_grid", 0) else ()
+        """("box",) for a generator trained with a layout box, and "strict_box" where its background codes were
+        fitted, else (); the server lists them, the page offers them."""
+        if not getattr(self.cfg, "layout_grid", 0):
+            return ()
+        return ("box", "strict_box") if getattr(self.cfg, "outside_box_codes", None) else ("box",)
 
     def layout_ids(self, box: Sequence[float] | None) -> list[int]:
         """The token ids of a layout box ("draw it here", data/layout.py); [] without one; InputError for a bad

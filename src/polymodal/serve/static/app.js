@@ -54,7 +54,9 @@ async function loadModels() {
   if (state.tasks.generate) {
     $("draw-card").hidden = false;
     $("draw-meta").textContent = state.tasks.generate.name;
-    $("draw-where").hidden = !(state.tasks.generate.controls || []).includes("box");  // a layout-trained generator
+    const controls = state.tasks.generate.controls || [];
+    $("draw-where").hidden = !controls.includes("box");  // a layout-trained generator
+    $("draw-strict-label").hidden = !controls.includes("strict_box");  // ... whose background codes were fitted
   }
   state.index = info.index;
   if (info.index) {
@@ -427,6 +429,7 @@ async function draw(prompt) {
   try {
     const request = { prompt, n: 4, seed: Math.floor(Math.random() * 1e6) };
     if (!$("draw-where").hidden && $("draw-where").value) request.box = JSON.parse($("draw-where").value);
+    if (request.box && !$("draw-strict-label").hidden && $("draw-strict").checked) request.strict_box = true;
     const result = await (await api("/v1/generate", request)).json();
     box.replaceChildren(...result.images.map((png, i) => {
       const figure = el("figure", { title: `${prompt} (${i + 1})` },
