@@ -87,7 +87,8 @@ def measure(model_dir: str, before_dir: str, per_group: int) -> dict:
         for name, found in parsed.items():
             row[f"in_box_{name}"] = sum(in_box(found[i], boxes[i]) for i in idx) / len(idx)
             row[f"correct_{name}"] = sum(grade(prompts[i], found[i]) for i in idx) / len(idx)
-            row[f"both_{name}"] = sum(in_box(found[i], boxes[i]) and grade(prompts[i], found[i]) for i in idx) / len(idx)
+            row[f"both_{name}"] = sum(in_box(found[i], boxes[i]) and grade(prompts[i], found[i])
+                                      for i in idx) / len(idx)
         row["example"] = {"prompt": prompts[idx[0]].text, "box": [round(v, 3) for v in boxes[idx[0]]]}
         rows.append(row)
         print(row, flush=True)
@@ -103,13 +104,13 @@ def page(result: dict) -> str:
              f"trained with layout boxes (`{result['model']}`) and the one it was trained from (`{result['before']}`), "
              f"one image per Shapes World test prompt (seed 0), graded by the object parser of docs/generation.md. "
              f"bench/generation_layout.py's docstring defines each column. Figures: "
-             f"docs/results/generation_layout.json. The background codes (all that a strict box lets be written outside it) are "
-             f"fitted by the layout training on its own training images (`layout.keep_outside`, "
+             f"docs/results/generation_layout.json. The background codes (all that a strict box lets be written "
+             f"outside it) are fitted by the layout training on its own training images (`layout.keep_outside`, "
              f"{' and '.join(map(str, result['background_codes']))} of the "
-             f"{result['image_codes'] // len(result['background_codes'])} codes of each of a cell's two slots here); `runs/text_to_image_layout2`, trained before "
-             f"they existed, had "
-             f"them fitted afterwards by the same function (train/text_to_image_tokens.py `fit_outside_box_codes`, "
-             f"minimum count 1, purity 3: the setting that kept most objects in the box on 40 validation prompts per "
+             f"{result['image_codes'] // len(result['background_codes'])} codes of each of a cell's two slots here); "
+             f"`runs/text_to_image_layout2`, trained before they existed, had them fitted afterwards by the same "
+             f"function (train/text_to_image_tokens.py `fit_outside_box_codes`, minimum count 1, purity 3: the "
+             f"setting that kept most objects in the box on 40 validation prompts per "
              f"row, of (1, 3), (2, 9) and (5, 19)).", "",
              "| prompts | n | in the box, with the box | with a strict box | in that box without it (chance) "
              "| fully correct, with the box | with a strict box | without | before layout training "

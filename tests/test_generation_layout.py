@@ -117,6 +117,7 @@ def test_only_background_codes_are_written_outside_the_box(runs):
         for cell in (c for c in range(grid * grid) if outside[c]):
             assert all(int(image[cell, k]) in model.cfg.outside_box_codes[k] for k in range(slots))
     assert len(model.generate_images("a red circle", n=2, seed=0, box=box, strict_box=True)) == 2
+    assert not model.outside_box_ban((0.0, 0.0, 1.0, 1.0)).any()  # a box over the whole image rules out nothing
     with pytest.raises(InputError, match="strict_box needs a box"):
         model.generate_images("a red circle", strict_box=True)
 

@@ -77,14 +77,17 @@ def inside(x: float, y: float, box: Sequence[float], grid: int = GRID) -> bool:
     return a / grid <= x <= (c + 1) / grid and b / grid <= y <= (d + 1) / grid
 
 
+def cells_reached(left: float, top: float, right: float, bottom: float, grid: int) -> list[bool]:
+    """Per cell of a grid x grid raster (row-major): True where the rectangle reaches into the cell (more than
+    touching its border)."""
+    return [left < (k + 1) / grid and right > k / grid and top < (r + 1) / grid and bottom > r / grid
+            for r in range(grid) for k in range(grid)]
+
+
 def untouched_cells(objects: Sequence[ShapeObject], grid: int) -> list[bool]:
     """Per cell of a grid x grid raster (row-major): True where no object's bounding square reaches into it."""
-    out = []
-    for c in range(grid * grid):
-        x0, y0 = (c % grid) / grid, (c // grid) / grid
-        out.append(not any(o.x + o.radius > x0 and o.x - o.radius < x0 + 1 / grid and
-                           o.y + o.radius > y0 and o.y - o.radius < y0 + 1 / grid for o in objects))
-    return out
+    reached = [cells_reached(o.x - o.radius, o.y - o.radius, o.x + o.radius, o.y + o.radius, grid) for o in objects]
+    return [not any(cell) for cell in zip(*reached, strict=True)] if reached else [True] * grid * grid
 
 
 def background_codes(codes: torch.Tensor, scenes: Sequence[Sequence[ShapeObject]], grid: int, codes_per_cell: int,
@@ -113,6 +116,5 @@ def outside_cells(box: Sequence[float], box_grid: int, grid: int) -> list[bool]:
     """Per cell of a grid x grid raster: True where the cell lies wholly outside the box as the generator reads it
     (its corners' cells on the box_grid raster)."""
     a, b, c, d = box_cells(box, box_grid)
-    left, top, right, bottom = a / box_grid, b / box_grid, (c + 1) / box_grid, (d + 1) / box_grid
-    return [(k + 1) / grid <= left or k / grid >= right or (r + 1) / grid <= top or r / grid >= bottom
-            for r in range(grid) for k in range(grid)]
+    reached = cells_reached(a / box_grid, b / box_grid, (c + 1) / box_grid, (d + 1) / box_grid, grid)
+    return [not cell for cell in reached]

@@ -210,17 +210,16 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
         return torch.stack(codes).to(self.device)
 
     def outside_box_ban(self, box: Sequence[float]) -> torch.Tensor:
-        """(T, V) True where image code t may not be token v: words always, and outside the box every code that
-        is not a background code of its slot (a slot without any keeps all codes rather than none)."""
+        """(T, V) True where image code t may not be token v: outside the box every code that is not a background
+        code of its slot (a slot without any keeps all codes rather than none). Words `step` rules out itself."""
         grid, slots = self.image_tokenizer.grid, self.cfg.image.codes_per_cell
-        banned = torch.ones(self.cfg.tokens, self.text_vocab + self.codes, dtype=torch.bool)
-        banned[:, self.text_vocab:] = False
-        for cell, outside in enumerate(outside_cells(box, self.cfg.layout_grid, grid)):
-            for slot, allowed in enumerate(self.cfg.outside_box_codes):
-                if outside and allowed:
-                    t = cell * slots + slot
-                    banned[t, self.text_vocab:] = True
-                    banned[t, [self.text_vocab + c for c in allowed]] = False
+        banned = torch.zeros(self.cfg.tokens, self.text_vocab + self.codes, dtype=torch.bool)
+        outside = [cell for cell, out in enumerate(outside_cells(box, self.cfg.layout_grid, grid)) if out]
+        for slot, allowed in enumerate(self.cfg.outside_box_codes):
+            if allowed:
+                rows = torch.tensor([cell * slots + slot for cell in outside], dtype=torch.long)
+                banned[rows, self.text_vocab:] = True
+                banned[rows[:, None], torch.tensor(allowed) + self.text_vocab] = False
         return banned.to(self.device)
 
     def generate_images(self, texts: str | list[str], n: int = 1, seed: int = 0, steps: int | None = None,

@@ -37,6 +37,7 @@ from ..data.datasets import ImageDataset, load_split, shapes_folder
 from ..data.layout import GRID as LAYOUT_GRID
 from ..data.layout import background_codes, box_words, layout_tokens, objects_box
 from ..data.records import CaptionRecord, SkipReport
+from ..data.shapes import Scene
 from ..errors import ConfigError
 from ..models.image_tokenizer import ImageTokenizer
 from ..models.token_image_generator import TokenImageConfig, TokenImageGenerator
@@ -117,21 +118,19 @@ class CodedCaptions(Dataset):
         return {"tokens": torch.tensor([tok.bos_id, *words, *box, tok.eos_id]), "codes": self.codes[i].long()}
 
 
-def scene_layouts(data: DataConfig, records: list[CaptionRecord], tokenizer: Tokenizer, grid: int) -> list[list[int]]:
+def scene_layouts(scenes: dict[str, Scene], records: list[CaptionRecord], tokenizer: Tokenizer,
+                  grid: int) -> list[list[int]]:
     """Each record's layout box (the one holding its scene's objects) as token ids."""
-    scenes = read_scenes(shapes_folder(data))
     return [[tokenizer.index[w] for w in box_words(objects_box(scenes[r.id].objects), grid)] for r in records]
 
 
-def fit_outside_box_codes(data: DataConfig, records: list[CaptionRecord], codes: list[torch.Tensor | None],
+def fit_outside_box_codes(scenes: dict[str, Scene], records: list[CaptionRecord], codes: list[torch.Tensor | None],
                           image_tokenizer: ImageTokenizer, layout: LayoutConfig) -> list[list[int]]:
     """The image codes that draw background (data/layout.py `background_codes`) in the training images' `codes`
     (of `records`; None where an image failed), judged by their scenes: what sampling keeps outside a box."""
-    scenes = read_scenes(shapes_folder(data))
     read = [(r, c) for r, c in zip(records, codes, strict=True) if c is not None]
     return background_codes(torch.stack([c.long() for _, c in read]), [scenes[r.id].objects for r, _ in read],
-                            image_tokenizer.grid,
-                            image_tokenizer.cfg.codes_per_cell, image_tokenizer.vocab_size,
+                            image_tokenizer.grid, image_tokenizer.cfg.codes_per_cell, image_tokenizer.vocab_size,
                             layout.background_min_count, layout.background_purity)
 
 
@@ -251,17 +250,18 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
                        else train_image_tokenizer(cfg, train_images, val_pixels, progress))
     tokenizer = start.tokenizer if start is not None else WordTokenizer.build(
         (c for r in train_records for c in r.captions), min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
-    layouts = None
+    layouts, scenes = None, {}
     if cfg.layout.enabled:
         cfg.layout.check(cfg.data)
         tokenizer = with_tokens(tokenizer, layout_tokens(cfg.layout.grid), "layout boxes")
         model_cfg.layout_grid = cfg.layout.grid
-        layouts = scene_layouts(cfg.data, train_records, tokenizer, cfg.layout.grid)
+        scenes = read_scenes(shapes_folder(cfg.data))  # read once: the boxes, then the background codes
+        layouts = scene_layouts(scenes, train_records, tokenizer, cfg.layout.grid)
     max_len = min(cfg.data.max_len, model_cfg.text_max_len - 2)
     train_codes = encode_images(image_tokenizer, train_images, progress=progress)
     train_set = CodedCaptions(train_records, train_codes, tokenizer, max_len, layouts, cfg.layout.p_box)
     if cfg.layout.enabled and cfg.layout.keep_outside:
-        model_cfg.outside_box_codes = fit_outside_box_codes(cfg.data, train_records, train_codes, image_tokenizer,
+        model_cfg.outside_box_codes = fit_outside_box_codes(scenes, train_records, train_codes, image_tokenizer,
                                                             cfg.layout)
     val_set = CodedCaptions(val_records, encode_images(image_tokenizer, val_images, progress=progress),
                             tokenizer, max_len)  # plain captions: a val loss comparable with the plain model's
