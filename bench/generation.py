@@ -1,6 +1,6 @@
 """Text -> image, graded GenEval-style by the project's own perception; writes the model family's results
-(docs/results/generation.json or generation_tokens.json, and its sample pictures) and rewrites docs/generation.md
-(bench/generation_report.py) with both families side by side.
+(docs/results/generation.json, generation_tokens.json or generation_scenes.json, and its sample pictures) and
+rewrites docs/generation.md (bench/generation_report.py) with the families side by side.
 
     OMP_NUM_THREADS=1 python bench/generation.py --model runs/text_to_image
 
@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from _report import write_section  # noqa: E402  (bench/, beside this file)
-from generation_report import FAMILIES, SPEED_FIGURES, speed_section, write_report  # noqa: E402
+from generation_report import FAMILIES, FAMILY_OF, PICTURES, SPEED_FIGURES, speed_section, write_report  # noqa: E402
 
 import polymodal  # noqa: E402
 from polymodal.assets import ASSETS, BUNDLED_CAPTIONER, BUNDLED_VQA  # noqa: E402
+from polymodal.data.scene_plan import scene_plan  # noqa: E402
 from polymodal.data.shapes import HELDOUT_PAIRS, ShapesWorld  # noqa: E402
 from polymodal.eval.caption_metrics import caption_metrics  # noqa: E402
 from polymodal.eval.generation import GROUPS, ObjectParser, grade, match_scene, prompt_groups  # noqa: E402
@@ -70,10 +71,9 @@ class Drawer:
         noise = {t: torch.randn(3, size, size, generator=g) for t in dict.fromkeys(texts)}
         for start in range(0, len(todo), self.batch):
             chunk = todo[start:start + self.batch]
-            if getattr(self.model, "fixed_steps", False):  # image tokens: the prompts of a chunk sample together
+            if getattr(self.model, "fixed_steps", False):  # tokens (codes or a plan): a chunk samples together
                 with torch.inference_mode():
-                    codes = self.model.sample_codes(chunk, 1, seed + start, guidance, self.temperature)
-                    images = to_pil(self.model.image_tokenizer.decode(codes))
+                    images = to_pil(self.model.sample_batch(chunk, seed + start, guidance, self.temperature))
             else:  # continuous: each text starts from its own noise
                 images = to_pil(self.model.sample(chunk, torch.stack([noise[t] for t in chunk]), steps, guidance))
             for t, im in zip(chunk, images, strict=True):
@@ -81,17 +81,29 @@ class Drawer:
         return [self.cache[(t, *key)] for t in texts]
 
 
-def grader_accuracy(parser: ObjectParser, world: ShapesWorld, n: int, tokenizer=None) -> dict:
-    """The grader on real test / heldout scenes against their ground truth; with an image `tokenizer`, on the
-    scenes passed through it (encode -> decode): the best a generator writing its tokens can be graded."""
+def redrawer(model):
+    """How a family's own drawing part redraws real scenes: an image tokenizer encodes and decodes the image, a
+    planning generator's renderer draws the scene's true plan. Graded, the best that family's generator can be."""
+    if model.architecture == "image_tokenizer":
+        def redraw(scenes, images):
+            with torch.inference_mode():
+                x = to_unit_tensor(images, model.cfg.image_size) * 2 - 1
+                return to_pil(torch.cat([model.decode(model.encode(b)) for b in x.split(64)]))
+    else:
+        def redraw(scenes, images):
+            return to_pil(model.render([scene_plan(s, model.cfg.background_levels, model.cfg.grid) for s in scenes]))
+    return redraw
+
+
+def grader_accuracy(parser: ObjectParser, world: ShapesWorld, n: int, redraw=None) -> dict:
+    """The grader on real test / heldout scenes against their ground truth; with `redraw` (see `redrawer`), on the
+    scenes as a family's own drawing part redraws them."""
     out = {}
     for split in ("test", "heldout"):
         scenes = [world.scene(split, i) for i in range(n)]
         images = [world.image(split, i) for i in range(n)]
-        if tokenizer is not None:
-            with torch.inference_mode():
-                x = to_unit_tensor(images, tokenizer.cfg.image_size) * 2 - 1
-                images = to_pil(torch.cat([tokenizer.decode(tokenizer.encode(b)) for b in x.split(64)]))
+        if redraw is not None:
+            images = redraw(scenes, images)
         parsed = parser.parse(images)
         hits = [match_scene(s, p) for s, p in zip(scenes, parsed, strict=True)]
         out[split] = {"images": n, "objects": sum(k for _, k in hits),
@@ -248,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
 
     sheet_prompts = SAMPLE_PROMPTS
     sheet = [seeds[s][k] for k in range(len(div_prompts)) for s in range(4)]
-    suffix = "_tokens" if getattr(model, "fixed_steps", False) else ""  # one pair of pictures per family
+    suffix = PICTURES[FAMILY_OF[model.architecture]]  # one pair of pictures per family
     res["samples_png"], res["nearest_png"] = f"generation_samples{suffix}.png", f"generation_nearest{suffix}.png"
     image_grid([im.resize((96, 96), 0) for im in sheet], columns=8, pad=3).save(ROOT / "docs" / res["samples_png"])
     image_grid([im.resize((96, 96), 0) for im in nn_pair], columns=2, pad=3).save(ROOT / "docs" / res["nearest_png"])
@@ -277,16 +289,19 @@ def main() -> None:
                     "minutes, val_loss")
     ap.add_argument("--json", default=None, help="results file; default: the model family's in "
                     "bench/generation_report.py FAMILIES")
-    ap.add_argument("--tokenizer-ceiling", default=None, help="image tokenizer folder of a token model's run: grade "
-                    "real scenes passed through it and add the result to the family's existing --json, nothing else")
+    ap.add_argument("--tokenizer-ceiling", default=None, help="image tokenizer folder of a token model's run, or a "
+                    "planning model: grade real scenes redrawn by it (encode -> decode; the true plan drawn) and add "
+                    "the result to the family's existing --json, nothing else")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.tokenizer_ceiling:
-        out = Path(args.json) if args.json else FAMILIES["discrete"]
+        drawer_model = polymodal.load(args.tokenizer_ceiling)
+        family = "discrete" if drawer_model.architecture == "image_tokenizer" else FAMILY_OF[drawer_model.architecture]
+        out = Path(args.json) if args.json else FAMILIES[family]
         res = json.loads(out.read_text(encoding="utf-8"))
         parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
         res["tokenizer_ceiling"] = grader_accuracy(parser, ShapesWorld(n=5000, seed=0, image_size=128), args.real,
-                                                   polymodal.load(args.tokenizer_ceiling))
+                                                   redrawer(drawer_model))
         res["tokenizer_ceiling"]["command"] = "OMP_NUM_THREADS=1 python bench/generation.py " + " ".join(sys.argv[1:])
         out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
         write_report()
@@ -295,7 +310,7 @@ def main() -> None:
     res = run(args)
     res["training"] = json.loads(Path(args.training).read_text()) if args.training else {}
     res["command"] = "OMP_NUM_THREADS=1 python bench/generation.py " + " ".join(sys.argv[1:])
-    family = "discrete" if res["architecture"] == "token_image_generator" else "continuous"
+    family = FAMILY_OF[res["architecture"]]
     out = Path(args.json) if args.json else FAMILIES[family]
     out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     write_report()

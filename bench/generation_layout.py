@@ -19,6 +19,12 @@ the prompt), with a strict box (`strict_box=True`: besides, only background code
 data/layout.py `background_codes`), for the same prompts and seeds without a box (how often the objects land in
 the box by chance), and for the generator before layout training, without a box.
 Writes docs/results/generation_layout.json and the `<!-- bench:generation_layout -->` section of docs/control.md.
+
+    OMP_NUM_THREADS=1 python bench/generation_layout.py --planning runs/text_to_image_scenes/model
+
+measures the planning generator (docs/generation.md) the same way: its box is a constraint on the plan's
+coordinates (models/plan_grammar.py), so there is no separate strict row; written to
+docs/results/generation_layout_scenes.json and the `<!-- bench:generation_layout_planning -->` section.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from _report import load_average, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, DOC = ROOT / "docs" / "results" / "generation_layout.json", ROOT / "docs" / "control.md"
+PLANNING_RESULTS = ROOT / "docs" / "results" / "generation_layout_scenes.json"
 COMMAND = ("polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml && "
            "polymodal train configs/text_to_image_layout.yaml init_from=runs/text_to_image_layout/model "
            "train.out_dir=runs/text_to_image_layout2 train.steps=2000 layout.p_box=0.8 && "
@@ -65,21 +72,18 @@ def draw(model, prompts: list, boxes: list | None, strict: bool = False) -> list
             for i, p in enumerate(prompts)]
 
 
-def measure(model_dir: str, before_dir: str, per_group: int) -> dict:
-    started = time.time()
+def prompts_and_boxes(per_group: int) -> tuple[list, list]:
+    """The test prompts of both groups and each one's box (single objects: a random one of its size, seed 0)."""
     world = ShapesWorld(n=5000, seed=0, image_size=128)
     prompts = [p for p in prompt_groups([world.scene("test", i) for i in range(500)], "test", per_group)
                if p.group in GROUPS]
     rng = random.Random(0)
-    boxes = [random_box(p.objects[0].radius, rng) if p.group == "single_object" else objects_box(p.objects)
-             for p in prompts]
-    parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
-    model, before = polymodal.load(model_dir), polymodal.load(before_dir)
-    if not model.cfg.outside_box_codes:
-        raise SystemExit(f"{model_dir} has no background codes fitted (train it with layout.keep_outside=true)")
-    parsed = {name: parser.parse(draw(m, prompts, b, strict)) for name, m, b, strict in
-              (("box", model, boxes, False), ("strict", model, boxes, True), ("no_box", model, None, False),
-               ("before", before, None, False))}
+    return prompts, [random_box(p.objects[0].radius, rng) if p.group == "single_object" else objects_box(p.objects)
+                     for p in prompts]
+
+
+def score_rows(prompts: list, boxes: list, parsed: dict[str, list]) -> list[dict]:
+    """Per group: in the box, fully correct and both, for each way of drawing in `parsed`."""
     rows = []
     for group, label in GROUPS.items():
         idx = [i for i, p in enumerate(prompts) if p.group == group]
@@ -92,6 +96,20 @@ def measure(model_dir: str, before_dir: str, per_group: int) -> dict:
         row["example"] = {"prompt": prompts[idx[0]].text, "box": [round(v, 3) for v in boxes[idx[0]]]}
         rows.append(row)
         print(row, flush=True)
+    return rows
+
+
+def measure(model_dir: str, before_dir: str, per_group: int) -> dict:
+    started = time.time()
+    prompts, boxes = prompts_and_boxes(per_group)
+    parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
+    model, before = polymodal.load(model_dir), polymodal.load(before_dir)
+    if not model.cfg.outside_box_codes:
+        raise SystemExit(f"{model_dir} has no background codes fitted (train it with layout.keep_outside=true)")
+    parsed = {name: parser.parse(draw(m, prompts, b, strict)) for name, m, b, strict in
+              (("box", model, boxes, False), ("strict", model, boxes, True), ("no_box", model, None, False),
+               ("before", before, None, False))}
+    rows = score_rows(prompts, boxes, parsed)
     return {"command": COMMAND, "model": model_dir, "before": before_dir, "rows": rows,
             "background_codes": [len(c) for c in model.cfg.outside_box_codes], "image_codes": model.codes,
             "date": time.strftime("%Y-%m-%d"), "machine": f"{machine()}, {load_average()}",
@@ -126,13 +144,49 @@ def page(result: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_planning(model_dir: str, per_group: int) -> dict:
+    started = time.time()
+    prompts, boxes = prompts_and_boxes(per_group)
+    parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
+    model = polymodal.load(model_dir)
+    parsed = {name: parser.parse(draw(model, prompts, b)) for name, b in (("box", boxes), ("no_box", None))}
+    return {"command": f"OMP_NUM_THREADS=1 python bench/generation_layout.py --planning {model_dir}",
+            "model": model_dir, "rows": score_rows(prompts, boxes, parsed), "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{machine()}, {load_average()}", "seconds": round(time.time() - started)}
+
+
+def planning_page(result: dict) -> str:
+    lines = ["## Measured: the planning generator's layout box", "",
+             f"`{result['command']}` ({result['date']}, {result['machine']}, {result['seconds']} s): the same prompts, "
+             f"boxes, seed and grader as above, for the planning generator (`{result['model']}`), whose box rules out "
+             f"every plan coordinate that would put an object outside it. Figures: "
+             f"docs/results/generation_layout_scenes.json.", "",
+             "| prompts | n | in the box, with the box | in that box without it (chance) | fully correct, with the box "
+             "| without | in the box and fully correct, with the box |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        met = "met" if r["in_box_box"] >= 0.95 else "**missed**"
+        lines.append(f"| {r['label']} | {r['n']} | {r['in_box_box']:.1%} (target >= 95%: {met}) | "
+                     f"{r['in_box_no_box']:.1%} | {r['correct_box']:.1%} | {r['correct_no_box']:.1%} | "
+                     f"{r['both_box']:.1%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/text_to_image_layout2/model")
     parser.add_argument("--before", default="runs/text_to_image_tokens/model")
     parser.add_argument("--per-group", type=int, default=80)
     parser.add_argument("--page-only", action="store_true", help="redraw the docs section from the JSON")
+    parser.add_argument("--planning", default=None, help="a planning generator (scene plans) to measure instead")
     args = parser.parse_args()
+    if args.planning:
+        result = measure_planning(args.planning, args.per_group)
+        PLANNING_RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        markdown = planning_page(result)
+        DOC.write_text(put_section(DOC.read_text(encoding="utf-8"), "generation_layout_planning", markdown),
+                       encoding="utf-8")
+        print(markdown)
+        return
     if args.page_only:
         result = json.loads(RESULTS.read_text(encoding="utf-8"))
     else:

@@ -12,10 +12,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {  # family -> its results file; a missing file leaves the family out
+    "planning": ROOT / "docs/results/generation_scenes.json",
     "discrete": ROOT / "docs/results/generation_tokens.json",
     "continuous": ROOT / "docs/results/generation.json",
 }
+FAMILY_OF = {"scene_image_generator": "planning", "token_image_generator": "discrete", "text_to_image": "continuous"}
+PICTURES = {"planning": "_scenes", "discrete": "_tokens", "continuous": ""}  # suffix of each family's PNGs
 MODELS = {
+    "planning": "a decoder-only transformer that reads the caption and writes a scene plan (a background shade, then "
+                "per object its words, box size and centre on a 64 x 64 raster; at most {steps} tokens, under the plan "
+                "grammar), and a sprite renderer that draws each object's words in its box "
+                "({params:.2f} M parameters in all), trained together; 10% of captions dropped; sampled with "
+                "classifier-free guidance {guidance:g} and temperature {temperature:g}",
     "continuous": "a conditional U-Net ({params:.2f} M parameters, 2x2 pixel folding, cross-attention to a word-level "
                   "transformer text tower) trained by rectified flow with 10% caption dropout; sampled with "
                   "{steps} Euler steps and classifier-free guidance {guidance:g}",
@@ -66,8 +74,7 @@ def verdict(results: dict[str, dict]) -> str:
         return ""
     score = {f: (r["groups"]["test"]["single_object"]["correct"] + r["groups"]["test"]["position"]["correct"], f)
              for f, r in results.items()}
-    best = max(score.values())[1]
-    other = next(f for f in results if f != best)
+    best, other = (f for _, f in sorted(score.values(), reverse=True)[:2])  # the winner and the runner-up
     b, o = results[best]["groups"]["test"], results[other]["groups"]["test"]
     return (f"**The default (`configs/text_to_image.yaml`) is the {best} family**: on the same test prompts it draws "
             f"single objects fully correct {_pct(b['single_object']['correct'])} of the time against "
@@ -119,11 +126,13 @@ def family_section(family: str, res: dict) -> list[str]:
                    f"{_pct(r['correct'])} (n={r['n']}) | - |")
     if res.get("tokenizer_ceiling"):
         c = res["tokenizer_ceiling"]
-        out += ["", f"The ceiling of this family: real scenes passed through its image tokenizer (encode, then decode) "
+        how = ("the true plans of real scenes drawn by its renderer" if family == "planning" else
+               "real scenes passed through its image tokenizer (encode, then decode)")
+        out += ["", f"The ceiling of this family: {how} "
                 f"are graded object-exact {_pct(c['test']['object_exact'])} (test) and "
                 f"{_pct(c['heldout']['object_exact'])} (heldout), image-exact {_pct(c['test']['image_exact'])} / "
-                f"{_pct(c['heldout']['image_exact'])}; most misses are the outlines of small objects, read as another shape "
-                f"(`{c['command']}`)."]
+                f"{_pct(c['heldout']['image_exact'])}" + ("; most misses are the outlines of small objects, read as "
+                "another shape" if family == "discrete" else "") + f" (`{c['command']}`)."]
     out += ["", "### Targets (issue 19)", ""] + targets(res) + rest(res)
     return out
 
@@ -176,6 +185,8 @@ SPEED_FIGURES = {  # what the benchmarks page's figures are (docs/results/bench_
                                   "format": ".2f", "unit": " s"},
     "discrete, 16 images (s)": {"what": "discrete family (128 image tokens, KV cache): 16 images at 64 px",
                                 "format": ".2f", "unit": " s"},
+    "planning, 16 images (s)": {"what": "planning family (a scene plan, KV cache, then sprites drawn): 16 images "
+                                "at 64 px", "format": ".2f", "unit": " s"},
 }
 
 
@@ -184,8 +195,9 @@ def speed_section(results: dict[str, dict]) -> tuple[str, dict[str, float]]:
     lines = ["## Text -> image: drawing speed", "",
              "`python bench/generation.py --model MODEL` (each family's model; figures from "
              "docs/results/generation*.json) — 16 images at 64 px, guidance on (two rows per image), median of 3 "
-             "runs. The discrete family writes its image tokens one per step with the KV cache; the continuous one "
-             "runs its U-Net once per Euler step. Accuracy: fully-correct single-object prompts (test).", "",
+             "runs. The planning family writes a plan of at most 38 tokens, then draws it once; the discrete family "
+             "writes its image tokens one per step with the KV cache; the continuous one runs its U-Net once per "
+             "Euler step. Accuracy: fully-correct single-object prompts (test).", "",
              "| family | steps | seconds for 16 images | steps/s | single object |", "|---|---|---|---|---|"]
     figures = {}
     for family, res in results.items():
@@ -217,10 +229,10 @@ def write_report(path: Path = ROOT / "docs/generation.md") -> None:
     for res in results.values():  # older result files name the pictures implicitly
         res.setdefault("samples_png", "generation_samples.png")
         res.setdefault("nearest_png", "generation_nearest.png")
-    lines = ["# Text -> image generation: two families compared", "",
+    lines = [f"# Text -> image generation: {len(results)} families compared", "",
              "Generated by `bench/generation_report.py` from " + ", ".join(f"`{p.relative_to(ROOT)}`" for f, p in
                                                                           FAMILIES.items() if f in results) +
-             " (written by `bench/generation.py`); every figure comes from the runs recorded there. Both families "
+             " (written by `bench/generation.py`); every figure comes from the runs recorded there. The families "
              "train on the same data (Shapes World, 24000 training images, n=30000) on this 2-core machine and are "
              "graded by the same perception on the same held-out prompts.", "", *comparison(results), ""]
     if verdict(results):

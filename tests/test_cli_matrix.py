@@ -163,19 +163,30 @@ def _token_image_generator() -> torch.nn.Module:
     return TokenImageGenerator(cfg, WordTokenizer.build(CAPTIONS))
 
 
+def _scene_image_generator() -> torch.nn.Module:
+    from polymodal.data.scene_plan import plan_tokens
+    from polymodal.models.scene_image_generator import SceneImageConfig, SceneImageGenerator
+    from polymodal.nn.sprites import SpriteConfig
+
+    cfg = SceneImageConfig(image_size=16, width=16, layers=1, heads=2, grid=8, max_objects=2,
+                           renderer=SpriteConfig(dim=8, channels=(8, 8)), background_levels=[40.0])
+    return SceneImageGenerator(cfg, WordTokenizer([*WordTokenizer.build(CAPTIONS).words, *plan_tokens(8, 1)]))
+
+
 KINDS: dict[str, Callable[[], torch.nn.Module]] = {
     "asr": _asr, "captioner": _captioner, "refining_captioner": _refining, "prefix_lm": _prefix_lm,
     "dual_encoder": _dual_encoder, "vqa": _vqa, "spoken_vqa": _spoken_vqa, "chat": _chat, "assistant": _assistant,
     "video_captioner": _video_captioner,
     "video_qa": _video_qa, "text_to_image": _text_to_image, "image_tokenizer": _image_tokenizer,
-    "token_image_generator": _token_image_generator,
+    "token_image_generator": _token_image_generator, "scene_image_generator": _scene_image_generator,
 }
 NOT_MODELS = ("empty_dir", "junk_dir", "junk_file")  # no model: an empty folder, one with a random file, that file
 CAPTIONERS = ("captioner", "refining_captioner", "prefix_lm")
 FITS = {**dict.fromkeys(CAPTIONERS, "polymodal caption"), "dual_encoder": "polymodal index", "vqa": "polymodal vqa",
         "chat": "polymodal chat", "assistant": "polymodal chat", "video_captioner": "polymodal describe", "video_qa": "polymodal videoqa",
         "asr": "polymodal transcribe", "text_to_image": "polymodal generate", "spoken_vqa": "polymodal vqa",
-        "token_image_generator": "polymodal generate", "image_tokenizer": "polymodal train"}
+        "token_image_generator": "polymodal generate", "scene_image_generator": "polymodal generate",
+        "image_tokenizer": "polymodal train"}
 
 
 def test_every_saved_kind_is_built_here():
@@ -267,7 +278,7 @@ RECIPES: dict[str, Recipe] = {
     "retrieval-eval": Recipe(lambda m, i: _s(m, "--data", i.world / "captions.json", "--format", "coco"),
                              ("dual_encoder",)),
     "generate": Recipe(lambda m, i: _s(m, "a red circle", "--n", 2, "--out", i.out, "--quiet"),
-                       ("text_to_image", "token_image_generator")),  # default steps: 2 (tiny U-Net), 16 (tokens)
+                       ("text_to_image", "token_image_generator", "scene_image_generator")),  # default steps
     "transcribe": Recipe(lambda m, i: _s(m, i.video, "--beam", 2), ("asr",)),  # the clip's sound track
     "explain": Recipe(lambda m, i: _s(m, i.image, "--text", "a red circle", "--grid", 2, "--out", i.out),
                       (*CAPTIONERS, "dual_encoder")),  # a (video) VQA model needs --question: one error line

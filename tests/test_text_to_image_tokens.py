@@ -12,9 +12,10 @@ import torch
 
 import polymodal
 from polymodal.errors import InputError
+from polymodal.models.caption_prefix import left_pad
 from polymodal.models.image_generation import to_pil
 from polymodal.models.image_tokenizer import ImageTokenizerConfig
-from polymodal.models.token_image_generator import TokenImageConfig, TokenImageGenerator, left_pad
+from polymodal.models.token_image_generator import TokenImageConfig, TokenImageGenerator
 from polymodal.nn.fsq import FSQ
 from polymodal.nn.state import guided, pair_rows
 from polymodal.text.tokenizer import WordTokenizer

@@ -43,7 +43,7 @@ NEEDS: dict[str, Needs] = {
     "retrieval-eval": Needs(("dual_encoder",), "contrastive"),
     "transcribe": Needs(("asr",), "asr"),
     "explain": Needs(("vqa", "video_qa", "dual_encoder", *CAPTIONERS), "vqa"),
-    "generate": Needs(("text_to_image", "token_image_generator"), "text_to_image"),
+    "generate": Needs(("text_to_image", "token_image_generator", "scene_image_generator"), "text_to_image"),
     "serve": Needs((*CAPTIONERS, "vqa", "chat", "assistant", "dual_encoder", "asr"), "attention_lstm"),
 }
 
@@ -61,6 +61,7 @@ USE: dict[str, str] = {  # model kind -> the command that fits it ({dir}: the mo
     "video_qa": 'polymodal videoqa {dir} VIDEO "QUESTION"',
     "text_to_image": 'polymodal generate {dir} "PROMPT"',
     "token_image_generator": 'polymodal generate {dir} "PROMPT"',
+    "scene_image_generator": 'polymodal generate {dir} "PROMPT"',
     "image_tokenizer": "polymodal train configs/text_to_image.yaml image_tokenizer={dir}",  # a generator's stage 1
 }
 

@@ -5,7 +5,7 @@ This file is the one place that fills `registry.MODELS` (the `architecture` key 
 Example:
     >>> from polymodal.registry import MODELS
     >>> MODELS.names()
-    ['asr', 'assistant', 'captioner', 'chat', 'dual_encoder', 'image_tokenizer', 'prefix_lm', 'refining_captioner', 'spoken_vqa', 'text_to_image', 'token_image_generator', 'video_captioner', 'video_qa', 'vqa']
+    ['asr', 'assistant', 'captioner', 'chat', 'dual_encoder', 'image_tokenizer', 'prefix_lm', 'refining_captioner', 'scene_image_generator', 'spoken_vqa', 'text_to_image', 'token_image_generator', 'video_captioner', 'video_qa', 'vqa']
 """
 
 from ..registry import MODELS
@@ -17,6 +17,7 @@ from .dual_encoder import DualEncoder
 from .image_tokenizer import ImageTokenizer
 from .prefix_lm import PrefixLM
 from .refine import RefiningCaptioner
+from .scene_image_generator import SceneImageGenerator
 from .spoken_vqa import SpokenVQAModel
 from .text_to_image import TextToImage
 from .token_image_generator import TokenImageGenerator
@@ -33,6 +34,7 @@ MODELS.fill({
     "image_tokenizer": ImageTokenizer,
     "prefix_lm": PrefixLM,
     "refining_captioner": RefiningCaptioner,
+    "scene_image_generator": SceneImageGenerator,
     "spoken_vqa": SpokenVQAModel,
     "text_to_image": TextToImage,
     "token_image_generator": TokenImageGenerator,
@@ -42,5 +44,5 @@ MODELS.fill({
 })
 
 __all__ = ["Assistant", "Captioner", "DualEncoder", "ImageTokenizer", "InstructionAssistant", "PrefixLM",
-           "RefiningCaptioner", "SpeechRecognizer", "SpokenVQAModel", "TextToImage", "TokenImageGenerator", "VQAModel",
+           "RefiningCaptioner", "SceneImageGenerator", "SpeechRecognizer", "SpokenVQAModel", "TextToImage", "TokenImageGenerator", "VQAModel",
            "VideoCaptioner", "VideoQA"]

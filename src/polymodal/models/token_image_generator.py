@@ -38,8 +38,9 @@ from ..data.layout import outside_cells
 from ..errors import ConfigError, InputError
 from ..generate import GenerationConfig, generate
 from ..nn.state import State, StepFn, guided, pair_rows
-from ..nn.transformer import TransformerLM, attention_mask
+from ..nn.transformer import TransformerLM
 from ..text.tokenizer import Tokenizer
+from .caption_prefix import CaptionPrefixedWriter
 from .image_generation import ImageGenerator, to_pil
 from .image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 
@@ -92,22 +93,7 @@ def ruled_out_by_position(step: StepFn, banned: torch.Tensor) -> StepFn:
     return masked_step
 
 
-def left_pad(tokens: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded rows (B, T) -> the same rows left-padded, and which positions are real (B, T).
-
-    Example:
-        >>> ids, valid = left_pad(torch.tensor([[5, 6, 0], [7, 0, 0]]), pad_id=0)
-        >>> ids.tolist(), valid.int().tolist()
-        ([[0, 5, 6], [0, 0, 7]], [[0, 1, 1], [0, 0, 1]])
-    """
-    width = tokens.shape[1]
-    lengths = (tokens != pad_id).sum(1, keepdim=True)
-    source = (torch.arange(width, device=tokens.device)[None] - (width - lengths)) % width
-    valid = torch.arange(width, device=tokens.device)[None] >= width - lengths
-    return torch.where(valid, tokens.gather(1, source), torch.full_like(tokens, pad_id)), valid
-
-
-class TokenImageGenerator(ImageGenerator, nn.Module):
+class TokenImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
     """Caption -> image tokens -> image; `generate_images` is the user API, `forward` the training loss."""
 
     architecture, config_cls = "token_image_generator", TokenImageConfig
@@ -126,64 +112,24 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
     def max_caption_tokens(self) -> int:
         return self.cfg.text_max_len
 
-    def _drop_captions(self, captions: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Rows where `drop` is True become the empty caption [<bos> <eos>] (right-padded)."""
-        tok = self.tokenizer
-        empty = torch.full_like(captions, tok.pad_id)
-        empty[:, 0], empty[:, 1] = tok.bos_id, tok.eos_id
-        return torch.where(drop[:, None], empty, captions)
-
-    def _embed(self, captions: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[left-padded caption][codes] -> embeddings (B, T + C, D) and which keys are real (B, T + C)."""
-        text, valid = left_pad(captions[:, : self.cfg.text_max_len], self.tokenizer.pad_id)
-        text_pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        code_pos = self.cfg.text_max_len + torch.arange(codes.shape[1], device=codes.device)
-        x = torch.cat([self.lm.embed(text, text_pos),
-                       self.lm.embed(codes + self.text_vocab, code_pos.expand(len(codes), -1))], dim=1)
-        return x, torch.cat([valid, valid.new_ones(codes.shape)], dim=1)
-
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., D) -> logits over the image codes only (..., K): words never follow <eos> here."""
         return hidden @ self.lm.wte.weight[self.text_vocab:].T
 
+    def written_logits(self, hidden: torch.Tensor, state: State) -> torch.Tensor:
+        logits = hidden.new_full((len(hidden), self.text_vocab + self.codes), -math.inf)
+        logits[:, self.text_vocab:] = self.code_logits(hidden)
+        return logits
+
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Next-code loss: batch["tokens"] (B, T) right-padded caption ids, batch["codes"] (B, C) image codes."""
-        captions, codes = batch["tokens"], batch["codes"]
-        if self.training and self.cfg.cond_drop > 0:
-            captions = self._drop_captions(captions, torch.rand(len(captions), device=codes.device) < self.cfg.cond_drop)
-        x, valid = self._embed(captions, codes[:, :-1])  # the last code predicts nothing
-        hidden, _ = self.lm(x, mask=attention_mask(valid, x.shape[1]))
-        text_len = x.shape[1] - (codes.shape[1] - 1)
-        logits = self.code_logits(hidden[:, text_len - 1:])  # from the caption's <eos> on: (B, C, K)
+        captions, codes = self.train_captions(batch["tokens"]), batch["codes"]
+        logits = self.code_logits(self.written_hidden(captions, codes + self.text_vocab))  # (B, C, K)
         loss = F.cross_entropy(logits.reshape(-1, self.codes).float(), codes.reshape(-1))
         return logits, {"loss": loss, "code_loss": loss.detach()}
 
     # ---- sampling ----------------------------------------------------------------------------
-    def init_state(self, captions: torch.Tensor) -> State:
-        """Prefill the KV cache with each caption up to (not including) its <eos>, which the first step feeds."""
-        pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
-        open_captions = torch.where(captions == eos, torch.full_like(captions, pad), captions)
-        x, valid = self._embed(open_captions, captions.new_zeros(len(captions), 0))
-        _, cache = self.lm(x, mask=attention_mask(valid, x.shape[1]))
-        state: State = {"text_pos": valid.sum(1), "made": torch.zeros(len(x), dtype=torch.long, device=x.device),
-                        "valid": valid}
-        for i in range(len(self.lm.h)):
-            state[f"pk{i}"], state[f"pv{i}"] = cache[f"k{i}"], cache[f"v{i}"]
-            state[f"k{i}"], state[f"v{i}"] = cache[f"k{i}"][:, :, :0], cache[f"v{i}"][:, :, :0]
-        return state
-
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
-        """One token per row against the cache -> logits over the vocabulary (B, V), the words ruled out (-inf)."""
-        made = state["made"]  # tokens are ids of the one vocabulary: <eos> first, then codes after the words
-        pos = torch.where(made == 0, state["text_pos"], self.cfg.text_max_len + made - 1)
-        x = self.lm.embed(tokens[:, None], pos[:, None])
-        prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
-        hidden, cache = self.lm(x, mask=state["valid"][:, None, None, :], cache=state, prefix=prefix)
-        logits = torch.full((len(tokens), self.text_vocab + self.codes), -math.inf, device=x.device)
-        logits[:, self.text_vocab:] = self.code_logits(hidden[:, -1]).float()
-        return logits, {**state, **cache, "made": made + 1}, None
-
     @torch.inference_mode()
     def sample_codes(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
                      top_k: int | None = None, top_p: float | None = None,
@@ -200,7 +146,7 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
         if guidance == 1.0:
             step, state = self.step, self.init_state(captions)
         else:  # rows in pairs: (caption, empty caption); guidance 0 follows the empty one alone
-            empty = self._drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
+            empty = self.drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
             both = torch.stack([captions, empty], dim=1).flatten(0, 1)
             step, state = guided(self.step, guidance), pair_rows(self.init_state(both))
         if box is not None and self.cfg.outside_box_codes:
@@ -208,6 +154,11 @@ class TokenImageGenerator(ImageGenerator, nn.Module):
         hyps = generate(step, state, tok.eos_id, tok.eos_id, generation)
         codes = [torch.tensor(h.tokens) - self.text_vocab for per_text in hyps for h in per_text]
         return torch.stack(codes).to(self.device)
+
+    @torch.inference_mode()
+    def sample_batch(self, texts: list[str], seed: int, guidance: float, temperature: float | None = None) -> torch.Tensor:
+        """One image per text, the texts sampled together (a benchmark's batch): (B, 3, S, S) in [-1, 1]."""
+        return self.image_tokenizer.decode(self.sample_codes(texts, 1, seed, guidance, temperature))
 
     def outside_box_ban(self, box: Sequence[float]) -> torch.Tensor:
         """(T, V) True where image code t may not be token v: outside the box every code that is not a background

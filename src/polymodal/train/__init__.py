@@ -5,7 +5,7 @@ This file is the one place that fills `registry.TASKS` (the `task:` key of a YAM
 Example:
     >>> from polymodal.registry import TASKS
     >>> TASKS.names()
-    ['asr', 'assistant', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'spoken_vqa', 'text_to_image', 'text_to_image_tokens', 'video_caption', 'video_qa', 'vqa']
+    ['asr', 'assistant', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'spoken_vqa', 'text_to_image', 'text_to_image_scenes', 'text_to_image_tokens', 'video_caption', 'video_qa', 'vqa']
 """
 
 from ..registry import TASKS
@@ -21,6 +21,7 @@ from . import (
     scst,
     spoken_vqa,
     text_to_image,
+    text_to_image_scenes,
     text_to_image_tokens,
     video,
     vqa,
@@ -38,6 +39,7 @@ TASKS.fill({
     "scst": scst.train_scst,
     "spoken_vqa": spoken_vqa.train_spoken_vqa,
     "text_to_image": text_to_image.train_text_to_image,
+    "text_to_image_scenes": text_to_image_scenes.train_text_to_image_scenes,
     "text_to_image_tokens": text_to_image_tokens.train_text_to_image_tokens,
     "video_caption": video.train_video_caption,
     "video_qa": video.train_video_qa,
