@@ -1,10 +1,11 @@
 """Bundle a trained text -> image generator into the package: src/polymodal/assets/shapes_generator/.
 
-    python bench/bundle_generator.py --model runs/text_to_image_tokens
+    python bench/bundle_generator.py --model runs/text_to_image_scenes
 
 Weights are stored in float16 (half the size; they load back into float32, and the images drawn from the same
 seed are compared with the float32 model's before writing); card.json carries the figures of
-docs/results/generation_tokens.json (bench/generation.py on the same model).
+the family's results in docs/results/ (bench/generation.py on the same model: generation_scenes.json for the
+planning family, the default).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def pixels(images) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="runs/text_to_image_tokens")
-    ap.add_argument("--results", default=str(ROOT / "docs/results/generation_tokens.json"))
+    ap.add_argument("--model", default="runs/text_to_image_scenes")
+    ap.add_argument("--results", default=str(ROOT / "docs/results/generation_scenes.json"))
     args = ap.parse_args()
     source = polymodal.load(args.model)
     res = json.loads(Path(args.results).read_text(encoding="utf-8"))

@@ -1,6 +1,6 @@
 """Does the image generator draw inside the layout box it is given? (issue 21: the generator's controls)
 
-    polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml
+    polymodal train configs/text_to_image_tokens.yaml && polymodal train configs/text_to_image_layout.yaml
     polymodal train configs/text_to_image_layout.yaml init_from=runs/text_to_image_layout/model \\
         train.out_dir=runs/text_to_image_layout2 train.steps=2000 layout.p_box=0.8      # a second stage
     OMP_NUM_THREADS=1 python bench/generation_layout.py [--model runs/text_to_image_layout2/model]
@@ -49,7 +49,7 @@ from _report import load_average, machine  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, DOC = ROOT / "docs" / "results" / "generation_layout.json", ROOT / "docs" / "control.md"
 PLANNING_RESULTS = ROOT / "docs" / "results" / "generation_layout_scenes.json"
-COMMAND = ("polymodal train configs/text_to_image.yaml && polymodal train configs/text_to_image_layout.yaml && "
+COMMAND = ("polymodal train configs/text_to_image_tokens.yaml && polymodal train configs/text_to_image_layout.yaml && "
            "polymodal train configs/text_to_image_layout.yaml init_from=runs/text_to_image_layout/model "
            "train.out_dir=runs/text_to_image_layout2 train.steps=2000 layout.p_box=0.8 && "
            "OMP_NUM_THREADS=1 python bench/generation_layout.py")

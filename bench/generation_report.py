@@ -22,8 +22,10 @@ MODELS = {
     "planning": "a decoder-only transformer that reads the caption and writes a scene plan (a background shade, then "
                 "per object its words, box size and centre on a 64 x 64 raster; at most {steps} tokens, under the plan "
                 "grammar), and a sprite renderer that draws each object's words in its box "
-                "({params:.2f} M parameters in all), trained together; 10% of captions dropped; sampled with "
-                "classifier-free guidance {guidance:g} and temperature {temperature:g}",
+                "({params:.2f} M parameters in all), trained together from annotated objects (Shapes World's scenes; "
+                "other captioned data with a COCO instances file), objects planned in the order the caption names "
+                "them; 10% of captions dropped; sampled with classifier-free guidance {guidance:g} and temperature "
+                "{temperature:g}",
     "continuous": "a conditional U-Net ({params:.2f} M parameters, 2x2 pixel folding, cross-attention to a word-level "
                   "transformer text tower) trained by rectified flow with 10% caption dropout; sampled with "
                   "{steps} Euler steps and classifier-free guidance {guidance:g}",

@@ -60,7 +60,7 @@ def runs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("layout")
     data = f"data.path={tmp / 'shapes'}"
-    for config, extra in (("configs/text_to_image.yaml", [f"train.out_dir={tmp / 'plain'}"]),
+    for config, extra in (("configs/text_to_image_tokens.yaml", [f"train.out_dir={tmp / 'plain'}"]),
                           ("configs/text_to_image_layout.yaml", [
                               f"train.out_dir={tmp / 'boxed'}", f"init_from={tmp / 'plain'}",
                               f"image_tokenizer={tmp / 'plain' / 'image_tokenizer' / 'model'}"])):

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import polymodal
 from polymodal.data.scene_plan import (
@@ -51,6 +52,23 @@ def test_a_scene_plan_holds_each_object_and_its_bounding_square():
             assert obj.phrase == (want.size, want.colour, want.shape)
             assert abs(cx - want.x) <= 1 / 64 and abs(cy - want.y) <= 1 / 64
             assert abs(w - 2 * want.radius) <= 1 / 64 and w == h
+
+
+def test_plans_name_the_objects_in_the_order_the_caption_does():
+    circle, square = ShapeObject("circle", "red", "small", 0.2, 0.7), ShapeObject("square", "blue", "large", 0.6, 0.2)
+    scene = Scene((circle, square), (40, 40, 40))
+
+    def order(caption: str) -> list[str]:
+        return [o.phrase[2] for o in scene_plan(scene, [40.0], caption=caption).objects]
+
+    assert order("a large blue square above a small red circle") == ["square", "circle"]
+    assert order("a red circle below a blue square") == ["circle", "square"]
+    assert order("there are two shapes") == order("") == ["circle", "square"]  # unnamed: left to right
+    assert order("a blue square") == ["square", "circle"]  # the named first, the rest after
+    twins = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5), ShapeObject("circle", "red", "large", 0.7, 0.5)),
+                  (40, 40, 40))
+    sizes = [o.phrase[0] for o in scene_plan(twins, [40.0], caption="a large red circle and a small red circle").objects]
+    assert sizes == ["large", "small"]
 
 
 def test_parse_plan_refuses_what_the_grammar_cannot_write():
@@ -149,7 +167,9 @@ def test_a_box_moves_the_object_into_it(learned):
     image = learned.generate_images("a small red circle", seed=0, box=(0.6, 0.6, 1.0, 1.0))[0]
     red = _colour_centre(image, (230, 30, 30))
     assert red is not None and red[0] > 0.6 and red[1] > 0.6
-    assert learned.trained_controls == ("box", "strict_box")
+    assert learned.trained_controls == ("box",)  # always strict: the page offers no "strictly" for it
+    again = learned.generate_images("a small red circle", seed=0, box=(0.6, 0.6, 1.0, 1.0), strict_box=True)[0]
+    assert (np.asarray(again) == np.asarray(image)).all()
 
 
 def test_saved_and_loaded_it_draws_the_same_images(learned, tmp_path):
@@ -183,12 +203,51 @@ def test_the_training_task_trains_saves_and_needs_scene_annotations(tmp_path):
                  f"train.out_dir={tmp_path / 'run'}", "model.width=16", "model.layers=1", "model.heads=2",
                  "model.image_size=32", "model.grid=16", "model.renderer.dim=8", "model.renderer.channels=[8,8,8]",
                  "backgrounds=2"]
-    task, cfg = load_task_config("configs/text_to_image_scenes.yaml", overrides)
+    task, cfg = load_task_config("configs/text_to_image.yaml", overrides)
     summary = task(cfg, progress=False)
     assert summary["step"] == 3 and summary["vocab_size"] > 4 * 16  # the words, then the plan tokens
     model = polymodal.load(tmp_path / "run" / "model")
     assert isinstance(model, SceneImageGenerator) and len(model.cfg.background_levels) == 2
     assert model.generate_images("a red circle", n=2, seed=0)[0].size == (32, 32)
-    task, cfg = load_task_config("configs/text_to_image_scenes.yaml", ["data.format=jsonl", "data.path=x.jsonl"])
-    with pytest.raises(ConfigError, match="scene annotations"):
+    task, cfg = load_task_config("configs/text_to_image.yaml", ["data.format=jsonl", "data.path=x.jsonl"])
+    with pytest.raises(ConfigError, match="needs instances=FILE"):
         task(cfg, progress=False)
+
+
+def test_any_captioned_data_with_a_coco_instances_file_trains_a_planner(tmp_path):
+    """COCO-style captions + instances (a wide image, boxes in pixels): plans come from the instances' boxes."""
+    import json
+
+    from polymodal.data.instances import read_instances
+    from polymodal.train.tasks import load_task_config
+
+    rng, images, captions, annotations = random.Random(1), [], [], []
+    categories = [{"id": k, "name": f"{c} {s}"} for k, (c, s) in enumerate([("red", "circle"), ("blue", "square")])]
+    for i in range(12):
+        scene = Scene((ShapeObject("circle", "red", "small", rng.uniform(0.2, 0.4), 0.5),
+                       ShapeObject("square", "blue", "large", rng.uniform(0.6, 0.8), 0.5)), (40, 40, 40))
+        wide = Image.new("RGB", (96, 64), (40, 40, 40))
+        wide.paste(render(scene, 64), (16, 0))  # the centre square of a 96 x 64 image
+        wide.save(tmp_path / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 96, "height": 64, "split": "val" if i >= 9 else "train"})
+        captions.append({"image_id": i, "caption": "a blue square to the right of a red circle"})
+        for k, o in enumerate(scene.objects if i != 11 else ()):  # image 11: nothing annotated
+            side = 2 * o.radius * 64
+            annotations.append({"image_id": i, "category_id": k, "bbox": [16 + o.x * 64 - side / 2, o.y * 64 - side / 2,
+                                                                           side, side]})
+    (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    (tmp_path / "instances.json").write_text(json.dumps({"images": images, "categories": categories,
+                                                         "annotations": annotations}))
+    boxes = read_instances(tmp_path / "instances.json")["0"]
+    assert [o.phrase for o in boxes] == [("red", "circle"), ("blue", "square")]
+    assert abs(boxes[0].w - 0.2) < 1e-6 and 0.2 <= boxes[0].cx <= 0.4  # in the centre square's side
+    overrides = ["data.format=coco", f"data.path={tmp_path / 'captions.json'}", f"instances={tmp_path / 'instances.json'}",
+                 "train.steps=2", "train.batch_size=4", "train.eval_every=2", "val_images=4",
+                 f"train.out_dir={tmp_path / 'run'}", "model.width=16", "model.layers=1", "model.heads=2",
+                 "model.image_size=32", "model.grid=16", "model.renderer.dim=8", "model.renderer.channels=[8,8,8]",
+                 "backgrounds=2"]
+    task, cfg = load_task_config("configs/text_to_image.yaml", overrides)
+    summary = task(cfg, progress=False)
+    assert summary["skipped_records"] == 1 and summary["train_pairs"] == 9  # image 11 has no object
+    model = polymodal.load(tmp_path / "run" / "model")
+    assert "square" in model.tokenizer.index and model.generate_images("a red circle", seed=0)[0].size == (32, 32)

@@ -268,7 +268,7 @@ def one_line(stderr: str) -> list[str]:
 def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch, capsys):
     tmp = tmp_path_factory.mktemp("t2it")
     data, run = f"data.path={tmp / 'shapes'}", tmp / "run"
-    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image.yaml", *TINY_TASK,
+    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image_tokens.yaml", *TINY_TASK,
                                    data, f"train.out_dir={run}", "--quiet")
     assert code == 0, err
     summary = json.loads(out[out.index("{"):])
@@ -294,7 +294,7 @@ def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch
 
     # a trained image tokenizer: stage 1 is skipped
     again = tmp / "again"
-    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image.yaml", *TINY_TASK,
+    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image_tokens.yaml", *TINY_TASK,
                                    data, f"train.out_dir={again}", f"image_tokenizer={run / 'image_tokenizer' / 'model'}",
                                    "--quiet")
     assert code == 0, err
@@ -304,7 +304,7 @@ def test_task_trains_both_stages_and_the_cli_draws(tmp_path_factory, monkeypatch
         assert torch.equal(value, loaded.image_tokenizer.state_dict()[name]), name
 
     # ... and one that does not fit model.image is refused in one line
-    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image.yaml", *TINY_TASK,
+    code, out, err = polymodal_cli(monkeypatch, capsys, "train", "configs/text_to_image_tokens.yaml", *TINY_TASK,
                                    data, f"train.out_dir={tmp / 'bad'}", "model.image.levels=[5,5]",
                                    f"image_tokenizer={run / 'image_tokenizer' / 'model'}", "--quiet")
     lines = one_line(err)

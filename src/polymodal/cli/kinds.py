@@ -62,7 +62,7 @@ USE: dict[str, str] = {  # model kind -> the command that fits it ({dir}: the mo
     "text_to_image": 'polymodal generate {dir} "PROMPT"',
     "token_image_generator": 'polymodal generate {dir} "PROMPT"',
     "scene_image_generator": 'polymodal generate {dir} "PROMPT"',
-    "image_tokenizer": "polymodal train configs/text_to_image.yaml image_tokenizer={dir}",  # a generator's stage 1
+    "image_tokenizer": "polymodal train configs/text_to_image_tokens.yaml image_tokenizer={dir}",  # a generator's stage 1
 }
 
 

@@ -3,9 +3,11 @@
     <bg3> <obj> small red circle <w12> <h12> <x20> <y40> <obj> large blue square <w21> <h21> <x45> <y40> <eos>
 
 One background token (the nearest of a few fitted shades), then per object its phrase (words of the caption
-vocabulary), its box's width and height, then its centre, all on a GRID x GRID raster; objects in reading order
-(left to right), the order captions list them in. Sizes come before the centre so that a layout box can keep
-the whole object inside it when the centre is chosen (models/plan_grammar.py).
+vocabulary), its box's width and height, then its centre, all on a GRID x GRID raster. Objects come in the order
+the caption names them (`mention_order`; those it does not name after, left to right), so that writing the plan
+copies the caption's phrases in order: "a yellow triangle above a white hexagon" plans the triangle first
+whichever is further left. Sizes come before the centre so that a layout box can keep the whole object inside it
+when the centre is chosen (models/plan_grammar.py).
 
 Shapes World scenes give plans directly (`scene_plan`: each object's bounding square); a generator writes them
 from a caption and a renderer draws them (models/scene_image_generator.py).
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..data.shapes import Scene
-from ..data.shapes_text import left_to_right
+from ..text.tokenizer import split_words
 
 GRID = 64  # one step of the raster is one pixel at 64 px
 MAX_PHRASE = 4  # words naming one object
@@ -83,11 +85,64 @@ def fit_levels(backgrounds: Sequence[Sequence[float]], k: int) -> list[float]:
     return [round(means[min(int((i + 0.5) / k * len(means)), len(means) - 1)], 2) for i in range(k)]
 
 
-def scene_plan(scene: Scene, levels: Sequence[float], grid: int = GRID) -> ScenePlan:
-    """A Shapes World scene's plan: each object's words ("small red circle") and bounding square, left to right."""
-    objects = tuple(planned_object((o.size, o.colour, o.shape), o.x, o.y, 2 * o.radius, 2 * o.radius, grid)
-                    for o in left_to_right(scene.objects))
-    return ScenePlan(background_level(scene.background, levels), objects)
+@dataclass(frozen=True)
+class BoxedObject:
+    """An annotated object, as plans are made from: the words that name it and its box (centre x, centre y, width,
+    height as fractions of the image side, y down)."""
+
+    phrase: tuple[str, ...]
+    cx: float
+    cy: float
+    w: float
+    h: float
+
+
+def shape_objects(scene: Scene) -> list[BoxedObject]:
+    """A Shapes World scene's objects: "small red circle" and its bounding square."""
+    return [BoxedObject((o.size, o.colour, o.shape), o.x, o.y, 2 * o.radius, 2 * o.radius) for o in scene.objects]
+
+
+def _find(words: Sequence[str], phrase: Sequence[str], taken: set[int]) -> int | None:
+    """Where the caption names an object first (at a word not `taken`): its whole phrase, else its last two words
+    ("red circle" for "small red circle"), else None."""
+    for part in dict.fromkeys((tuple(phrase), tuple(phrase[-2:]))):
+        n = len(part)
+        for i in range(len(words) - n + 1):
+            if tuple(words[i:i + n]) == part and i + n - 1 not in taken:
+                return i + n - 1
+    return None
+
+
+def mention_order(objects: Sequence[BoxedObject], caption: str) -> list[BoxedObject]:
+    """The objects in the order `caption` names them; objects it does not name after those, left to right.
+
+    Example:
+        >>> a, b = BoxedObject(("red", "circle"), 0.2, 0.6, 0.2, 0.2), BoxedObject(("blue", "square"), 0.7, 0.2, 0.3, 0.3)
+        >>> [o.phrase[1] for o in mention_order([a, b], "a blue square above a red circle")]
+        ['square', 'circle']
+    """
+    words, taken, at = split_words(caption), set(), {}
+    reading = sorted(range(len(objects)), key=lambda k: (objects[k].cx, objects[k].cy))
+    for k in reading:
+        i = _find(words, objects[k].phrase, taken)
+        if i is not None:
+            taken.add(i)
+            at[k] = i
+    return [objects[k] for k in sorted(at, key=at.get)] + [objects[k] for k in reading if k not in at]
+
+
+def plan_of(objects: Sequence[BoxedObject], background: int, caption: str = "", grid: int = GRID,
+            max_objects: int | None = None) -> ScenePlan:
+    """The plan of annotated objects: in the order `caption` names them (left to right without one), the first
+    `max_objects` of them."""
+    ordered = mention_order(objects, caption)[:max_objects]
+    return ScenePlan(background, tuple(planned_object(o.phrase, o.cx, o.cy, o.w, o.h, grid) for o in ordered))
+
+
+def scene_plan(scene: Scene, levels: Sequence[float], grid: int = GRID, caption: str = "") -> ScenePlan:
+    """A Shapes World scene's plan: each object's words ("small red circle") and bounding square, in the order
+    `caption` names them (left to right without one)."""
+    return plan_of(shape_objects(scene), background_level(scene.background, levels), caption, grid)
 
 
 def plan_words(plan: ScenePlan) -> list[str]:

@@ -21,9 +21,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..nn.state import State
+from ..generate import GenerationConfig, Hypothesis, generate
+from ..nn.state import State, StepFn, guided, pair_rows
 from ..nn.transformer import TransformerLM, attention_mask
 from ..text.tokenizer import Tokenizer
 
@@ -95,10 +98,38 @@ class CaptionPrefixedWriter:
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """One token per row against the cache -> logits over the vocabulary (B, V) (`written_logits`)."""
-        made = state["made"]  # <eos> first, then the written tokens
+        made = state["made"]
+        # `generate` opens with <bos>; what opens the written part is the caption's <eos>
+        tokens = torch.where(made == 0, self.tokenizer.eos_id, tokens)
         pos = torch.where(made == 0, state["text_pos"], self.cfg.text_max_len + made - 1)  # type: ignore[attr-defined]
         x = self.lm.embed(tokens[:, None], pos[:, None])
         prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
         hidden, cache = self.lm(x, mask=state["valid"][:, None, None, :], cache=state, prefix=prefix)
         new = {**state, **cache, "made": made + 1}
         return self.written_logits(hidden[:, -1], new).float(), new, None
+
+    def sample_written(self, captions: torch.Tensor, n: int, seed: int, guidance: float, max_len: int,
+                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                       start: Callable[[int], State] | None = None,
+                       constrain: Callable[[StepFn], StepFn] | None = None) -> list[list[Hypothesis]]:
+        """n sampled continuations of each caption (B, T) (the model's temperature / top-k / top-p where not
+        given), with classifier-free guidance against the empty caption unless `guidance` is 1 (0 follows the
+        empty one alone). `start(rows)` adds entries to the fresh decoding state, `constrain` wraps the step."""
+        cfg, tok = self.cfg, self.tokenizer
+        generation = GenerationConfig(strategy="sample", max_len=max_len, num_return_sequences=n, seed=seed,
+                                      temperature=cfg.temperature if temperature is None else temperature,  # type: ignore[attr-defined]
+                                      top_k=cfg.top_k if top_k is None else top_k,  # type: ignore[attr-defined]
+                                      top_p=cfg.top_p if top_p is None else top_p)  # type: ignore[attr-defined]
+        rows = captions
+        if guidance != 1.0:  # rows in pairs: (caption, empty caption)
+            empty = self.drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
+            rows = torch.stack([captions, empty], dim=1).flatten(0, 1)
+        state = self.init_state(rows)
+        if start is not None:
+            state.update(start(len(rows)))
+        step: StepFn = self.step
+        if guidance != 1.0:
+            step, state = guided(step, guidance), pair_rows(state)
+        if constrain is not None:
+            step = constrain(step)
+        return generate(step, state, tok.bos_id, tok.eos_id, generation)

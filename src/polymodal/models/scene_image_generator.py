@@ -37,14 +37,13 @@ from torch import nn
 from ..data.layout import check_box
 from ..data.scene_plan import MAX_PHRASE, ScenePlan, parse_plan
 from ..errors import ConfigError, InputError
-from ..generate import GenerationConfig, generate
 from ..nn.sprites import SpriteConfig, SpriteRenderer
-from ..nn.state import State, guided, pair_rows
+from ..nn.state import State
 from ..nn.transformer import TransformerLM
 from ..text.tokenizer import Tokenizer
 from .caption_prefix import CaptionPrefixedWriter
 from .image_generation import ImageGenerator, to_pil
-from .plan_grammar import PlanGrammar
+from .plan_grammar import H, PlanGrammar, W, X, Y
 
 
 @dataclass
@@ -111,6 +110,19 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
                                 cfg.dropout)
         self.renderer = SpriteRenderer(cfg.renderer, len(tokenizer), cfg.background_levels, tokenizer.pad_id)
         self.grammar = PlanGrammar(tokenizer, cfg.grid, cfg.max_objects, cfg.max_phrase)
+        self._ordinal_init()
+
+    def _ordinal_init(self, scale: float = 0.03) -> None:
+        """Start each coordinate token's embedding near its neighbours' (a sinusoid of its value added), so that
+        "further right" and "below" are there from the start rather than learnt for 64 unrelated tokens."""
+        g, dim = self.cfg.grid, self.cfg.width
+        angles = ((torch.arange(g) + 0.5) / g)[:, None] * math.pi * torch.arange(1, dim // 2 + 1)[None]
+        ordinal = F.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, dim % 2)) * scale
+        kinds, values = self.grammar.kind, self.grammar.value
+        with torch.no_grad():
+            for kind in (W, H, X, Y):
+                ids = (kinds == kind).nonzero().flatten()
+                self.lm.wte.weight[ids] += ordinal[values[ids]]
 
     @property
     def max_caption_tokens(self) -> int:
@@ -118,7 +130,7 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
 
     @property
     def trained_controls(self) -> tuple[str, ...]:
-        return ("box", "strict_box")  # a box is a constraint on the plan: always kept strictly
+        return ("box",)  # a box is a constraint on the plan, always kept strictly: no separate strict mode to offer
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -148,31 +160,17 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
         return self.lm.logits(hidden).masked_fill(~self.grammar.allowed(state), -math.inf)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
-        # `generate` opens with <bos>; the caption's <eos> is what opens a plan (and <eos> also ends one)
-        tokens = torch.where(state["made"] == 0, self.tokenizer.eos_id, tokens)
-        return super().step(tokens, self.grammar.advance(state, tokens))
+        opening = torch.where(state["made"] == 0, self.tokenizer.eos_id, tokens)  # the caption's <eos>, as in `step`
+        return super().step(tokens, self.grammar.advance(state, opening))
 
     @torch.inference_mode()
     def sample_plans(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
                      top_k: int | None = None, top_p: float | None = None,
                      box: Sequence[float] | None = None) -> list[ScenePlan]:
         """n plans per text (the texts in order), every object inside `box` (x0, y0, x1, y1; the image without)."""
-        cfg, tok = self.cfg, self.tokenizer
-        captions = self.caption_ids(texts)
-        generation = GenerationConfig(strategy="sample", max_len=cfg.steps, num_return_sequences=n, seed=seed,
-                                      temperature=cfg.temperature if temperature is None else temperature,
-                                      top_k=cfg.top_k if top_k is None else top_k,
-                                      top_p=cfg.top_p if top_p is None else top_p)
-        if guidance == 1.0:
-            step, state = self.step, self.init_state(captions)
-        else:  # rows in pairs: (caption, empty caption); guidance 0 follows the empty one alone
-            empty = self.drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
-            captions = torch.stack([captions, empty], dim=1).flatten(0, 1)
-            step, state = guided(self.step, guidance), self.init_state(captions)
-        state.update(self.grammar.start(len(captions), box, captions.device))
-        if guidance != 1.0:
-            state = pair_rows(state)
-        hyps = generate(step, state, tok.bos_id, tok.eos_id, generation)
+        captions, tok = self.caption_ids(texts), self.tokenizer
+        hyps = self.sample_written(captions, n, seed, guidance, self.cfg.steps, temperature, top_k, top_p,
+                                   start=lambda rows: self.grammar.start(rows, box, captions.device))
         return [parse_plan([tok.words[i] for i in h.tokens]) for per_text in hyps for h in per_text]
 
     @torch.inference_mode()

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,7 @@ from torch import nn
 
 from ..data.layout import outside_cells
 from ..errors import ConfigError, InputError
-from ..generate import GenerationConfig, generate
-from ..nn.state import State, StepFn, guided, pair_rows
+from ..nn.state import State, StepFn
 from ..nn.transformer import TransformerLM
 from ..text.tokenizer import Tokenizer
 from .caption_prefix import CaptionPrefixedWriter
@@ -138,20 +138,11 @@ class TokenImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
         texts in order. The unconditional row of guidance is the empty caption (no box either), as in training.
         With `box` and fitted `outside_box_codes`, only background codes are written outside the box."""
         captions = self.caption_ids(texts, layout)
-        tok, cfg = self.tokenizer, self.cfg
-        generation = GenerationConfig(strategy="sample", max_len=cfg.tokens, num_return_sequences=n, seed=seed,
-                                      temperature=cfg.temperature if temperature is None else temperature,
-                                      top_k=cfg.top_k if top_k is None else top_k,
-                                      top_p=cfg.top_p if top_p is None else top_p)
-        if guidance == 1.0:
-            step, state = self.step, self.init_state(captions)
-        else:  # rows in pairs: (caption, empty caption); guidance 0 follows the empty one alone
-            empty = self.drop_captions(captions, torch.ones(len(captions), dtype=torch.bool, device=captions.device))
-            both = torch.stack([captions, empty], dim=1).flatten(0, 1)
-            step, state = guided(self.step, guidance), pair_rows(self.init_state(both))
+        constrain = None
         if box is not None and self.cfg.outside_box_codes:
-            step = ruled_out_by_position(step, self.outside_box_ban(box))
-        hyps = generate(step, state, tok.eos_id, tok.eos_id, generation)
+            constrain = functools.partial(ruled_out_by_position, banned=self.outside_box_ban(box))
+        hyps = self.sample_written(captions, n, seed, guidance, self.cfg.tokens, temperature, top_k, top_p,
+                                   constrain=constrain)
         codes = [torch.tensor(h.tokens) - self.text_vocab for per_text in hyps for h in per_text]
         return torch.stack(codes).to(self.device)
 

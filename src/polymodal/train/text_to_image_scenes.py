@@ -3,13 +3,15 @@
     (caption, scene) pairs -> SceneImageGenerator: next-token loss on the plan (data/scene_plan.py)
                               + pixel loss on the renderer's drawing of the true plan   {out_dir}/model
 
-Plans come from scene annotations, so the data must have them: Shapes World (`data.format: shapes`, its
-scenes.jsonl). The background shades are fitted on the training scenes. Validation: both losses on validation
-pairs, with their captions.
+Plans come from object annotations, so the data must have them: Shapes World (`data.format: shapes`, its
+scenes.jsonl), or any captioned data (coco, karpathy, jsonl, csv) with a COCO instances file (`instances:`, the
+boxes by image id, data/instances.py). Images without an annotated object are skipped and counted. The background
+shades are fitted on the training images (the scenes' colours; other data: each image's mean colour).
+Validation: both losses on validation pairs, with their captions.
 
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> task, cfg = load_task_config("configs/text_to_image_scenes.yaml", ["train.steps=20"])
+    >>> task, cfg = load_task_config("configs/text_to_image.yaml", ["train.steps=20"])
     >>> cfg.model.grid, task.__name__
     (64, 'train_text_to_image_scenes')
     >>> summary = task(cfg)  # the model lands in runs/text_to_image_scenes/model  # doctest: +SKIP
@@ -20,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import torch
@@ -30,8 +33,17 @@ from tqdm import tqdm
 from ..config import DataConfig, TrainConfig
 from ..data.controlled_captions import read_scenes, with_tokens
 from ..data.datasets import ImageDataset, load_split, shapes_folder
+from ..data.instances import read_instances
 from ..data.records import CaptionRecord, SkipReport
-from ..data.scene_plan import ScenePlan, fit_levels, plan_tokens, plan_words, scene_plan
+from ..data.scene_plan import (
+    BoxedObject,
+    background_level,
+    fit_levels,
+    plan_of,
+    plan_tokens,
+    plan_words,
+    shape_objects,
+)
 from ..errors import ConfigError
 from ..models.scene_image_generator import SceneImageConfig, SceneImageGenerator, plan_batch
 from ..text.tokenizer import Tokenizer, WordTokenizer
@@ -49,15 +61,30 @@ class SceneImageExperimentConfig:
                                                                    grad_clip=1.0, early_stop_metric="val_loss"))
     val_images: int = 256        # validation pairs scored at each evaluation
     backgrounds: int = 8         # background shades the plan chooses among (fitted quantiles)
+    instances: str | None = None  # a COCO instances file: the objects of non-Shapes-World data, by image id
+    background_sample: int = 2000  # non-Shapes-World data: images whose mean colours fit the shades
+
+
+@dataclass
+class Annotated:
+    """What a plan is made from, per record: its objects and its background colour (None: the image's mean)."""
+
+    objects: list[BoxedObject]
+    colour: tuple[float, ...] | None
 
 
 class PlannedCaptions(Dataset):
     """Every (caption, plan, image) triple as one item: {"tokens", "plan" (ids ending in <eos>), "scene_plan",
-    "image"}; records whose image failed are left out (counted by the image store)."""
+    "image"}, the plan naming the objects in the caption's order; records whose image failed are left out
+    (counted by the image store)."""
 
-    def __init__(self, records: list[CaptionRecord], plans: list[ScenePlan], images: ImageDataset,
-                 tokenizer: Tokenizer, max_len: int):
-        self.records, self.plans, self.images, self.tokenizer, self.max_len = records, plans, images, tokenizer, max_len
+    def __init__(self, records: list[CaptionRecord], annotated: list[Annotated], images: ImageDataset,
+                 tokenizer: Tokenizer, max_len: int, cfg: SceneImageConfig):
+        self.records, self.images, self.tokenizer, self.max_len, self.cfg = records, images, tokenizer, max_len, cfg
+        self.objects = [[dataclasses.replace(o, phrase=o.phrase[: cfg.max_phrase]) for o in a.objects]
+                        for a in annotated]
+        self.shades = [None if a.colour is None else background_level(a.colour, cfg.background_levels)
+                       for a in annotated]
         self.pairs = [(i, j) for i, rec in enumerate(records) for j in range(len(rec.captions))]
 
     def __len__(self) -> int:
@@ -68,11 +95,13 @@ class PlannedCaptions(Dataset):
         image = self.images[i]
         if image is None:
             return None
-        tok = self.tokenizer
-        plan = [tok.index[w] for w in plan_words(self.plans[i])]  # type: ignore[attr-defined]
-        return {"tokens": torch.tensor([tok.bos_id, *tok.encode(self.records[i].captions[j], max_len=self.max_len),
-                                        tok.eos_id]),
-                "plan": torch.tensor([*plan, tok.eos_id]), "scene_plan": self.plans[i], "image": image["image"]}
+        tok, caption, shade = self.tokenizer, self.records[i].captions[j], self.shades[i]
+        if shade is None:
+            shade = background_level(image["image"].float().mean((1, 2)).tolist(), self.cfg.background_levels)
+        planned = plan_of(self.objects[i], shade, caption, self.cfg.grid, self.cfg.max_objects)
+        plan = [tok.index[w] for w in plan_words(planned)]  # type: ignore[attr-defined]
+        return {"tokens": torch.tensor([tok.bos_id, *tok.encode(caption, max_len=self.max_len), tok.eos_id]),
+                "plan": torch.tensor([*plan, tok.eos_id]), "scene_plan": planned, "image": image["image"]}
 
 
 def collate_planned(items: list[dict | None], tokenizer: Tokenizer, grid: int, max_phrase: int) -> dict[str, torch.Tensor]:
@@ -108,31 +137,63 @@ def plan_validation(model: SceneImageGenerator, dataset: PlannedCaptions, n_pair
     return {key: value / max(count, 1) for key, value in totals.items()}
 
 
+def annotate(cfg: SceneImageExperimentConfig, report: SkipReport) -> dict[str, Any]:
+    """Record id -> Annotated: a Shapes World scene's objects and colour, else the instances file's objects."""
+    if cfg.data.format == "shapes":
+        return {k: Annotated(shape_objects(scene), tuple(map(float, scene.background)))
+                for k, scene in read_scenes(shapes_folder(cfg.data)).items()}
+    return {k: Annotated(objects, None) for k, objects in read_instances(cfg.instances, report).items()}
+
+
+def kept(records: list[CaptionRecord], annotations: dict[str, Any], report: SkipReport) -> list[CaptionRecord]:
+    """The records with at least one annotated object; the others are skipped and counted."""
+    out = []
+    for r in records:
+        if r.id in annotations and annotations[r.id].objects:
+            out.append(r)
+        else:
+            report.skip("no object annotated (instances file)", f"image {r.id}")
+    return out
+
+
+def image_means(images: ImageDataset, sample: int) -> list[list[float]]:
+    """The mean colours of about `sample` images spread over the dataset (those that load)."""
+    step = max(len(images) // sample, 1)
+    loaded = (images[i] for i in range(0, len(images), step))
+    return [item["image"].float().mean((1, 2)).tolist() for item in loaded if item is not None] or [[40.0] * 3]
+
+
 def train_text_to_image_scenes(cfg: SceneImageExperimentConfig, progress: bool = True,
                                stop_at: int | None = None) -> dict[str, Any]:
     """Train the planner and the renderer together; the generator lands in `{train.out_dir}/model`."""
-    if cfg.data.format != "shapes":
-        raise ConfigError(f"text_to_image_scenes learns plans from scene annotations (Shapes World); data.format="
-                          f"{cfg.data.format} has none: use configs/text_to_image_tokens.yaml for captions alone")
+    if cfg.data.format != "shapes" and not cfg.instances:
+        raise ConfigError(f"text_to_image_scenes learns plans from object annotations: data.format={cfg.data.format} "
+                          f"needs instances=FILE (COCO instances, the boxes by image id); for captions alone use "
+                          f"configs/text_to_image_tokens.yaml")
     report = SkipReport(source="training data")
     with main_process_first():
         train_records = load_split(cfg.data, cfg.data.train_split, report)
         val_records = load_split(cfg.data, cfg.data.val_split, report)[: cfg.val_images]
-        scenes = read_scenes(shapes_folder(cfg.data))
+        annotations = annotate(cfg, report)
     model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.background_levels = fit_levels([scenes[r.id].background for r in train_records], cfg.backgrounds)
-    words = WordTokenizer.build((c for r in train_records for c in r.captions), min_count=cfg.data.min_count,
-                                max_size=cfg.data.max_vocab)
+    train_records, val_records = (kept(records, annotations, report) for records in (train_records, val_records))
+    size = model_cfg.image_size
+    train_images, val_images = (ImageDataset(records, size, preload, report, progress)
+                                for records, preload in ((train_records, cfg.data.preload), (val_records, True)))
+    colours = [annotations[r.id].colour for r in train_records]
+    model_cfg.background_levels = fit_levels(colours if all(colours) else image_means(train_images,
+                                                                                       cfg.background_sample),
+                                             cfg.backgrounds)
+    phrases = (" ".join(o.phrase) for r in train_records for o in annotations[r.id].objects)
+    words = WordTokenizer.build(chain((c for r in train_records for c in r.captions), phrases),
+                                min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
     tokenizer = with_tokens(words, plan_tokens(model_cfg.grid, cfg.backgrounds), "scene plans")
     max_len = min(cfg.data.max_len, model_cfg.text_max_len - 2)
-    size = model_cfg.image_size
 
-    def planned(records: list[CaptionRecord], preload: bool) -> PlannedCaptions:
-        plans = [scene_plan(scenes[r.id], model_cfg.background_levels, model_cfg.grid) for r in records]
-        return PlannedCaptions(records, plans, ImageDataset(records, size, preload, report, progress), tokenizer,
-                               max_len)
+    def planned(records: list[CaptionRecord], images: ImageDataset) -> PlannedCaptions:
+        return PlannedCaptions(records, [annotations[r.id] for r in records], images, tokenizer, max_len, model_cfg)
 
-    train_set, val_set = planned(train_records, cfg.data.preload), planned(val_records, True)
+    train_set, val_set = planned(train_records, train_images), planned(val_records, val_images)
     if report.count:
         tqdm.write(report.summary())
     torch.manual_seed(cfg.seed)

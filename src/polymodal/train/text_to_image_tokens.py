@@ -11,7 +11,7 @@ loss on validation pairs with their captions (stage 2).
 
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> task, cfg = load_task_config("configs/text_to_image.yaml", ["train.steps=20"])
+    >>> task, cfg = load_task_config("configs/text_to_image_tokens.yaml", ["train.steps=20"])
     >>> cfg.model.tokens, task.__name__
     (128, 'train_text_to_image_tokens')
     >>> summary = task(cfg)  # trains both stages; the model lands in runs/text_to_image_tokens/model  # doctest: +SKIP
@@ -241,7 +241,7 @@ def train_text_to_image_tokens(cfg: TokenImageExperimentConfig, progress: bool =
         raise ConfigError(f"text_to_image_tokens: no validation image of split {cfg.data.val_split!r} could be read")
 
     start = load_expecting(cfg.init_from, TokenImageGenerator.architecture, "train one with `polymodal train "
-                           "configs/text_to_image.yaml`, or leave init_from empty") if cfg.init_from else None
+                           "configs/text_to_image_tokens.yaml`, or leave init_from empty") if cfg.init_from else None
     if start is not None and not cfg.image_tokenizer:
         raise ConfigError("init_from: give image_tokenizer=DIR too, the image tokenizer the generator was trained "
                           "with (its codes are the generator's words)")
