@@ -56,7 +56,8 @@ def main() -> None:
         print(f"float16 weights: {same:.0%} of 12 images within 8 grey levels of the float32 model's")
         g, t = res["groups"]["test"], res["training"]
         card = {"capability": "draw from text",
-                "trained_on": "Shapes World (n=30000, seed 0), train split captions",
+                "trained_on": "Shapes World (n=30000, seed 0), train split captions" + (
+                    " and their scenes' objects" if source.architecture == "scene_image_generator" else ""),
                 "command": "polymodal train" + t.get("command", "polymodal train configs/text_to_image.yaml")
                 .split("  #")[0].split("polymodal train", 1)[1],  # without the environment variables
                 "figures": {

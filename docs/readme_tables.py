@@ -207,7 +207,7 @@ def captioning_page() -> str:
             f"Reproduce: `{data['command']}`\n")
 
 
-# Retrieval, VQA and the assistant -----------------------------------------------------------------------
+# Retrieval, VQA, the assistant and drawing ---------------------------------------------------------------
 
 
 def assistant_row(data: dict[str, Any]) -> tuple[str, str, str]:
@@ -225,8 +225,19 @@ def assistant_row(data: dict[str, Any]) -> tuple[str, str, str]:
             f"targets in [assistant.md](docs/assistant.md)")
 
 
+def drawing_row(data: dict[str, Any]) -> tuple[str, str, str]:
+    """Text -> image, the default family, GenEval-style fully-correct rates (generation_scenes.json)."""
+    test, held = data["groups"]["test"], data["heldout_compositions"]
+    return (f"text -> image, {test['single_object']['n']} test prompts per group",
+            "plans, then draws: a transformer writes each object's words and box, a sprite renderer draws them "
+            "(`configs/text_to_image.yaml`)",
+            f"fully correct: single object **{pct(test['single_object']['correct'])}**, two objects in a relation "
+            f"**{pct(test['position']['correct'])}**, held-out colour-shape pairs "
+            f"{pct(held['single_object']['correct'])}; [generation.md](docs/generation.md)")
+
+
 def tasks() -> str:
-    """README "Retrieval, VQA and the assistant": one row per task, from retrieval.json, vqa.json, chat.json."""
+    """README "Retrieval, VQA, the assistant and drawing": one row per task, from docs/results/."""
     ret, vqa, chat = results("retrieval"), results("vqa"), results("chat")
     true, strict, ceiling = ret["true_of_image"], ret["strict"], ret["strict_ceiling"]
     swap, base_swap = ret["hard_negative_captions"]["swap"], ret["baseline"]["hard_negative_captions"]["swap"]
@@ -255,7 +266,7 @@ def tasks() -> str:
          "BiLSTM + grounding + attention LSTM decoder (`configs/chat.yaml`)",
          f"**{pct(t['accuracy'])}** exact answers (turn 1 {pct(t['accuracy/turn-1'])}, follow-ups "
          f"{pct(t['accuracy/follow-up'])})"),
-        assistant_row(results("assistant"))]
+        assistant_row(results("assistant")), drawing_row(results("generation_scenes"))]
     return "\n".join(["| task | model | result |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
 

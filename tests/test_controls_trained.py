@@ -390,3 +390,9 @@ def test_server_fields(trained):
             assert reply.status_code == 422 and message in reply.text, (data, reply.text)
         reply = client.post("/v1/caption", files=upload, data={"model": BUNDLED_CAPTIONER, "length": "short"})
         assert reply.status_code == 422 and "not trained with the length control" in reply.text
+
+
+def test_an_unknown_word_spends_the_budget_like_any_word():
+    tok = WordTokenizer.build(["a red circle, a square"])
+    budget = word_budget(tok, 2)
+    assert tok.unk_id in budget["word_ids"] and tok.index[","] not in budget["word_ids"]

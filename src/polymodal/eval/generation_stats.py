@@ -81,8 +81,11 @@ def nearest_distances(queries: Sequence[Image.Image], pool: torch.Tensor, size: 
     out = []
     for start in range(0, len(queries), batch):
         q = to_unit_tensor(list(queries[start:start + batch]), size).flatten(1)  # (B, D)
-        d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ flat_pool.T + flat_pool.pow(2).sum(1)).clamp_min(0)
-        out.append((d2.min(1).values / q.shape[1]).sqrt())
+        # the nearest by the fast expansion |q|^2 - 2 q.p + |p|^2, then its distance exactly: the expansion
+        # cancels badly in float32 (an image in the pool came out 1e-3 from itself)
+        d2 = q.pow(2).sum(1, keepdim=True) - 2 * q @ flat_pool.T + flat_pool.pow(2).sum(1)
+        nearest = flat_pool[d2.argmin(1)]
+        out.append((q - nearest).pow(2).mean(1).sqrt())
     return torch.cat(out)
 
 

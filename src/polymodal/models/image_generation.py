@@ -1,9 +1,10 @@
 """What every text -> image generator shares: the prompt checks, unknown words and turning tensors into PNGs.
 
-Two families implement it: TextToImage (continuous: a U-Net trained by flow matching, models/text_to_image.py)
-and TokenImageGenerator (discrete: image tokens written by a decoder-only LM, models/token_image_generator.py).
-Both answer `generate_images(texts, n=..., seed=..., steps=..., guidance=...)`, so the CLI, the server and the
-benchmarks take either.
+Three families implement it: SceneImageGenerator (planning: a scene plan written by a decoder-only LM, then drawn;
+models/scene_image_generator.py, the default), TokenImageGenerator (discrete: image tokens written by a
+decoder-only LM, models/token_image_generator.py) and TextToImage (continuous: a U-Net trained by flow matching,
+models/text_to_image.py). All answer `generate_images(texts, n=..., seed=..., steps=..., guidance=...)`, so the
+CLI, the server and the benchmarks take any of them.
 
 Example:
     >>> to_pil(torch.zeros(1, 3, 4, 4))[0].getpixel((0, 0))  # 0 is mid-gray in [-1, 1]
@@ -12,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +72,19 @@ class ImageGenerator(SavedModel):
         index = getattr(self.tokenizer, "index", {})
         return [index[w] for w in box_words(box, grid)]
 
+    def draw_per_prompt(self, texts: list[str], n: int, seed: int, batch_size: int,
+                        draw: Callable[[str, int, int], torch.Tensor]) -> list[Image.Image]:
+        """Each prompt's n images, `draw(text, count, seed)` -> (count, 3, S, S) in [-1, 1] batch by batch (the
+        batch seeded by `seed` + its first index): a prompt's images depend on it and the seed (and batch_size),
+        never on the other prompts."""
+        self.eval()  # type: ignore[attr-defined]
+        out: list[Image.Image] = []
+        for text in texts:
+            for start in range(0, n, batch_size):
+                with torch.inference_mode():
+                    out += to_pil(draw(text, min(batch_size, n - start), seed + start))
+        return out
+
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` that are not in the vocabulary (the model reads them as <unk>)."""
         unk = self.tokenizer.unk_id
@@ -106,7 +120,7 @@ class ImageGenerator(SavedModel):
         if not 1 <= n <= MAX_IMAGES:
             raise InputError(f"n={n}: ask for 1 to {MAX_IMAGES} images per prompt")
         if self.fixed_steps and steps != self.cfg.steps:
-            raise InputError(f"steps={steps}: this generator writes its {self.cfg.steps} image tokens one per step; "
+            raise InputError(f"steps={steps}: this generator writes its {self.cfg.steps} tokens one per step; "
                              f"leave steps out")
         if not 1 <= steps <= MAX_STEPS:
             raise InputError(f"steps={steps}: use 1 to {MAX_STEPS} sampler steps")

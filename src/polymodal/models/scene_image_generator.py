@@ -42,7 +42,7 @@ from ..nn.state import State
 from ..nn.transformer import TransformerLM
 from ..text.tokenizer import Tokenizer
 from .caption_prefix import CaptionPrefixedWriter
-from .image_generation import ImageGenerator, to_pil
+from .image_generation import ImageGenerator
 from .plan_grammar import H, PlanGrammar, W, X, Y
 
 
@@ -209,10 +209,5 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
             box = check_box(box)
         elif strict_box:
             raise InputError("strict_box needs a box (x0,y0,x1,y1); leave it off")
-        self.eval()
-        out: list[Image.Image] = []
-        for text in texts:  # one prompt per call: its images do not depend on the other prompts or the batch
-            for start in range(0, n, batch_size):
-                plans = self.sample_plans([text], min(batch_size, n - start), seed + start, guidance, box=box)
-                out += to_pil(self.render(plans))
-        return out
+        return self.draw_per_prompt(texts, n, seed, batch_size, lambda text, count, at: self.render(
+            self.sample_plans([text], count, at, guidance, box=box)))

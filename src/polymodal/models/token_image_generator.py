@@ -41,7 +41,7 @@ from ..nn.state import State, StepFn
 from ..nn.transformer import TransformerLM
 from ..text.tokenizer import Tokenizer
 from .caption_prefix import CaptionPrefixedWriter
-from .image_generation import ImageGenerator, to_pil
+from .image_generation import ImageGenerator
 from .image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 
 
@@ -192,12 +192,5 @@ class TokenImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
         if strict_box and (box is None or not self.cfg.outside_box_codes):
             raise InputError("strict_box needs a box, and a generator whose layout training fitted its background "
                              "codes (layout.keep_outside); leave it off")
-        self.eval()
-        out: list[Image.Image] = []
-        for text in texts:  # one prompt per call: its images do not depend on the other prompts or the batch
-            for start in range(0, n, batch_size):
-                codes = self.sample_codes([text], min(batch_size, n - start), seed + start, guidance, layout=layout,
-                                          box=box if strict_box else None)
-                with torch.inference_mode():
-                    out += to_pil(self.image_tokenizer.decode(codes))
-        return out
+        return self.draw_per_prompt(texts, n, seed, batch_size, lambda text, count, at: self.image_tokenizer.decode(
+            self.sample_codes([text], count, at, guidance, layout=layout, box=box if strict_box else None)))

@@ -120,7 +120,7 @@ def control_ids(tokenizer: Any, banned_words: Sequence[str] = (), force_words: S
 
 def word_budget(tokenizer: Any, max_new_words: int | None) -> dict[str, Any]:
     """GenerationConfig fields for a word budget (None: no budget); InputError for a budget below 1. A word
-    vocabulary counts its words (not commas); a byte-level BPE the pieces that start a word (`Ġ`, `▁`), and lets a
+    vocabulary counts its words (not commas; <unk> counts); a byte-level BPE the pieces that start a word (`Ġ`, `▁`), and lets a
     word's later pieces finish it; any other tokenizer counts every token.
 
     Example:
@@ -140,7 +140,9 @@ def word_budget(tokenizer: Any, max_new_words: int | None) -> dict[str, Any]:
         starts = {i for i, p in pieces.items() if p.startswith(("Ġ", "▁"))}
         later = tuple(i for i, p in pieces.items() if i not in starts and any(c.isalnum() for c in p))
         return {"max_new_words": max_new_words, "word_ids": tuple(sorted(starts)), "continuation_ids": later}
-    ids = range(4, len(tokenizer)) if words is None else (i for i, w in enumerate(words) if w[:1].isalnum())
+    # a word vocabulary's <unk> stands for a word it lacks: it is said as one, so it spends the budget as one
+    ids = range(4, len(tokenizer)) if words is None else (i for i, w in enumerate(words)
+                                                          if w[:1].isalnum() or i == tokenizer.unk_id)
     return {"max_new_words": max_new_words, "word_ids": tuple(ids)}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import torch
@@ -99,7 +98,7 @@ class PlannedCaptions(Dataset):
         if shade is None:
             shade = background_level(image["image"].float().mean((1, 2)).tolist(), self.cfg.background_levels)
         planned = plan_of(self.objects[i], shade, caption, self.cfg.grid, self.cfg.max_objects)
-        plan = [tok.index[w] for w in plan_words(planned)]  # type: ignore[attr-defined]
+        plan = [tok.index.get(w, tok.unk_id) for w in plan_words(planned)]  # type: ignore[attr-defined]
         return {"tokens": torch.tensor([tok.bos_id, *tok.encode(caption, max_len=self.max_len), tok.eos_id]),
                 "plan": torch.tensor([*plan, tok.eos_id]), "scene_plan": planned, "image": image["image"]}
 
@@ -184,10 +183,11 @@ def train_text_to_image_scenes(cfg: SceneImageExperimentConfig, progress: bool =
     model_cfg.background_levels = fit_levels(colours if all(colours) else image_means(train_images,
                                                                                        cfg.background_sample),
                                              cfg.backgrounds)
-    phrases = (" ".join(o.phrase) for r in train_records for o in annotations[r.id].objects)
-    words = WordTokenizer.build(chain((c for r in train_records for c in r.captions), phrases),
-                                min_count=cfg.data.min_count, max_size=cfg.data.max_vocab)
-    tokenizer = with_tokens(words, plan_tokens(model_cfg.grid, cfg.backgrounds), "scene plans")
+    words = WordTokenizer.build((c for r in train_records for c in r.captions), min_count=cfg.data.min_count,
+                                max_size=cfg.data.max_vocab)
+    # then the plan's tokens, and category words no caption used (a plan writes its objects' names as words)
+    named = dict.fromkeys(w for r in train_records for o in annotations[r.id].objects for w in o.phrase)
+    tokenizer = with_tokens(words, [*plan_tokens(model_cfg.grid, cfg.backgrounds), *named], "scene plans")
     max_len = min(cfg.data.max_len, model_cfg.text_max_len - 2)
 
     def planned(records: list[CaptionRecord], images: ImageDataset) -> PlannedCaptions:
