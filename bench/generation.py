@@ -64,7 +64,7 @@ class Drawer:
         steps = steps or self.steps
         seed = self.seed if seed is None else seed
         guidance = self.guidance if guidance is None else guidance
-        key = (steps, seed, guidance, self.temperature)
+        key = (steps, seed, guidance, self.temperature, getattr(self.model.cfg, "candidates", 1))
         todo = [t for t in dict.fromkeys(texts) if (t, *key) not in self.cache]
         size = self.model.cfg.image_size
         g = torch.Generator().manual_seed(seed)
@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> dict:
     log = print
     res["grader_on_real"] = grader_accuracy(parser, world, args.real)
     log("grader", res["grader_on_real"])
+    if args.candidates_sweep and hasattr(model.cfg, "candidates"):
+        model.cfg.candidates = 1  # one plan per image while the guidance and temperature are chosen
     if args.guidance_sweep:  # choose the guidance scale on validation scenes, never on the test prompts
         val_prompts = [p for p, _ in prompts_with_scenes([world.scene("val", i) for i in range(500)], "val",
                                                          args.sweep_per_group) if p.group in ("single_object", "position")]
@@ -175,6 +177,15 @@ def run(args: argparse.Namespace) -> dict:
                 args.temperature_sweep, key=lambda tt: sum(r["correct"] for r in sweep[f"{tt:g}"].values()))
             res["temperature_sweep_val"] = sweep
             log("temperature sweep (val)", sweep, "->", res["temperature"])
+        if args.candidates_sweep and hasattr(model.cfg, "candidates"):  # planning: plans sampled per image
+            sweep = {}
+            for k in args.candidates_sweep:
+                model.cfg.candidates = k
+                sweep[str(k)] = group_rates(val_prompts, drawer.draw([p.text for p in val_prompts]), parser)
+            model.cfg.candidates = res["candidates"] = max(
+                args.candidates_sweep, key=lambda k: sum(r["correct"] for r in sweep[str(k)].values()))
+            res["candidates_sweep_val"] = sweep
+            log("candidates sweep (val)", sweep, "->", res["candidates"])
 
     groups, real_ceiling, heldout = {}, {}, {}
     for split in ("test", "heldout"):
@@ -279,6 +290,8 @@ def main() -> None:
                     help="guidance scales tried on val scenes; the best replaces --guidance")
     ap.add_argument("--temperature-sweep", type=lambda s: [float(x) for x in s.split(",")], default=[],
                     help="image-token models: sampling temperatures tried on val scenes after the guidance sweep")
+    ap.add_argument("--candidates-sweep", type=lambda s: [int(x) for x in s.split(",")], default=[],
+                    help="planning models: plans sampled per image (the likeliest drawn), tried on val scenes last")
     ap.add_argument("--sweep-per-group", type=int, default=50)
     ap.add_argument("--per-group", type=int, default=100)
     ap.add_argument("--real", type=int, default=500, help="real images per split for the grader's own accuracy")

@@ -72,10 +72,10 @@ def draw(model, prompts: list, boxes: list | None, strict: bool = False) -> list
             for i, p in enumerate(prompts)]
 
 
-def prompts_and_boxes(per_group: int) -> tuple[list, list]:
-    """The test prompts of both groups and each one's box (single objects: a random one of its size, seed 0)."""
+def prompts_and_boxes(per_group: int, split: str = "test") -> tuple[list, list]:
+    """The prompts of both groups and each one's box (single objects: a random one of its size, seed 0)."""
     world = ShapesWorld(n=5000, seed=0, image_size=128)
-    prompts = [p for p in prompt_groups([world.scene("test", i) for i in range(500)], "test", per_group)
+    prompts = [p for p in prompt_groups([world.scene(split, i) for i in range(500)], split, per_group)
                if p.group in GROUPS]
     rng = random.Random(0)
     return prompts, [random_box(p.objects[0].radius, rng) if p.group == "single_object" else objects_box(p.objects)
@@ -144,14 +144,26 @@ def page(result: dict) -> str:
     return "\n".join(lines)
 
 
-def measure_planning(model_dir: str, per_group: int) -> dict:
+def measure_planning(model_dir: str, per_group: int, candidates: list[int]) -> dict:
+    """The planning generator with and without the box on test prompts; first, with `candidates`, how many plans
+    to sample per image (the likeliest drawn) is chosen on validation prompts with their boxes."""
     started = time.time()
-    prompts, boxes = prompts_and_boxes(per_group)
     parser = ObjectParser(polymodal.load(ASSETS / BUNDLED_VQA))
     model = polymodal.load(model_dir)
+    sweep = {}
+    if candidates:
+        val_prompts, val_boxes = prompts_and_boxes(per_group // 2, split="val")
+        for k in candidates:
+            model.cfg.candidates = k
+            found = parser.parse(draw(model, val_prompts, val_boxes))
+            sweep[str(k)] = {r["group"]: r["correct_box"] for r in score_rows(val_prompts, val_boxes, {"box": found})}
+        model.cfg.candidates = max(candidates, key=lambda k: sum(sweep[str(k)].values()))
+    prompts, boxes = prompts_and_boxes(per_group)
     parsed = {name: parser.parse(draw(model, prompts, b)) for name, b in (("box", boxes), ("no_box", None))}
-    return {"command": f"OMP_NUM_THREADS=1 python bench/generation_layout.py --planning {model_dir}",
-            "model": model_dir, "rows": score_rows(prompts, boxes, parsed), "date": time.strftime("%Y-%m-%d"),
+    sweep_flag = f" --candidates {','.join(map(str, candidates))}" if candidates else ""
+    return {"command": f"OMP_NUM_THREADS=1 python bench/generation_layout.py --planning {model_dir}{sweep_flag}",
+            "model": model_dir, "rows": score_rows(prompts, boxes, parsed), "candidates": model.cfg.candidates,
+            "candidates_sweep_val": sweep, "date": time.strftime("%Y-%m-%d"),
             "machine": f"{machine()}, {load_average()}", "seconds": round(time.time() - started)}
 
 
@@ -159,10 +171,16 @@ def planning_page(result: dict) -> str:
     lines = ["## Measured: the planning generator's layout box", "",
              f"`{result['command']}` ({result['date']}, {result['machine']}, {result['seconds']} s): the same prompts, "
              f"boxes, seed and grader as above, for the planning generator (`{result['model']}`), whose box rules out "
-             f"every plan coordinate that would put an object outside it. Figures: "
-             f"docs/results/generation_layout_scenes.json.", "",
-             "| prompts | n | in the box, with the box | in that box without it (chance) | fully correct, with the box "
-             "| without | in the box and fully correct, with the box |", "|---|---|---|---|---|---|---|"]
+             f"every plan coordinate that would put an object outside it; the likeliest of {result['candidates']} "
+             f"sampled plans is drawn. Figures: docs/results/generation_layout_scenes.json.", ""]
+    if result.get("candidates_sweep_val"):
+        lines += ["Plans sampled per image, chosen on validation prompts with their boxes (fully correct):", "",
+                  "| plans | " + " | ".join(GROUPS.values()) + " |", "|---" * (len(GROUPS) + 1) + "|"]
+        lines += [f"| {k} | " + " | ".join(f"{v[g]:.1%}" for g in GROUPS) + " |"
+                  for k, v in result["candidates_sweep_val"].items()]
+        lines += [""]
+    lines += ["| prompts | n | in the box, with the box | in that box without it (chance) | fully correct, with the "
+              "box | without | in the box and fully correct, with the box |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         met = "met" if r["in_box_box"] >= 0.95 else "**missed**"
         lines.append(f"| {r['label']} | {r['n']} | {r['in_box_box']:.1%} (target >= 95%: {met}) | "
@@ -178,9 +196,11 @@ def main() -> None:
     parser.add_argument("--per-group", type=int, default=80)
     parser.add_argument("--page-only", action="store_true", help="redraw the docs section from the JSON")
     parser.add_argument("--planning", default=None, help="a planning generator (scene plans) to measure instead")
+    parser.add_argument("--candidates", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                        help="planning: plans per image to try on validation prompts first (the best is used)")
     args = parser.parse_args()
     if args.planning:
-        result = measure_planning(args.planning, args.per_group)
+        result = measure_planning(args.planning, args.per_group, args.candidates)
         PLANNING_RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         markdown = planning_page(result)
         DOC.write_text(put_section(DOC.read_text(encoding="utf-8"), "generation_layout_planning", markdown),

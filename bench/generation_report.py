@@ -25,7 +25,7 @@ MODELS = {
                 "({params:.2f} M parameters in all), trained together from annotated objects (Shapes World's scenes; "
                 "other captioned data with a COCO instances file), objects planned in the order the caption names "
                 "them; 10% of captions dropped; sampled with classifier-free guidance {guidance:g} and temperature "
-                "{temperature:g}",
+                "{temperature:g}, the likeliest of {candidates} plans drawn",
     "continuous": "a conditional U-Net ({params:.2f} M parameters, 2x2 pixel folding, cross-attention to a word-level "
                   "transformer text tower) trained by rectified flow with 10% caption dropout; sampled with "
                   "{steps} Euler steps and classifier-free guidance {guidance:g}",
@@ -113,7 +113,7 @@ def targets(res: dict) -> list[str]:
 def family_section(family: str, res: dict) -> list[str]:
     g, real, t = res["groups"], res["groups_real_images"], res.get("training", {})
     model = MODELS[family].format(params=res["parameters"] / 1e6, steps=res["steps"], guidance=res["guidance"],
-                                  temperature=res.get("temperature", 1.0))
+                                  temperature=res.get("temperature", 1.0), candidates=res.get("candidates", 1))
     out = [f"## The {family} family", "", f"Model: {model}.", "",
            "```", t.get("command", ""), res["command"], "```", ""]
     if t:
@@ -186,6 +186,12 @@ def rest(res: dict) -> list[str]:
                 "| temperature | single object (val) | position (val) |", "|---|---|---|"]
         out += [f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |"
                 for k, v in res["temperature_sweep_val"].items()]
+    if res.get("candidates_sweep_val"):
+        out += ["", f"Plans sampled per image (the likeliest by the model's own score drawn), at guidance "
+                f"{res['guidance']:g} and temperature {res.get('temperature', 1.0):g}, chosen on validation scenes:", "",
+                "| plans | single object (val) | position (val) |", "|---|---|---|"]
+        out += [f"| {k} | {_pct(v['single_object']['correct'])} | {_pct(v['position']['correct'])} |"
+                for k, v in res["candidates_sweep_val"].items()]
     out += ["", f"Bench wall time: {res['bench_minutes']:.1f} min."]
     return out
 

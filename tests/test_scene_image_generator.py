@@ -103,6 +103,16 @@ def test_sampled_plans_are_well_formed_and_keep_every_object_inside_the_box(box)
                 assert y0 - slack <= cy - h / 2 and cy + h / 2 <= y1 + slack
 
 
+def test_candidates_draw_the_likeliest_of_several_plans():
+    one, four = tiny(), tiny(candidates=4)  # the same weights (same seed)
+    best = four.sample_plans(["a red circle"], n=1, seed=2, guidance=2.0)
+    ranked = one.sample_plans(["a red circle"], n=4, seed=2, guidance=2.0)  # the same 4 samples, best first
+    assert best == ranked[:1]
+    assert len(four.sample_plans(["a red circle"], n=3, seed=2, guidance=2.0)) == 3
+    with pytest.raises(ConfigError, match="candidates"):
+        tiny(candidates=0)
+
+
 def test_the_renderer_draws_a_sprite_only_around_its_box():
     torch.manual_seed(0)
     renderer = SpriteRenderer(SpriteConfig(dim=8, channels=(8, 8)), vocab=6, levels=[40.0, 200.0])

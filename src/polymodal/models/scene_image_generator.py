@@ -62,6 +62,7 @@ class SceneImageConfig:
     render_weight: float = 20.0      # pixel loss beside the plan's next-token loss
     foreground_weight: float = 4.0   # pixels inside an object's box count this many times
     cond_drop: float = 0.1       # training: probability that a caption is replaced by the empty one
+    candidates: int = 1          # plans sampled per image; the likeliest (the model's own score) are drawn
     guidance: float = 1.0        # default classifier-free guidance scale
     temperature: float = 1.0
     top_k: int = 0
@@ -74,6 +75,8 @@ class SceneImageConfig:
             raise ConfigError(f"scene image generator: width {self.width} must divide by heads {self.heads}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ConfigError(f"scene image generator: cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.candidates < 1:
+            raise ConfigError(f"scene image generator: candidates must be at least 1, got {self.candidates}")
 
     @property
     def steps(self) -> int:
@@ -167,11 +170,12 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
     def sample_plans(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
                      top_k: int | None = None, top_p: float | None = None,
                      box: Sequence[float] | None = None) -> list[ScenePlan]:
-        """n plans per text (the texts in order), every object inside `box` (x0, y0, x1, y1; the image without)."""
+        """n plans per text (the texts in order), every object inside `box` (x0, y0, x1, y1; the image without):
+        the n likeliest, by the model's own score, of n * `cfg.candidates` sampled (best-of-n sampling)."""
         captions, tok = self.caption_ids(texts), self.tokenizer
-        hyps = self.sample_written(captions, n, seed, guidance, self.cfg.steps, temperature, top_k, top_p,
-                                   start=lambda rows: self.grammar.start(rows, box, captions.device))
-        return [parse_plan([tok.words[i] for i in h.tokens]) for per_text in hyps for h in per_text]
+        hyps = self.sample_written(captions, n * self.cfg.candidates, seed, guidance, self.cfg.steps, temperature,
+                                   top_k, top_p, start=lambda rows: self.grammar.start(rows, box, captions.device))
+        return [parse_plan([tok.words[i] for i in h.tokens]) for per_text in hyps for h in per_text[:n]]
 
     @torch.inference_mode()
     def render(self, plans: Sequence[ScenePlan]) -> torch.Tensor:
