@@ -182,6 +182,20 @@ def test_a_box_moves_the_object_into_it(learned):
     assert (np.asarray(again) == np.asarray(image)).all()
 
 
+def test_the_cli_draws_in_a_box_and_refuses_a_bad_one(learned, tmp_path, monkeypatch, capsys):
+    from .conftest import polymodal_cli
+
+    learned.save_pretrained(tmp_path / "gen")
+    code, out, _ = polymodal_cli(monkeypatch, capsys, "generate", str(tmp_path / "gen"), "a small red circle",
+                                 "--n", "2", "--box", "0.6,0.6,1,1", "--out", str(tmp_path / "out"), "--quiet")
+    assert code == 0 and "wrote 2 images" in out
+    red = _colour_centre(Image.open(tmp_path / "out" / "image_00.png"), (230, 30, 30))
+    assert red is not None and red[0] > 0.6 and red[1] > 0.6
+    code, _, err = polymodal_cli(monkeypatch, capsys, "generate", str(tmp_path / "gen"), "a small red circle",
+                                 "--box", "0.6,0.6,0.6,1", "--out", str(tmp_path / "out2"))
+    assert code == 2 and "zero area" in err and "Traceback" not in err
+
+
 def test_saved_and_loaded_it_draws_the_same_images(learned, tmp_path):
     learned.save_pretrained(tmp_path / "gen")
     again = polymodal.load(tmp_path / "gen")

@@ -28,8 +28,8 @@ def generate_command(model_dir: Path = typer.Argument(..., help="text -> image m
                      guidance: float | None = typer.Option(None, help="classifier-free guidance scale; 0 ignores the "
                                                            "prompt (default: the model's, e.g. 3)"),
                      box: str | None = typer.Option(None, "--box", metavar="X0,Y0,X1,Y1",
-                                                    help="draw it inside this box (in [0, 1], y down); a generator "
-                                                    "trained with layouts (configs/text_to_image_layout.yaml)"),
+                                                    help="draw it inside this box (in [0, 1], y down); the planning "
+                                                    "generator, or a discrete one trained with layouts"),
                      strict_box: bool = typer.Option(False, "--strict-box", help="draw nothing outside the box "
                                                      "(objects land in it more often, drawn worse)"),
                      out: Path = typer.Option(Path("out"), help="folder for image_NN.png and contact_sheet.png"),
@@ -45,7 +45,7 @@ def generate_command(model_dir: Path = typer.Argument(..., help="text -> image m
     guidance = model.cfg.guidance if guidance is None else guidance
     model.check_request([prompt], n, steps, guidance)  # before any work: one line and exit 2
     layout = comma_numbers("--box", box, 4)
-    model.layout_ids(layout)
+    model.check_layout(layout)
     unknown = model.unknown_words(prompt)
     if unknown:
         typer.echo(f"warning: unknown words ignored (read as <unk>): {', '.join(dict.fromkeys(unknown))}", err=True)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
-from ..data.layout import box_words
+from ..data.layout import box_words, check_box
 from ..errors import InputError
 from ..text.tokenizer import Tokenizer, split_words
 from .base import SavedModel
@@ -60,17 +60,24 @@ class ImageGenerator(SavedModel):
             return ()
         return ("box", "strict_box") if getattr(self.cfg, "outside_box_codes", None) else ("box",)
 
+    def check_layout(self, box: Sequence[float] | None) -> None:
+        """InputError (one line) for a bad layout box, or a box given to a generator that takes none."""
+        if box is None:
+            return
+        if "box" not in self.trained_controls:
+            raise InputError("this generator was not trained with a layout box; use the planning one "
+                             "(configs/text_to_image.yaml) or train configs/text_to_image_layout.yaml, or say where "
+                             "in words (\"on the left\")")
+        check_box(box)
+
     def layout_ids(self, box: Sequence[float] | None) -> list[int]:
-        """The token ids of a layout box ("draw it here", data/layout.py); [] without one; InputError for a bad
-        box or a generator not trained with layouts."""
+        """The token ids of a layout box ("draw it here", data/layout.py) for a discrete generator trained with
+        layouts; [] without one; InputError as `check_layout`."""
+        self.check_layout(box)
         if box is None:
             return []
-        grid = getattr(self.cfg, "layout_grid", 0)
-        if not grid:
-            raise InputError("this generator was not trained with a layout box; train one with "
-                             "configs/text_to_image_layout.yaml, or say where in words (\"on the left\")")
         index = getattr(self.tokenizer, "index", {})
-        return [index[w] for w in box_words(box, grid)]
+        return [index[w] for w in box_words(box, self.cfg.layout_grid)]  # type: ignore[attr-defined]
 
     def draw_per_prompt(self, texts: list[str], n: int, seed: int, batch_size: int,
                         draw: Callable[[str, int, int], torch.Tensor]) -> list[Image.Image]:

@@ -209,6 +209,7 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
         texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
+        self.check_layout(box)
         if box is not None:
             box = check_box(box)
         elif strict_box:

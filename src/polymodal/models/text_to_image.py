@@ -157,7 +157,7 @@ class TextToImage(ImageGenerator, nn.Module):
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
         texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
-        self.layout_ids(box)  # refuses a box: this family was never trained with layouts
+        self.check_layout(box)  # refuses a box: this family was never trained with layouts
         self.eval()
         size = self.cfg.image_size
         noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))  # shared by the prompts
