@@ -153,27 +153,34 @@ def plan_words(plan: ScenePlan) -> list[str]:
     return words
 
 
-def _coordinate(word: str) -> tuple[str, int] | None:
+def coordinate_token(word: str) -> tuple[str, int] | None:
+    """("x", 20) for "<x20>" (any of w, h, x, y); None for any other token."""
     if len(word) > 3 and word[0] == "<" and word[-1] == ">" and word[1] in "whxy" and word[2:-1].isdigit():
         return word[1], int(word[2:-1])
     return None
 
 
+def background_token(word: str) -> int | None:
+    """3 for "<bg3>"; None for any other token."""
+    return int(word[3:-1]) if word.startswith("<bg") and word.endswith(">") and word[3:-1].isdigit() else None
+
+
 def parse_plan(words: Sequence[str]) -> ScenePlan:
     """Tokens -> plan; ValueError for tokens out of the grammar (decoding under models/plan_grammar.py never
     writes such)."""
-    if not words or not (words[0].startswith("<bg") and words[0][3:-1].isdigit()):
+    background = background_token(words[0]) if words else None
+    if background is None:
         raise ValueError(f"a plan starts with its background token, got {list(words[:1])}")
     objects, i = [], 1
     while i < len(words):
         if words[i] != "<obj>":
             raise ValueError(f"expected <obj> at token {i}, got {words[i]!r}")
         j = i + 1
-        while j < len(words) and _coordinate(words[j]) is None and words[j] != "<obj>":
+        while j < len(words) and coordinate_token(words[j]) is None and words[j] != "<obj>":
             j += 1
-        fields = [_coordinate(w) for w in words[j:j + 4]]
+        fields = [coordinate_token(w) for w in words[j:j + 4]]
         if j == i + 1 or [f[0] if f else None for f in fields] != list("whxy"):
             raise ValueError(f"object at token {i} needs words, then <w> <h> <x> <y>; got {list(words[i:j + 4])}")
         objects.append(PlannedObject(tuple(words[i + 1:j]), *(f[1] for f in fields)))  # type: ignore[index]
         i = j + 4
-    return ScenePlan(int(words[0][3:-1]), tuple(objects))
+    return ScenePlan(background, tuple(objects))

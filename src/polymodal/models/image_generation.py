@@ -60,21 +60,21 @@ class ImageGenerator(SavedModel):
             return ()
         return ("box", "strict_box") if getattr(self.cfg, "outside_box_codes", None) else ("box",)
 
-    def check_layout(self, box: Sequence[float] | None) -> None:
-        """InputError (one line) for a bad layout box, or a box given to a generator that takes none."""
+    def check_layout(self, box: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+        """The layout box as floats (None without one); InputError (one line) for a bad box, or a box given to a
+        generator that takes none."""
         if box is None:
-            return
+            return None
         if "box" not in self.trained_controls:
             raise InputError("this generator was not trained with a layout box; use the planning one "
                              "(configs/text_to_image.yaml) or train configs/text_to_image_layout.yaml, or say where "
                              "in words (\"on the left\")")
-        check_box(box)
+        return check_box(box)
 
     def layout_ids(self, box: Sequence[float] | None) -> list[int]:
         """The token ids of a layout box ("draw it here", data/layout.py) for a discrete generator trained with
         layouts; [] without one; InputError as `check_layout`."""
-        self.check_layout(box)
-        if box is None:
+        if self.check_layout(box) is None:
             return []
         index = getattr(self.tokenizer, "index", {})
         return [index[w] for w in box_words(box, self.cfg.layout_grid)]  # type: ignore[attr-defined]

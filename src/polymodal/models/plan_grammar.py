@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..data.scene_plan import background_token, coordinate_token
 from ..nn.state import State
 from ..text.tokenizer import Tokenizer
 
@@ -49,10 +50,11 @@ class PlanGrammar:
             kind[special] = OTHER
         kind[tokenizer.eos_id], kind[index["<obj>"]] = EOS, OBJECT
         for word, i in index.items():
-            if word.startswith("<bg") and word[3:-1].isdigit():
+            coordinate = coordinate_token(word)
+            if background_token(word) is not None:
                 kind[i] = BACKGROUND
-            elif len(word) > 3 and word[0] == "<" and word[1] in "whxy" and word[2:-1].isdigit():
-                kind[i], value[i] = (W, H, X, Y)["whxy".index(word[1])], int(word[2:-1])
+            elif coordinate is not None:
+                kind[i], value[i] = (W, H, X, Y)["whxy".index(coordinate[0])], coordinate[1]
         self.kind, self.value = kind, value
         # what each phase may be followed by; the counts and the box narrow it in `allowed`
         follows = {START: (BACKGROUND,), NEXT: (OBJECT, EOS), PHRASE: (WORD, W), WIDTH: (H,), HEIGHT: (X,),

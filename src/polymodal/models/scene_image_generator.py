@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..data.layout import check_box
 from ..data.scene_plan import MAX_PHRASE, ScenePlan, parse_plan
 from ..errors import ConfigError, InputError
 from ..nn.sprites import SpriteConfig, SpriteRenderer
@@ -163,8 +162,7 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
         return self.lm.logits(hidden).masked_fill(~self.grammar.allowed(state), -math.inf)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
-        opening = torch.where(state["made"] == 0, self.tokenizer.eos_id, tokens)  # the caption's <eos>, as in `step`
-        return super().step(tokens, self.grammar.advance(state, opening))
+        return super().step(tokens, self.grammar.advance(state, tokens))  # the opening token leaves START as it is
 
     @torch.inference_mode()
     def sample_plans(self, texts: list[str], n: int, seed: int, guidance: float, temperature: float | None = None,
@@ -209,10 +207,8 @@ class SceneImageGenerator(CaptionPrefixedWriter, ImageGenerator, nn.Module):
             [<PIL.Image.Image image mode=RGB size=64x64 at ...>, ...]
         """
         texts, steps, guidance = self.prepare_request(texts, n, steps, guidance)
-        self.check_layout(box)
-        if box is not None:
-            box = check_box(box)
-        elif strict_box:
+        box = self.check_layout(box)
+        if box is None and strict_box:
             raise InputError("strict_box needs a box (x0,y0,x1,y1); leave it off")
         return self.draw_per_prompt(texts, n, seed, batch_size, lambda text, count, at: self.render(
             self.sample_plans([text], count, at, guidance, box=box)))

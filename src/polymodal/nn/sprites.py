@@ -11,7 +11,7 @@ inferred slots. A phrase's words are averaged, so colour and shape words that ne
 still make a sprite (held-out compositions).
 
 Example:
-    >>> renderer = SpriteRenderer(SpriteConfig(dim=16, channels=(16, 8), sprite=8), vocab=10, levels=[40.0])
+    >>> renderer = SpriteRenderer(SpriteConfig(dim=16, channels=(16, 8)), vocab=10, levels=[40.0])
     >>> images = renderer(torch.tensor([[[4, 5]]]), torch.tensor([[[0.5, 0.5, 0.3, 0.3]]]),
     ...                   torch.tensor([[True]]), torch.tensor([0]), size=16)
     >>> images.shape
@@ -32,12 +32,15 @@ from torch import nn
 class SpriteConfig:
     dim: int = 64                          # phrase embedding
     channels: tuple[int, ...] = (128, 64, 32, 32)  # decoder widths, from 4 x 4 doubling per stage
-    sprite: int = 32                       # sprite resolution (4 * 2 ** (len(channels) - 1))
     margin: float = 1.25                   # the sprite spans this many times its box (anti-aliased edges, points)
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
-        self.sprite = 4 * 2 ** (len(self.channels) - 1)
+
+    @property
+    def sprite(self) -> int:
+        """Sprite resolution: 4 x 4, doubled by each stage after the first."""
+        return 4 * 2 ** (len(self.channels) - 1)
 
 
 class SpriteRenderer(nn.Module):

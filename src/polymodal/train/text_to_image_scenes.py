@@ -72,6 +72,11 @@ class Annotated:
     colour: tuple[float, ...] | None
 
 
+def mean_colour(image: torch.Tensor) -> list[float]:
+    """An image's (3, S, S) mean colour, 0-255: the background shade of data without scene colours."""
+    return image.float().mean((1, 2)).tolist()
+
+
 class PlannedCaptions(Dataset):
     """Every (caption, plan, image) triple as one item: {"tokens", "plan" (ids ending in <eos>), "scene_plan",
     "image"}, the plan naming the objects in the caption's order; records whose image failed are left out
@@ -96,7 +101,7 @@ class PlannedCaptions(Dataset):
             return None
         tok, caption, shade = self.tokenizer, self.records[i].captions[j], self.shades[i]
         if shade is None:
-            shade = background_level(image["image"].float().mean((1, 2)).tolist(), self.cfg.background_levels)
+            shade = background_level(mean_colour(image["image"]), self.cfg.background_levels)
         planned = plan_of(self.objects[i], shade, caption, self.cfg.grid, self.cfg.max_objects)
         plan = [tok.index.get(w, tok.unk_id) for w in plan_words(planned)]  # type: ignore[attr-defined]
         return {"tokens": torch.tensor([tok.bos_id, *tok.encode(caption, max_len=self.max_len), tok.eos_id]),
@@ -159,7 +164,7 @@ def image_means(images: ImageDataset, sample: int) -> list[list[float]]:
     """The mean colours of about `sample` images spread over the dataset (those that load)."""
     step = max(len(images) // sample, 1)
     loaded = (images[i] for i in range(0, len(images), step))
-    return [item["image"].float().mean((1, 2)).tolist() for item in loaded if item is not None] or [[40.0] * 3]
+    return [mean_colour(item["image"]) for item in loaded if item is not None] or [[40.0] * 3]
 
 
 def train_text_to_image_scenes(cfg: SceneImageExperimentConfig, progress: bool = True,
