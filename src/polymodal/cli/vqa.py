@@ -131,6 +131,8 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
         typer.echo(f"assistant: {reply}")
         if said.confidence is not None:  # on stderr: stdout stays the conversation
             typer.echo(f"confidence: p={said.confidence:.2f}" + (" (not sure)" if said.not_sure else ""), err=True)
+        if said.points:  # where it pointed before answering, on stderr too
+            typer.echo("pointed at: " + ", ".join(f"x={x:.2f} y={y:.2f}" for x, y in said.points), err=True)
         if speak is not None:
             turn = len(messages) // 2
             say(reply, speak.with_name(f"{speak.stem}-{turn}{speak.suffix or '.wav'}"))

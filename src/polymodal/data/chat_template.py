@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..text.tokenizer import Tokenizer
 from .dialogue import ASSISTANT, USER, Message, Turn
+from .grounding import location_grid, location_ids
 from .qa import encode_text
 
 ROLES = ("user", "assistant")
@@ -37,15 +38,22 @@ def markers(tokenizer: Tokenizer) -> tuple[int, int]:
 
 def render(tokenizer: Tokenizer, turns: Sequence[Turn], max_words: int = MAX_WORDS) -> tuple[list[int], list[bool]]:
     """Token ids of a whole conversation and, per id, whether it is a target the loss is taken on
-    (the id is predicted from the ones before it: reply words and the <eos> that ends each reply)."""
+    (the id is predicted from the ones before it: reply words and the <eos> that ends each reply).
+
+    With location tokens in the tokenizer (data/grounding.py) the last reply points at its `points` first; an
+    earlier reply with points is rendered as a user sends it back, without them, and carries no loss (its
+    words alone would teach the model to leave the pointing out)."""
     user, assistant = markers(tokenizer)
+    grounded = location_grid(tokenizer) > 0
     ids: list[int] = []
     loss: list[bool] = []
-    for turn in turns:
+    for k, turn in enumerate(turns):
         question = [user, *tokenizer.encode(turn.question, max_len=max_words)]
-        reply = [*tokenizer.encode(turn.answer, max_len=max_words), tokenizer.eos_id]
+        pointing = location_ids(tokenizer, turn.points) if grounded and k == len(turns) - 1 else []
+        reply = [*pointing, *tokenizer.encode(turn.answer, max_len=max_words), tokenizer.eos_id]
         ids += [*question, assistant, *reply]
-        loss += [False] * (len(question) + 1) + [True] * len(reply)
+        learn = not (grounded and turn.points) or k == len(turns) - 1
+        loss += [False] * (len(question) + 1) + [learn] * len(reply)
     return ids, loss
 
 

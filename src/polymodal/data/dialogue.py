@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, InputError
 from ..text.tokenizer import SPECIALS, Tokenizer, WordTokenizer
+from .grounding import location_words
 from .images import normalize
 from .qa import encode_text
 from .shapes import SIZES, Scene, ShapeObject
@@ -58,6 +59,7 @@ class Turn:
     question: str
     answer: str
     kind: str                         # e.g. "open/position", "follow/size"
+    points: tuple[tuple[float, float], ...] = ()  # centres the reply is about, pointed at first (data/grounding.py)
 
 
 @dataclass
@@ -93,6 +95,10 @@ def _only_on_side(objs: Sequence[ShapeObject], b: ShapeObject) -> list[tuple[Sha
     return out
 
 
+def _centre(o: ShapeObject) -> tuple[float, float]:
+    return (o.x, o.y)
+
+
 def _openings(objs: Sequence[ShapeObject]) -> dict[str, list[tuple[Turn, ShapeObject, set[str]]]]:
     """Opening turns by kind, each with its referent and the attributes the turn already revealed."""
     shapes, colours = Counter(o.shape for o in objs), Counter(o.colour for o in objs)
@@ -104,8 +110,8 @@ def _openings(objs: Sequence[ShapeObject]) -> dict[str, list[tuple[Turn, ShapeOb
                                                  o, {"colour", "shape"}))
             for a, rel in _only_on_side(objs, o):
                 out.setdefault("position", []).append(
-                    (Turn(f"what is {_rel(rel)} the {o.shape}?", article(f"{a.colour} {a.shape}"), "open/position"),
-                     a, {"colour", "shape"}))
+                    (Turn(f"what is {_rel(rel)} the {o.shape}?", article(f"{a.colour} {a.shape}"), "open/position",
+                          (_centre(o), _centre(a))), a, {"colour", "shape"}))
         if colours[o.colour] == 1:
             out.setdefault("shape", []).append((Turn(f"what shape is the {o.colour} object?", o.shape, "open/shape"),
                                                 o, {"colour", "shape"}))
@@ -120,7 +126,7 @@ def _followups(o: ShapeObject, objs: Sequence[ShapeObject], known: set[str], rng
         return rng.choice(("it", "it", "that shape", "that one"))
 
     out = [Turn(f"what size is {it()}?", o.size, "follow/size"),
-           Turn(f"where is {it()}?", region(o), "follow/where")]
+           Turn(f"where is {it()}?", region(o), "follow/where", (_centre(o),))]
     if "colour" not in known:
         out.append(Turn(f"and what colour is {it()}?", o.colour, "follow/colour"))
     if "shape" not in known:
@@ -133,11 +139,12 @@ def _followups(o: ShapeObject, objs: Sequence[ShapeObject], known: set[str], rng
         c = rng.choice(others)
         rel, truth = relation(o, c), rng.random() < 0.5
         out.append(Turn(f"is {it()} {_rel(rel if truth else _OPPOSITE[rel])} the {c.shape}?", "yes" if truth else "no",
-                        "follow/relation"))
+                        "follow/relation", (_centre(o), _centre(c))))
     near = _only_on_side(objs, o)
     if near:
         a, rel = rng.choice(near)
-        out.append(Turn(f"what is {_rel(rel)} {it()}?", article(f"{a.colour} {a.shape}"), "follow/position"))
+        out.append(Turn(f"what is {_rel(rel)} {it()}?", article(f"{a.colour} {a.shape}"), "follow/position",
+                        (_centre(o), _centre(a))))
     return out
 
 
@@ -206,11 +213,12 @@ def read_dialogues(folder: str | Path, split: str | None = None, per_image: int 
 
 
 def build_chat_tokenizer(dialogues: Sequence[DialogueRecord], min_count: int = 1,
-                         max_size: int = 10000) -> WordTokenizer:
-    """Word vocabulary of every question and answer, with the two role markers after the specials."""
+                         max_size: int = 10000, location_grid: int = 0) -> WordTokenizer:
+    """Word vocabulary of every question and answer, with the two role markers after the specials, and with
+    `location_grid` the location tokens replies point with (data/grounding.py) at the end."""
     texts = (text for d in dialogues for t in d.turns for text in (t.question, t.answer))
     words = WordTokenizer.build(texts, min_count=min_count, max_size=max_size).words
-    return WordTokenizer([*SPECIALS, USER, ASSISTANT, *words[len(SPECIALS):]])
+    return WordTokenizer([*SPECIALS, USER, ASSISTANT, *words[len(SPECIALS):], *location_words(location_grid)])
 
 
 def context_ids(tokenizer: Tokenizer, messages: Sequence[Message], max_len: int) -> list[int]:

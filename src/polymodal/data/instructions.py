@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from ..text.tokenizer import Tokenizer
 from .chat_template import MAX_WORDS, markers, prompt, render
 from .dialogue import DialogueRecord, Turn, dialogues_for_scene, read_scenes, turn_messages
+from .grounding import location_grid, location_ids
 from .images import normalize
 from .qa import QARecord
 from .records import CaptionRecord
@@ -91,6 +92,9 @@ class InstructionConfig:
         "describe": 1.5, "list": 0.7, "count": 1.2, "colour": 1.0, "shape": 1.0, "size": 0.8, "position": 1.0,
         "exists": 2.0, "absent": 1.2, "scope": 0.8})
     avoid_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in HELDOUT_PAIRS])
+    location_grid: int = 12           # position, relation and count replies point first, on this many cells a side
+                                      # (data/grounding.py; 12 puts the thirds that "in the top left" names on
+                                      # cell edges); 0 = replies in words only
 
 
 Builder = Callable[[Scene, Sequence[str], random.Random, InstructionConfig], Turn | None]
@@ -120,14 +124,16 @@ def _list(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: Instru
 
 
 def _count(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: InstructionConfig) -> Turn | None:
-    objs = scene.objects
-    if rng.random() < 0.6:
-        return Turn(rng.choice(COUNT), NUMBER_WORDS[len(objs)], "count")
-    if rng.random() < 0.5:
-        shape = rng.choice([o.shape for o in objs] + list(SHAPES))
-        return Turn(f"how many {shape}s are there?", NUMBER_WORDS[sum(o.shape == shape for o in objs)], "count")
-    colour = rng.choice([o.colour for o in objs] + list(COLOURS))
-    return Turn(f"how many {colour} shapes are there?", NUMBER_WORDS[sum(o.colour == colour for o in objs)], "count")
+    objs, ask, counted = scene.objects, rng.choice(COUNT), lambda o: True
+    if rng.random() >= 0.6:
+        if rng.random() < 0.5:
+            shape = rng.choice([o.shape for o in objs] + list(SHAPES))
+            ask, counted = f"how many {shape}s are there?", lambda o: o.shape == shape
+        else:
+            colour = rng.choice([o.colour for o in objs] + list(COLOURS))
+            ask, counted = f"how many {colour} shapes are there?", lambda o: o.colour == colour
+    found = [o for o in left_to_right(objs) if counted(o)]  # pointed at in reading order, then counted
+    return Turn(ask, NUMBER_WORDS[len(found)], "count", tuple((o.x, o.y) for o in found))
 
 
 def _colour(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: InstructionConfig) -> Turn | None:
@@ -158,11 +164,12 @@ def _position(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: In
     a = rng.choice(named)
     others = [b for b in named if b is not a]
     if not others or rng.random() < 0.5:
-        return Turn(f"where is the {a.colour} {a.shape}?", region(a), "position")
+        return Turn(f"where is the {a.colour} {a.shape}?", region(a), "position", ((a.x, a.y),))
     b = rng.choice(others)
     rel, truth = relation(a, b), rng.random() < 0.5
     asked = _REL_WORDS[rel if truth else _OPPOSITE[rel]]
-    return Turn(f"is the {a.colour} {a.shape} {asked} the {b.colour} {b.shape}?", "yes" if truth else "no", "position")
+    return Turn(f"is the {a.colour} {a.shape} {asked} the {b.colour} {b.shape}?", "yes" if truth else "no", "position",
+                ((a.x, a.y), (b.x, b.y)))
 
 
 def _exists(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: InstructionConfig) -> Turn | None:
@@ -277,8 +284,13 @@ class InstructionDataset(Dataset):
                  images: Callable[[int], torch.Tensor], tokenizer: Tokenizer, max_len: int, per_turn: bool = False):
         self.conversations, self.rows, self.images = list(conversations), list(rows), images
         self.tokenizer, self.max_len, self.per_turn = tokenizer, max_len, per_turn
+        # A whole conversation is one item; with location tokens, a reply that points and is not the last is
+        # learnt in an item of its own that ends there (in the whole one it is context, sent back unpointed).
+        grounded = location_grid(tokenizer) > 0
         self.items = [(c, t) for c, d in enumerate(self.conversations)
-                      for t in (range(len(d.turns)) if per_turn else [len(d.turns) - 1])]
+                      for t in (range(len(d.turns)) if per_turn else
+                                [k for k, turn in enumerate(d.turns) if k == len(d.turns) - 1
+                                 or (grounded and turn.points)])]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -287,9 +299,10 @@ class InstructionDataset(Dataset):
         c, t = self.items[i]
         turns, tok = self.conversations[c].turns, self.tokenizer
         if not self.per_turn:
-            ids, loss = render(tok, turns)
+            ids, loss = render(tok, turns[: t + 1])
             return self._item(c, ids[: self.max_len], loss[: self.max_len])
-        reply = [markers(tok)[1], *tok.encode(turns[t].answer, max_len=MAX_WORDS), tok.eos_id]
+        reply = [markers(tok)[1], *location_ids(tok, turns[t].points), *tok.encode(turns[t].answer, max_len=MAX_WORDS),
+                 tok.eos_id]
         asked = prompt(tok, turn_messages(turns, t), self.max_len - len(reply)).ids  # trimmed as at inference
         ids = (asked + reply)[: self.max_len]
         item = self._item(c, ids, [k > len(asked) for k in range(len(ids))])  # loss after its <assistant>

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.dialogue import Message, dialogues_for_scene, read_scenes, turn_messages
+from ..data.grounding import Point, location_grid, split_locations
 from ..data.images import normalize
 from ..data.instructions import (
     DECLINE_SCOPE,
@@ -50,6 +51,7 @@ class Query:
     answer: str
     image_id: str = ""
     references: list[str] = field(default_factory=list)
+    points: tuple[Point, ...] = ()    # the centres a pointing reply should point at first (data/grounding.py)
 
 
 def single(image: str, question: str, kind: str, answer: str, image_id: str = "") -> Query:
@@ -69,10 +71,10 @@ def scene_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, 
             turn = build(scene, refs, rng, cfg)
             if turn is not None:
                 out.append(Query(image, [{"role": "user", "content": turn.question}], turn.kind, turn.answer,
-                                 image_id, refs if kind == "describe" else []))
+                                 image_id, refs if kind == "describe" else [], turn.points))
         out.append(single(image, rng.choice(SCOPE_EVAL), "scope/unseen", DECLINE_SCOPE, image_id))
         for turns in dialogues_for_scene(scene, rng, 1):
-            out += [Query(image, turn_messages(turns, t), turns[t].kind, turns[t].answer, image_id)
+            out += [Query(image, turn_messages(turns, t), turns[t].kind, turns[t].answer, image_id, [], turns[t].points)
                     for t in range(len(turns))]
     return out
 
@@ -82,7 +84,8 @@ def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], tor
                 batch_size: int = 128, progress: bool = True, generation: GenerationConfig | None = None) -> list[str]:
     """Replies of `model` (an InstructionAssistant) to every query, greedy unless `generation` says otherwise;
     `image(path)` gives uint8 (3, S, S)."""
-    return scored_queries(model, queries, image, batch_size, progress, score=False, generation=generation)[0]
+    ids, _ = reply_ids(model, queries, image, batch_size, progress, score=False, generation=generation)
+    return [model.reply_text(r) for r in ids]
 
 
 @torch.inference_mode()
@@ -91,25 +94,60 @@ def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], 
                    generation: GenerationConfig | None = None) -> tuple[list[str], Any]:
     """Greedy replies to every query and, with `score`, the logits behind them (models.assistant.ReplyScores,
     reply i = query i) from which `confidence(T)` gives each reply's probability under any temperature."""
+    ids, scores = reply_ids(model, queries, image, batch_size, progress, score, generation)
+    return [model.reply_text(r) for r in ids], scores
+
+
+@torch.inference_mode()
+def reply_ids(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor], batch_size: int = 128,
+              progress: bool = True, score: bool = False,
+              generation: GenerationConfig | None = None) -> tuple[list[list[int]], Any]:
+    """The reply ids to every query (location tokens included) and, with `score`, their ReplyScores."""
     from ..models.assistant import ReplyScores
 
     order = sorted(range(len(queries)), key=lambda i: (queries[i].kind == "describe", i))  # similar lengths together
-    replies: list[str] = [""] * len(queries)
+    ids: list[list[int]] = [[] for _ in queries]
     parts = []
     for start in tqdm(range(0, len(order), batch_size), desc="replies", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
         images = normalize(torch.stack([image(queries[i].image) for i in rows])).to(model.device)
         prompts = [model.prompt_ids(queries[i].messages) for i in rows]
-        ids = model.reply_ids(images, prompts, generation)
-        for i, reply in zip(rows, ids, strict=True):
-            replies[i] = model.tokenizer.decode(reply)
+        said = model.reply_ids(images, prompts, generation)
+        for i, reply in zip(rows, said, strict=True):
+            ids[i] = reply
         if score:
-            parts.append(model.score(images, prompts, ids))
+            parts.append(model.score(images, prompts, said))
     if not score:
-        return replies, None
+        return ids, None
     scores = ReplyScores.cat(parts)
     scores.reply = torch.tensor(order)[scores.reply]  # batch order -> query order
-    return replies, scores
+    return ids, scores
+
+
+def pointed_right(truth: Sequence[Point], pointed: Sequence[Point], grid: int) -> bool:
+    """Whether a reply pointed at every object it is about, in order: as many points as the truth, each in the
+    true centre's cell or the one beside it (a centre near a cell edge may fall either way).
+
+    Example:
+        >>> pointed_right([(0.2, 0.5)], [(2.5 / 12, 6.5 / 12)], 12), pointed_right([(0.2, 0.5)], [], 12)
+        (True, False)
+    """
+    return len(truth) == len(pointed) and all(
+        abs(int(t * grid) - int(p * grid)) <= 1 for a, b in zip(truth, pointed, strict=True) for t, p in zip(a, b, strict=True))
+
+
+def pointing_report(queries: Sequence[Query], pointed: Sequence[Sequence[Point]], grid: int) -> dict[str, float]:
+    """pointing/<kind>: the share of the replies that should point (their query has points) that pointed right,
+    and pointing/all over every such reply; {} for a model without location tokens."""
+    if not grid:
+        return {}
+    hits: dict[str, list[bool]] = {}
+    for q, said in zip(queries, pointed, strict=True):
+        if q.points:
+            right = pointed_right(q.points, said, grid)
+            hits.setdefault(f"pointing/{q.kind}", []).append(right)
+            hits.setdefault("pointing/all", []).append(right)
+    return {key: sum(v) / len(v) for key, v in sorted(hits.items())}
 
 
 def listed(text: str) -> list[str]:
@@ -201,13 +239,16 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
 
     scenes = read_scenes(folder, split)[: limit or None]
     queries = scene_queries(scenes, captions)
-    replies = run_queries(model, queries, image, progress=progress)
+    ids, _ = reply_ids(model, queries, image, progress=progress)
+    replies = [model.reply_text(r) for r in ids]
+    pointed = [split_locations(model.tokenizer, r)[1] for r in ids]
     out: dict[str, Any] = {"images": len(scenes), **kind_report(queries, replies),
+                           **pointing_report(queries, pointed, location_grid(model.tokenizer)),
                            "caption": caption_report(queries, replies, ObjectTruth.shapes(folder))}
     if stats is not None:
         out["pope"] = pope_report(model, scenes, stats, image, progress=progress)
     return out
 
 
-__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pope_report", "reply_correct",
-           "run_queries", "same_reply", "scene_queries", "scored_queries"]
+__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pointed_right", "pointing_report",
+           "pope_report", "reply_correct", "reply_ids", "run_queries", "same_reply", "scene_queries", "scored_queries"]

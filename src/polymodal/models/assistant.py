@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig, from_dict
 from ..data.chat_template import MAX_WORDS, markers, prompt
 from ..data.dialogue import ASSISTANT, USER, Message
+from ..data.grounding import split_locations
 from ..data.images import images_to_batch
 from ..errors import CheckpointError, ConfigError, InputError
 from ..generate import GenerationConfig, StepFn, generate, suppressing
@@ -93,6 +94,7 @@ class ChatReply:
     guess: str
     confidence: float | None = None
     not_sure: bool | None = None
+    points: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # where it pointed, x y in [0, 1]
 
 
 @dataclass
@@ -236,7 +238,11 @@ class InstructionAssistant(PrefixLM):
     @torch.inference_mode()
     def reply(self, images: torch.Tensor, prompts: list[list[int]], cfg: GenerationConfig | None = None) -> list[str]:
         """Replies for normalised images (B, 3, S, S) and prompt ids (one per image, `chat_template.prompt`)."""
-        return [self.tokenizer.decode(ids) for ids in self.reply_ids(images, prompts, cfg)]
+        return [self.reply_text(ids) for ids in self.reply_ids(images, prompts, cfg)]
+
+    def reply_text(self, ids: list[int]) -> str:
+        """The words of a reply's ids, without the location tokens it pointed with (data/grounding.py)."""
+        return self.tokenizer.decode(split_locations(self.tokenizer, ids)[0])
 
     @torch.inference_mode()
     def reply_ids(self, images: torch.Tensor, prompts: list[list[int]],
@@ -307,7 +313,9 @@ class InstructionAssistant(PrefixLM):
         reply = self.reply_ids(images, [ids], GenerationConfig(**{"strategy": "greedy", **generation}))
         cal = self.calibration or ReplyCalibration()
         confidence = float(self.score(images, [ids], reply).confidence(cal.temperature, cal.method)[0])
-        return judge(self.tokenizer.decode(reply[0]), confidence, self.calibration)
+        said = judge(self.reply_text(reply[0]), confidence, self.calibration)
+        said.points = split_locations(self.tokenizer, reply[0])[1]
+        return said
 
     def answer(self, images: Any, questions: Any) -> list[str]:
         """The reply to each question, asked on its own (the VQA API); one image may take several questions.

@@ -190,7 +190,8 @@ async def chat(request: Request) -> Response:
     sure: dict[str, Any] = {}
     if callable(getattr(entry.model, "chat_reply", None)):  # the reply with its calibrated confidence
         said = await svc.in_model_thread(entry.model.chat_reply, require(image), messages)
-        reply, sure = said.text, {"confidence": said.confidence, "not_sure": said.not_sure}
+        reply, sure = said.text, {"confidence": said.confidence, "not_sure": said.not_sure,
+                                  "points": [list(p) for p in said.points]}
     else:
         reply = await svc.in_model_thread(entry.model.chat, require(image), messages)
     check = await svc.ood_check(entry.model, image)  # like the training images?

@@ -263,6 +263,9 @@ class ChatResponse(BaseModel):
     not_sure: bool | None = Field(None, description="True: the confidence is below the model's threshold, so the "
                                   "reply says it is not sure and gives its best guess; null: the model has no "
                                   "threshold saved")
+    points: list[list[float]] = Field(default_factory=list, description="where the reply pointed before it answered: "
+                                      "[x, y] centres in [0, 1] of the image, one per object it is about "
+                                      "(position, relation and count replies of a model trained to point)")
 
 
 class RetrieveOptions(BaseModel):

@@ -105,12 +105,13 @@ def conversations(data: InstructionDataConfig, split: str, report: SkipReport) -
     return out
 
 
-def mixture_tokenizer(convs: list[DialogueRecord]) -> WordTokenizer:
-    """Words of every request and reply, and the role markers. Out-of-scope requests made of unknown words
-    stay out, so they read as <unk>: what any word it never saw (another language, a typo) looks like."""
+def mixture_tokenizer(convs: list[DialogueRecord], location_grid: int = 0) -> WordTokenizer:
+    """Words of every request and reply, the role markers, and the location tokens replies point with. Out-of-scope
+    requests made of unknown words stay out, so they read as <unk>: what any word it never saw (another language, a
+    typo) looks like."""
     known = [DialogueRecord(d.id, d.image, [t for t in d.turns if t.kind != "scope" or t.question in SCOPE], d.split)
              for d in convs]
-    return build_chat_tokenizer(known)
+    return build_chat_tokenizer(known, location_grid=location_grid)
 
 
 @torch.inference_mode()
@@ -143,7 +144,7 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
         tokenizer, model_cfg = model.tokenizer, model.cfg
         model.assistant_cfg.loss_per = cfg.assistant.loss_per  # how this run weighs its loss, not the model's
     else:
-        tokenizer = mixture_tokenizer(splits[cfg.data.train_split])
+        tokenizer = mixture_tokenizer(splits[cfg.data.train_split], cfg.data.instructions.location_grid)
         model_cfg = copy.deepcopy(cfg.model)
         _pretrain_encoder(cfg, model_cfg, progress)  # type: ignore[arg-type]  # reads pretrain, data, seed
         model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix, cfg.assistant)

@@ -1,0 +1,123 @@
+"""Replies that point before they answer (data/grounding.py): position, relation and count replies write the
+centres of their objects as location tokens first; the text shown, the API and the CLI give them as points; an
+earlier reply is context without them (as a user sends it back) and carries no loss."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from polymodal.config import DecoderConfig, EncoderConfig, ModelConfig
+from polymodal.data.chat_template import prompt, render
+from polymodal.data.dialogue import (
+    ASSISTANT,
+    USER,
+    DialogueRecord,
+    Turn,
+    build_chat_tokenizer,
+    dialogues_for_scene,
+)
+from polymodal.data.grounding import location_grid, location_ids, location_words, split_locations
+from polymodal.data.instructions import INSTRUCTION_KINDS, InstructionConfig, InstructionDataset
+from polymodal.data.shapes import Scene, ShapeObject
+from polymodal.data.shapes_text import region
+from polymodal.models.assistant import AssistantConfig, InstructionAssistant
+from polymodal.serve import create_app
+from polymodal.text.tokenizer import SPECIALS, WordTokenizer
+from tests.test_cli_matrix import WORDS
+
+SCENE = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5), ShapeObject("square", "blue", "large", 0.7, 0.2),
+               ShapeObject("star", "green", "large", 0.55, 0.85)), (40, 40, 40))
+
+
+def _tokenizer(convs: list[DialogueRecord], grid: int = 12) -> WordTokenizer:
+    return build_chat_tokenizer(convs, location_grid=grid)
+
+
+def _turns(kind: str, n: int = 40) -> list[Turn]:
+    rng = random.Random(0)
+    return [t for t in (INSTRUCTION_KINDS[kind](SCENE, ["a red circle"], rng, InstructionConfig()) for _ in range(n)) if t]
+
+
+def test_position_and_count_turns_carry_the_centres_of_their_objects():
+    for turn in _turns("position"):
+        named = [o for o in SCENE.objects if f"{o.colour} {o.shape}" in turn.question]
+        named.sort(key=lambda o: turn.question.index(f"{o.colour} {o.shape}"))  # in the order asked
+        assert turn.points == tuple((o.x, o.y) for o in named)
+        if turn.question.startswith("where"):
+            assert turn.answer == region(named[0])
+    for turn in _turns("count"):
+        assert len(turn.points) == ["zero", "one", "two", "three", "four"].index(turn.answer)
+        assert list(turn.points) == sorted(turn.points)  # pointed at left to right
+    for turn in _turns("colour") + _turns("absent"):  # nothing to point at: an absent object is declined
+        assert turn.points == ()
+    dialogues = [t for d in dialogues_for_scene(SCENE, random.Random(1), 3) for t in d]
+    for turn in dialogues:
+        assert bool(turn.points) == (turn.kind in ("open/position", "follow/where", "follow/relation", "follow/position"))
+
+
+def test_location_tokens_round_trip_and_no_text_can_type_them():
+    tok = _tokenizer([DialogueRecord("0", "a.png", [Turn("where is it?", "on the left", "x")])])
+    assert location_grid(tok) == 12 and location_grid(_tokenizer([], grid=0)) == 0
+    ids = location_ids(tok, [(0.2, 0.5), (1.0, 0.0)])
+    assert [tok.words[i] for i in ids] == ["<gx2>", "<gy6>", "<gx11>", "<gy0>"]
+    words, points = split_locations(tok, [*ids, *tok.encode("on the left")])
+    assert tok.decode(words) == "on the left"
+    assert points == [pytest.approx((2.5 / 12, 6.5 / 12)), pytest.approx((11.5 / 12, 0.5 / 12))]
+    assert tok.encode("<gx2> <gy6>") == tok.encode("gx2 gy6") and tok.index["<gx2>"] not in tok.encode("<gx2>")
+    assert location_words(2) == ["<gx0>", "<gx1>", "<gy0>", "<gy1>"]
+
+
+def test_only_the_last_reply_points_and_an_earlier_pointing_reply_is_learnt_in_its_own_item():
+    where = Turn("where is the red circle?", "on the left", "position", ((0.2, 0.5),))
+    colour = Turn("what colour is the square?", "blue", "colour")
+    conv = DialogueRecord("0", "a.png", [where, colour])
+    tok = _tokenizer([conv])
+    ids, loss = render(tok, [where, colour])
+    said = [tok.words[i] for i in ids]
+    assert "<gx2>" not in said  # the earlier reply as a user sends it back
+    assert [tok.words[i] for i, keep in zip(ids, loss, strict=True) if keep] == ["blue", "<eos>"]
+    data = InstructionDataset([conv], [0], lambda row: torch.zeros(3, 8, 8, dtype=torch.uint8), tok, 64)
+    learnt = [[tok.words[int(i)] for i in item["targets"] if i != tok.pad_id] for item in data]
+    assert sorted(learnt) == sorted([["<gx2>", "<gy6>", "on", "the", "left", "<eos>"], ["blue", "<eos>"]])
+    messages = [{"role": "user", "content": where.question}, {"role": "assistant", "content": where.answer},
+                {"role": "user", "content": colour.question}]
+    whole = max(data, key=lambda item: len(item["tokens"]))
+    asked = prompt(tok, messages, budget=64).ids
+    assert whole["tokens"][: len(asked)].tolist() == asked  # the context is what inference will be asked with
+    plain = build_chat_tokenizer([conv])  # no location tokens: replies in words, every reply learnt
+    assert sum(render(plain, [where, colour])[1]) == len(plain.encode("on the left blue")) + 2
+
+
+def _pointing_assistant() -> InstructionAssistant:
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8),
+                      decoder=DecoderConfig(hidden_dim=32, num_layers=1, num_heads=4, dropout=0.0, max_positions=32))
+    tok = WordTokenizer([*SPECIALS, USER, ASSISTANT, *sorted({*WORDS, "on", "the", "left"}), *location_words(12)])
+    return InstructionAssistant(cfg, tok, assistant=AssistantConfig(max_reply_len=8)).eval()
+
+
+def test_points_are_hidden_from_the_text_and_reach_the_api(monkeypatch):
+    model = _pointing_assistant()
+    tok = model.tokenizer
+    said = [*location_ids(tok, [(0.2, 0.5)]), *tok.encode("on the left")]
+    monkeypatch.setattr(model, "reply_ids", lambda images, prompts, cfg=None: [list(said) for _ in prompts])
+    image = Image.new("RGB", (32, 32))
+    question = [{"role": "user", "content": "where is the circle?"}]
+    reply = model.chat_reply(image, question)
+    assert reply.text == "on the left" and reply.points == [pytest.approx((2.5 / 12, 6.5 / 12))]
+    assert model.answer(image, "where is the circle?") == ["on the left"]
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    with TestClient(create_app({"pointing": model})) as c:
+        r = c.post("/v1/chat", files={"image": ("a.png", buf.getvalue(), "image/png")},
+                   data={"model": "pointing", "messages": json.dumps(question)})
+    body = r.json()
+    assert r.status_code == 200 and body["message"]["content"] == "on the left"
+    assert body["points"] == [pytest.approx([2.5 / 12, 6.5 / 12])]
