@@ -145,6 +145,14 @@ def page(results: dict[str, Any]) -> str:
             lines.append(f"| {kind} | {mark(t.get(key), 0.95)} | {mark(h.get(key), 0.90)} |")
     lines.append(f"| all follow-ups | {mark(t.get('accuracy/follow-up'), 0.95)} | "
                  f"{mark(h.get('accuracy/follow-up'), 0.95)} |")
+    pointing = sorted({k for k in (*t, *h) if k.startswith("pointing/")}, key=lambda k: (k == "pointing/all", k))
+    if pointing:
+        lines += ["", "## Pointing before answering", "",
+                  "Position, relation and count replies first write the centres of the objects they are about as "
+                  "location tokens (data/grounding.py), then their words. Right = as many points as the true objects, "
+                  "each in the true centre's cell of the 12 x 12 grid or the one beside it.", "",
+                  "| reply | test | held-out |", "|---|---|---|"]
+        lines += [f"| {k.removeprefix('pointing/')} | {pct(t.get(k))} | {pct(h.get(k))} |" for k in pointing]
     lines += ["", "## Declines (target >= 95%)", "",
               "| request | test | held-out |", "|---|---|---|"]
     for key, name in (("decline/absent", "question about an absent object"),
@@ -186,7 +194,8 @@ def page(results: dict[str, Any]) -> str:
     if results.get("notes"):
         lines += ["## What was tried", "", *(f"- {n}" for n in results["notes"]), ""]
     for label, prev in results.get("previous", {}).items():
-        lines += [f"## Earlier run: {label}", "", f"From `{prev['file']}` (the training task's end check, first "
+        how = prev.get("how", "the training task's end check")
+        lines += [f"## Earlier run: {label}", "", f"From `{prev['file']}` ({how}, first "
                   f"{prev['test']['images']} images per split). The label says how it differs from the model above.", "",
                   "| type | test | held-out |", "|---|---|---|"]
         for key in sorted(k for k in prev["test"] if k.startswith(("accuracy/", "decline/"))):
@@ -219,6 +228,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="images per split (0 = all)")
     parser.add_argument("--previous", action="append", default=[], help="LABEL=metrics.json of an earlier run")
     parser.add_argument("--note", action="append", default=[], help="a finding to list under 'What was tried'")
+    parser.add_argument("--carry", default="", metavar="LABEL",
+                        help="keep the page's earlier notes and runs, and its current model's figures as an earlier "
+                             "run with this label (a new default replacing the one measured there)")
     parser.add_argument("--train-minutes", type=float, default=None, help="wall time of the training run")
     parser.add_argument("--train-command", action="append", default=[],
                         help="a command that trained the model, as the page should show it (repeat for several)")
@@ -232,14 +244,22 @@ def main() -> None:
         old = {"note": f"{args.chat} not available here, so not re-measured; its published figures "
                        f"(docs/results/chat.json, {published['date']}, all 500 images per split, the same dialogue "
                        f"generator) are quoted", "test": published["test"], "heldout": published["heldout"]}
+    notes, previous = list(args.note), {}
+    if args.carry:  # read before it is overwritten
+        before = json.loads(RESULTS.read_text())
+        notes = [*before.get("notes", []), *notes]
+        previous = {args.carry: {"file": f"{RESULTS.relative_to(ROOT)} of {before['model']}",
+                                 "how": "bench/assistant.py, greedy",
+                                 **before["splits"]}, **before.get("previous", {})}
+    previous |= {label: {"file": file, **json.loads(Path(file).read_text())}
+                 for label, file in (p.split("=", 1) for p in args.previous)}
     results = {"model": str(args.model), "images": args.images, "machine": machine(),
                "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "train_commands": args.train_command or ["OMP_NUM_THREADS=1 polymodal train configs/assistant.yaml"],
                "train_wall_minutes": args.train_minutes,
                "command": "OMP_NUM_THREADS=1 python bench/assistant.py " + shlex.join(without_notes(sys.argv[1:])),
-               "previous": {label: {"file": file, **json.loads(Path(file).read_text())}
-                            for label, file in (p.split("=", 1) for p in args.previous)},
-               "notes": args.note, "best_captioner": BEST_CAPTIONER, "old_chat": old, "splits": splits}
+               "previous": previous, "notes": notes, "best_captioner": BEST_CAPTIONER, "old_chat": old,
+               "splits": splits}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     PAGE.write_text(page(results))
     print(f"wrote {PAGE} and {RESULTS}")

@@ -230,3 +230,20 @@ def test_a_bidirectional_prefix_trains_on_each_reply_and_reloads(world, tmp_path
     assert model.prefix_cfg.bidirectional_prefix
     assert isinstance(model.chat(next(iter(read_scenes(world, "test")))[1],
                                  [{"role": "user", "content": "how many shapes are there?"}]), str)
+
+
+def test_scst_fine_tunes_an_assistant_s_captions_and_keeps_it_an_assistant(trained, world, tmp_path):
+    """configs/scst.yaml on an assistant: its captions (replies to "describe the image") are what SCST samples and
+    scores; the result still chats, with its calibration and out-of-distribution statistics."""
+    out, _ = trained
+    task, cfg = load_task_config("configs/scst.yaml", [
+        f"init_from={out / 'model'}", f"train.out_dir={tmp_path}", f"data.path={world}", "data.n=60",
+        "data.render_size=32", "train.steps=2", "train.batch_size=4", "train.eval_every=2", "scst.num_samples=2",
+        "scst.eval_images=4"])
+    summary = task(cfg, progress=False)
+    assert summary["step"] == 2 and summary["architecture"] == "assistant"
+    tuned = polymodal.load(tmp_path / "model")
+    assert isinstance(tuned, InstructionAssistant) and tuned.calibration is not None and tuned.ood_stats is not None
+    image = next(iter(read_scenes(world, "test")))[1]
+    assert isinstance(tuned.chat(image, [{"role": "user", "content": "how many shapes are there?"}]), str)
+    assert tuned.caption([image], strategy="greedy") == tuned.answer(image, "describe the image")

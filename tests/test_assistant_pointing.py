@@ -121,3 +121,60 @@ def test_points_are_hidden_from_the_text_and_reach_the_api(monkeypatch):
     body = r.json()
     assert r.status_code == 200 and body["message"]["content"] == "on the left"
     assert body["points"] == [pytest.approx([2.5 / 12, 6.5 / 12])]
+
+
+def test_page_marks_where_a_reply_pointed(monkeypatch, tmp_path):
+    """The chat panel puts a numbered marker on the image per point of the reply."""
+    from pathlib import Path
+
+    if not Path("/usr/bin/chromium").is_file():
+        pytest.skip("needs Debian's chromium (/usr/bin/chromium)")
+    from tests.test_browser import chromium_page, loopback_only, serving
+
+    model = _pointing_assistant()
+    tok = model.tokenizer
+    said = [*location_ids(tok, [(0.2, 0.5), (0.7, 0.2)]), *tok.encode("on the left")]
+    monkeypatch.setattr(model, "reply_ids", lambda images, prompts, cfg=None: [list(said) for _ in prompts])
+    Image.new("RGB", (64, 64), (40, 40, 40)).save(tmp_path / "scene.png")
+    with serving(create_app({"pointing": model})) as base, chromium_page() as (page, errors):
+        outside = loopback_only(page, base)
+        page.goto(base + "/")
+        page.wait_for_selector("#models .model")
+        page.set_input_files("#file", str(tmp_path / "scene.png"))
+        page.fill("#question", "is the circle left of the square?")
+        page.press("#question", "Enter")
+        page.wait_for_selector(".bubble.assistant:not(.typing) .pointed", timeout=30_000)
+        assert page.inner_text(".bubble.assistant").startswith("on the left")
+        marks = page.locator("#marks .mark")
+        assert marks.count() == 2 and marks.nth(0).get_attribute("style").startswith("left:20.8%;top:54.2%")
+        assert not errors, errors
+    assert not outside, outside
+
+
+def test_an_assistant_is_a_captioner_whose_caption_answers_describe_and_scst_scores_it_there():
+    """`caption` is the reply to "describe the image" (no location tokens), and SCST teacher-forces a sample after
+    that request with the probabilities decoding had."""
+    from polymodal.generate import GenerationConfig
+    from polymodal.models.assistant import score_replies
+    from polymodal.train.scst import ScstConfig, SelfCritical
+
+    model = _pointing_assistant()
+    images = model.preprocess([Image.new("RGB", (32, 32), c) for c in ((200, 0, 0), (0, 0, 200))])
+    hyps = model.generate(images, GenerationConfig(strategy="sample", num_return_sequences=3, seed=0))
+    assert [len(h) for h in hyps] == [3, 3]
+    unsaid = set(model.unsaid_ids)
+    assert all(not unsaid & set(h.tokens) for per in hyps for h in per)
+    assert {tok for tok in location_ids(model.tokenizer, [(0.5, 0.5)])} <= unsaid
+    assert all("<" not in c for c in model.caption([Image.new("RGB", (32, 32))], strategy="greedy"))
+    tok = model.tokenizer
+    sequences = [tok.encode("red circle"), tok.encode("the square")]
+    objective = SelfCritical(model, lambda caps, idx: torch.arange(len(caps), dtype=torch.float32),
+                             ScstConfig(baseline="mean", num_samples=2))
+    logp, mask = objective.sequence_logprobs(images, sequences)
+    state = model.init_state(images, [model.describe_prompt()] * 2)
+    expected = score_replies(model.step, state, tok.index[ASSISTANT], tok.eos_id, sequences, model.unsaid_ids)
+    assert mask.sum(1).tolist() == [3, 3]  # two words and <eos>
+    assert torch.allclose(logp.sum(1).exp().double(), expected.confidence(), atol=1e-5)
+    _, terms = objective({"images": images, "record": torch.tensor([0, 1])})
+    terms["loss"].backward()
+    assert model.lm.wte.weight.grad is not None

@@ -45,8 +45,9 @@ from ..data.chat_template import MAX_WORDS, markers, prompt
 from ..data.dialogue import ASSISTANT, USER, Message
 from ..data.grounding import split_locations
 from ..data.images import images_to_batch
+from ..data.instructions import DESCRIBE
 from ..errors import CheckpointError, ConfigError, InputError
-from ..generate import GenerationConfig, StepFn, generate, suppressing
+from ..generate import GenerationConfig, Hypothesis, StepFn, generate, suppressing
 from ..nn.state import State
 from ..text.tokenizer import Tokenizer
 from .base import forget_initial_weights
@@ -248,14 +249,40 @@ class InstructionAssistant(PrefixLM):
     def reply_ids(self, images: torch.Tensor, prompts: list[list[int]],
                   cfg: GenerationConfig | None = None) -> list[list[int]]:
         """The reply token ids (no markers, no <eos>) for normalised images and prompt ids."""
+        return [h[0].tokens for h in self.generate(images, cfg or GenerationConfig(strategy="greedy"), prompts=prompts)]
+
+    @torch.inference_mode()
+    def generate(self, images: torch.Tensor, cfg: GenerationConfig | None = None, use_cache: bool = True,
+                 prompts: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+        """Replies (hypotheses best first, per image) to prompt ids (`prompt_ids`, one per image); without prompts
+        the replies to "describe the image": so the Captioner API (`caption`, `caption_nbest`, SCST) reads an
+        assistant's captions. Always decodes over the KV cache."""
         self.eval()
+        describing = prompts is None
+        prompts = [self.describe_prompt()] * len(images) if prompts is None else prompts
         room = self.cfg.decoder.max_positions - max(map(len, prompts))  # the reply's positions come after it
         cfg = cfg or GenerationConfig(strategy="greedy")
         cfg = dataclasses.replace(cfg, max_len=max(1, min(cfg.max_len, self.assistant_cfg.max_reply_len + 1, room)))
-        state = self.init_state(images, prompts)
-        hyps = generate(self.step, state, markers(self.tokenizer)[1], self.tokenizer.eos_id, cfg,
-                        suppress_ids=self.never)
-        return [h[0].tokens for h in hyps]
+        return generate(self.step, self.init_state(images, prompts), markers(self.tokenizer)[1], self.tokenizer.eos_id,
+                        cfg, suppress_ids=self.unsaid_ids if describing else self.never)
+
+    # ---- the Captioner API: a caption is the reply to "describe the image" -------------------------
+    def describe_prompt(self) -> list[int]:
+        """The prompt ids of the request a caption answers."""
+        return self.prompt_ids([{"role": "user", "content": DESCRIBE[0]}])
+
+    def caption_context(self) -> list[int]:
+        return [*self.describe_prompt(), markers(self.tokenizer)[1]]
+
+    @property
+    def caption_max_len(self) -> int:
+        return max(1, min(self.assistant_cfg.max_reply_len + 1,
+                          self.cfg.decoder.max_positions - len(self.describe_prompt())))
+
+    @property
+    def unsaid_ids(self) -> tuple[int, ...]:
+        """What a caption never says: the role markers, <unk> and the location tokens too."""
+        return tuple(sorted({*self.never, *super().unsaid_ids}))
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, prompts: list[list[int]], replies: list[list[int]]) -> ReplyScores:

@@ -172,6 +172,15 @@ class Captioner(SavedModel, nn.Module):
         return images_to_batch(images, self.cfg.image_size, self.device)
 
     @property
+    def caption_max_len(self) -> int:
+        """The most tokens a caption is generated with (<eos> included)."""
+        return self.cfg.decoder.max_len
+
+    def caption_context(self) -> list[int]:
+        """The ids a caption follows when it is teacher-forced (SCST scores its samples after them): <bos>."""
+        return [self.tokenizer.bos_id]
+
+    @property
     def unsaid_ids(self) -> tuple[int, ...]:
         """Tokens never generated: <pad>, and control tokens (`<short>`, ...: prompt inputs only)."""
         words = getattr(self.tokenizer, "words", ())

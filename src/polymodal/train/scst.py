@@ -14,6 +14,9 @@ mode (no dropout, fixed BatchNorm statistics): the network that samples is the o
 
     polymodal train configs/scst.yaml init_from=runs/transformer
 
+An instruction assistant (models/assistant.py) trains the same way: its caption is its reply to "describe the
+image", sampled and teacher-forced after that request (`Captioner.caption_context`).
+
 Example:
     >>> reward = CiderD([["a red circle", "a red round circle"], ["a blue square"]])
     >>> round(reward.score("a red circle", 0), 3) > reward.score("a blue square", 0)
@@ -26,6 +29,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +44,7 @@ from ..errors import ConfigError
 from ..eval.caption_metrics import simple_tokenize
 from ..eval.hallucination import ObjectTruth
 from ..generate import GenerationConfig
-from .captioning import caption_validation
+from .captioning import caption_validation, decoded_metrics
 from .trainer import Trainer
 
 Reward = Callable[[list[str], list[int]], torch.Tensor]
@@ -192,30 +196,38 @@ class SelfCritical(nn.Module):
         self.captioner.eval()  # on-policy: sampling and scoring run the same network (no dropout)
         return self
 
+    @property
+    def sample_len(self) -> int:
+        """The longest caption sampled (an assistant's longest reply)."""
+        return self.captioner.caption_max_len
+
     def _captions(self, images: torch.Tensor, cfg: GenerationConfig) -> list[list[int]]:
         return [h.tokens for per_image in self.captioner.generate(images, cfg) for h in per_image]
 
     def sequence_logprobs(self, images: torch.Tensor, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
         """Teacher-forced log p of each sampled token (R, T) and the mask of real tokens (R, T)."""
-        tok, max_len = self.captioner.tokenizer, self.captioner.cfg.decoder.max_len
-        # A sample that stopped before max_len ended with <eos>, whose probability counts too.
-        rows = [[tok.bos_id, *s] + ([tok.eos_id] if len(s) < max_len else []) for s in sequences]
+        tok, max_len = self.captioner.tokenizer, self.sample_len
+        # The caption follows its context (<bos>; an assistant's "describe the image" request). A sample that
+        # stopped before max_len ended with <eos>, whose probability counts too.
+        context = self.captioner.caption_context()
+        rows = [[*context, *s] + ([tok.eos_id] if len(s) < max_len else []) for s in sequences]
         tokens = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long, device=images.device)
         for r, seq in enumerate(rows):
             tokens[r, : len(seq)] = torch.tensor(seq, device=images.device)
         logits, _ = self.captioner({"images": images, "tokens": tokens})
-        # generate() never emits <pad>/<bos>; the same tokens are removed from the scored distribution.
-        logits = logits.float().index_fill(-1, torch.tensor([tok.pad_id, tok.bos_id], device=images.device),
-                                           -math.inf)
-        targets = tokens[:, 1:]
+        # generate() never emits <bos> nor the captioner's unsaid tokens; they are removed from the scored
+        # distribution too.
+        unsaid = sorted({tok.pad_id, tok.bos_id, *self.captioner.unsaid_ids})
+        logits = logits[:, len(context) - 1:].float().index_fill(-1, torch.tensor(unsaid, device=images.device),
+                                                                 -math.inf)
+        targets = tokens[:, len(context):]
         logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
         mask = targets != tok.pad_id
         return logp.masked_fill(~mask, 0.0), mask
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[None, dict[str, torch.Tensor]]:
         images, records = batch["images"], batch["record"].tolist()
-        k, decode = self.cfg.num_samples, self.captioner.tokenizer.decode
-        max_len = self.captioner.cfg.decoder.max_len
+        k, decode, max_len = self.cfg.num_samples, self.captioner.tokenizer.decode, self.sample_len
         # The sampling seed comes from torch's RNG, which the trainer seeds and restores on resume.
         seed = int(torch.randint(2 ** 31 - 1, ()))
         sampled = self._captions(images, GenerationConfig(strategy="sample", num_return_sequences=k, min_len=0,
@@ -258,6 +270,8 @@ def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | 
     objective = SelfCritical(captioner, reward, cfg.scst)
 
     def evaluate(_: nn.Module) -> dict[str, float]:
+        if captioner.caption_context() != [captioner.tokenizer.bos_id]:  # an assistant: its captions answer a
+            return decoded_metrics(captioner, val_set, cfg.scst.eval_images)  # request, not teacher-forced <bos>
         return caption_validation(captioner, val_set, cfg.train.batch_size, cfg.train.eval_batches,
                                   decode_images=cfg.scst.eval_images)
 
@@ -265,6 +279,10 @@ def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | 
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
     summary.update(architecture=captioner.architecture, train_images=len(train_set), skipped_records=report.count)
+    best, stats = Path(cfg.train.out_dir) / "model", getattr(captioner, "ood_stats", None)
+    frozen = not any(p.requires_grad for p in captioner.encoder.parameters())
+    if stats is not None and frozen and best.is_dir():  # the image features they describe did not change
+        stats.save(best)
     return summary
 
 

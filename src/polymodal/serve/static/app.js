@@ -299,6 +299,7 @@ async function ask(question) {
       form.append("stream", "true");
       const result = await streamChat(await api("/v1/chat", form), reply);
       markReply(reply, result, "this reply is a guess");
+      showPoints(reply, result.points || []);
       state.history = [...messages, { role: "assistant", content: result.message.content }];
     } else {
       form.append("question", question);
@@ -311,6 +312,14 @@ async function ask(question) {
   } finally {
     reply.classList.remove("typing");
   }
+}
+
+// Where a reply pointed before it answered (position, relation and count replies): numbered markers on the image.
+function showPoints(reply, points) {
+  if (!points.length) return;
+  renderMarks(points.map(([x, y], k) => ({ x, y, phrase: `point ${k + 1} of the reply` })));
+  reply.append(el("span", { class: "pointed", text: `pointed at ${points.length} ${points.length > 1 ? "places" : "place"}`,
+    title: "the numbered markers on the image: where the reply pointed before it answered" }));
 }
 
 // Under a reply: how sure the model is (calibrated probability) and, before it, the out-of-distribution notice.
