@@ -155,7 +155,7 @@ def test_an_assistant_is_a_captioner_whose_caption_answers_describe_and_scst_sco
     """`caption` is the reply to "describe the image" (no location tokens), and SCST teacher-forces a sample after
     that request with the probabilities decoding had."""
     from polymodal.generate import GenerationConfig
-    from polymodal.models.assistant import score_replies
+    from polymodal.models.reply_confidence import score_replies
     from polymodal.train.scst import ScstConfig, SelfCritical
 
     model = _pointing_assistant()

@@ -18,7 +18,7 @@ from PIL import Image
 import polymodal
 from polymodal.errors import CheckpointError
 from polymodal.eval.calibration import choose_threshold, ece, fit_confidence_temperature
-from polymodal.models.assistant import NOT_SURE, ReplyCalibration, ReplyScores, score_replies
+from polymodal.models.reply_confidence import NOT_SURE, ReplyCalibration, ReplyScores, score_replies
 from polymodal.serve import create_app
 from tests.test_cli_matrix import _assistant, _chat
 

@@ -140,7 +140,7 @@ def chat_command(model_dir: Path = typer.Argument(..., help="assistant model dir
 
 def chat_reply(assistant: Any, image: Any, messages: list[dict[str, str]], generation: dict[str, Any]) -> Any:
     """The reply with its confidence (`chat_reply`), or, for a model without one, its `chat` text alone."""
-    from ..models.assistant import ChatReply
+    from ..models.reply_confidence import ChatReply
 
     if callable(getattr(assistant, "chat_reply", None)):
         return assistant.chat_reply(image, messages, **generation)

@@ -92,7 +92,7 @@ def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], tor
 def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
                    batch_size: int = 128, progress: bool = True, score: bool = True,
                    generation: GenerationConfig | None = None) -> tuple[list[str], Any]:
-    """Greedy replies to every query and, with `score`, the logits behind them (models.assistant.ReplyScores,
+    """Greedy replies to every query and, with `score`, the logits behind them (models.reply_confidence.ReplyScores,
     reply i = query i) from which `confidence(T)` gives each reply's probability under any temperature."""
     ids, scores = reply_ids(model, queries, image, batch_size, progress, score, generation)
     return [model.reply_text(r) for r in ids], scores
@@ -103,7 +103,7 @@ def reply_ids(model: Any, queries: Sequence[Query], image: Callable[[str], torch
               progress: bool = True, score: bool = False,
               generation: GenerationConfig | None = None) -> tuple[list[list[int]], Any]:
     """The reply ids to every query (location tokens included) and, with `score`, their ReplyScores."""
-    from ..models.assistant import ReplyScores
+    from ..models.reply_confidence import ReplyScores
 
     order = sorted(range(len(queries)), key=lambda i: (queries[i].kind == "describe", i))  # similar lengths together
     ids: list[list[int]] = [[] for _ in queries]

@@ -47,8 +47,15 @@ from ..nn.question import QuestionEncoderConfig
 from ..nn.state import State
 from ..registry import QUESTION_ENCODERS
 from ..text.tokenizer import Tokenizer
-from .assistant import ChatReply, ReplyCalibration, judge, load_calibration, score_replies, strip_not_sure
 from .base import SavedModel
+from .reply_confidence import (
+    ChatReply,
+    ReplyCalibration,
+    judge,
+    load_calibration,
+    score_replies,
+    strip_not_sure,
+)
 from .vqa import ImageInput, RegionProjector
 
 

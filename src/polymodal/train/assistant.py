@@ -58,8 +58,9 @@ from ..eval.calibration import (
     reliability_table,
 )
 from ..eval.ood import save_model_stats
-from ..models.assistant import AssistantConfig, InstructionAssistant, ReplyCalibration
+from ..models.assistant import AssistantConfig, InstructionAssistant
 from ..models.prefix_lm import PrefixConfig
+from ..models.reply_confidence import ReplyCalibration
 from ..text.tokenizer import WordTokenizer
 from .prefix_lm import _pretrain_encoder
 from .pretraining import PretrainConfig
