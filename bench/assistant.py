@@ -234,7 +234,16 @@ def main() -> None:
     parser.add_argument("--train-minutes", type=float, default=None, help="wall time of the training run")
     parser.add_argument("--train-command", action="append", default=[],
                         help="a command that trained the model, as the page should show it (repeat for several)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="measure nothing: redraw the page from the results file, adding the --note texts")
     args = parser.parse_args()
+    if args.redraw:
+        results = json.loads(RESULTS.read_text())
+        results["notes"] = [*results.get("notes", []), *args.note]
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        PAGE.write_text(page(results))
+        print(f"redrew {PAGE}")
+        return
     splits = measure(args.model, args.chat, args.images)
     model = load(args.model)
     old = {"note": "live, same dialogues", "test": splits["test"]["old_chat_live"],
