@@ -95,10 +95,6 @@ def _only_on_side(objs: Sequence[ShapeObject], b: ShapeObject) -> list[tuple[Sha
     return out
 
 
-def _centre(o: ShapeObject) -> tuple[float, float]:
-    return (o.x, o.y)
-
-
 def _openings(objs: Sequence[ShapeObject]) -> dict[str, list[tuple[Turn, ShapeObject, set[str]]]]:
     """Opening turns by kind, each with its referent and the attributes the turn already revealed."""
     shapes, colours = Counter(o.shape for o in objs), Counter(o.colour for o in objs)
@@ -111,7 +107,7 @@ def _openings(objs: Sequence[ShapeObject]) -> dict[str, list[tuple[Turn, ShapeOb
             for a, rel in _only_on_side(objs, o):
                 out.setdefault("position", []).append(
                     (Turn(f"what is {_rel(rel)} the {o.shape}?", article(f"{a.colour} {a.shape}"), "open/position",
-                          (_centre(o), _centre(a))), a, {"colour", "shape"}))
+                          (o.centre, a.centre)), a, {"colour", "shape"}))
         if colours[o.colour] == 1:
             out.setdefault("shape", []).append((Turn(f"what shape is the {o.colour} object?", o.shape, "open/shape"),
                                                 o, {"colour", "shape"}))
@@ -126,7 +122,7 @@ def _followups(o: ShapeObject, objs: Sequence[ShapeObject], known: set[str], rng
         return rng.choice(("it", "it", "that shape", "that one"))
 
     out = [Turn(f"what size is {it()}?", o.size, "follow/size"),
-           Turn(f"where is {it()}?", region(o), "follow/where", (_centre(o),))]
+           Turn(f"where is {it()}?", region(o), "follow/where", (o.centre,))]
     if "colour" not in known:
         out.append(Turn(f"and what colour is {it()}?", o.colour, "follow/colour"))
     if "shape" not in known:
@@ -139,12 +135,12 @@ def _followups(o: ShapeObject, objs: Sequence[ShapeObject], known: set[str], rng
         c = rng.choice(others)
         rel, truth = relation(o, c), rng.random() < 0.5
         out.append(Turn(f"is {it()} {_rel(rel if truth else _OPPOSITE[rel])} the {c.shape}?", "yes" if truth else "no",
-                        "follow/relation", (_centre(o), _centre(c))))
+                        "follow/relation", (o.centre, c.centre)))
     near = _only_on_side(objs, o)
     if near:
         a, rel = rng.choice(near)
         out.append(Turn(f"what is {_rel(rel)} {it()}?", article(f"{a.colour} {a.shape}"), "follow/position",
-                        (_centre(o), _centre(a))))
+                        (o.centre, a.centre)))
     return out
 
 

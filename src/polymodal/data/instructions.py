@@ -133,7 +133,7 @@ def _count(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: Instr
             colour = rng.choice([o.colour for o in objs] + list(COLOURS))
             ask, counted = f"how many {colour} shapes are there?", lambda o: o.colour == colour
     found = [o for o in left_to_right(objs) if counted(o)]  # pointed at in reading order, then counted
-    return Turn(ask, NUMBER_WORDS[len(found)], "count", tuple((o.x, o.y) for o in found))
+    return Turn(ask, NUMBER_WORDS[len(found)], "count", tuple(o.centre for o in found))
 
 
 def _colour(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: InstructionConfig) -> Turn | None:
@@ -164,12 +164,12 @@ def _position(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: In
     a = rng.choice(named)
     others = [b for b in named if b is not a]
     if not others or rng.random() < 0.5:
-        return Turn(f"where is the {a.colour} {a.shape}?", region(a), "position", ((a.x, a.y),))
+        return Turn(f"where is the {a.colour} {a.shape}?", region(a), "position", (a.centre,))
     b = rng.choice(others)
     rel, truth = relation(a, b), rng.random() < 0.5
     asked = _REL_WORDS[rel if truth else _OPPOSITE[rel]]
     return Turn(f"is the {a.colour} {a.shape} {asked} the {b.colour} {b.shape}?", "yes" if truth else "no", "position",
-                ((a.x, a.y), (b.x, b.y)))
+                (a.centre, b.centre))
 
 
 def _exists(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: InstructionConfig) -> Turn | None:

@@ -100,6 +100,11 @@ class ShapeObject:
         """Radius of the bounding circle, as a fraction of the image side."""
         return SIZES[self.size]
 
+    @property
+    def centre(self) -> tuple[float, float]:
+        """(x, y) of its centre, in [0, 1] of the image."""
+        return (self.x, self.y)
+
 
 @dataclass(frozen=True)
 class Scene:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.dialogue import Message, dialogues_for_scene, read_scenes, turn_messages
-from ..data.grounding import Point, location_grid, split_locations
+from ..data.grounding import Point, location_grid
 from ..data.images import normalize
 from ..data.instructions import (
     DECLINE_SCOPE,
@@ -240,8 +240,8 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
     scenes = read_scenes(folder, split)[: limit or None]
     queries = scene_queries(scenes, captions)
     ids, _ = reply_ids(model, queries, image, progress=progress)
-    replies = [model.reply_text(r) for r in ids]
-    pointed = [split_locations(model.tokenizer, r)[1] for r in ids]
+    parts = [model.reply_parts(r) for r in ids]  # (words, points) of each reply
+    replies, pointed = [text for text, _ in parts], [points for _, points in parts]
     out: dict[str, Any] = {"images": len(scenes), **kind_report(queries, replies),
                            **pointing_report(queries, pointed, location_grid(model.tokenizer)),
                            "caption": caption_report(queries, replies, ObjectTruth.shapes(folder))}

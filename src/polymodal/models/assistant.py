@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig, from_dict
 from ..data.chat_template import MAX_WORDS, markers, prompt
 from ..data.dialogue import ASSISTANT, USER, Message
-from ..data.grounding import split_locations
+from ..data.grounding import Point, split_locations
 from ..data.images import images_to_batch
 from ..data.instructions import DESCRIBE
 from ..errors import CheckpointError, ConfigError, InputError
@@ -134,7 +134,12 @@ class InstructionAssistant(PrefixLM):
 
     def reply_text(self, ids: list[int]) -> str:
         """The words of a reply's ids, without the location tokens it pointed with (data/grounding.py)."""
-        return self.tokenizer.decode(split_locations(self.tokenizer, ids)[0])
+        return self.reply_parts(ids)[0]
+
+    def reply_parts(self, ids: list[int]) -> tuple[str, list[Point]]:
+        """A reply's words, and the points its location tokens name (data/grounding.py)."""
+        words, points = split_locations(self.tokenizer, ids)
+        return self.tokenizer.decode(words), points
 
     @torch.inference_mode()
     def reply_ids(self, images: torch.Tensor, prompts: list[list[int]],
@@ -234,9 +239,8 @@ class InstructionAssistant(PrefixLM):
         reply = self.reply_ids(images, [ids], GenerationConfig(**{"strategy": "greedy", **generation}))
         cal = self.calibration or ReplyCalibration()
         confidence = float(self.score(images, [ids], reply).confidence(cal.temperature, cal.method)[0])
-        said = judge(self.reply_text(reply[0]), confidence, self.calibration)
-        said.points = split_locations(self.tokenizer, reply[0])[1]
-        return said
+        text, points = self.reply_parts(reply[0])
+        return dataclasses.replace(judge(text, confidence, self.calibration), points=points)
 
     def answer(self, images: Any, questions: Any) -> list[str]:
         """The reply to each question, asked on its own (the VQA API); one image may take several questions.

@@ -196,17 +196,12 @@ class SelfCritical(nn.Module):
         self.captioner.eval()  # on-policy: sampling and scoring run the same network (no dropout)
         return self
 
-    @property
-    def sample_len(self) -> int:
-        """The longest caption sampled (an assistant's longest reply)."""
-        return self.captioner.caption_max_len
-
     def _captions(self, images: torch.Tensor, cfg: GenerationConfig) -> list[list[int]]:
         return [h.tokens for per_image in self.captioner.generate(images, cfg) for h in per_image]
 
     def sequence_logprobs(self, images: torch.Tensor, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
         """Teacher-forced log p of each sampled token (R, T) and the mask of real tokens (R, T)."""
-        tok, max_len = self.captioner.tokenizer, self.sample_len
+        tok, max_len = self.captioner.tokenizer, self.captioner.caption_max_len
         # The caption follows its context (<bos>; an assistant's "describe the image" request). A sample that
         # stopped before max_len ended with <eos>, whose probability counts too.
         context = self.captioner.caption_context()
@@ -227,7 +222,7 @@ class SelfCritical(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[None, dict[str, torch.Tensor]]:
         images, records = batch["images"], batch["record"].tolist()
-        k, decode, max_len = self.cfg.num_samples, self.captioner.tokenizer.decode, self.sample_len
+        k, decode, max_len = self.cfg.num_samples, self.captioner.tokenizer.decode, self.captioner.caption_max_len
         # The sampling seed comes from torch's RNG, which the trainer seeds and restores on resume.
         seed = int(torch.randint(2 ** 31 - 1, ()))
         sampled = self._captions(images, GenerationConfig(strategy="sample", num_return_sequences=k, min_len=0,
