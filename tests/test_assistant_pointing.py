@@ -26,7 +26,8 @@ from polymodal.data.dialogue import (
 from polymodal.data.grounding import location_grid, location_ids, location_words, split_locations
 from polymodal.data.instructions import INSTRUCTION_KINDS, InstructionConfig, InstructionDataset
 from polymodal.data.shapes import Scene, ShapeObject
-from polymodal.data.shapes_text import region
+from polymodal.data.shapes_text import left_to_right, noun, region
+from polymodal.eval.assistant import Query, kind_report
 from polymodal.models.assistant import AssistantConfig, InstructionAssistant
 from polymodal.serve import create_app
 from polymodal.text.tokenizer import SPECIALS, WordTokenizer
@@ -60,6 +61,22 @@ def test_position_and_count_turns_carry_the_centres_of_their_objects():
     dialogues = [t for d in dialogues_for_scene(SCENE, random.Random(1), 3) for t in d]
     for turn in dialogues:
         assert bool(turn.points) == (turn.kind in ("open/position", "follow/where", "follow/relation", "follow/position"))
+
+
+def test_a_region_request_names_and_points_at_what_is_there_or_says_nothing_is():
+    replies = {}
+    for turn in _turns("region", 80):
+        phrase = turn.question.removeprefix("what is ").removeprefix("what shapes are ").removesuffix("?")
+        there = left_to_right([o for o in SCENE.objects if region(o) == phrase])
+        assert turn.points == tuple(o.centre for o in there)  # pointed at in reading order
+        assert turn.answer == (" and ".join(noun(o) for o in there) if there else f"there is no shape {phrase}")
+        replies[bool(there)] = turn.answer
+    assert set(replies) == {True, False}  # both an empty and an occupied region are asked about
+    # order-free like a list, and a right "there is no shape ..." is no false decline
+    q = [Query("a", [], "region", "a small red circle and a large blue square"),
+         Query("a", [], "region", "there is no shape on the left")]
+    report = kind_report(q, ["a large blue square and a small red circle", "there is no shape on the left"])
+    assert report["accuracy/region"] == 1.0 and report["false_decline"] == 0.0
 
 
 def test_location_tokens_round_trip_and_no_text_can_type_them():

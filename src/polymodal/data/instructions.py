@@ -50,7 +50,7 @@ from .images import normalize
 from .qa import QARecord
 from .records import CaptionRecord
 from .shapes import COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject
-from .shapes_text import NUMBER_WORDS, article, left_to_right, noun, region, relation
+from .shapes_text import NUMBER_WORDS, REGIONS, article, left_to_right, noun, region, relation
 
 DECLINE_SCOPE = "i can only answer questions about this image"
 DECLINE_MARKERS = ("there is no", "i can only")
@@ -90,7 +90,7 @@ class InstructionConfig:
     unknown_words_share: float = 0.3  # out-of-scope requests made of words it never saw (any language)
     weights: dict[str, float] = field(default_factory=lambda: {
         "describe": 1.5, "list": 0.7, "count": 1.2, "colour": 1.0, "shape": 1.0, "size": 0.8, "position": 1.0,
-        "exists": 2.0, "absent": 1.2, "scope": 0.8})
+        "exists": 2.0, "absent": 1.2, "scope": 0.8, "region": 1.0})
     avoid_pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in HELDOUT_PAIRS])
     location_grid: int = 12           # position, relation and count replies point first, on this many cells a side
                                       # (data/grounding.py; 12 puts the thirds that "in the top left" names on
@@ -198,6 +198,18 @@ def _absent(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: Inst
     return Turn(ask, absent_reply(f"{colour} {shape}"), "absent")
 
 
+def _region(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: InstructionConfig) -> Turn | None:
+    """A request that refers to a region ("what is in the top left?"): the objects whose centres are in that ninth
+    of the image, pointed at first and named in reading order, or "there is no shape in the top left"."""
+    held = {p: [o for o in left_to_right(scene.objects) if region(o) == p] for p in REGIONS}
+    full, empty = [p for p in REGIONS if held[p]], [p for p in REGIONS if not held[p]]
+    phrase = rng.choice(empty if empty and (not full or rng.random() < 0.3) else full)
+    found = held[phrase]
+    reply = _join([noun(o) for o in found]) if found else f"there is no shape {phrase}"
+    return Turn(rng.choice((f"what is {phrase}?", f"what shapes are {phrase}?")), reply, "region",
+                tuple(o.centre for o in found))
+
+
 def unknown_words(rng: random.Random) -> str:
     """A request in words no vocabulary has (what a foreign language or a typo storm looks like to it)."""
     letters = string.ascii_lowercase + "áéíóúñüçß"
@@ -212,7 +224,7 @@ def _scope(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: Instr
 
 INSTRUCTION_KINDS: dict[str, Builder] = {
     "describe": _describe, "list": _list, "count": _count, "colour": _colour, "shape": _shape, "size": _size,
-    "position": _position, "exists": _exists, "absent": _absent, "scope": _scope,
+    "position": _position, "exists": _exists, "absent": _absent, "scope": _scope, "region": _region,
 }
 
 

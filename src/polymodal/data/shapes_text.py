@@ -32,6 +32,10 @@ def relation(a: ShapeObject, b: ShapeObject) -> str:
     return "above" if dy < 0 else "below"
 
 
+REGIONS = ("in the top left", "at the top", "in the top right", "on the left", "in the middle", "on the right",
+           "in the bottom left", "at the bottom", "in the bottom right")  # every phrase `region` says
+
+
 def region(o: ShapeObject) -> str:
     """The phrase for the third of the image an object's centre is in, e.g. "in the top left"."""
     col = "left" if o.x < 1 / 3 else "right" if o.x > 2 / 3 else ""

@@ -162,8 +162,8 @@ def listed(text: str) -> list[str]:
 
 
 def same_reply(kind: str, reply: str, answer: str) -> bool:
-    """Whether a reply says the reference answer: equal after `normalize_answer`; a "list" reply may name the
-    same objects in another order.
+    """Whether a reply says the reference answer: equal after `normalize_answer`; a "list" or "region" reply may
+    name the same objects in another order.
 
     Example:
         >>> same_reply("list", "a blue square and a red circle", "a red circle and a blue square")
@@ -171,7 +171,7 @@ def same_reply(kind: str, reply: str, answer: str) -> bool:
         >>> same_reply("colour", "Red.", "red"), same_reply("count", "two", "three")
         (True, False)
     """
-    if kind == "list":
+    if kind in ("list", "region"):
         return listed(reply) == listed(answer)
     return normalize_answer(reply) == normalize_answer(answer)
 
@@ -199,7 +199,7 @@ def kind_report(queries: Sequence[Query], replies: Sequence[str]) -> dict[str, f
             hits.setdefault("accuracy/follow-up", []).append(hits[f"accuracy/{q.kind}"][-1])
         if q.kind in DECLINE_KINDS:
             hits.setdefault(f"decline/{q.kind}", []).append(is_decline(reply))
-        elif q.kind != "describe":
+        elif q.kind != "describe" and not is_decline(q.answer):  # "there is no shape in the top left" is right
             hits.setdefault("false_decline", []).append(is_decline(reply))
     return {key: sum(v) / len(v) for key, v in sorted(hits.items())}
 
