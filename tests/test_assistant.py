@@ -247,3 +247,57 @@ def test_scst_fine_tunes_an_assistant_s_captions_and_keeps_it_an_assistant(train
     image = next(iter(read_scenes(world, "test")))[1]
     assert isinstance(tuned.chat(image, [{"role": "user", "content": "how many shapes are there?"}]), str)
     assert tuned.caption([image], strategy="greedy") == tuned.answer(image, "describe the image")
+
+
+def test_self_critical_replies_learn_what_the_reward_asks_after_prompts_of_any_length(trained):
+    """The policy gradient of train/reply_rl.py: samples follow each row's own prompt (padded batches), only the
+    reply's tokens (and its <eos>) are scored, and a reward for saying "red" is learnt."""
+    from polymodal.train.reply_rl import SelfCriticalReplies
+    from polymodal.train.scst import ScstConfig
+
+    out, _ = trained
+    torch.manual_seed(0)
+    model = polymodal.load(out / "model")
+    questions = ["what colour is the circle?", "is there a red square in the image?", "how many shapes are there?"]
+    prompts = [model.prompt_ids([{"role": "user", "content": q}]) for q in questions]
+    assert len({len(p) for p in prompts}) > 1
+    tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(p) for p in prompts], batch_first=True,
+                                             padding_value=model.tokenizer.pad_id)
+    batch = {"images": torch.randn(3, 3, 32, 32), "tokens": tokens, "record": torch.arange(3)}
+
+    def says_red(replies: list[tuple[str, list]], indices: list[int]) -> torch.Tensor:
+        return torch.tensor([words.split().count("red") / max(len(words.split()), 1) for words, _ in replies])
+
+    objective = SelfCriticalReplies(model, says_red, ScstConfig(baseline="mean", num_samples=6))
+    contexts = objective.contexts(batch)
+    logp, mask = objective.sequence_logprobs(batch["images"], [[5, 6], [7], []], contexts, max_len=4)
+    assert mask.sum(1).tolist() == [3, 2, 1] and (logp[~mask] == 0).all() and (logp[mask] < 0).all()
+
+    def mean_reward() -> float:
+        torch.manual_seed(123)
+        return float(torch.stack([objective(batch)[1]["reward"] for _ in range(3)]).mean())
+
+    before = mean_reward()
+    optimizer = torch.optim.Adam(objective.parameters(), lr=0.03)
+    for _ in range(12):
+        objective.train()
+        loss = objective(batch)[1]["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert mean_reward() > before + 0.2
+
+
+def test_assistant_rl_task_tunes_a_saved_assistant_and_refits_its_calibration(trained, world, tmp_path):
+    out, _ = trained
+    task, cfg = load_task_config("configs/assistant_rl.yaml", [
+        f"init_from={out / 'model'}", f"train.out_dir={tmp_path}", f"data.path={world}", "data.n=60",
+        "data.render_size=32", "train.steps=2", "train.batch_size=4", "train.eval_every=2", "scst.num_samples=2",
+        "rl.eval_images=4"])
+    summary = task(cfg, progress=False)
+    assert summary["step"] == 2 and summary["train_requests"] > 0 and "temperature" in summary["calibration"]
+    assert 0.0 <= summary["best"] <= 1.0  # the validation replies' accuracy it was kept for
+    tuned = polymodal.load(tmp_path / "model")
+    assert isinstance(tuned, InstructionAssistant) and tuned.calibration is not None and tuned.ood_stats is not None
+    image = next(iter(read_scenes(world, "test")))[1]
+    assert isinstance(tuned.chat(image, [{"role": "user", "content": "where is the red circle?"}]), str)

@@ -5,7 +5,7 @@ This file is the one place that fills `registry.TASKS` (the `task:` key of a YAM
 Example:
     >>> from polymodal.registry import TASKS
     >>> TASKS.names()
-    ['asr', 'assistant', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'spoken_vqa', 'text_to_image', 'text_to_image_scenes', 'text_to_image_tokens', 'video_caption', 'video_qa', 'vqa']
+    ['asr', 'assistant', 'assistant_rl', 'captioning', 'chat', 'contrastive', 'lm_pretrain', 'prefix_lm', 'refine', 'scst', 'spoken_vqa', 'text_to_image', 'text_to_image_scenes', 'text_to_image_tokens', 'video_caption', 'video_qa', 'vqa']
 """
 
 from ..registry import TASKS
@@ -18,6 +18,7 @@ from . import (
     lm_pretrain,
     prefix_lm,
     refine,
+    reply_rl,
     scst,
     spoken_vqa,
     text_to_image,
@@ -30,6 +31,7 @@ from . import (
 TASKS.fill({
     "asr": asr.train_asr,
     "assistant": assistant.train_assistant,
+    "assistant_rl": reply_rl.train_assistant_rl,
     "captioning": captioning.train_captioner,
     "chat": chat.train_chat,
     "contrastive": contrastive.train_contrastive,

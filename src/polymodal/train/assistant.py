@@ -193,6 +193,12 @@ def evaluate_splits(model: InstructionAssistant, cfg: AssistantExperimentConfig,
     return out
 
 
+def mixture_queries(convs: list[DialogueRecord]) -> list[Query]:
+    """Every turn of these conversations as a request, asked after the reference turns before it."""
+    return [Query(d.image, turn_messages(d.turns, t), d.turns[t].kind, d.turns[t].answer, points=d.turns[t].points)
+            for d in convs for t in range(len(d.turns))]
+
+
 def split_queries(cfg: AssistantExperimentConfig, split: str, report: SkipReport,
                   limit: int = 0) -> tuple[list[Query], Callable[[str], torch.Tensor]]:
     """The requests of one split to score replies on, and `image(path)` -> uint8 (3, S, S). Shapes World: the
@@ -208,8 +214,7 @@ def split_queries(cfg: AssistantExperimentConfig, split: str, report: SkipReport
         scenes = read_scenes(shapes_folder(cfg.data), split)[: limit or None]
         queries = scene_queries(scenes, split_captions(cfg.data, split, report))
     else:
-        queries = [Query(d.image, turn_messages(d.turns, t), d.turns[t].kind, d.turns[t].answer)
-                   for d in conversations(cfg.data, split, report)[: limit or None] for t in range(len(d.turns))]
+        queries = mixture_queries(conversations(cfg.data, split, report)[: limit or None])
     bank = ImageBank(sorted({q.image for q in queries}), cfg.model.image_size, report=report, progress=False)
     return [q for q in queries if q.image in bank.index], lambda path: bank[bank.index[path]]
 

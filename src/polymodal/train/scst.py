@@ -47,7 +47,7 @@ from ..generate import GenerationConfig
 from .captioning import caption_validation, decoded_metrics
 from .trainer import Trainer
 
-Reward = Callable[[list[str], list[int]], torch.Tensor]
+Reward = Callable[[list[Any], list[int]], torch.Tensor]  # what `describe` read of each sample, its row
 
 
 @dataclass
@@ -196,53 +196,83 @@ class SelfCritical(nn.Module):
         self.captioner.eval()  # on-policy: sampling and scoring run the same network (no dropout)
         return self
 
-    def _captions(self, images: torch.Tensor, cfg: GenerationConfig) -> list[list[int]]:
-        return [h.tokens for per_image in self.captioner.generate(images, cfg) for h in per_image]
+    # ---- what a subclass changes to train replies to prompts (train/reply_rl.py) -------------------------
+    def samples(self, batch: dict[str, torch.Tensor], cfg: GenerationConfig) -> list[list[int]]:
+        """Generated ids, `cfg.num_return_sequences` per image in batch order."""
+        return [h.tokens for per_image in self.captioner.generate(batch["images"], cfg) for h in per_image]
 
-    def sequence_logprobs(self, images: torch.Tensor, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
-        """Teacher-forced log p of each sampled token (R, T) and the mask of real tokens (R, T)."""
-        tok, max_len = self.captioner.tokenizer, self.captioner.caption_max_len
-        # The caption follows its context (<bos>; an assistant's "describe the image" request). A sample that
-        # stopped before max_len ended with <eos>, whose probability counts too.
-        context = self.captioner.caption_context()
-        rows = [[*context, *s] + ([tok.eos_id] if len(s) < max_len else []) for s in sequences]
+    def contexts(self, batch: dict[str, torch.Tensor]) -> list[list[int]]:
+        """Per image, the ids a sample follows: <bos>, or an assistant's "describe the image" request."""
+        return [self.captioner.caption_context()] * len(batch["images"])
+
+    def max_len(self, batch: dict[str, torch.Tensor]) -> int:
+        """The most tokens (<eos> included) a sample of this batch is generated with."""
+        return self.captioner.caption_max_len
+
+    @property
+    def suppressed(self) -> list[int]:
+        """Ids generation never emits: left out of the scored distribution too."""
+        tok = self.captioner.tokenizer
+        return sorted({tok.pad_id, tok.bos_id, *self.captioner.unsaid_ids})
+
+    def describe(self, ids: list[int]) -> Any:
+        """What the reward reads of a sample: its text."""
+        return self.captioner.tokenizer.decode(ids)
+
+    # ---- the objective ----------------------------------------------------------------------------
+    def sequence_logprobs(self, images: torch.Tensor, sequences: list[list[int]],
+                          contexts: list[list[int]] | None = None, max_len: int | None = None) -> tuple[torch.Tensor, ...]:
+        """Teacher-forced log p of each sampled token (R, T) after its row's context (default: the caption's),
+        and the mask of those tokens (R, T); T spans the whole row, the context's positions masked out."""
+        tok = self.captioner.tokenizer
+        contexts = contexts or [self.captioner.caption_context()] * len(sequences)
+        max_len = max_len or self.captioner.caption_max_len
+        # A sample that stopped before max_len ended with <eos>, whose probability counts too.
+        rows = [[*c, *s] + ([tok.eos_id] if len(s) < max_len else []) for c, s in zip(contexts, sequences, strict=True)]
         tokens = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long, device=images.device)
         for r, seq in enumerate(rows):
             tokens[r, : len(seq)] = torch.tensor(seq, device=images.device)
         logits, _ = self.captioner({"images": images, "tokens": tokens})
-        # generate() never emits <bos> nor the captioner's unsaid tokens; they are removed from the scored
-        # distribution too.
-        unsaid = sorted({tok.pad_id, tok.bos_id, *self.captioner.unsaid_ids})
-        logits = logits[:, len(context) - 1:].float().index_fill(-1, torch.tensor(unsaid, device=images.device),
-                                                                 -math.inf)
-        targets = tokens[:, len(context):]
+        logits = logits.float().index_fill(-1, torch.tensor(self.suppressed, device=images.device), -math.inf)
+        targets = tokens[:, 1:]
         logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
-        mask = targets != tok.pad_id
-        return logp.masked_fill(~mask, 0.0), mask
+        start = torch.tensor([len(c) - 1 for c in contexts], device=images.device)
+        mask = (torch.arange(targets.shape[1], device=images.device)[None] >= start[:, None]) & (targets != tok.pad_id)
+        return torch.where(mask, logp, torch.zeros_like(logp)), mask
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[None, dict[str, torch.Tensor]]:
         images, records = batch["images"], batch["record"].tolist()
-        k, decode, max_len = self.cfg.num_samples, self.captioner.tokenizer.decode, self.captioner.caption_max_len
+        k, max_len = self.cfg.num_samples, self.max_len(batch)
         # The sampling seed comes from torch's RNG, which the trainer seeds and restores on resume.
         seed = int(torch.randint(2 ** 31 - 1, ()))
-        sampled = self._captions(images, GenerationConfig(strategy="sample", num_return_sequences=k, min_len=0,
-                                                          max_len=max_len, seed=seed))
+        sampled = self.samples(batch, GenerationConfig(strategy="sample", num_return_sequences=k, min_len=0,
+                                                       max_len=max_len, seed=seed))
         indices = [i for i in records for _ in range(k)]
-        rewards = self.reward([decode(s) for s in sampled], indices).to(images.device)
+        rewards = self.reward([self.describe(s) for s in sampled], indices).to(images.device)
         terms: dict[str, torch.Tensor] = {}
         if self.cfg.baseline == "greedy":
-            greedy = self._captions(images, GenerationConfig(strategy="greedy", max_len=max_len))
-            base = self.reward([decode(s) for s in greedy], records).to(images.device)
+            greedy = self.samples(batch, GenerationConfig(strategy="greedy", max_len=max_len))
+            base = self.reward([self.describe(s) for s in greedy], records).to(images.device)
             terms["greedy_reward"] = base.mean()
             base = base.repeat_interleave(k)
         else:
             per_image = rewards.view(-1, k)
             base = ((per_image.sum(1, keepdim=True) - per_image) / (k - 1)).reshape(-1)
-        logp, mask = self.sequence_logprobs(images.repeat_interleave(k, dim=0), sampled)
+        contexts = [c for c in self.contexts(batch) for _ in range(k)]
+        logp, mask = self.sequence_logprobs(images.repeat_interleave(k, dim=0), sampled, contexts, max_len)
         advantage = (rewards - base)[:, None]
         loss = -(advantage * logp).sum() / mask.sum().clamp(min=1)
         return None, {"loss": loss, "scst_loss": loss.detach(), "reward": rewards.mean(), **terms,
                       "advantage_abs": advantage.abs().mean()}
+
+
+def keep_ood_stats(model: nn.Module, best: Path) -> None:
+    """Save the starting model's out-of-distribution statistics beside the best model, where the image features
+    they describe did not change (a frozen encoder)."""
+    stats = getattr(model, "ood_stats", None)
+    frozen = not any(p.requires_grad for p in model.encoder.parameters())
+    if stats is not None and frozen and best.is_dir():
+        stats.save(best)
 
 
 def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
@@ -274,10 +304,7 @@ def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | 
                       seed=cfg.seed, evaluate=evaluate, run_config=dataclasses.asdict(cfg), progress=progress)
     summary = trainer.fit(stop_at=stop_at)
     summary.update(architecture=captioner.architecture, train_images=len(train_set), skipped_records=report.count)
-    best, stats = Path(cfg.train.out_dir) / "model", getattr(captioner, "ood_stats", None)
-    frozen = not any(p.requires_grad for p in captioner.encoder.parameters())
-    if stats is not None and frozen and best.is_dir():  # the image features they describe did not change
-        stats.save(best)
+    keep_ood_stats(captioner, Path(cfg.train.out_dir) / "model")
     return summary
 
 
