@@ -232,17 +232,20 @@ def test_a_bidirectional_prefix_trains_on_each_reply_and_reloads(world, tmp_path
                                  [{"role": "user", "content": "how many shapes are there?"}]), str)
 
 
+def _tune(config: str, trained, world, tmp_path, *overrides: str) -> tuple[dict, InstructionAssistant]:
+    """Two steps of a fine-tuning task (SCST, assistant_rl) on the tiny trained assistant; its summary and result."""
+    task, cfg = load_task_config(config, [
+        f"init_from={trained[0] / 'model'}", f"train.out_dir={tmp_path}", f"data.path={world}", "data.n=60",
+        "data.render_size=32", "train.steps=2", "train.batch_size=4", "train.eval_every=2", "scst.num_samples=2",
+        *overrides])
+    return task(cfg, progress=False), polymodal.load(tmp_path / "model")
+
+
 def test_scst_fine_tunes_an_assistant_s_captions_and_keeps_it_an_assistant(trained, world, tmp_path):
     """configs/scst.yaml on an assistant: its captions (replies to "describe the image") are what SCST samples and
     scores; the result still chats, with its calibration and out-of-distribution statistics."""
-    out, _ = trained
-    task, cfg = load_task_config("configs/scst.yaml", [
-        f"init_from={out / 'model'}", f"train.out_dir={tmp_path}", f"data.path={world}", "data.n=60",
-        "data.render_size=32", "train.steps=2", "train.batch_size=4", "train.eval_every=2", "scst.num_samples=2",
-        "scst.eval_images=4"])
-    summary = task(cfg, progress=False)
+    summary, tuned = _tune("configs/scst.yaml", trained, world, tmp_path, "scst.eval_images=4")
     assert summary["step"] == 2 and summary["architecture"] == "assistant"
-    tuned = polymodal.load(tmp_path / "model")
     assert isinstance(tuned, InstructionAssistant) and tuned.calibration is not None and tuned.ood_stats is not None
     image = next(iter(read_scenes(world, "test")))[1]
     assert isinstance(tuned.chat(image, [{"role": "user", "content": "how many shapes are there?"}]), str)
@@ -289,15 +292,9 @@ def test_self_critical_replies_learn_what_the_reward_asks_after_prompts_of_any_l
 
 
 def test_assistant_rl_task_tunes_a_saved_assistant_and_refits_its_calibration(trained, world, tmp_path):
-    out, _ = trained
-    task, cfg = load_task_config("configs/assistant_rl.yaml", [
-        f"init_from={out / 'model'}", f"train.out_dir={tmp_path}", f"data.path={world}", "data.n=60",
-        "data.render_size=32", "train.steps=2", "train.batch_size=4", "train.eval_every=2", "scst.num_samples=2",
-        "rl.eval_images=4"])
-    summary = task(cfg, progress=False)
+    summary, tuned = _tune("configs/assistant_rl.yaml", trained, world, tmp_path, "rl.eval_images=4")
     assert summary["step"] == 2 and summary["train_requests"] > 0 and "temperature" in summary["calibration"]
     assert 0.0 <= summary["best"] <= 1.0  # the validation replies' accuracy it was kept for
-    tuned = polymodal.load(tmp_path / "model")
     assert isinstance(tuned, InstructionAssistant) and tuned.calibration is not None and tuned.ood_stats is not None
     image = next(iter(read_scenes(world, "test")))[1]
     assert isinstance(tuned.chat(image, [{"role": "user", "content": "where is the red circle?"}]), str)
