@@ -164,7 +164,10 @@ def _position(scene: Scene, captions: Sequence[str], rng: random.Random, cfg: In
     a = rng.choice(named)
     others = [b for b in named if b is not a]
     if not others or rng.random() < 0.5:
-        return Turn(f"where is the {a.colour} {a.shape}?", region(a), "position", (a.centre,))
+        # "where is the circle?" too, when it is the only one: asked only of absent shapes, it was declined
+        alone = sum(o.shape == a.shape for o in scene.objects) == 1
+        name = a.shape if alone and rng.random() < 0.4 else f"{a.colour} {a.shape}"
+        return Turn(f"where is the {name}?", region(a), "position", (a.centre,))
     b = rng.choice(others)
     rel, truth = relation(a, b), rng.random() < 0.5
     asked = _REL_WORDS[rel if truth else _OPPOSITE[rel]]
