@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -266,7 +267,8 @@ def main() -> None:
                "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "train_commands": args.train_command or ["OMP_NUM_THREADS=1 polymodal train configs/assistant.yaml"],
                "train_wall_minutes": args.train_minutes,
-               "command": "OMP_NUM_THREADS=1 python bench/assistant.py " + shlex.join(without_notes(sys.argv[1:])),
+               "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python bench/assistant.py "
+                          + shlex.join(without_notes(sys.argv[1:])),
                "previous": previous, "notes": notes, "best_captioner": BEST_CAPTIONER, "old_chat": old,
                "splits": splits}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")

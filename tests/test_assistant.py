@@ -249,7 +249,10 @@ def test_scst_fine_tunes_an_assistant_s_captions_and_keeps_it_an_assistant(train
     assert isinstance(tuned, InstructionAssistant) and tuned.calibration is not None and tuned.ood_stats is not None
     image = next(iter(read_scenes(world, "test")))[1]
     assert isinstance(tuned.chat(image, [{"role": "user", "content": "how many shapes are there?"}]), str)
-    assert tuned.caption([image], strategy="greedy") == tuned.answer(image, "describe the image")
+    # a caption is the reply to "describe the image", said in words only (a chat reply may point first)
+    said = tuned.generate(tuned.preprocess([image]))[0][0].tokens
+    assert tuned.caption([image], strategy="greedy") == [tuned.tokenizer.decode(said)]
+    assert not set(said) & set(tuned.unsaid_ids) and tuned.caption_context()[:-1] == tuned.describe_prompt()
 
 
 def test_self_critical_replies_learn_what_the_reward_asks_after_prompts_of_any_length(trained):
