@@ -89,6 +89,15 @@ def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], tor
 
 
 @torch.inference_mode()
+def pointed_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
+                    progress: bool = True) -> tuple[list[str], list[list[Point]]]:
+    """Greedy replies to every query, in words, and the points each reply wrote first (data/grounding.py)."""
+    ids, _ = reply_ids(model, queries, image, progress=progress)
+    parts = [model.reply_parts(r) for r in ids]
+    return [words for words, _ in parts], [points for _, points in parts]
+
+
+@torch.inference_mode()
 def scored_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
                    batch_size: int = 128, progress: bool = True, score: bool = True,
                    generation: GenerationConfig | None = None) -> tuple[list[str], Any]:
@@ -239,9 +248,7 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
 
     scenes = read_scenes(folder, split)[: limit or None]
     queries = scene_queries(scenes, captions)
-    ids, _ = reply_ids(model, queries, image, progress=progress)
-    parts = [model.reply_parts(r) for r in ids]  # (words, points) of each reply
-    replies, pointed = [text for text, _ in parts], [points for _, points in parts]
+    replies, pointed = pointed_queries(model, queries, image, progress)
     out: dict[str, Any] = {"images": len(scenes), **kind_report(queries, replies),
                            **pointing_report(queries, pointed, location_grid(model.tokenizer)),
                            "caption": caption_report(queries, replies, ObjectTruth.shapes(folder))}

@@ -38,7 +38,7 @@ from ..data.grounding import Point, location_grid
 from ..data.qa import ImageBank
 from ..data.records import SkipReport
 from ..errors import ConfigError
-from ..eval.assistant import Query, pointed_right, pointing_report, reply_correct, reply_ids
+from ..eval.assistant import Query, pointed_queries, pointed_right, pointing_report, reply_correct
 from ..generate import GenerationConfig
 from ..models.assistant import InstructionAssistant
 from .assistant import (
@@ -135,10 +135,9 @@ class _Requests(Dataset):
 
 def validation(model: InstructionAssistant, queries: list[Query], image: Any) -> dict[str, float]:
     """reply_accuracy: the share of right greedy replies; pointing: of pointing replies, those that pointed right."""
-    ids, _ = reply_ids(model, queries, image, progress=False)
-    parts = [model.reply_parts(i) for i in ids]
-    right = [reply_correct(q, words) for q, (words, _) in zip(queries, parts, strict=True)]
-    pointing = pointing_report(queries, [p for _, p in parts], location_grid(model.tokenizer))
+    replies, pointed = pointed_queries(model, queries, image, progress=False)
+    right = [reply_correct(q, words) for q, words in zip(queries, replies, strict=True)]
+    pointing = pointing_report(queries, pointed, location_grid(model.tokenizer))
     return {"reply_accuracy": sum(right) / max(len(right), 1), "pointing": pointing.get("pointing/all", 0.0)}
 
 
