@@ -217,6 +217,16 @@ def test_training_goes_on_from_a_trained_assistant(trained, world, tmp_path):
     assert 0 < moved < sum(float((fresh[n].float() - p.float()).abs().sum()) for n, p in before.items())
 
 
+def test_the_look_back_grows_onto_a_trained_assistant_and_trains(trained, world, tmp_path):
+    out, _ = trained
+    task, cfg = load_task_config("configs/assistant_look_back.yaml", [
+        f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=4", f"init_from={out / 'model'}",
+        f"train.out_dir={tmp_path}", "train.steps=2", "train.batch_size=8", "train.eval_every=2", "train.lr=0.01"])
+    task(cfg, progress=False)
+    model = polymodal.load(tmp_path / "model")
+    assert model.prefix_cfg.look_back and float(model.look_gate.abs().sum()) > 0  # it learnt from zero
+
+
 def test_a_bidirectional_prefix_trains_on_each_reply_and_reloads(world, tmp_path):
     task, cfg = load_task_config("configs/assistant.yaml", [
         f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=2", "pretrain.steps=0",

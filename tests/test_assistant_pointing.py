@@ -27,8 +27,10 @@ from polymodal.data.grounding import location_grid, location_ids, location_words
 from polymodal.data.instructions import INSTRUCTION_KINDS, InstructionConfig, InstructionDataset
 from polymodal.data.shapes import Scene, ShapeObject
 from polymodal.data.shapes_text import left_to_right, noun, region
+from polymodal.errors import ConfigError
 from polymodal.eval.assistant import Query, kind_report
 from polymodal.models.assistant import AssistantConfig, InstructionAssistant
+from polymodal.models.prefix_lm import PrefixConfig
 from polymodal.serve import create_app
 from polymodal.text.tokenizer import SPECIALS, WordTokenizer
 from tests.test_cli_matrix import WORDS
@@ -123,6 +125,36 @@ def _pointing_assistant() -> InstructionAssistant:
                       decoder=DecoderConfig(hidden_dim=32, num_layers=1, num_heads=4, dropout=0.0, max_positions=32))
     tok = WordTokenizer([*SPECIALS, USER, ASSISTANT, *sorted({*WORDS, "on", "the", "left"}), *location_words(12)])
     return InstructionAssistant(cfg, tok, assistant=AssistantConfig(max_reply_len=8)).eval()
+
+
+def test_a_written_point_looks_back_at_its_visual_token_alike_in_training_and_decoding(tmp_path):
+    """With the look-back on, the input after a written <gxI> <gyJ> carries the visual token under that point:
+    teacher forcing, the KV-cached step and full recomputation see the same, and only from the point on."""
+    model = _pointing_assistant()
+    images = torch.rand(1, 3, 32, 32)
+    tok = model.tokenizer
+    question, reply = [tok.index[USER], *tok.encode("where is the circle")], [
+        tok.index[ASSISTANT], *location_ids(tok, [(0.8, 0.1)]), *tok.encode("on the left")]
+    tokens = torch.tensor([question + reply])
+    plain = model({"images": images, "tokens": tokens})[0]
+    model.add_look_back()
+    assert torch.equal(model({"images": images, "tokens": tokens})[0], plain)  # a zero gate: replies as before
+    with torch.no_grad():
+        model.look_gate.normal_()
+    taught = model({"images": images, "tokens": tokens})[0][0, len(question) - 1:]
+    first_y = len(question) + 2  # the <gy> of the point is the third reply token
+    differs = (taught - plain[0, len(question) - 1:]).abs().amax(-1) > 1e-6
+    assert differs.tolist() == [i >= first_y - len(question) + 1 for i in range(len(differs))]
+    for step in (model.step, model.step_uncached):
+        state = model.init_state(images, [question], use_cache=step == model.step)
+        for i, token in enumerate(reply[:-1]):
+            logits, state, _ = step(torch.tensor([token]), state)
+            assert torch.allclose(logits[0], taught[i + 1], atol=1e-5), (step.__name__, i)
+    again = InstructionAssistant.from_pretrained(model.save_pretrained(tmp_path / "looking"))
+    assert again.prefix_cfg.look_back and torch.equal(again.look_gate, model.look_gate)
+    unplaced = WordTokenizer([*SPECIALS, USER, ASSISTANT, *WORDS])
+    with pytest.raises(ConfigError, match="location tokens"):  # nothing to look back at without points
+        InstructionAssistant(model.cfg, unplaced, PrefixConfig(pixel_shuffle=1, look_back=True))
 
 
 def test_points_are_hidden_from_the_text_and_reach_the_api(monkeypatch):

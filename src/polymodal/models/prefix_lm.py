@@ -16,7 +16,8 @@ them) and the generated tokens' `k{i}`/`v{i}` (B, H, T, d); `valid` (B, P) (Fals
 when there is padding),
 `pos` (B,) next text position; `gvalid` (B, T) (False = padding of a row that joined a running batch
 later, `join_states`; only then). Each new token then costs one query against the cache instead of a
-pass over the whole sequence.
+pass over the whole sequence. With `look_back` (an assistant whose replies point, nn/focus.py) the state also
+keeps the `visual` tokens (B, P, D) and `look_x` (B,), the x of a point whose y comes next (-1: none).
 
 Example:
     A trained model (`polymodal train configs/prefix_lm.yaml` writes runs/prefix_lm):
@@ -54,11 +55,12 @@ from torch import nn
 
 from ..checkpoint import WEIGHTS_FILE, read_model_dir, read_safetensors, resolve_model_dir
 from ..config import ModelConfig, from_dict
+from ..data.grounding import location_grid
 from ..errors import CheckpointError, ConfigError
 from ..generate import GenerationConfig, Hypothesis, StepFn, generate
 from ..nn.decoders import State
 from ..nn.encoders import build_encoder
-from ..nn.focus import cell_lookup, mark_focus
+from ..nn.focus import cell_lookup, look_back, mark_focus
 from ..nn.gpt2 import GPT2LoadReport, is_gpt2_folder, load_gpt2
 from ..nn.hf_vision import HFVisionEncoder, VisionTowerDims
 from ..nn.llama import LlamaDims, LlamaLM, is_llama_folder, load_llama
@@ -81,6 +83,8 @@ class PrefixConfig:
     focus_marker: bool = False       # add a learnt vector to the visual token under a focus point (visual prompt)
     bidirectional_prefix: bool = False  # image and prompt attend to each other both ways (PaliGemma); the reply
                                         # stays causal. Training batches then say where it ends ("prefix_len")
+    look_back: bool = False          # a point the reply writes (<gxI> <gyJ>) adds the visual token under it to the
+                                     # next input (nn/focus.py); needs a tokenizer with location tokens
 
 
 def _text_positions(valid: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,30 @@ class PrefixLM(Captioner):
             self.focus_marker = nn.Parameter(torch.zeros(width))
             self.register_buffer("_cell_of_token", cell_lookup(tokenizer, self.prefix_cfg.control_grid),
                                  persistent=False)
+        if self.prefix_cfg.look_back:
+            self.add_look_back()
+
+    def add_look_back(self) -> None:
+        """Turn the look-back on (nn/focus.py); its gate starts at zero, so a trained model replies as before."""
+        self._location_grid = grid = location_grid(self.tokenizer)
+        if not grid:
+            raise ConfigError("prefix.look_back needs location tokens in the vocabulary (an assistant trained with "
+                              "data.instructions.location_grid > 0)")
+        self.prefix_cfg.look_back = True
+        llama, device = self.prefix_cfg.lm, next(self.parameters()).device
+        width = llama.hidden_dim if llama is not None else self.cfg.decoder.hidden_dim
+        self.look_gate = nn.Parameter(torch.zeros(width, device=device))
+        self.register_buffer("_location_of_token", cell_lookup(self.tokenizer, grid, prefix="<g").to(device),
+                             persistent=False)
+
+    def _embed_text(self, tokens: torch.Tensor, positions: torch.Tensor | None, visual: torch.Tensor,
+                    before: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, L, D), with what the look-back saw after each written point."""
+        x = self.lm.embed(tokens, positions)
+        if not self.prefix_cfg.look_back or not visual.shape[1]:
+            return x
+        return x + look_back(visual, tokens, before, self._location_of_token, self._location_grid,
+                             self.look_gate).to(x.dtype)
 
     @property
     def trained_controls(self) -> tuple[str, ...]:
@@ -146,8 +174,10 @@ class PrefixLM(Captioner):
         """
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], batch.get("targets", tokens[:, 1:])
-        x = self.lm.embed(inputs, torch.arange(inputs.shape[1], device=inputs.device))
-        prefix = self.visual_tokens(batch["images"], inputs) if "images" in batch else x[:, :0]
+        positions = torch.arange(inputs.shape[1], device=inputs.device)
+        prefix = self.visual_tokens(batch["images"], inputs) if "images" in batch else None
+        x = self._embed_text(inputs, positions, prefix)
+        prefix = x[:, :0] if prefix is None else prefix
         # Right padding needs no mask: padding keys come after every real query, so causality hides them.
         positions = torch.arange(-prefix.shape[1], inputs.shape[1], device=inputs.device)
         seq = torch.cat([prefix, x], dim=1)
@@ -179,7 +209,7 @@ class PrefixLM(Captioner):
 
     def _sequence(self, visual: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Embeddings of [visual][text] (B, P + L, D) and which positions are real (B, P + L)."""
-        x = torch.cat([visual, self.lm.embed(text, _text_positions(text_valid))], dim=1)
+        x = torch.cat([visual, self._embed_text(text, _text_positions(text_valid), visual)], dim=1)
         valid = torch.cat([text_valid.new_ones(visual.shape[:2]), text_valid], dim=1)
         return x, valid
 
@@ -200,6 +230,8 @@ class PrefixLM(Captioner):
         _, cache = self.lm(x, mask=self._mask(valid, valid.new_full((len(x),), x.shape[1], dtype=torch.long)),
                            positions=_rotary_positions(visual.shape[1], text_valid))
         state: State = {"pos": text_valid.sum(1), "nvis": text_valid.new_full((len(x),), visual.shape[1], dtype=torch.long)}
+        if self.prefix_cfg.look_back:  # what the written points look at, and the x of a point begun
+            state["visual"], state["look_x"] = visual, torch.full_like(state["pos"], -1)
         if not bool(valid.all()):  # left-padded prompts: the padding is masked out of every step
             state["valid"] = valid
         for i in range(len(self.lm.h)):
@@ -210,9 +242,13 @@ class PrefixLM(Captioner):
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """One token per row against the KV cache: (B,) -> logits (B, V)."""
-        x = self.lm.embed(tokens[:, None], state["pos"][:, None])
-        prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
         new: State = {"pos": state["pos"] + 1}
+        if "look_x" in state:
+            x = self._embed_text(tokens[:, None], state["pos"][:, None], state["visual"], state["look_x"])
+            new["look_x"] = self._location_of_token[tokens, 0]
+        else:
+            x = self.lm.embed(tokens[:, None], state["pos"][:, None])
+        prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
         mask = None
         if "gvalid" in state:  # rows that joined later: their generated cache starts with padding
             new["gvalid"] = torch.cat([state["gvalid"], state["gvalid"].new_ones(len(tokens), 1)], dim=1)
@@ -248,7 +284,9 @@ class PrefixLM(Captioner):
         `gvalid` (B, T) over the generated tokens. Positions are per row (`pos`) already.
         """
         old = self._drop_padding_columns(old)
-        out = {name: torch.cat([old[name], new[name]]) for name in ("pos", "nvis")}
+        out = {name: torch.cat([old[name], new[name]]) for name in ("pos", "nvis", "look_x") if name in old}
+        if "visual" in old:
+            out["visual"] = torch.cat([old["visual"], new["visual"]])
         for k, v, mask in (("pk", "pv", "valid"), ("k", "v", "gvalid")):
             lengths = old[f"{k}0"].shape[2], new[f"{k}0"].shape[2]
             width = max(lengths)

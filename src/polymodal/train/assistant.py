@@ -144,6 +144,8 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
                                "`polymodal train configs/assistant.yaml`, or leave init_from empty")
         tokenizer, model_cfg = model.tokenizer, model.cfg
         model.assistant_cfg.loss_per = cfg.assistant.loss_per  # how this run weighs its loss, not the model's
+        if cfg.prefix.look_back and not model.prefix_cfg.look_back:
+            model.add_look_back()  # grown onto the trained model: a no-op until it trains
     else:
         tokenizer = mixture_tokenizer(splits[cfg.data.train_split], cfg.data.instructions.location_grid)
         model_cfg = copy.deepcopy(cfg.model)
