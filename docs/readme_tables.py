@@ -220,7 +220,7 @@ def assistant_row(data: dict[str, Any]) -> tuple[str, str, str]:
     return (f"one instruction assistant ({len(kinds)} request kinds, declines, captions), "
             f"{data['images']} test images",
             "image-prefix LM on the instruction mixture (`configs/assistant.yaml`, then `assistant_continue.yaml`, "
-            "`assistant_refine.yaml` and `assistant_scst.yaml`)",
+            "`assistant_refine.yaml`, `assistant_look_back.yaml` and `assistant_scst.yaml`)",
             f"POPE adversarial **{pct(adversarial['accuracy'])}** (yes-rate {pct(adversarial['yes_rate'])}); "
             f"absent objects declined {pct(t['decline/absent'])}; weakest kind {worst} {pct(kinds[worst])}; "
             f"captions CIDEr-D {t['caption']['cider']:.3f}; targets in [assistant.md](docs/assistant.md)")
