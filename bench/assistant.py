@@ -26,7 +26,15 @@ from polymodal.config import DataConfig
 from polymodal.data.datasets import load_split, shapes_folder
 from polymodal.data.dialogue import dialogue_report, read_dialogues, read_scenes, turn_messages
 from polymodal.data.qa import ImageBank
-from polymodal.eval.assistant import Query, assistant_report, caption_report, run_queries, scene_queries
+from polymodal.eval.assistant import (
+    Query,
+    assistant_report,
+    caption_report,
+    long_queries,
+    reply_correct,
+    run_queries,
+    scene_queries,
+)
 from polymodal.eval.hallucination import ObjectTruth
 from polymodal.eval.pope import ObjectStats
 from polymodal.generate import GenerationConfig
@@ -35,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS, PAGE = ROOT / "docs" / "results" / "assistant.json", ROOT / "docs" / "assistant.md"
 BEST_CAPTIONER = {"model": "prefix LM + SCST, greedy (docs/transformers.md)", "test": 5.055, "heldout": 4.729}
 BEST_CAPTIONER_BEAM3 = {"test": 5.073, "heldout": 4.773}  # the same captioner with beam 3
+LONG_EARLIER = 6  # earlier turns before the scored request of a long conversation (training had 2 at most)
 # (decoding, the report's caption entry, the best captioner's CIDEr-D with the same decoding)
 CAPTION_DECODINGS = (("greedy", "caption", BEST_CAPTIONER), ("beam 3", "caption_beam3", BEST_CAPTIONER_BEAM3))
 KINDS = ("list", "count", "colour", "shape", "size", "position", "exists", "region", "open/colour", "open/shape",
@@ -50,6 +59,20 @@ def dialogue_scores(model: Any, folder: Path, split: str, paths: set[str], image
                for d in dialogues for t in range(len(d.turns))]
     replies = run_queries(model, queries, image, progress=False)
     return dialogue_report([d.turns[t] for d in dialogues for t in range(len(d.turns))], replies)
+
+
+def long_scores(model: Any, scenes: list, captions: dict[str, list[str]], image: Any) -> dict[str, Any]:
+    """One request after 6 earlier turns (eval.assistant.long_queries): the model's own prompt, which keeps the
+    earlier turns it was trained with (assistant.max_earlier_turns), beside every earlier turn that fits."""
+    queries = long_queries(scenes, captions, earlier=LONG_EARLIER)
+    kept = model.assistant_cfg.max_earlier_turns
+    out: dict[str, Any] = {"earlier_turns": LONG_EARLIER, "kept": kept, "requests": len(queries)}
+    for name, keep in (("accuracy", kept), ("accuracy/all_turns", 0)):
+        model.assistant_cfg.max_earlier_turns = keep
+        replies = run_queries(model, queries, image, progress=False)
+        out[name] = sum(map(reply_correct, queries, replies)) / len(queries)
+    model.assistant_cfg.max_earlier_turns = kept
+    return out
 
 
 def old_chat_scores(chat_dir: Path, folder: Path, split: str, paths: set[str]) -> dict[str, float] | None:
@@ -82,6 +105,7 @@ def measure(model_dir: Path, chat_dir: Path, images: int) -> dict[str, Any]:
         beam = run_queries(model, describe, image, progress=False, generation=GenerationConfig(beam_size=3))
         report["caption_beam3"] = caption_report(describe, beam, ObjectTruth.shapes(folder))
         report["dialogues"] = dialogue_scores(model, folder, split, set(paths), image)
+        report["long"] = long_scores(model, read_scenes(folder, split)[: images or None], captions, image)
         report["old_chat_live"] = old_chat_scores(chat_dir, folder, split, set(paths))
         report["seconds"] = round(time.time() - started, 1)
         out[split] = report
@@ -161,6 +185,16 @@ def page(results: dict[str, Any]) -> str:
                       ("decline/scope/unseen", "out of scope, phrasings never trained on (incl. Spanish, French, German)"),
                       ("false_decline", "answerable request declined (lower is better)")):
         lines.append(f"| {name} | {pct(t.get(key))} | {pct(h.get(key))} |")
+    if "long" in t:
+        long_t, long_h = t["long"], h.get("long", {})
+        lines += ["", f"## Long conversations: one request after {long_t['earlier_turns']} earlier turns", "",
+                  "The instruction mixture's conversations have 3 turns at most. One request per image of any kind "
+                  "but describe (eval.assistant.long_queries), after earlier ones with their true replies.", "",
+                  "| prompt | test | held-out |", "|---|---|---|",
+                  f"| the last {long_t['kept']} earlier turns (the model's default, assistant.max_earlier_turns) | "
+                  f"{pct(long_t['accuracy'])} | {pct(long_h.get('accuracy'))} |",
+                  f"| every earlier turn that fits the positions | {pct(long_t['accuracy/all_turns'])} | "
+                  f"{pct(long_h.get('accuracy/all_turns'))} |"]
     lines += ["", "## POPE-style probe: \"is there a <colour> <shape> in the image?\"", "",
               "Up to 3 present objects per image and as many absent ones (target: accuracy >= 95%, yes-rate "
               "50 ± 5%).", "", "| split | sampling | accuracy | precision | recall | F1 | yes-rate | questions |",

@@ -9,7 +9,7 @@ import torch
 
 import polymodal
 from polymodal.data.chat_template import prompt, render
-from polymodal.data.dialogue import build_chat_tokenizer, read_scenes
+from polymodal.data.dialogue import USER, build_chat_tokenizer, read_scenes
 from polymodal.data.instructions import (
     DECLINE_SCOPE,
     INSTRUCTION_KINDS,
@@ -114,6 +114,9 @@ def test_prompt_trims_oldest_turns_and_long_questions(mixture):
     p = prompt(tok, [*turns, {"role": "user", "content": "what size is it?"}], budget=30)
     assert len(p.ids) <= 30 and p.dropped > 0
     assert tok.decode(p.ids[-5:]) == "<user> what size is it" and tok.decode(p.ids[:1]) == "<user>"
+    few = prompt(tok, [*turns[:10], {"role": "user", "content": "what size is it?"}], budget=90, max_earlier_turns=2)
+    assert few.ids.count(tok.index[USER]) == 3 and tok.decode(few.ids[-5:]) == "<user> what size is it"
+    assert few.dropped == 6 and prompt(tok, turns[:1], budget=90, max_earlier_turns=2).dropped == 0
     long = prompt(tok, [{"role": "user", "content": "red " * 2500}], budget=20)
     assert len(long.ids) == 20 and long.cut
     with pytest.raises(InputError):
@@ -188,6 +191,8 @@ def test_bad_input_gives_a_reply_or_one_error(trained, world, caplog):
         assert isinstance(model.chat(image, [*turns, {"role": "user", "content": "and where is it?"}]), str)
         assert isinstance(model.chat(image, [*turns, {"role": "user", "content": "what colour is it?"}]), str)
     assert sum("oldest" in r.message for r in caplog.records) == 1  # trimmed, said once
+    asked = model.prompt_ids([*turns, {"role": "user", "content": "what colour is it?"}])
+    assert asked.count(model.tokenizer.index[USER]) == 3  # the 2 earlier turns it was trained with, then the question
     other = next(iter(read_scenes(world, "heldout")))[1]  # a new image mid-conversation is just the one looked at
     assert isinstance(model.chat(other, [*turns[:4], {"role": "user", "content": "what size is it?"}]), str)
 

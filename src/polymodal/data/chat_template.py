@@ -84,12 +84,14 @@ def _message_ids(tokenizer: Tokenizer, messages: Sequence[Message], max_words: i
     return out
 
 
-def prompt(tokenizer: Tokenizer, messages: Sequence[Message], budget: int, max_words: int = MAX_WORDS) -> Prompt:
+def prompt(tokenizer: Tokenizer, messages: Sequence[Message], budget: int, max_words: int = MAX_WORDS,
+           max_earlier_turns: int = 0) -> Prompt:
     """The prompt for the reply to the last user message, at most `budget` ids.
 
     Older messages go first, whole, until the rest fits; a last question longer than the budget keeps its
-    first words. Raises InputError for no messages, an empty one, an unknown role or a last message that
-    is not the user's.
+    first words. `max_earlier_turns` > 0 also keeps at most that many earlier turns (question and reply): a
+    model trained on short conversations answers far worse after more turns than it ever saw. Raises InputError
+    for no messages, an empty one, an unknown role or a last message that is not the user's.
 
     Example:
         >>> from polymodal.data.dialogue import DialogueRecord, build_chat_tokenizer
@@ -101,14 +103,17 @@ def prompt(tokenizer: Tokenizer, messages: Sequence[Message], budget: int, max_w
         ('<user> what size is it', 2)
     """
     parts = _message_ids(tokenizer, messages, max_words)
+    user = markers(tokenizer)[0]
+    questions = [i for i, part in enumerate(parts) if part[0] == user]
+    first = questions[-1 - max_earlier_turns] if 0 < max_earlier_turns < len(questions) else 0
     keep = len(parts)
     total = len(parts[-1])
-    while keep > 1 and total + len(parts[keep - 2]) <= budget:
+    while keep > first + 1 and total + len(parts[keep - 2]) <= budget:
         keep -= 1
         total += len(parts[keep - 1])
     kept = parts[keep - 1:]
     # never start on a reply: a conversation opens with the user
-    while len(kept) > 1 and kept[0][0] != markers(tokenizer)[0]:
+    while len(kept) > 1 and kept[0][0] != user:
         kept = kept[1:]
     ids = [i for part in kept for i in part]
     cut = len(ids) > budget

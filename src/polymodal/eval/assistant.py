@@ -79,6 +79,34 @@ def scene_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, 
     return out
 
 
+def long_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, list[str]], earlier: int = 6,
+                 seed: int = 0) -> list[Query]:
+    """Per image one request (any kind but describe) after `earlier` others with their true replies: a conversation
+    longer than the instruction mixture's (3 turns at most), as a user who goes on chatting makes it.
+
+    Example:
+        >>> from polymodal.data.shapes import ShapeObject
+        >>> scene = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5),), (40, 40, 40))
+        >>> q = long_queries([("0", "a.png", scene)], {"0": ["a small red circle"]}, earlier=4)[0]
+        >>> len(q.messages), q.messages[-1]["role"]
+        (9, 'user')
+    """
+    cfg = InstructionConfig(avoid_pairs=[])
+    kinds = [k for k in INSTRUCTION_KINDS if k != "describe"]
+    out = []
+    for image_id, image, scene in scenes:
+        rng, turns = random.Random(f"long/{seed}/{image_id}"), []
+        while len(turns) <= earlier:
+            turn = INSTRUCTION_KINDS[rng.choice(kinds)](scene, captions.get(image_id, []), rng, cfg)
+            turns += [turn] if turn is not None else []
+        said = [m for t in turns[:-1] for m in ({"role": "user", "content": t.question},
+                                                {"role": "assistant", "content": t.answer})]
+        last = turns[-1]
+        out.append(Query(image, [*said, {"role": "user", "content": last.question}], last.kind, last.answer,
+                         image_id, [], last.points))
+    return out
+
+
 @torch.inference_mode()
 def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
                 batch_size: int = 128, progress: bool = True, generation: GenerationConfig | None = None) -> list[str]:

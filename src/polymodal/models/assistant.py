@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 class AssistantConfig:
     max_reply_len: int = 28           # reply words at most (a caption of four objects is 21)
     max_message_words: int = MAX_WORDS  # a longer message keeps its first words
+    max_earlier_turns: int = 2        # earlier turns kept in the prompt, as many as the training conversations had
+                                      # before their last (3 turns at most); 0 = all that fit the positions
     loss_per: str = "token"           # "token": mean over reply tokens (a caption outweighs ten one-word answers);
                                       # "reply": each reply's tokens averaged first, then the replies
 
@@ -193,14 +195,17 @@ class InstructionAssistant(PrefixLM):
                              self.tokenizer.eos_id, replies, self.never)
 
     def prompt_ids(self, messages: list[Message]) -> list[int]:
-        """The prompt of a conversation, trimmed from its oldest turns to fit the positions (said once)."""
+        """The prompt of a conversation, trimmed from its oldest turns to fit the positions and the earlier turns the
+        model was trained with (said once)."""
         budget = self.cfg.decoder.max_positions - self.assistant_cfg.max_reply_len - 1
         messages = [dict(m, content=strip_not_sure(m["content"])) if isinstance(m, dict)  # the guess, not our words
                     and m.get("role") == "assistant" and isinstance(m.get("content"), str) else m for m in messages]
-        p = prompt(self.tokenizer, messages, budget, self.assistant_cfg.max_message_words)
+        p = prompt(self.tokenizer, messages, budget, self.assistant_cfg.max_message_words,
+                   self.assistant_cfg.max_earlier_turns)
         if (p.dropped or p.cut) and not self._trim_said:
-            log.warning("conversation longer than the model's %d positions: the oldest %d messages are left out "
-                        "(said once)", self.cfg.decoder.max_positions, p.dropped)
+            log.warning("conversation longer than the model's %d positions or %d earlier turns: the oldest %d "
+                        "messages are left out (said once)", self.cfg.decoder.max_positions,
+                        self.assistant_cfg.max_earlier_turns, p.dropped)
             self._trim_said = True
         return p.ids
 
