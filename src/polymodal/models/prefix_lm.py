@@ -140,11 +140,11 @@ class PrefixLM(Captioner):
         self.register_buffer("_location_of_token", cell_lookup(self.tokenizer, grid, prefix="<g").to(device),
                              persistent=False)
 
-    def _embed_text(self, tokens: torch.Tensor, positions: torch.Tensor | None, visual: torch.Tensor,
+    def _embed_text(self, tokens: torch.Tensor, positions: torch.Tensor | None, visual: torch.Tensor | None,
                     before: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings (B, L, D), with what the look-back saw after each written point."""
+        """Token embeddings (B, L, D), with what the look-back saw after each written point (none without images)."""
         x = self.lm.embed(tokens, positions)
-        if not self.prefix_cfg.look_back or not visual.shape[1]:
+        if not self.prefix_cfg.look_back or visual is None or not visual.shape[1]:
             return x
         return x + look_back(visual, tokens, before, self._location_of_token, self._location_grid,
                              self.look_gate).to(x.dtype)
