@@ -237,12 +237,14 @@ def test_a_bidirectional_prefix_trains_on_each_reply_and_reloads(world, tmp_path
         f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=2", "pretrain.steps=0",
         f"train.out_dir={tmp_path}", "train.steps=2", "train.batch_size=8", "train.eval_every=2", "model.image_size=32",
         "model.encoder.width=8", "model.decoder.hidden_dim=32", "model.decoder.num_layers=1", "model.decoder.num_heads=4",
-        "model.decoder.max_positions=48", "assistant.max_reply_len=12", "prefix.bidirectional_prefix=true"])
+        "model.decoder.max_positions=48", "assistant.max_reply_len=12", "prefix.bidirectional_prefix=true",
+        "data.instructions.max_turns=4"])
     summary = task(cfg, progress=False)
     turns = sum(len(c.turns) for c in conversations(cfg.data, "train", SkipReport(source="test")))
     assert summary["train_conversations"] == turns  # one item per reply
     model = polymodal.load(tmp_path / "model")
     assert model.prefix_cfg.bidirectional_prefix
+    assert model.assistant_cfg.max_earlier_turns == 3  # its prompts keep what its longest conversations had
     assert isinstance(model.chat(next(iter(read_scenes(world, "test")))[1],
                                  [{"role": "user", "content": "how many shapes are there?"}]), str)
 

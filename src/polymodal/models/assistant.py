@@ -71,7 +71,8 @@ class AssistantConfig:
     max_reply_len: int = 28           # reply words at most (a caption of four objects is 21)
     max_message_words: int = MAX_WORDS  # a longer message keeps its first words
     max_earlier_turns: int = 2        # earlier turns kept in the prompt, as many as the training conversations had
-                                      # before their last (3 turns at most); 0 = all that fit the positions
+                                      # before their last (3 turns; raised by training on longer ones); 0 = all
+                                      # that fit the positions
     loss_per: str = "token"           # "token": mean over reply tokens (a caption outweighs ten one-word answers);
                                       # "reply": each reply's tokens averaged first, then the replies
 

@@ -150,7 +150,10 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
         tokenizer = mixture_tokenizer(splits[cfg.data.train_split], cfg.data.instructions.location_grid)
         model_cfg = copy.deepcopy(cfg.model)
         _pretrain_encoder(cfg, model_cfg, progress)  # type: ignore[arg-type]  # reads pretrain, data, seed
-        model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix, cfg.assistant)
+        # its prompts keep at least the earlier turns its longest training conversations have
+        earlier = max(cfg.assistant.max_earlier_turns, cfg.data.instructions.max_turns - 1)
+        model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix,
+                                     dataclasses.replace(cfg.assistant, max_earlier_turns=earlier))
     bank = ImageBank([d.image for convs in splits.values() for d in convs], model_cfg.image_size, report=report,
                      progress=progress)
     if report.count:
