@@ -99,11 +99,8 @@ def long_queries(scenes: Sequence[tuple[str, str, Scene]], captions: dict[str, l
         while len(turns) <= earlier:
             turn = INSTRUCTION_KINDS[rng.choice(kinds)](scene, captions.get(image_id, []), rng, cfg)
             turns += [turn] if turn is not None else []
-        said = [m for t in turns[:-1] for m in ({"role": "user", "content": t.question},
-                                                {"role": "assistant", "content": t.answer})]
         last = turns[-1]
-        out.append(Query(image, [*said, {"role": "user", "content": last.question}], last.kind, last.answer,
-                         image_id, [], last.points))
+        out.append(Query(image, turn_messages(turns, earlier), last.kind, last.answer, image_id, [], last.points))
     return out
 
 

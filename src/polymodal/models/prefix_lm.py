@@ -242,12 +242,10 @@ class PrefixLM(Captioner):
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """One token per row against the KV cache: (B,) -> logits (B, V)."""
+        x = self._embed_text(tokens[:, None], state["pos"][:, None], state.get("visual"), state.get("look_x"))
         new: State = {"pos": state["pos"] + 1}
-        if "look_x" in state:
-            x = self._embed_text(tokens[:, None], state["pos"][:, None], state["visual"], state["look_x"])
+        if "look_x" in state:  # the x of this token, if it begins a point
             new["look_x"] = self._location_of_token[tokens, 0]
-        else:
-            x = self.lm.embed(tokens[:, None], state["pos"][:, None])
         prefix = [(state[f"pk{i}"], state[f"pv{i}"]) for i in range(len(self.lm.h))]
         mask = None
         if "gvalid" in state:  # rows that joined later: their generated cache starts with padding
