@@ -256,12 +256,25 @@ def without_notes(argv: list[str]) -> list[str]:
     return out
 
 
+def earlier_runs(pairs: list[str]) -> dict[str, Any]:
+    """--previous LABEL=FILE: each file's figures under its label (a `measure` result, or a training run's
+    metrics.json: its end check)."""
+    out = {}
+    for label, file in (p.split("=", 1) for p in pairs):
+        figures = json.loads(Path(file).read_text())
+        how = {"how": "bench/assistant.py, greedy"} if "dialogues" in figures.get("test", {}) else {}
+        out[label] = {"file": file, **how, **figures}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=ROOT / "runs/assistant/model")
     parser.add_argument("--chat", type=Path, default=ROOT / "runs/chat/model")
     parser.add_argument("--images", type=int, default=500, help="images per split (0 = all)")
-    parser.add_argument("--previous", action="append", default=[], help="LABEL=metrics.json of an earlier run")
+    parser.add_argument("--previous", action="append", default=[],
+                        help="LABEL=FILE: an earlier run's figures (a training run's metrics.json, or "
+                             "bench/assistant.py `measure` JSON), also with --redraw")
     parser.add_argument("--note", action="append", default=[], help="a finding to list under 'What was tried'")
     parser.add_argument("--carry", default="", metavar="LABEL",
                         help="keep the page's earlier notes and runs, and its current model's figures as an earlier "
@@ -275,6 +288,7 @@ def main() -> None:
     if args.redraw:
         results = json.loads(RESULTS.read_text())
         results["notes"] = [*results.get("notes", []), *args.note]
+        results["previous"] = {**earlier_runs(args.previous), **results.get("previous", {})}  # newest first
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         PAGE.write_text(page(results))
         print(f"redrew {PAGE}")
@@ -295,8 +309,7 @@ def main() -> None:
         previous = {args.carry: {"file": f"{RESULTS.relative_to(ROOT)} of {before['model']}",
                                  "how": "bench/assistant.py, greedy",
                                  **before["splits"]}, **before.get("previous", {})}
-    previous |= {label: {"file": file, **json.loads(Path(file).read_text())}
-                 for label, file in (p.split("=", 1) for p in args.previous)}
+    previous |= earlier_runs(args.previous)
     results = {"model": str(args.model), "images": args.images, "machine": machine(),
                "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                "train_commands": args.train_command or ["OMP_NUM_THREADS=1 polymodal train configs/assistant.yaml"],

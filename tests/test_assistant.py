@@ -272,6 +272,28 @@ def test_scst_fine_tunes_an_assistant_s_captions_and_keeps_it_an_assistant(train
     assert not set(said) & set(tuned.unsaid_ids) and tuned.caption_context()[:-1] == tuned.describe_prompt()
 
 
+def test_scst_with_the_instruction_loss_beside_it_adds_the_weighed_teacher_forced_loss(trained, world, tmp_path):
+    """scst.instruction_weight: each step's loss is the SCST loss plus that much of the assistant's teacher-forced
+    loss on a batch of its instruction mixture (train/instruction_anchor.py)."""
+    summary, tuned = _tune("configs/scst.yaml", trained, world, tmp_path, "scst.eval_images=4",
+                           "scst.instruction_weight=0.5", "scst.instruction_batch=4")
+    assert summary["final_instruction_loss"] > 0
+    assert summary["final_loss"] == pytest.approx(summary["final_scst_loss"] + 0.5 * summary["final_instruction_loss"],
+                                                  rel=1e-4, abs=1e-5)
+    assert isinstance(tuned, InstructionAssistant)
+
+
+def test_the_instruction_loss_beside_scst_needs_an_assistant():
+    from polymodal.assets import bundled_model_dir
+    from polymodal.errors import ConfigError
+    from polymodal.train.instruction_anchor import instruction_anchor
+    from polymodal.train.scst import ScstConfig, ScstExperimentConfig
+
+    cfg = ScstExperimentConfig(init_from=str(bundled_model_dir()), scst=ScstConfig(instruction_weight=1.0))
+    with pytest.raises(ConfigError, match="needs an assistant"):
+        instruction_anchor(polymodal.load(bundled_model_dir()), cfg, SkipReport(source="test"))
+
+
 def test_self_critical_replies_learn_what_the_reward_asks_after_prompts_of_any_length(trained):
     """The policy gradient of train/reply_rl.py: samples follow each row's own prompt (padded batches), only the
     reply's tokens (and its <eos>) are scored, and a reward for saying "red" is learnt."""

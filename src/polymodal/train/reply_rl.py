@@ -49,6 +49,7 @@ from .assistant import (
     mixture_queries,
     split_queries,
 )
+from .instruction_anchor import instruction_anchor
 from .scst import ScstConfig, SelfCritical, keep_ood_stats
 from .trainer import Trainer
 
@@ -161,7 +162,8 @@ def train_assistant_rl(cfg: ReplyRLExperimentConfig, progress: bool = True,
     val_queries = [q for q in val_queries if q.kind not in cfg.rl.skip_kinds]
     torch.manual_seed(cfg.seed)
     reward = ReplyReward(queries, location_grid(model.tokenizer), cfg.rl.pointing_weight)
-    objective = SelfCriticalReplies(model, reward, cfg.scst)
+    anchor = instruction_anchor(model, cfg, report, progress) if cfg.scst.instruction_weight else None
+    objective = SelfCriticalReplies(model, reward, cfg.scst, anchor)
     trainer = Trainer(objective, train_set, cfg.train, collate=functools.partial(collate_captions,
                                                                                 pad_id=model.tokenizer.pad_id),
                       save_model=model.write_files, seed=cfg.seed, run_config=dataclasses.asdict(cfg),

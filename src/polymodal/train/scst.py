@@ -39,6 +39,7 @@ from torch import nn
 from ..api import load
 from ..config import DataConfig, TrainConfig
 from ..data.datasets import CaptionDataset, ImageDataset, collate_captions, load_split, shapes_folder
+from ..data.instructions import InstructionConfig
 from ..data.records import SkipReport
 from ..errors import ConfigError
 from ..eval.caption_metrics import simple_tokenize
@@ -60,6 +61,11 @@ class ScstConfig:
     hallucination_penalty: float = 0.0
     missing_penalty: float = 0.0
     objects: str = ""                # COCO instances JSON; empty = the Shapes World scenes of data.format=shapes
+    # An assistant's other replies held in place: its teacher-forced loss on a batch of its instruction mixture,
+    # this much of it, added to each step's (train/instruction_anchor.py). 0 = SCST alone.
+    instruction_weight: float = 0.0
+    instruction_batch: int = 16
+    instructions: InstructionConfig = field(default_factory=InstructionConfig)
 
 
 @dataclass
@@ -180,7 +186,8 @@ class SelfCritical(nn.Module):
         ['advantage_abs', 'loss', 'reward', 'scst_loss']
     """
 
-    def __init__(self, captioner: nn.Module, reward: Reward, cfg: ScstConfig):
+    def __init__(self, captioner: nn.Module, reward: Reward, cfg: ScstConfig,
+                 anchor: Callable[[torch.device], torch.Tensor] | None = None):
         super().__init__()
         if cfg.baseline not in ("greedy", "mean"):
             raise ConfigError(f"scst.baseline must be greedy or mean, got {cfg.baseline!r}")
@@ -189,7 +196,7 @@ class SelfCritical(nn.Module):
         object.__setattr__(self, "captioner", captioner)  # a plain attribute: its children follow
         for name, child in captioner.named_children():
             self.add_module(name, child)
-        self.reward, self.cfg = reward, cfg
+        self.reward, self.cfg, self.anchor = reward, cfg, anchor  # anchor: train/instruction_anchor.py
 
     def train(self, mode: bool = True) -> SelfCritical:
         super().train(mode)
@@ -261,8 +268,13 @@ class SelfCritical(nn.Module):
         contexts = [c for c in self.contexts(batch) for _ in range(k)]
         logp, mask = self.sequence_logprobs(images.repeat_interleave(k, dim=0), sampled, contexts, max_len)
         advantage = (rewards - base)[:, None]
-        loss = -(advantage * logp).sum() / mask.sum().clamp(min=1)
-        return None, {"loss": loss, "scst_loss": loss.detach(), "reward": rewards.mean(), **terms,
+        scst_loss = -(advantage * logp).sum() / mask.sum().clamp(min=1)
+        loss = scst_loss
+        if self.anchor is not None and self.cfg.instruction_weight:
+            held = self.anchor(images.device)
+            loss = loss + self.cfg.instruction_weight * held
+            terms["instruction_loss"] = held.detach()
+        return None, {"loss": loss, "scst_loss": scst_loss.detach(), "reward": rewards.mean(), **terms,
                       "advantage_abs": advantage.abs().mean()}
 
 
@@ -292,7 +304,11 @@ def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | 
     reward: Reward = CiderD([rec.captions for rec in train_set.records])
     if cfg.scst.hallucination_penalty or cfg.scst.missing_penalty:
         reward = TruthPenalty(reward, _object_truth(cfg), [rec.id for rec in train_set.records], cfg.scst)
-    objective = SelfCritical(captioner, reward, cfg.scst)
+    anchor = None
+    if cfg.scst.instruction_weight:
+        from .instruction_anchor import instruction_anchor
+        anchor = instruction_anchor(captioner, cfg, report, progress)
+    objective = SelfCritical(captioner, reward, cfg.scst, anchor)
 
     def evaluate(_: nn.Module) -> dict[str, float]:
         if captioner.caption_context() != [captioner.tokenizer.bos_id]:  # an assistant: its captions answer a
