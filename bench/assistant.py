@@ -244,13 +244,14 @@ def page(results: dict[str, Any]) -> str:
 
 
 def without_notes(argv: list[str]) -> list[str]:
-    """The arguments as the page shows them: the --note texts are on the page already."""
+    """The arguments as the page shows them: the --note texts are on the page already, and --measured only says
+    the figures were measured already by this same command."""
     out, skip = [], False
     for arg in argv:
-        if skip or arg.startswith("--note="):
+        if skip or arg.startswith(("--note=", "--measured=")):
             skip = False
             continue
-        skip = arg == "--note"
+        skip = arg in ("--note", "--measured")
         if not skip:
             out.append(arg)
     return out
@@ -260,7 +261,7 @@ def earlier_runs(pairs: list[str]) -> dict[str, Any]:
     """--previous LABEL=FILE: each file's figures under its label (a `measure` result, or a training run's
     metrics.json: its end check)."""
     out = {}
-    for label, file in (p.split("=", 1) for p in pairs):
+    for label, file in (p.rsplit("=", 1) for p in pairs):  # a label may hold "="
         figures = json.loads(Path(file).read_text())
         how = {"how": "bench/assistant.py, greedy"} if "dialogues" in figures.get("test", {}) else {}
         out[label] = {"file": file, **how, **figures}
@@ -282,6 +283,9 @@ def main() -> None:
     parser.add_argument("--train-minutes", type=float, default=None, help="wall time of the training run")
     parser.add_argument("--train-command", action="append", default=[],
                         help="a command that trained the model, as the page should show it (repeat for several)")
+    parser.add_argument("--measured", type=Path, default=None,
+                        help="figures this script's `measure` wrote already for --model (e.g. run side by side with "
+                             "another model's): used instead of measuring again")
     parser.add_argument("--redraw", action="store_true",
                         help="measure nothing: redraw the page from the results file, adding the --note texts")
     args = parser.parse_args()
@@ -293,7 +297,7 @@ def main() -> None:
         PAGE.write_text(page(results))
         print(f"redrew {PAGE}")
         return
-    splits = measure(args.model, args.chat, args.images)
+    splits = json.loads(args.measured.read_text()) if args.measured else measure(args.model, args.chat, args.images)
     model = load(args.model)
     old = {"note": "live, same dialogues", "test": splits["test"]["old_chat_live"],
            "heldout": splits["heldout"]["old_chat_live"]}

@@ -9,11 +9,14 @@ loss on a batch of its own instruction mixture (data/instructions.py, `scst.inst
 
 the way InstructGPT mixes pretraining gradients into PPO ("PPO-ptx") so the fine-tuned policy keeps what it knew.
 
+Tried at weight 1 on the one-stage assistant (configs/assistant_single.yaml): no effect beyond the noise of 500 images
+per split (docs/assistant.md), so configs/assistant_scst.yaml leaves it at 0.
+
 Example:
     >>> from polymodal.train.tasks import load_task_config
-    >>> _, cfg = load_task_config("configs/assistant_scst.yaml", [])
-    >>> cfg.scst.instruction_weight > 0
-    True
+    >>> _, cfg = load_task_config("configs/assistant_scst.yaml", ["scst.instruction_weight=1"])
+    >>> cfg.scst.instruction_weight, cfg.scst.instructions.conversations_per_image
+    (1.0, 8)
 """
 
 from __future__ import annotations
