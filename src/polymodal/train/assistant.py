@@ -115,6 +115,20 @@ def mixture_tokenizer(convs: list[DialogueRecord], location_grid: int = 0) -> Wo
     return build_chat_tokenizer(known, location_grid=location_grid)
 
 
+def instruction_sets(model: InstructionAssistant, splits: dict[str, list[DialogueRecord]], report: SkipReport,
+                     progress: bool = True) -> dict[str, InstructionDataset]:
+    """Each split's conversations as `model` is asked them (its tokenizer, positions and attention mask), over one
+    ImageBank; a conversation whose image does not load is left out and counted in `report`."""
+    bank = ImageBank([d.image for convs in splits.values() for d in convs], model.cfg.image_size, report=report,
+                     progress=progress)
+    sets = {}
+    for split, convs in splits.items():
+        good, rows = bank.keep(convs)
+        sets[split] = InstructionDataset(good, rows, bank.__getitem__, model.tokenizer, model.cfg.decoder.max_positions,
+                                         per_turn=model.prefix_cfg.bidirectional_prefix)
+    return sets
+
+
 @torch.inference_mode()
 def masked_loss(model: InstructionAssistant, dataset: InstructionDataset, batch_size: int,
                 max_batches: int) -> dict[str, float]:
@@ -154,15 +168,9 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
         earlier = max(cfg.assistant.max_earlier_turns, cfg.data.instructions.max_turns - 1)
         model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix,
                                      dataclasses.replace(cfg.assistant, max_earlier_turns=earlier))
-    bank = ImageBank([d.image for convs in splits.values() for d in convs], model_cfg.image_size, report=report,
-                     progress=progress)
+    sets = instruction_sets(model, splits, report, progress)
     if report.count:
         tqdm.write(report.summary())
-    sets = {}
-    for split, convs in splits.items():
-        good, rows = bank.keep(convs)
-        sets[split] = InstructionDataset(good, rows, bank.__getitem__, tokenizer, model_cfg.decoder.max_positions,
-                                         per_turn=model.prefix_cfg.bidirectional_prefix)  # as it is asked
     val = sets[cfg.data.val_split]
     trainer = Trainer(model, sets[cfg.data.train_split], cfg.train, collate=collate_instructions,
                       save_model=model.write_files, seed=cfg.seed, run_config=dataclasses.asdict(cfg), progress=progress,

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 from ..data.grounding import location_grid
 from ..data.instructions import InstructionDataset, collate_instructions
-from ..data.qa import ImageBank
 from ..data.records import SkipReport
 from ..errors import ConfigError
 
@@ -64,7 +63,7 @@ def instruction_anchor(model: Any, cfg: Any, report: SkipReport, progress: bool 
     asked the way `model` (an InstructionAssistant) was trained: its tokenizer, its positions, its location grid."""
     import dataclasses
 
-    from .assistant import InstructionDataConfig, conversations
+    from .assistant import InstructionDataConfig, conversations, instruction_sets
 
     if not hasattr(model, "prompt_ids"):
         raise ConfigError(f"scst.instruction_weight needs an assistant (task assistant); {cfg.init_from} is a "
@@ -73,11 +72,8 @@ def instruction_anchor(model: Any, cfg: Any, report: SkipReport, progress: bool 
     fields = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(cfg.data)  # shallow, unlike asdict
               if f.name in {g.name for g in dataclasses.fields(InstructionDataConfig)} - {"instructions"}}
     data = InstructionDataConfig(**fields, instructions=instructions)
-    convs = conversations(data, data.train_split, report)
-    bank = ImageBank([d.image for d in convs], model.cfg.image_size, report=report, progress=progress)
-    good, rows = bank.keep(convs)
-    if not good:
-        raise ConfigError(f"scst.instruction_weight: no conversations in the {data.train_split!r} split to train on")
-    dataset = InstructionDataset(good, rows, bank.__getitem__, model.tokenizer, model.cfg.decoder.max_positions,
-                                 per_turn=model.prefix_cfg.bidirectional_prefix)
+    split = data.train_split
+    dataset = instruction_sets(model, {split: conversations(data, split, report)}, report, progress)[split]
+    if not len(dataset):
+        raise ConfigError(f"scst.instruction_weight: no conversations in the {split!r} split to train on")
     return InstructionAnchor(model, dataset, cfg.scst.instruction_batch, cfg.seed)

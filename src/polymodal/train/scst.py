@@ -46,6 +46,7 @@ from ..eval.caption_metrics import simple_tokenize
 from ..eval.hallucination import ObjectTruth
 from ..generate import GenerationConfig
 from .captioning import caption_validation, decoded_metrics
+from .instruction_anchor import instruction_anchor
 from .trainer import Trainer
 
 Reward = Callable[[list[Any], list[int]], torch.Tensor]  # what `describe` read of each sample, its row
@@ -304,10 +305,7 @@ def train_scst(cfg: ScstExperimentConfig, progress: bool = True, stop_at: int | 
     reward: Reward = CiderD([rec.captions for rec in train_set.records])
     if cfg.scst.hallucination_penalty or cfg.scst.missing_penalty:
         reward = TruthPenalty(reward, _object_truth(cfg), [rec.id for rec in train_set.records], cfg.scst)
-    anchor = None
-    if cfg.scst.instruction_weight:
-        from .instruction_anchor import instruction_anchor
-        anchor = instruction_anchor(captioner, cfg, report, progress)
+    anchor = instruction_anchor(captioner, cfg, report, progress) if cfg.scst.instruction_weight else None
     objective = SelfCritical(captioner, reward, cfg.scst, anchor)
 
     def evaluate(_: nn.Module) -> dict[str, float]:
