@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import polymodal  # noqa: E402
-from polymodal.assets import ASSETS, BUNDLED_GENERATOR, CARD_FILE  # noqa: E402
-from polymodal.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, save_tensors  # noqa: E402
+from polymodal.assets import BUNDLED_GENERATOR, install_bundle, write_bundle  # noqa: E402
 
 PROMPTS = ["a large red circle to the left of a small blue square", "a green star", "there are three shapes"]
 
@@ -41,37 +39,28 @@ def main() -> None:
     args = ap.parse_args()
     source = polymodal.load(args.model)
     res = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    g, t = res["groups"]["test"], res["training"]
+    card = {"capability": "draw from text",
+            "trained_on": "Shapes World (n=30000, seed 0), train split captions" + (
+                " and their scenes' objects" if source.architecture == "scene_image_generator" else ""),
+            "command": "polymodal train" + t.get("command", "polymodal train configs/text_to_image.yaml")
+            .split("  #")[0].split("polymodal train", 1)[1],  # without the environment variables
+            "figures": {
+                "fully correct, test: single object / two objects in relation / count":
+                    f"{g['single_object']['correct']:.1%} / {g['position']['correct']:.1%} / "
+                    f"{g['count']['correct']:.1%}",
+                "held-out colour-shape pairs, single object":
+                    f"{res['heldout_compositions']['single_object']['correct']:.1%}",
+                "16 images at 64 px": f"{res['speed'][str(res['steps'])]['seconds_16_images']:.2f} s"},
+            "source": "docs/generation.md"}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / BUNDLED_GENERATOR
-        folder.mkdir()
-        src = Path(args.model) / "model" if (Path(args.model) / "model").is_dir() else Path(args.model)
-        for name in (CONFIG_FILE, TOKENIZER_FILE):
-            shutil.copyfile(src / name, folder / name)
-        save_tensors(folder / WEIGHTS_FILE, {k: v.half() if v.is_floating_point() else v
-                                             for k, v in source.state_dict().items()})
+        folder = write_bundle(args.model, Path(tmp) / BUNDLED_GENERATOR, card)
         half = polymodal.load(folder)
         a = pixels(source.generate_images(PROMPTS, n=4, seed=0))
         b = pixels(half.generate_images(PROMPTS, n=4, seed=0))
         same = float((np.abs(a - b).max(axis=(1, 2, 3)) <= 8).mean())
         print(f"float16 weights: {same:.0%} of 12 images within 8 grey levels of the float32 model's")
-        g, t = res["groups"]["test"], res["training"]
-        card = {"capability": "draw from text",
-                "trained_on": "Shapes World (n=30000, seed 0), train split captions" + (
-                    " and their scenes' objects" if source.architecture == "scene_image_generator" else ""),
-                "command": "polymodal train" + t.get("command", "polymodal train configs/text_to_image.yaml")
-                .split("  #")[0].split("polymodal train", 1)[1],  # without the environment variables
-                "figures": {
-                    "fully correct, test: single object / two objects in relation / count":
-                        f"{g['single_object']['correct']:.1%} / {g['position']['correct']:.1%} / "
-                        f"{g['count']['correct']:.1%}",
-                    "held-out colour-shape pairs, single object":
-                        f"{res['heldout_compositions']['single_object']['correct']:.1%}",
-                    "16 images at 64 px": f"{res['speed'][str(res['steps'])]['seconds_16_images']:.2f} s"},
-                "source": "docs/generation.md", "weights": "float16"}
-        (folder / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-        target = ASSETS / BUNDLED_GENERATOR
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(folder, target)
+        target = install_bundle(folder, BUNDLED_GENERATOR)
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     print(f"wrote {target} ({size:.1f} MB)")
 

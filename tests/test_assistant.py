@@ -340,3 +340,19 @@ def test_assistant_rl_task_tunes_a_saved_assistant_and_refits_its_calibration(tr
     assert isinstance(tuned, InstructionAssistant) and tuned.calibration is not None and tuned.ood_stats is not None
     image = next(iter(read_scenes(world, "test")))[1]
     assert isinstance(tuned.chat(image, [{"role": "user", "content": "where is the red circle?"}]), str)
+
+
+def test_the_retry_stage_grows_retry_onto_a_trained_assistant_and_learns_it(trained, world, tmp_path):
+    """configs/assistant_retry.yaml: the look-back and <retry> grown onto a trained assistant; after two steps
+    <retry> has its own learnt embedding and the saved model keeps it."""
+    from polymodal.data.grounding import RETRY
+
+    out, _ = trained
+    task, cfg = load_task_config("configs/assistant_retry.yaml", [
+        f"data.path={world}", "data.n=60", "data.render_size=32", "data.eval_images=4", f"init_from={out / 'model'}",
+        "data.instructions.retry_share=1.0", f"train.out_dir={tmp_path}", "train.steps=2", "train.batch_size=8",
+        "train.eval_every=2", "train.lr=0.01"])
+    task(cfg, progress=False)
+    model, before = polymodal.load(tmp_path / "model"), polymodal.load(out / "model")
+    assert model.tokenizer.words == [*before.tokenizer.words, RETRY] and model.prefix_cfg.look_back
+    assert not torch.equal(model.lm.wte.weight[:-1], before.lm.wte.weight)  # it trained

@@ -57,9 +57,13 @@ def _models(folder: Path) -> tuple[dict | list[str], Path | None]:
         model.decoder.attention.score.weight.mul_(60.0)
     model.ood_stats = _scene_stats(model)
     encoder, index = tiny_retrieval(folder)
+    from polymodal.api import load
+    from polymodal.assets import BUNDLED_VQA, bundled_model_dir
     from tests.test_cli_matrix import _text_to_image
 
-    return {"tiny-captioner": model, "tiny-dual-encoder": encoder, "tiny-drawer": _text_to_image().eval()}, index
+    vqa = load(bundled_model_dir(BUNDLED_VQA)).eval()  # trained: its "why?" rests on the question's words
+    return {"tiny-captioner": model, "tiny-dual-encoder": encoder, "tiny-drawer": _text_to_image().eval(),
+            "vqa": vqa}, index
 
 
 def _noise_png(path: Path) -> Path:
@@ -164,6 +168,11 @@ def test_page_caption_heatmaps_and_questions(server: tuple[str, list], shapes_pn
                 page.press("#question", "Enter")
                 page.wait_for_selector(".bubble.assistant:not(.typing)", timeout=30_000)
                 assert page.inner_text(".bubble.assistant").strip()
+                if "chat" not in tasks:  # a VQA answer explains itself: "why?" over the image, and its words
+                    page.click(".bubble.assistant .why")
+                    page.wait_for_selector(".bubble.assistant .why-words", timeout=30_000)
+                    assert '"colour"' in page.inner_text(".bubble.assistant .why-words")
+                    assert page.get_attribute("#heat", "src").startswith("data:image/png;base64,")
             else:
                 note = page.inner_text("#ask-note")
                 assert "No question-answering model is loaded" in note and "polymodal serve" in note

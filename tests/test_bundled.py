@@ -134,3 +134,27 @@ def test_a_bundled_model_is_found_by_its_name(monkeypatch, tmp_path):
         resolve_model_dir(BUNDLED_DUAL_ENCODER)
     with pytest.raises(CheckpointError, match="polymodal models"):
         resolve_model_dir("no_such_model")
+
+
+def test_a_bundle_is_written_in_float16_with_its_card_and_installed_by_name(tmp_path, monkeypatch):
+    """write_bundle halves the weights, keeps the model's other files and writes the card; the half model answers
+    as the float32 one does; install_bundle puts the folder into the package under its name."""
+    import torch
+    from safetensors.torch import load_file
+
+    import polymodal
+    from polymodal.assets import BUNDLED_VQA, install_bundle, write_bundle
+    from polymodal.data.shapes import Scene, ShapeObject, render
+
+    folder = write_bundle(ASSETS / BUNDLED_VQA, tmp_path / "half", {"capability": "vqa", "figures": {"a": "1%"}})
+    assert {t.dtype for t in load_file(str(folder / "model.safetensors")).values() if t.is_floating_point()} \
+        == {torch.float16}
+    assert (folder / "ood_stats.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert read_card(folder) == {"capability": "vqa", "figures": {"a": "1%"}, "weights": "float16"}
+    image = render(Scene((ShapeObject("circle", "red", "large", 0.3, 0.5),), (40, 40, 40)), 64)
+    questions = ["what colour is the circle?", "how many shapes are there?"]
+    assert polymodal.load(folder).answer([image] * 2, questions) == \
+        polymodal.load(ASSETS / BUNDLED_VQA).answer([image] * 2, questions)
+    monkeypatch.setattr("polymodal.assets.ASSETS", tmp_path / "assets")
+    target = install_bundle(folder, "shapes_half_vqa")
+    assert target == tmp_path / "assets" / "shapes_half_vqa" and (target / "card.json").is_file()

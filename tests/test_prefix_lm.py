@@ -300,3 +300,17 @@ def test_attention_maps_over_the_visual_tokens_explain_without_changing_the_outp
     q, k = one.lm.h[0].attn.query[:, :, -1:], state["pk0"]
     expected = (q @ k.transpose(-1, -2) / (k.shape[-1] ** 0.5)).softmax(-1).mean(1)[:, 0]
     assert torch.allclose(att.double(), expected, atol=1e-6)
+
+
+def test_attention_dropout_is_saved_with_the_model(tmp_path):
+    """A prefix LM trained without attention dropout (configs/assistant.yaml) reloads, and goes on training, so."""
+    from polymodal.nn.transformer import Attention
+
+    cfg = ModelConfig(image_size=32, encoder=EncoderConfig(name="small_cnn", width=8),
+                      decoder=DecoderConfig(hidden_dim=32, num_layers=2, num_heads=4, dropout=0.1,
+                                            attention_dropout=0.0))
+    PrefixLM(cfg, WordTokenizer.build(CAPTIONS), PrefixConfig(pixel_shuffle=2)).save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["model"]["decoder"]
+    reloaded = polymodal.load(tmp_path / "m")
+    assert saved["attention_dropout"] == 0.0 and saved["dropout"] == 0.1
+    assert {m.dropout for m in reloaded.modules() if isinstance(m, Attention)} == {0.0}

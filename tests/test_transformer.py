@@ -120,3 +120,21 @@ def test_attention_after_a_prefix_equals_attention_over_the_concatenation():
     want = torch.nn.functional.scaled_dot_product_attention(
         q, torch.cat([prefix[0], rest[0]], 2), torch.cat([prefix[1], rest[1]], 2), attn_mask=full_mask)
     torch.testing.assert_close(got, want)
+
+
+def test_attention_dropout_is_its_own_knob_and_defaults_to_dropout():
+    """attention_dropout=0 keeps the residual and MLP dropout but drops no attention weights (so a CPU can use the
+    fused kernel): in training, two passes then differ only through the other dropouts, and with those at 0 too
+    the LM is deterministic; None keeps the old behaviour (the weights dropped at `dropout`)."""
+    lm = TransformerLM(20, 32, 2, 4, 16, dropout=0.1, attention_dropout=0.0).train()
+    attention = [m for m in lm.modules() if isinstance(m, Attention)]
+    others = [m for m in lm.modules() if isinstance(m, torch.nn.Dropout)]
+    assert [a.dropout for a in attention] == [0.0, 0.0] and others and all(d.p == 0.1 for d in others)
+    assert [a.dropout for a in TransformerLM(20, 32, 2, 4, 16, dropout=0.1).modules() if isinstance(a, Attention)] \
+        == [0.1, 0.1]
+    for d in others:
+        d.p = 0.0
+    x = torch.randn(2, 5, 32)
+    assert torch.equal(lm(x, is_causal=True)[0], lm(x, is_causal=True)[0])
+    cfg = ModelConfig(decoder=DecoderConfig(hidden_dim=32, num_layers=2, num_heads=4, attention_dropout=0.0))
+    assert cfg.decoder.attention_dropout == 0.0 and DecoderConfig().attention_dropout is None

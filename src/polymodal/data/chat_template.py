@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..text.tokenizer import Tokenizer
 from .dialogue import ASSISTANT, USER, Message, Turn
-from .grounding import location_grid, location_ids
+from .grounding import location_grid, location_ids, retry_id
 from .qa import encode_text
 
 ROLES = ("user", "assistant")
@@ -42,18 +42,22 @@ def render(tokenizer: Tokenizer, turns: Sequence[Turn], max_words: int = MAX_WOR
 
     With location tokens in the tokenizer (data/grounding.py) the last reply points at its `points` first; an
     earlier reply with points is rendered as a user sends it back, without them, and carries no loss (its
-    words alone would teach the model to leave the pointing out)."""
+    words alone would teach the model to leave the pointing out). A last reply with `retracted` points, and a
+    tokenizer with `<retry>`, writes them first, then `<retry>`: no loss on the wrong points, loss from `<retry>` on."""
     user, assistant = markers(tokenizer)
-    grounded = location_grid(tokenizer) > 0
+    grounded, retry = location_grid(tokenizer) > 0, retry_id(tokenizer)
     ids: list[int] = []
     loss: list[bool] = []
     for k, turn in enumerate(turns):
         question = [user, *tokenizer.encode(turn.question, max_len=max_words)]
-        pointing = location_ids(tokenizer, turn.points) if grounded and k == len(turns) - 1 else []
+        last = grounded and k == len(turns) - 1
+        wrong = location_ids(tokenizer, turn.retracted) + [retry] if last and turn.retracted and retry is not None \
+            else []
+        pointing = location_ids(tokenizer, turn.points) if last else []
         reply = [*pointing, *tokenizer.encode(turn.answer, max_len=max_words), tokenizer.eos_id]
-        ids += [*question, assistant, *reply]
+        ids += [*question, assistant, *wrong, *reply]
         learn = not (grounded and turn.points) or k == len(turns) - 1
-        loss += [False] * (len(question) + 1) + [learn] * len(reply)
+        loss += [False] * (len(question) + 1) + [False] * (len(wrong) - 1) + [learn] * (len(reply) + bool(wrong))
     return ids, loss
 
 

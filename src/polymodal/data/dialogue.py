@@ -60,6 +60,7 @@ class Turn:
     answer: str
     kind: str                         # e.g. "open/position", "follow/size"
     points: tuple[tuple[float, float], ...] = ()  # centres the reply is about, pointed at first (data/grounding.py)
+    retracted: tuple[tuple[float, float], ...] = ()  # training only: a wrong point written first, then <retry>
 
 
 @dataclass

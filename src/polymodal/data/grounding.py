@@ -6,7 +6,13 @@ answer; Molmo counts by pointing first). The words are then a simple function of
 written, instead of a lookup it must do in one step from the image: "is the circle left of the square?" becomes
 "write the circle's centre, the square's, compare the two x tokens".
 
-The location tokens are not words: `split_words` never yields them, so no message can type them. They are hidden
+A reply may take a point back: after `<retry>` it points again, and only the points after the last `<retry>` count
+(Physics of Language Models 2.2's retry data: a step written wrong, a token that retracts it, the right step).
+Training shows a wrong point at another object, then `<retry>` (with loss) and the right point; no loss is taken
+on the wrong point itself, so the model learns to notice a wrong point (with the look-back it reads what is under
+it, nn/focus.py) and to point again, never to point wrong.
+
+The location tokens and `<retry>` are not words: `split_words` never yields them, so no message can type them. They are hidden
 from the text shown (`split_locations` returns them as points) and a user sends earlier replies back without
 them; so, as reasoning models drop their earlier thinking, an earlier reply in the prompt carries no locations
 and training takes no loss on such a reply (`chat_template.render`).
@@ -19,6 +25,9 @@ Example:
     >>> words, points = split_locations(tok, ids)
     >>> tok.decode(words), points
     ('yes', [(0.125, 0.875)])
+    >>> tok = WordTokenizer(tok.words + [RETRY])
+    >>> split_locations(tok, location_ids(tok, [(0.9, 0.9)]) + [tok.index[RETRY]] + ids)[1]  # the first taken back
+    [(0.125, 0.875)]
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from collections.abc import Sequence
 from ..text.tokenizer import Tokenizer
 
 Point = tuple[float, float]   # an object's centre, x and y in [0, 1] of the image
+RETRY = "<retry>"             # the points written before it are taken back
 
 
 def location_words(grid: int) -> list[str]:
@@ -57,19 +67,26 @@ def location_ids(tokenizer: Tokenizer, points: Sequence[Point]) -> list[int]:
     return [index[w] for x, y in points for w in (f"<gx{cell(x)}>", f"<gy{cell(y)}>")]
 
 
+def retry_id(tokenizer: Tokenizer) -> int | None:
+    """The id of `<retry>`, or None for a tokenizer that has none (a model never trained to take a point back)."""
+    return getattr(tokenizer, "index", {}).get(RETRY)
+
+
 def split_locations(tokenizer: Tokenizer, ids: Sequence[int]) -> tuple[list[int], list[Point]]:
     """A reply's word ids without its location tokens, and the points they name (cell centres; an x without its
-    y is dropped)."""
+    y is dropped; the points before a `<retry>` are taken back)."""
     grid = location_grid(tokenizer)
     if not grid:
         return list(ids), []
-    words = tokenizer.words  # type: ignore[attr-defined]
+    words, retry = tokenizer.words, retry_id(tokenizer)  # type: ignore[attr-defined]
     kept: list[int] = []
     points: list[Point] = []
     x: float | None = None
     for i in ids:
         w = words[i] if 0 <= int(i) < len(words) else ""
-        if w.startswith("<gx"):
+        if retry is not None and int(i) == retry:
+            points, x = [], None
+        elif w.startswith("<gx"):
             x = (int(w[3:-1]) + 0.5) / grid
         elif w.startswith("<gy"):
             if x is not None:

@@ -32,11 +32,12 @@ Example:
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -95,6 +96,8 @@ class InstructionConfig:
     location_grid: int = 12           # position, relation and count replies point first, on this many cells a side
                                       # (data/grounding.py; 12 puts the thirds that "in the top left" names on
                                       # cell edges); 0 = replies in words only
+    retry_share: float = 0.0          # pointing replies that first point at another object, then <retry> and the
+                                      # right point (data/grounding.py); the model learns to take a wrong point back
 
 
 Builder = Callable[[Scene, Sequence[str], random.Random, InstructionConfig], Turn | None]
@@ -248,7 +251,31 @@ def conversations_for_scene(scene: Scene, captions: Sequence[str], rng: random.R
         turns = [t for t in turns if t is not None]
         if turns:
             out.append(turns)
+    if cfg.retry_share:
+        out = [[with_retry(t, scene, rng) if rng.random() < cfg.retry_share else t for t in turns] for turns in out]
     return out
+
+
+def with_retry(turn: Turn, scene: Scene, rng: random.Random) -> Turn:
+    """`turn` pointing first at another object than its first point's, one most like it (its colour or its shape:
+    the look-alike a wrong point lands on), then taking it back (data/grounding.py); as it is without points or
+    another object.
+
+    Example:
+        >>> from polymodal.data.shapes import ShapeObject
+        >>> red, blue = ShapeObject("circle", "red", "large", 0.2, 0.2), ShapeObject("circle", "blue", "small", 0.8, 0.8)
+        >>> with_retry(Turn("where is the red circle?", "in the top left", "position", (red.centre,)),
+        ...            Scene((red, blue), (40, 40, 40)), random.Random(0)).retracted == (blue.centre,)
+        True
+    """
+    if not turn.points:
+        return turn
+    first = min(scene.objects, key=lambda o: math.dist(o.centre, turn.points[0]))
+    others = [o for o in scene.objects if all(math.dist(o.centre, p) > 1e-6 for p in turn.points)]
+    alike = [o for o in others if o.colour == first.colour or o.shape == first.shape]
+    if not others:
+        return turn
+    return replace(turn, retracted=(rng.choice(alike or others).centre,))
 
 
 def conversations_from_scenes(folder: str | Path, split: str, captions: dict[str, list[str]],

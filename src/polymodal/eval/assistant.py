@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.dialogue import Message, dialogues_for_scene, read_scenes, turn_messages
-from ..data.grounding import Point, location_grid
+from ..data.grounding import Point, location_grid, retry_id, split_locations
 from ..data.images import normalize
 from ..data.instructions import (
     DECLINE_SCOPE,
@@ -115,11 +115,12 @@ def run_queries(model: Any, queries: Sequence[Query], image: Callable[[str], tor
 
 @torch.inference_mode()
 def pointed_queries(model: Any, queries: Sequence[Query], image: Callable[[str], torch.Tensor],
-                    progress: bool = True) -> tuple[list[str], list[list[Point]]]:
-    """Greedy replies to every query, in words, and the points each reply wrote first (data/grounding.py)."""
+                    progress: bool = True) -> tuple[list[str], list[list[Point]], list[list[int]]]:
+    """Greedy replies to every query, in words, the points each reply wrote first (data/grounding.py), and the
+    replies' ids (location tokens and any <retry> included)."""
     ids, _ = reply_ids(model, queries, image, progress=progress)
     parts = [model.reply_parts(r) for r in ids]
-    return [words for words, _ in parts], [points for _, points in parts]
+    return [words for words, _ in parts], [points for _, points in parts], ids
 
 
 @torch.inference_mode()
@@ -182,6 +183,27 @@ def pointing_report(queries: Sequence[Query], pointed: Sequence[Sequence[Point]]
             hits.setdefault(f"pointing/{q.kind}", []).append(right)
             hits.setdefault("pointing/all", []).append(right)
     return {key: sum(v) / len(v) for key, v in sorted(hits.items())}
+
+
+def retry_report(queries: Sequence[Query], ids: Sequence[Sequence[int]], tokenizer: Any) -> dict[str, float]:
+    """How a model trained to take a point back (data/grounding.py, <retry>) used it, over the replies that should
+    point: retry/share, those that took a point back; of those, retry/first_right, those whose taken-back points
+    were right after all, and retry/final_right, those whose final points are right. {} for a model without it."""
+    retry, grid = retry_id(tokenizer), location_grid(tokenizer)
+    if retry is None or not grid:
+        return {}
+    pointing = [(q, list(r)) for q, r in zip(queries, ids, strict=True) if q.points]
+    retried = [(q, r) for q, r in pointing if retry in r]
+    out = {"retry/share": len(retried) / max(len(pointing), 1)}
+    if retried:
+        last = [len(r) - 1 - r[::-1].index(retry) for _, r in retried]
+        first = [split_locations(tokenizer, r[:k])[1] for (_, r), k in zip(retried, last, strict=True)]
+        final = [split_locations(tokenizer, r)[1] for _, r in retried]
+        out["retry/first_right"] = sum(pointed_right(q.points, p, grid) for (q, _), p in zip(retried, first,
+                                                                                             strict=True)) / len(retried)
+        out["retry/final_right"] = sum(pointed_right(q.points, p, grid) for (q, _), p in zip(retried, final,
+                                                                                             strict=True)) / len(retried)
+    return out
 
 
 def listed(text: str) -> list[str]:
@@ -273,14 +295,15 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
 
     scenes = read_scenes(folder, split)[: limit or None]
     queries = scene_queries(scenes, captions)
-    replies, pointed = pointed_queries(model, queries, image, progress)
+    replies, pointed, ids = pointed_queries(model, queries, image, progress)
     out: dict[str, Any] = {"images": len(scenes), **kind_report(queries, replies),
                            **pointing_report(queries, pointed, location_grid(model.tokenizer)),
+                           **retry_report(queries, ids, model.tokenizer),
                            "caption": caption_report(queries, replies, ObjectTruth.shapes(folder))}
     if stats is not None:
         out["pope"] = pope_report(model, scenes, stats, image, progress=progress)
     return out
 
 
-__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pointed_right", "pointing_report",
+__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pointed_right", "pointing_report", "retry_report",
            "pope_report", "reply_correct", "reply_ids", "run_queries", "same_reply", "scene_queries", "scored_queries"]

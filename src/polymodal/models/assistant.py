@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import ModelConfig, from_dict
 from ..data.chat_template import MAX_WORDS, markers, prompt
@@ -49,7 +50,8 @@ from ..data.images import images_to_batch
 from ..data.instructions import DESCRIBE
 from ..errors import CheckpointError, ConfigError, InputError
 from ..generate import GenerationConfig, Hypothesis, generate
-from ..text.tokenizer import Tokenizer
+from ..nn.focus import cell_lookup
+from ..text.tokenizer import Tokenizer, WordTokenizer
 from .base import forget_initial_weights
 from .captioner import ImageInput
 from .prefix_lm import PrefixConfig, PrefixLM
@@ -118,6 +120,29 @@ class InstructionAssistant(PrefixLM):
         self.calibration: ReplyCalibration | None = None  # set by train.assistant.calibrate_assistant
         user, assistant_id = markers(tokenizer)
         self.never = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.unk_id, user, assistant_id)
+
+    def add_words(self, words: list[str]) -> None:
+        """Append `words` the vocabulary lacks (e.g. data.grounding.RETRY, to train a model to take a point back):
+        new rows of the tied embedding, drawn small as GPT-2 draws them; every other id keeps its embedding.
+
+        Example:
+            >>> from polymodal.data.grounding import RETRY
+            >>> model.add_words([RETRY])  # doctest: +SKIP
+        """
+        new = [w for w in words if w not in self.tokenizer.index]  # type: ignore[attr-defined]
+        if not new:
+            return
+        if self.prefix_cfg.lm is not None or not isinstance(self.tokenizer, WordTokenizer):
+            raise ConfigError("new words can only be added to an assistant with its own word vocabulary (not a "
+                              "Llama LM's)")
+        old = self.lm.wte.weight
+        self.tokenizer = WordTokenizer([*self.tokenizer.words, *new])
+        self.lm.wte = nn.Embedding(len(self.tokenizer), old.shape[1], device=old.device, dtype=old.dtype)
+        with torch.no_grad():
+            self.lm.wte.weight[: len(old)] = old
+            self.lm.wte.weight[len(old):].normal_(0.0, 0.02)
+        if self.prefix_cfg.look_back:  # token id -> cell, sized by the vocabulary
+            self._location_of_token = cell_lookup(self.tokenizer, self._location_grid, prefix="<g").to(old.device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher forcing over whole conversations; batch "targets" (B, L - 1) keeps only the replies' tokens

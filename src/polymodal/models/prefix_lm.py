@@ -118,7 +118,8 @@ class PrefixLM(Captioner):
         self.projector = ModalityProjector(self.encoder.out_dim, width, self.prefix_cfg.pixel_shuffle,
                                            self.prefix_cfg.projector_hidden)
         self.lm = LlamaLM(llama) if llama is not None else TransformerLM(
-            len(tokenizer), d.hidden_dim, d.num_layers, d.num_heads, d.max_positions, d.dropout)
+            len(tokenizer), d.hidden_dim, d.num_layers, d.num_heads, d.max_positions, d.dropout,
+            attention_dropout=d.attention_dropout)
         if self.prefix_cfg.focus_marker:
             # zero at first, so a captioner that goes on training with it starts exactly where it was
             self.focus_marker = nn.Parameter(torch.zeros(width))

@@ -174,11 +174,13 @@ class MLP(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: self-attention, optional cross-attention to image regions, MLP."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, cross: bool = False):
+    def __init__(self, dim: int, heads: int, dropout: float, cross: bool = False,
+                 attention_dropout: float | None = None):
         super().__init__()
-        self.ln_1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, dropout)
+        attn_p = dropout if attention_dropout is None else attention_dropout
+        self.ln_1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, attn_p)
         self.ln_x = nn.LayerNorm(dim) if cross else None
-        self.crossattn = Attention(dim, heads, dropout, cross=True) if cross else None
+        self.crossattn = Attention(dim, heads, attn_p, cross=True) if cross else None
         self.ln_2, self.mlp = nn.LayerNorm(dim), MLP(dim, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -192,14 +194,18 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """GPT-2: token + position embeddings, blocks, final LayerNorm, output tied to the token embedding."""
+    """GPT-2: token + position embeddings, blocks, final LayerNorm, output tied to the token embedding.
+
+    `attention_dropout` (None = `dropout`) is the dropout on the attention weights alone: at 0, CPU attention runs
+    PyTorch's fused kernel instead of materialising the weights to drop them.
+    """
 
     def __init__(self, vocab_size: int, dim: int, layers: int, heads: int, max_positions: int,
-                 dropout: float, cross: bool = False):
+                 dropout: float, cross: bool = False, attention_dropout: float | None = None):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab_size, dim), nn.Embedding(max_positions, dim)
         self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(TransformerBlock(dim, heads, dropout, cross) for _ in range(layers))
+        self.h = nn.ModuleList(TransformerBlock(dim, heads, dropout, cross, attention_dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)

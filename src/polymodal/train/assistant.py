@@ -38,6 +38,7 @@ from ..checkpoint import resolve_model_dir, write_json
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.datasets import load_split, shapes_folder
 from ..data.dialogue import DialogueRecord, build_chat_tokenizer, read_scenes, turn_messages
+from ..data.grounding import RETRY, location_grid
 from ..data.instructions import (
     SCOPE,
     InstructionConfig,
@@ -168,6 +169,8 @@ def train_assistant(cfg: AssistantExperimentConfig, progress: bool = True, stop_
         earlier = max(cfg.assistant.max_earlier_turns, cfg.data.instructions.max_turns - 1)
         model = InstructionAssistant(model_cfg, tokenizer, cfg.prefix,
                                      dataclasses.replace(cfg.assistant, max_earlier_turns=earlier))
+    if cfg.data.instructions.retry_share and location_grid(model.tokenizer):
+        model.add_words([RETRY])  # replies learn to take a wrong point back (data/grounding.py)
     sets = instruction_sets(model, splits, report, progress)
     if report.count:
         tqdm.write(report.summary())

@@ -136,7 +136,7 @@ class _Requests(Dataset):
 
 def validation(model: InstructionAssistant, queries: list[Query], image: Any) -> dict[str, float]:
     """reply_accuracy: the share of right greedy replies; pointing: of pointing replies, those that pointed right."""
-    replies, pointed = pointed_queries(model, queries, image, progress=False)
+    replies, pointed, _ = pointed_queries(model, queries, image, progress=False)
     right = [reply_correct(q, words) for q, words in zip(queries, replies, strict=True)]
     pointing = pointing_report(queries, pointed, location_grid(model.tokenizer))
     return {"reply_accuracy": sum(right) / max(len(right), 1), "pointing": pointing.get("pointing/all", 0.0)}
