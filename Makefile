@@ -53,7 +53,7 @@ lint: setup
 # experiments (bench/transfer.py, bench/caption_table.py) are run by hand; their commands are in docs/.
 # bench/gpu.sh needs a CUDA GPU and is run by hand there.
 BENCHES := bench/encoder.py bench/cache.py bench/decode.py bench/scaling.py bench/ddp.py \
-           bench/serve.py bench/export.py bench/retrieval.py
+           bench/serve.py bench/export.py bench/retrieval.py bench/assistant_step.py
 
 bench: setup
 	for script in $(BENCHES); do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -84,10 +84,13 @@ def old_chat_scores(chat_dir: Path, folder: Path, split: str, paths: set[str]) -
     return dialogue_report([d.turns[t] for d in dialogues for t in range(len(d.turns))], replies)
 
 
-def measure(model_dir: Path, chat_dir: Path, images: int) -> dict[str, Any]:
+def measure(model_dir: Path, chat_dir: Path, images: int, retry: bool = True) -> dict[str, Any]:
+    """Every figure of the page for one model; `retry=False` bans <retry> (a model trained to take a point back
+    then keeps its first points: what taking them back is worth, on the same model)."""
     data = DataConfig(format="shapes", n=5000, seed=0)
     folder = shapes_folder(data)
     model = load(model_dir)
+    model.assistant_cfg.retry = retry
     stats = ObjectStats.from_scenes([scene for _, _, scene in read_scenes(folder, "train")])
     out: dict[str, Any] = {}
     for split in ("test", "heldout"):
@@ -152,6 +155,16 @@ def target_lines(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def bundled_line() -> list[str]:
+    """Which model the package ships (bench/bundle_assistant.py) and where its figures are."""
+    path = RESULTS.parent / "assistant_bundled.json"
+    if not path.is_file():
+        return []
+    bundled = json.loads(path.read_text())
+    return [f"The bundled assistant (`polymodal chat shapes_assistant IMAGE`, the page's conversations) is "
+            f"`{bundled['model']}` in float16: {bundled['note']} Its figures: docs/results/assistant_bundled.json.", ""]
+
+
 def page(results: dict[str, Any]) -> str:
     s = results["splits"]
     t, h = s["test"], s["heldout"]
@@ -162,7 +175,7 @@ def page(results: dict[str, Any]) -> str:
              "(Shapes World n=5000, seed 0): greedy replies, every request asked after the reference conversation "
              "before it, exact match after answer normalisation (a list or region reply may name its objects in any order). ✗ = below the issue-25 target "
              "(>= 95% test / >= 90% held-out per type).", "",
-             "## Targets", "", *target_lines(results), "",
+             *bundled_line(), "## Targets", "", *target_lines(results), "",
              "## Per request type", "", "| type | test | held-out |", "|---|---|---|"]
     for kind in [*KINDS, *FOLLOW]:
         key = f"accuracy/{kind}"
@@ -178,6 +191,14 @@ def page(results: dict[str, Any]) -> str:
                   "each in the true centre's cell of the 12 x 12 grid or the one beside it.", "",
                   "| reply | test | held-out |", "|---|---|---|"]
         lines += [f"| {k.removeprefix('pointing/')} | {pct(t.get(k))} | {pct(h.get(k))} |" for k in pointing]
+    if "retry/share" in t:
+        lines += ["", "## Taking a point back", "",
+                  "Of the replies that should point: those that wrote `<retry>` after a point and pointed again "
+                  "(data/grounding.py), and, of those, the share whose taken-back points were right after all and "
+                  "the share whose final points are right.", "", "| | test | held-out |", "|---|---|---|"]
+        lines += [f"| {name} | {pct(t.get(k))} | {pct(h.get(k))} |" for k, name in (
+            ("retry/share", "took a point back"), ("retry/first_right", "the taken-back point was right"),
+            ("retry/final_right", "the final point is right"))]
     lines += ["", "## Declines (target >= 95%)", "",
               "| request | test | held-out |", "|---|---|---|"]
     for key, name in (("decline/absent", "question about an absent object"),

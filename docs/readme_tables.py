@@ -13,6 +13,7 @@ figures, and the build stops when the figures no longer bear it out.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -217,10 +218,11 @@ def assistant_row(data: dict[str, Any]) -> tuple[str, str, str]:
              and k not in ("accuracy/describe", "accuracy/absent", "accuracy/follow-up", "accuracy/scope")}
     worst = min(kinds, key=kinds.get)
     adversarial = t["pope"]["adversarial"]
+    stages = list(dict.fromkeys(re.findall(r"configs/(\S+?\.yaml)", " ".join(data["train_commands"]))))
+    chain = f"`configs/{stages[0]}`" + (", then " + ", ".join(f"`{c}`" for c in stages[1:]) if stages[1:] else "")
     return (f"one instruction assistant ({len(kinds)} request kinds, declines, captions), "
             f"{data['images']} test images",
-            "image-prefix LM on the instruction mixture (`configs/assistant.yaml`, then `assistant_continue.yaml`, "
-            "`assistant_refine.yaml`, `assistant_look_back.yaml` and `assistant_scst.yaml`)",
+            f"image-prefix LM on the instruction mixture ({chain})",
             f"POPE adversarial **{pct(adversarial['accuracy'])}** (yes-rate {pct(adversarial['yes_rate'])}); "
             f"absent objects declined {pct(t['decline/absent'])}; weakest kind {worst} {pct(kinds[worst])}; "
             f"captions CIDEr-D {t['caption']['cider']:.3f}; targets in [assistant.md](docs/assistant.md)")

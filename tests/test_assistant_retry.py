@@ -84,3 +84,16 @@ def test_retry_report_says_how_often_a_point_was_taken_back_and_whether_it_helpe
            tok.encode("red")]
     assert retry_report(queries, ids, tok) == {"retry/share": 0.5, "retry/first_right": 0.0, "retry/final_right": 0.5}
     assert retry_report(queries, ids, WordTokenizer([w for w in tok.words if w != RETRY])) == {}
+
+
+def test_retry_can_be_turned_off_and_then_is_never_written():
+    model = _pointing_assistant()
+    model.add_words([RETRY])
+    retry = retry_id(model.tokenizer)
+    with torch.no_grad():  # every final hidden state leans towards <retry>'s tied embedding: its logit is the top
+        model.lm.ln_f.bias.fill_(3.0)
+        model.lm.wte.weight[retry] = 3.0
+    images, prompts = torch.rand(2, 3, 32, 32), [model.prompt_ids([{"role": "user", "content": "where is it?"}])] * 2
+    assert retry not in model.never and all(ids[0] == retry for ids in model.reply_ids(images, prompts))
+    model.assistant_cfg.retry = False
+    assert retry in model.never and all(retry not in ids for ids in model.reply_ids(images, prompts))

@@ -45,7 +45,7 @@ from torch import nn
 from ..config import ModelConfig, from_dict
 from ..data.chat_template import MAX_WORDS, markers, prompt
 from ..data.dialogue import ASSISTANT, USER, Message
-from ..data.grounding import Point, split_locations
+from ..data.grounding import Point, retry_id, split_locations
 from ..data.images import images_to_batch
 from ..data.instructions import DESCRIBE
 from ..errors import CheckpointError, ConfigError, InputError
@@ -77,6 +77,8 @@ class AssistantConfig:
                                       # that fit the positions
     loss_per: str = "token"           # "token": mean over reply tokens (a caption outweighs ten one-word answers);
                                       # "reply": each reply's tokens averaged first, then the replies
+    retry: bool = True                # a model trained with <retry> may take a wrong point back (data/grounding.py);
+                                      # false bans <retry>: every reply keeps its first points
 
 
 def reply_mean_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -118,8 +120,13 @@ class InstructionAssistant(PrefixLM):
                               f"question and a reply of {self.assistant_cfg.max_reply_len} words; raise it")
         self._trim_said = False
         self.calibration: ReplyCalibration | None = None  # set by train.assistant.calibrate_assistant
-        user, assistant_id = markers(tokenizer)
-        self.never = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.unk_id, user, assistant_id)
+
+    @property
+    def never(self) -> tuple[int, ...]:
+        """Ids a reply never holds: padding, <bos>, <unk>, the role markers, and <retry> where it is turned off."""
+        tok, (user, assistant_id) = self.tokenizer, markers(self.tokenizer)
+        retry = retry_id(tok) if not self.assistant_cfg.retry else None
+        return (tok.pad_id, tok.bos_id, tok.unk_id, user, assistant_id, *(() if retry is None else (retry,)))
 
     def add_words(self, words: list[str]) -> None:
         """Append `words` the vocabulary lacks (e.g. data.grounding.RETRY, to train a model to take a point back):
