@@ -54,21 +54,24 @@ def half_agreement(model_dir: Path, folder: Path, images: int) -> dict[str, Any]
 
 
 def card_figures(splits: dict[str, Any]) -> dict[str, str]:
-    """The card's few figures, test / held-out, from `measure`'s results."""
+    """The card's few figures, test / held-out, from `measure`'s results (bench/assistant.py)."""
     def both(get: Any) -> str:
         return " / ".join(f"{100 * get(splits[s]):.1f}%" for s in ("test", "heldout"))
 
-    def lowest(r: dict[str, Any]) -> float:
-        return min(v for k, v in r.items() if k.startswith("accuracy/") and not k.startswith("accuracy/scope")
-                   and k not in ("accuracy/describe", "accuracy/absent", "accuracy/follow-up"))
+    def lowest(r: dict[str, Any]) -> str:
+        kinds = {k.removeprefix("accuracy/"): v for k, v in r.items() if k.startswith("accuracy/")
+                 and not k.startswith("accuracy/scope") and k not in ("accuracy/describe", "accuracy/absent",
+                                                                       "accuracy/follow-up")}
+        worst = min(kinds, key=kinds.get)
+        return f"{worst} {100 * kinds[worst]:.1f}%"
 
-    out = {"lowest request type, test / held-out": both(lowest),
+    out = {"lowest request type": " / ".join(lowest(splits[s]) for s in ("test", "heldout")),
            "POPE adversarial accuracy": both(lambda r: r["pope"]["adversarial"]["accuracy"]),
            "absent objects declined": both(lambda r: r["decline/absent"]),
            "follow-ups (the chat task's dialogues)": both(lambda r: r["dialogues"]["accuracy/follow-up"])}
     out |= {k.removeprefix("accuracy/"): both(lambda r, k=k: r[k]) for k in KINDS}
     out["captions CIDEr-D, greedy"] = " / ".join(f"{splits[s]['caption']['cider']:.3f}" for s in ("test", "heldout"))
-    return out
+    return {f"{name}, test / held-out": value for name, value in out.items()}
 
 
 def main() -> None:

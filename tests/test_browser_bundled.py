@@ -1,9 +1,9 @@
 """What a newcomer gets: `polymodal serve` with no arguments, in chromium, every panel doing its job.
 
-The server is the real command in a subprocess (bundled captioner, VQA model, speech recognizer, dual
+The server is the real command in a subprocess (bundled captioner, VQA model, assistant, speech recognizer, dual
 encoder and the index of built-in scenes). On one Shapes World scene whose objects are known, the page
-captions it truly, answers a question about it rightly and explains the answer ("why?"), finds scenes by
-text and explains a hit; clicking a search result captions that scene. POLYMODAL_SCREENSHOT=1 saves docs/screenshot.png from this page (the
+captions it truly, holds a conversation about it (the assistant answers rightly, and points before it says where
+"it" is), finds scenes by text and explains a hit; clicking a search result captions that scene. POLYMODAL_SCREENSHOT=1 saves docs/screenshot.png from this page (the
 README's screenshot is what a fresh install shows).
 """
 
@@ -84,17 +84,17 @@ def test_every_panel_of_the_no_argument_server(bundled_server: str, tmp_path: Pa
             assert set(said) & set(COLOURS) <= {"red", "blue"} and set(said) & set(SHAPES) <= {"circle", "square"}
             assert page.is_hidden("#ood-notice")
 
-            # Ask: the bundled VQA model answers rightly.
+            # Ask: the bundled assistant answers rightly, and a follow-up about "it" points at the circle first.
             page.fill("#question", "what colour is the circle?")
             page.press("#question", "Enter")
             page.wait_for_selector(".bubble.assistant:not(.typing)", timeout=60_000)
             assert "red" in page.inner_text(".bubble.assistant").lower()
-            # Why? The answer's explanation shows over the image, and the words it rests on.
-            page.click(".bubble.assistant .why")
-            page.wait_for_selector(".bubble.assistant .why-words", timeout=60_000)
-            assert '"colour"' in page.inner_text(".bubble.assistant .why-words")
-            assert page.get_attribute("#heat", "src").startswith("data:image/png;base64,")
-            assert page.inner_text("#focus") == "why: red"
+            assert "conversation" in page.inner_text("#ask-meta")
+            page.fill("#question", "and where is it?")
+            page.press("#question", "Enter")
+            page.wait_for_function("document.querySelectorAll('.bubble.assistant:not(.typing)').length == 2")
+            follow_up = page.locator(".bubble.assistant").nth(1)
+            assert "top left" in follow_up.inner_text() and "pointed at 1 place" in follow_up.inner_text()
 
             # Search: the bundled index finds scenes; the best ones show a large red circle.
             assert page.is_visible("#search-card")

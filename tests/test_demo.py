@@ -65,6 +65,11 @@ def test_demo_writes_report_metrics_and_heatmaps(tmp_path):
     assert len([link for link in links if link.startswith("heatmaps/")]) == 3
     assert len([link for link in links if link.startswith("drawings/")]) == 2  # the bundled generator's, captioned
     assert "## Drawn from text" in text and text.count("captions: ") == 2
+    # The bundled assistant's conversation: every question answered, the joke declined as out of its scope.
+    from polymodal.cli.demo import CONVERSATION
+
+    said = text.split("## A conversation")[1].split("##")[0]
+    assert all(f"*{q}*" in said for q in CONVERSATION) and "*tell me a joke* **i can only answer" in said
     for link in links:
         assert not link.startswith(("/", "\\")) and ":" not in link, link
         assert (moved / link).is_file(), link

@@ -42,7 +42,7 @@ class DecoderConfig:
     attention_dim: int = 256
     dropout: float = 0.3
     attention_dropout: float | None = None  # transformers: on the attention weights; None = `dropout`. 0 lets a CPU
-                                      # use the fused attention kernel (the assistant's steps 23% faster, 2 threads)
+                                      # use the fused attention kernel (bench/assistant_step.py, docs/benchmarks.md)
     doubly_stochastic: float = 1.0    # weight of the SAT attention regulariser
     max_len: int = 24                 # longest caption generated, in tokens
     num_layers: int = 2               # transformer decoders / prefix LM: blocks

@@ -18,7 +18,7 @@ BUNDLED_DUAL_ENCODER = "shapes_dual_encoder"  # text <-> image embeddings: searc
 BUNDLED_INDEX = "shapes_scenes_index"  # built-in test scenes (images inside) embedded by that dual encoder
 BUNDLED_GENERATOR = "shapes_generator"  # text -> image: draws what a caption says
 BUNDLED_ASSISTANT = "shapes_assistant"  # one assistant: answers, points, declines, describes (docs/assistant.md)
-SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR, BUNDLED_DUAL_ENCODER, BUNDLED_GENERATOR)  # what `polymodal serve` loads given no model: one per capability of the page
+SERVED = (BUNDLED_CAPTIONER, BUNDLED_VQA, BUNDLED_ASR, BUNDLED_DUAL_ENCODER, BUNDLED_GENERATOR, BUNDLED_ASSISTANT)  # what `polymodal serve` loads given no model: one per capability of the page
 CARD_FILE = "card.json"  # beside a model's weights: what it does, what it was trained on, its figures
 
 

@@ -1,7 +1,8 @@
 """The main job behind `make demo`: the bundled models on Shapes World, end to end, in under a minute.
 
 Writes Shapes World (once, into the cache), captions sample test images with beam search and n-best, asks
-the bundled VQA model about them, searches the bundled index by text, asks one question aloud (espeak-ng ->
+the bundled VQA model about them, searches the bundled index by text, holds one conversation with the bundled
+assistant (it counts, names colours and points, and declines what is not there or not its job), asks one question aloud (espeak-ng ->
 the bundled recognizer -> VQA -> a spoken answer), evaluates the test and held-out-composition splits,
 draws attention heatmaps and a training curve, and writes a markdown report. Every picture the report shows
 sits beside it (images/, heatmaps/, search/, speech/) and is linked by a relative path, so the output folder
@@ -19,6 +20,7 @@ from ..api import load
 from ..assets import (
     ASSETS,
     BUNDLED_ASR,
+    BUNDLED_ASSISTANT,
     BUNDLED_DUAL_ENCODER,
     BUNDLED_GENERATOR,
     BUNDLED_INDEX,
@@ -38,6 +40,8 @@ from .app import out_folder
 SAMPLES = 6
 QUESTION = "how many shapes are there?"
 SEARCH = "a large red circle"  # a text query over the bundled index of built-in scenes
+CONVERSATION = ("how many shapes are there?", "is there a red square?", "what colour is the circle?",
+                "and where is it?", "tell me a joke")  # issue 25's first conversation, and a follow-up about "it"
 DRAW = ("a large red circle to the left of a small blue square", "a green star")  # prompts for the generator
 EVAL_IMAGES = 200  # per split: enough for stable metrics, small enough for a one-minute demo
 
@@ -68,7 +72,8 @@ def run_demo(out: str | Path = "demo_out", model_dir: str | Path | None = None, 
                   f"- references: {' / '.join(rec.captions[:3])}",
                   f"- asked the bundled VQA model \"{QUESTION}\": **{answer}** (p={p:.2f})", ""]
 
-    lines += _search_section(out) + _drawing_section(out, model) + _speech_section(out, vqa, test[0].image)
+    lines += _search_section(out) + _assistant_section(test[2].image) + _drawing_section(out, model)
+    lines += _speech_section(out, vqa, test[0].image)
     generation = GenerationConfig(strategy="beam", beam_size=3, max_len=model.cfg.decoder.max_len)
     truth = ObjectTruth.shapes(shapes_folder(data))  # are the named objects in the picture?
     all_metrics = {}
@@ -119,6 +124,21 @@ def _search_section(out: Path, k: int = 3) -> list[str]:
     lines = ["## Text search (bundled dual encoder and index)", "",
              f"The {k} best of {len(index.items)} built-in scenes for \"{SEARCH}\", with cosine scores:", ""]
     return lines + [f"![{Path(path).stem}]({_beside(path, out, 'search')}) {score:.2f}" for path, score in hits] + [""]
+
+
+def _assistant_section(image: str) -> list[str]:
+    """One conversation with the bundled assistant: it counts, names colours, declines what it cannot see or do."""
+    assistant, messages = load(bundled_model_dir(BUNDLED_ASSISTANT)), []
+    lines = ["## A conversation (bundled assistant)", "", f"About {Path(image).name} (the third sample above); each "
+             "question is asked after the conversation before it.", ""]
+    print(f"\na conversation with the bundled assistant about {Path(image).name}:")
+    for question in CONVERSATION:
+        messages.append({"role": "user", "content": question})
+        reply = assistant.chat_reply(image, messages)
+        messages.append({"role": "assistant", "content": reply.text})
+        print(f"  you> {question}\n  assistant: {reply.text}")
+        lines.append(f"- *{question}* **{reply.text}**")
+    return lines + [""]
 
 
 def _drawing_section(out: Path, captioner: object, n: int = 4) -> list[str]:
