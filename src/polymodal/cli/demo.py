@@ -2,8 +2,8 @@
 
 Writes Shapes World (once, into the cache), captions sample test images with beam search and n-best, asks
 the bundled VQA model about them, searches the bundled index by text, holds one conversation with the bundled
-assistant (it counts, names colours and points, and declines what is not there or not its job), asks one question aloud (espeak-ng ->
-the bundled recognizer -> VQA -> a spoken answer), evaluates the test and held-out-composition splits,
+assistant (it counts, names colours, points, and declines what is not there or not its job), asks one question
+aloud (espeak-ng -> the bundled recognizer -> VQA -> a spoken answer), evaluates the test and held-out splits,
 draws attention heatmaps and a training curve, and writes a markdown report. Every picture the report shows
 sits beside it (images/, heatmaps/, search/, speech/) and is linked by a relative path, so the output folder
 can be moved, zipped or shared as it is.
