@@ -123,13 +123,18 @@ def mark(x: float | None, target: float) -> str:
     return "—" if x is None else f"{100 * x:.1f}" + ("" if x >= target else " ✗")
 
 
+def request_kinds(split: dict[str, Any]) -> dict[str, float]:
+    """accuracy/<kind> of every request type a target covers: not captions, declines or the follow-ups' mean."""
+    return {k: v for k, v in split.items() if k.startswith("accuracy/") and not k.startswith("accuracy/scope")
+            and k not in ("accuracy/describe", "accuracy/absent", "accuracy/follow-up")}
+
+
 def target_lines(results: dict[str, Any]) -> list[str]:
     """Each issue-25 target with the measured figure and whether it is met."""
     out = []
     for split, floor in (("test", 0.95), ("heldout", 0.90)):
         r = results["splits"][split]
-        kinds = {k: v for k, v in r.items() if k.startswith("accuracy/") and not k.startswith("accuracy/scope")
-                 and k not in ("accuracy/describe", "accuracy/absent", "accuracy/follow-up")}
+        kinds = request_kinds(r)
         worst = min(kinds, key=kinds.get)
         low = ", ".join(f"{k.removeprefix('accuracy/')} {100 * v:.1f}" for k, v in sorted(kinds.items()) if v < floor)
         out.append(f"- every type >= {100 * floor:.0f}% on {split}: {'met' if not low else 'missed'} "

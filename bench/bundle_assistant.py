@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from _report import machine
-from assistant import measure, without_notes
+from assistant import measure, request_kinds, without_notes
 
 import polymodal
 from polymodal.assets import BUNDLED_ASSISTANT, install_bundle, write_bundle
@@ -59,11 +59,9 @@ def card_figures(splits: dict[str, Any]) -> dict[str, str]:
         return " / ".join(f"{100 * get(splits[s]):.1f}%" for s in ("test", "heldout"))
 
     def lowest(r: dict[str, Any]) -> str:
-        kinds = {k.removeprefix("accuracy/"): v for k, v in r.items() if k.startswith("accuracy/")
-                 and not k.startswith("accuracy/scope") and k not in ("accuracy/describe", "accuracy/absent",
-                                                                       "accuracy/follow-up")}
+        kinds = request_kinds(r)
         worst = min(kinds, key=kinds.get)
-        return f"{worst} {100 * kinds[worst]:.1f}%"
+        return f"{worst.removeprefix('accuracy/')} {100 * kinds[worst]:.1f}%"
 
     out = {"lowest request type": " / ".join(lowest(splits[s]) for s in ("test", "heldout")),
            "POPE adversarial accuracy": both(lambda r: r["pope"]["adversarial"]["accuracy"]),

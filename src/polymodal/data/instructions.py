@@ -268,13 +268,11 @@ def with_retry(turn: Turn, scene: Scene, rng: random.Random) -> Turn:
         ...            Scene((red, blue), (40, 40, 40)), random.Random(0)).retracted == (blue.centre,)
         True
     """
-    if not turn.points:
+    others = [o for o in scene.objects if all(math.dist(o.centre, p) > 1e-6 for p in turn.points)]
+    if not turn.points or not others:
         return turn
     first = min(scene.objects, key=lambda o: math.dist(o.centre, turn.points[0]))
-    others = [o for o in scene.objects if all(math.dist(o.centre, p) > 1e-6 for p in turn.points)]
     alike = [o for o in others if o.colour == first.colour or o.shape == first.shape]
-    if not others:
-        return turn
     return replace(turn, retracted=(rng.choice(alike or others).centre,))
 
 

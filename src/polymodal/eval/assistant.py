@@ -196,13 +196,10 @@ def retry_report(queries: Sequence[Query], ids: Sequence[Sequence[int]], tokeniz
     retried = [(q, r) for q, r in pointing if retry in r]
     out = {"retry/share": len(retried) / max(len(pointing), 1)}
     if retried:
-        last = [len(r) - 1 - r[::-1].index(retry) for _, r in retried]
-        first = [split_locations(tokenizer, r[:k])[1] for (_, r), k in zip(retried, last, strict=True)]
-        final = [split_locations(tokenizer, r)[1] for _, r in retried]
-        out["retry/first_right"] = sum(pointed_right(q.points, p, grid) for (q, _), p in zip(retried, first,
-                                                                                             strict=True)) / len(retried)
-        out["retry/final_right"] = sum(pointed_right(q.points, p, grid) for (q, _), p in zip(retried, final,
-                                                                                             strict=True)) / len(retried)
+        before = [r[: len(r) - 1 - r[::-1].index(retry)] for _, r in retried]  # what the last <retry> took back
+        for name, replies in (("retry/first_right", before), ("retry/final_right", [r for _, r in retried])):
+            out[name] = sum(pointed_right(q.points, split_locations(tokenizer, r)[1], grid)
+                            for (q, _), r in zip(retried, replies, strict=True)) / len(retried)
     return out
 
 
@@ -305,5 +302,6 @@ def assistant_report(model: Any, folder: str | Path, split: str, captions: dict[
     return out
 
 
-__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pointed_right", "pointing_report", "retry_report",
-           "pope_report", "reply_correct", "reply_ids", "run_queries", "same_reply", "scene_queries", "scored_queries"]
+__all__ = ["Query", "assistant_report", "caption_report", "kind_report", "pointed_right", "pointing_report",
+           "pope_report", "reply_correct", "reply_ids", "retry_report", "run_queries", "same_reply", "scene_queries",
+           "scored_queries"]

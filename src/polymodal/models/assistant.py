@@ -50,7 +50,6 @@ from ..data.images import images_to_batch
 from ..data.instructions import DESCRIBE
 from ..errors import CheckpointError, ConfigError, InputError
 from ..generate import GenerationConfig, Hypothesis, generate
-from ..nn.focus import cell_lookup
 from ..text.tokenizer import Tokenizer, WordTokenizer
 from .base import forget_initial_weights
 from .captioner import ImageInput
@@ -148,8 +147,7 @@ class InstructionAssistant(PrefixLM):
         with torch.no_grad():
             self.lm.wte.weight[: len(old)] = old
             self.lm.wte.weight[len(old):].normal_(0.0, 0.02)
-        if self.prefix_cfg.look_back:  # token id -> cell, sized by the vocabulary
-            self._location_of_token = cell_lookup(self.tokenizer, self._location_grid, prefix="<g").to(old.device)
+        self._register_token_lookups()  # token id -> cell tables, sized by the vocabulary
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher forcing over whole conversations; batch "targets" (B, L - 1) keeps only the replies' tokens

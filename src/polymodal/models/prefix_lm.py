@@ -123,10 +123,9 @@ class PrefixLM(Captioner):
         if self.prefix_cfg.focus_marker:
             # zero at first, so a captioner that goes on training with it starts exactly where it was
             self.focus_marker = nn.Parameter(torch.zeros(width))
-            self.register_buffer("_cell_of_token", cell_lookup(tokenizer, self.prefix_cfg.control_grid),
-                                 persistent=False)
         if self.prefix_cfg.look_back:
             self.add_look_back()
+        self._register_token_lookups()
 
     def add_look_back(self) -> None:
         """Turn the look-back on (nn/focus.py); its gate starts at zero, so a trained model replies as before."""
@@ -138,8 +137,19 @@ class PrefixLM(Captioner):
         llama, device = self.prefix_cfg.lm, next(self.parameters()).device
         width = llama.hidden_dim if llama is not None else self.cfg.decoder.hidden_dim
         self.look_gate = nn.Parameter(torch.zeros(width, device=device))
-        self.register_buffer("_location_of_token", cell_lookup(self.tokenizer, grid, prefix="<g").to(device),
-                             persistent=False)
+        self._register_token_lookups()
+
+    def _register_token_lookups(self) -> None:
+        """The token id -> grid cell tables of the focus marker and the look-back, sized by the vocabulary: built
+        again whenever it grows (InstructionAssistant.add_words)."""
+        device = next(self.parameters()).device
+        if self.prefix_cfg.focus_marker:
+            self.register_buffer("_cell_of_token", cell_lookup(self.tokenizer, self.prefix_cfg.control_grid).to(device),
+                                 persistent=False)
+        if self.prefix_cfg.look_back:
+            self.register_buffer("_location_of_token",
+                                 cell_lookup(self.tokenizer, self._location_grid, prefix="<g").to(device),
+                                 persistent=False)
 
     def _embed_text(self, tokens: torch.Tensor, positions: torch.Tensor | None, visual: torch.Tensor | None,
                     before: torch.Tensor | None = None) -> torch.Tensor:
